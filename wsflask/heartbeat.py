@@ -1,0 +1,199 @@
+"""One heartbeat greenlet for all connections: pings, pong deadlines, round-trip times.
+
+What it does (ARCHITECTURE.md §3 rule 5, §4):
+
+* every connection handed to ``add()`` is pinged every ``interval`` seconds; the first ping of
+  each connection lands at its own phase inside the interval (a golden-ratio sequence), so
+  10,000 connections accepted in one burst are not all pinged on the same tick;
+* a connection with a heartbeat ping outstanding (``ws.ping_sent_at``) that has received no
+  frame since (``ws.last_received < ws.ping_sent_at``: any frame counts as liveness, AMB-1) for
+  ``timeout`` seconds is failed with ``ws.abort(1011, "ping timeout")``; a pong with the wrong
+  payload does not count (HB-03), the driver does not move ``last_received`` for it;
+* a matched pong sets ``ws.latency`` (the driver does that); the heartbeat records it in the
+  ``websocket_rtt_seconds`` histogram the next time it visits the connection.
+
+How: a heap of ``(due, seq, entry)`` deadlines, one live entry per connection, processed on a
+coarse tick (at most ``max_tick`` seconds, default 1 s). The greenlet waits on an ``Event`` with
+a timeout (STYLE.md rule 7), so ``stop()`` wakes it at once. ``remove()`` is O(1): it marks the
+entry dead and drops the reference to the connection; the heap entry is discarded when it
+comes up. Clocks are ``time.monotonic`` only (AMB-22).
+
+What it does not do: no timer or greenlet per connection, no ping per message, no close on
+idleness while pongs arrive (HB-02: idle is not dead).
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import logging
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+import gevent
+from gevent.event import Event
+
+if TYPE_CHECKING:
+    from .metrics import Metrics
+    from .websocket import WebSocket
+
+__all__ = ["Heartbeat"]
+
+logger = logging.getLogger("wsflask.heartbeat")
+
+#: Golden-ratio conjugate: consecutive multiples mod 1 spread evenly over [0, 1).
+_PHI = 0.6180339887498949
+
+
+class _Entry:
+    """The heartbeat's bookkeeping for one connection."""
+
+    __slots__ = ("next_ping", "pinged", "ws")
+
+    def __init__(self, ws: WebSocket, next_ping: float) -> None:
+        self.ws: WebSocket | None = ws  #: None once removed (the heap may still hold the entry)
+        self.next_ping = next_ping      #: monotonic time of the next heartbeat ping
+        self.pinged = False             #: a ping we sent is not yet recorded as answered
+
+
+class Heartbeat:
+    """Pings every registered connection and fails the ones that stop answering.
+
+    Args:
+        interval: seconds between pings of one connection (``Config.ping_interval``);
+            ``0`` or less disables the heartbeat (``add()`` then does nothing).
+        timeout: seconds without any frame after a ping before the connection is failed
+            with 1011 (``Config.pong_timeout``).
+        metrics: where round-trip times are recorded, if given.
+        max_tick: the coarsest wake-up period in seconds; small intervals tick faster.
+        clock: a monotonic clock; it must be the clock the driver stamps
+            ``last_received``/``ping_sent_at`` with.
+
+    Call ``start()`` once (the server does), ``add(ws)`` when a connection opens,
+    ``remove(ws)`` when it closes (the driver's cleanup does), ``stop()`` at shutdown.
+    """
+
+    def __init__(self, interval: float, timeout: float, *, metrics: Metrics | None = None,
+                 max_tick: float = 1.0, clock: Callable[[], float] = time.monotonic) -> None:
+        self.interval = interval
+        self.timeout = timeout
+        self.metrics = metrics
+        self._clock = clock
+        #: wake-up period: a tenth of the shorter timer, at most max_tick, at least 10 ms
+        self.tick = max(0.01, min(max_tick, interval / 10, timeout / 4)) if interval > 0 else 0
+        self._entries: dict[WebSocket, _Entry] = {}
+        self._heap: list[tuple[float, int, _Entry]] = []
+        self._seq = itertools.count()
+        self._added = 0
+        self._stopping = Event()
+        self._greenlet: gevent.Greenlet | None = None
+
+    @property
+    def enabled(self) -> bool:
+        """True when ``interval`` is positive."""
+        return self.interval > 0
+
+    def __len__(self) -> int:
+        """The number of connections watched."""
+        return len(self._entries)
+
+    def __contains__(self, ws: object) -> bool:
+        return ws in self._entries
+
+    def add(self, ws: WebSocket) -> None:
+        """Watch ``ws`` (an open connection); its first ping comes within one interval.
+
+        Call ``remove(ws)`` when it closes. Adding twice is a no-op.
+        """
+        if not self.enabled or ws in self._entries:
+            return
+        self._added += 1
+        phase = (self._added * _PHI) % 1.0
+        entry = _Entry(ws, self._clock() + self.interval * max(phase, 0.05))
+        self._entries[ws] = entry
+        self._push(entry.next_ping, entry)
+
+    def remove(self, ws: WebSocket) -> None:
+        """Stop watching ``ws`` at once; idempotent. The driver calls it on close."""
+        entry = self._entries.pop(ws, None)
+        if entry is not None:
+            entry.ws = None
+
+    def start(self) -> None:
+        """Spawn the heartbeat greenlet (idempotent). Call ``stop()`` to end it."""
+        if self.enabled and (self._greenlet is None or self._greenlet.dead):
+            self._stopping.clear()
+            self._greenlet = gevent.spawn(self._run)
+
+    def stop(self, timeout: float = 1.0) -> None:
+        """Wake and end the heartbeat greenlet, waiting up to ``timeout`` s; idempotent."""
+        greenlet, self._greenlet = self._greenlet, None
+        if greenlet is None:
+            return
+        self._stopping.set()
+        greenlet.join(timeout)
+        if not greenlet.dead:
+            greenlet.kill(block=False)
+
+    # -- the loop -----------------------------------------------------------------------------
+
+    def _push(self, due: float, entry: _Entry) -> None:
+        heapq.heappush(self._heap, (due, next(self._seq), entry))
+
+    def _run(self) -> None:
+        """Process what is due, then wait one tick (or until ``stop()``)."""
+        while not self._stopping.is_set():
+            self.run_due()
+            self._stopping.wait(self.tick)
+
+    def run_due(self) -> int:
+        """Process every deadline that has passed; return how many entries were visited.
+
+        The loop calls it every tick; tests may call it directly.
+        """
+        now = self._clock()
+        heap = self._heap
+        visited = 0
+        while heap and heap[0][0] <= now:
+            _, _, entry = heapq.heappop(heap)
+            if entry.ws is None:
+                continue  # removed since it was scheduled
+            visited += 1
+            try:
+                due = self._visit(entry, entry.ws, now)
+            except Exception:  # the one safety net: one bad connection must not stop the rest
+                logger.exception("heartbeat failed for connection %s", entry.ws.id)
+                due = None
+            if due is None:
+                self.remove(entry.ws)
+            else:
+                self._push(due, entry)
+        return visited
+
+    def _visit(self, entry: _Entry, ws: WebSocket, now: float) -> float | None:
+        """Ping, time out or reschedule one connection; return its next due time or None."""
+        if not ws.is_open:
+            return None
+        self._record_rtt(entry, ws)
+        sent_at = ws.ping_sent_at
+        if sent_at is not None and ws.last_received < sent_at:
+            # A ping is outstanding and nothing arrived since: dead once timeout passes.
+            deadline = sent_at + self.timeout
+            if now >= deadline:
+                ws.abort(1011, "ping timeout")
+                return None
+            return deadline if entry.next_ping <= now else min(deadline, entry.next_ping)
+        if now >= entry.next_ping:
+            ws.send_heartbeat_ping()
+            entry.pinged = True
+            entry.next_ping = now + self.interval
+            return min(entry.next_ping, now + self.timeout)
+        return entry.next_ping
+
+    def _record_rtt(self, entry: _Entry, ws: WebSocket) -> None:
+        """Record the latency of our last ping once the driver has matched its pong."""
+        if entry.pinged and ws.ping_sent_at is None and ws.latency is not None:
+            entry.pinged = False
+            if self.metrics is not None:
+                self.metrics.rtt(ws.latency)

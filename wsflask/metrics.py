@@ -1,0 +1,241 @@
+"""Server metrics: counters, gauges and histograms rendered as Prometheus text.
+
+What it does: keeps plain ``int``/``float`` attributes and small dicts that the driver
+(``websocket.py``), the server, the heartbeat and the rooms bump on every event, and renders
+them in the Prometheus text exposition format (version 0.0.4) at ``GET /metrics``. An
+increment is an attribute add: no locks, because every caller runs in a greenlet of one
+thread and none of these methods yields.
+
+What it does not do: no ``prometheus_client`` dependency, no push gateway, no per-connection
+or per-room label (label cardinality stays bounded: status codes, close codes and a handful of
+drop reasons). The message rate ``websocket_message_rate_per_second`` is computed at render
+time from the message counters over a sliding window of ``rate_window`` seconds, measured
+with ``time.monotonic`` (never the wall clock, ARCHITECTURE.md §4).
+
+Typical use::
+
+    metrics = Metrics()
+    server = Server(listener, app.resolve, config, metrics=metrics)
+    ...
+    text = metrics.render()          # what /metrics serves
+"""
+
+from __future__ import annotations
+
+import time
+from bisect import bisect_left
+from collections import deque
+from collections.abc import Callable, Iterable
+
+__all__ = ["Histogram", "Metrics"]
+
+#: Round-trip time buckets, in seconds (loopback is ~0.0001 s, a slow mobile link ~1 s).
+RTT_BUCKETS: tuple[float, ...] = (0.0005, 0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+                                  2.5, 5.0)
+#: Frame-parse buckets, in milliseconds (one ``receive_data`` call for one wake-up).
+PARSE_BUCKETS_MS: tuple[float, ...] = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                                       10.0, 50.0)
+#: Connection lifetime buckets, in seconds.
+DURATION_BUCKETS: tuple[float, ...] = (1.0, 10.0, 60.0, 300.0, 1800.0, 3600.0, 21600.0, 86400.0)
+
+
+def _fmt(value: float) -> str:
+    """Format a sample value the way Prometheus expects (integers without ``.0``)."""
+    if value == int(value) and abs(value) < 1e15:
+        return str(int(value))
+    return repr(float(value))
+
+
+def _labels(pairs: Iterable[tuple[str, str]]) -> str:
+    """Render ``{k="v",...}`` with the exposition format's escaping, or ``""``."""
+    parts = []
+    for key, value in pairs:
+        escaped = value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+        parts.append(f'{key}="{escaped}"')
+    return "{" + ",".join(parts) + "}" if parts else ""
+
+
+class Histogram:
+    """A fixed-bucket histogram; ``observe()`` is one bisect and three adds.
+
+    Args:
+        buckets: ascending upper bounds; ``+Inf`` is implicit.
+    """
+
+    __slots__ = ("buckets", "count", "counts", "sum")
+
+    def __init__(self, buckets: Iterable[float]) -> None:
+        self.buckets: tuple[float, ...] = tuple(sorted(buckets))
+        #: non-cumulative count per bucket; the last slot is the ``+Inf`` overflow
+        self.counts: list[int] = [0] * (len(self.buckets) + 1)
+        self.sum: float = 0.0
+        self.count: int = 0
+
+    def observe(self, value: float) -> None:
+        """Record one observation. Call ``render_lines()`` to export."""
+        self.counts[bisect_left(self.buckets, value)] += 1
+        self.sum += value
+        self.count += 1
+
+    def render_lines(self, name: str) -> list[str]:
+        """Return the ``_bucket``/``_sum``/``_count`` sample lines (cumulative buckets)."""
+        lines = []
+        running = 0
+        for bound, count in zip(self.buckets, self.counts, strict=False):
+            running += count
+            lines.append(f'{name}_bucket{{le="{_fmt(bound)}"}} {running}')
+        lines.append(f'{name}_bucket{{le="+Inf"}} {self.count}')
+        lines.append(f"{name}_sum {_fmt(self.sum)}")
+        lines.append(f"{name}_count {self.count}")
+        return lines
+
+
+class Metrics:
+    """Every counter the framework keeps, and their Prometheus rendering.
+
+    Args:
+        rate_window: width in seconds of the sliding window behind
+            ``websocket_message_rate_per_second``.
+        clock: a monotonic clock (tests pass a fake one).
+
+    The driver calls ``connection_opened()`` / ``connection_closed()``, ``message_in()`` /
+    ``message_out()`` and ``frame_parse()``; the server calls ``handshake()``; the heartbeat
+    calls ``rtt()``; send paths call ``dropped()`` / ``slow_consumer_closed()``. Then serve
+    ``render()``.
+    """
+
+    def __init__(self, *, rate_window: float = 60.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self.rate_window = rate_window
+        #: open WebSocket connections right now (gauge)
+        self.connections_current = 0
+        #: connections ever opened (counter)
+        self.connections_total = 0
+        #: handshake answers by HTTP status: 101 or the refusal status
+        self.handshakes: dict[int, int] = {}
+        self.messages_in = 0
+        self.messages_out = 0
+        self.bytes_in = 0
+        self.bytes_out = 0
+        #: closed connections by close code
+        self.close_codes: dict[int, int] = {}
+        #: messages or publishes dropped, by reason ("backpressure", "backplane", ...)
+        self.drops: dict[str, int] = {}
+        self.slow_consumers_closed = 0
+        self.rtt_seconds = Histogram(RTT_BUCKETS)
+        self.frame_parse_ms = Histogram(PARSE_BUCKETS_MS)
+        self.connection_duration = Histogram(DURATION_BUCKETS)
+        # (monotonic time, messages in + out) samples taken at render time
+        self._rate_samples: deque[tuple[float, int]] = deque([(clock(), 0)])
+
+    # -- increments (hot path: keep them trivial) -------------------------------------------
+
+    def connection_opened(self) -> None:
+        """A handshake completed with 101; call ``connection_closed()`` exactly once later."""
+        self.connections_current += 1
+        self.connections_total += 1
+
+    def connection_closed(self, code: int, duration: float) -> None:
+        """An open connection ended with close ``code`` after ``duration`` seconds."""
+        self.connections_current -= 1
+        self.close_codes[code] = self.close_codes.get(code, 0) + 1
+        self.connection_duration.observe(duration)
+
+    def handshake(self, status: int) -> None:
+        """A handshake was answered with ``status`` (101, or the refusal's status)."""
+        self.handshakes[status] = self.handshakes.get(status, 0) + 1
+
+    def message_in(self, nbytes: int) -> None:
+        """A complete message of ``nbytes`` payload bytes was received."""
+        self.messages_in += 1
+        self.bytes_in += nbytes
+
+    def message_out(self, nbytes: int) -> None:
+        """A message of ``nbytes`` payload (or frame) bytes was sent or queued."""
+        self.messages_out += 1
+        self.bytes_out += nbytes
+
+    def dropped(self, reason: str) -> None:
+        """A message was dropped instead of delivered, for ``reason``."""
+        self.drops[reason] = self.drops.get(reason, 0) + 1
+
+    def slow_consumer_closed(self) -> None:
+        """A connection was closed with 1013 because its outbox passed max_backpressure."""
+        self.slow_consumers_closed += 1
+
+    def frame_parse(self, seconds: float) -> None:
+        """One ``receive_data()`` call took ``seconds`` (recorded in milliseconds)."""
+        self.frame_parse_ms.observe(seconds * 1000.0)
+
+    def rtt(self, seconds: float) -> None:
+        """A heartbeat ping was answered after ``seconds``."""
+        self.rtt_seconds.observe(seconds)
+
+    # -- rendering ----------------------------------------------------------------------------
+
+    def message_rate(self) -> float:
+        """Messages (in + out) per second over the last ``rate_window`` seconds.
+
+        Each call records a sample; the rate is measured against the oldest sample still
+        inside the window (or the newest one before it, so rare scrapes still get a rate).
+        """
+        now = self._clock()
+        total = self.messages_in + self.messages_out
+        samples = self._rate_samples
+        while len(samples) > 1 and samples[1][0] <= now - self.rate_window:
+            samples.popleft()
+        then, before = samples[0]
+        samples.append((now, total))
+        elapsed = now - then
+        return (total - before) / elapsed if elapsed > 0 else 0.0
+
+    def render(self) -> str:
+        """Return every metric in the Prometheus text exposition format (``text/plain``)."""
+        out: list[str] = []
+
+        def metric(name: str, kind: str, help_text: str, samples: list[str]) -> None:
+            out.append(f"# HELP {name} {help_text}")
+            out.append(f"# TYPE {name} {kind}")
+            out.extend(samples)
+
+        def single(name: str, kind: str, help_text: str, value: float) -> None:
+            metric(name, kind, help_text, [f"{name} {_fmt(value)}"])
+
+        def labelled(name: str, help_text: str, label: str, values: dict[int, int] | dict[
+                str, int]) -> None:
+            samples = [f"{name}{_labels([(label, str(key))])} {count}"
+                       for key, count in sorted(values.items(), key=lambda kv: str(kv[0]))]
+            metric(name, "counter", help_text, samples)
+
+        single("websocket_connections_current", "gauge", "Open WebSocket connections.",
+               self.connections_current)
+        single("websocket_connections_total", "counter", "WebSocket connections opened.",
+               self.connections_total)
+        labelled("websocket_handshakes_total", "Opening handshakes answered, by HTTP status.",
+                 "status", self.handshakes)
+        single("websocket_messages_received_total", "counter", "Messages received.",
+               self.messages_in)
+        single("websocket_messages_sent_total", "counter", "Messages sent.", self.messages_out)
+        single("websocket_received_bytes_total", "counter", "Payload bytes received.",
+               self.bytes_in)
+        single("websocket_sent_bytes_total", "counter", "Bytes sent.", self.bytes_out)
+        single("websocket_message_rate_per_second", "gauge",
+               f"Messages in and out per second over the last {_fmt(self.rate_window)} s.",
+               self.message_rate())
+        labelled("websocket_closes_total", "Closed connections, by close code.", "code",
+                 self.close_codes)
+        labelled("websocket_dropped_messages_total", "Messages dropped, by reason.", "reason",
+                 self.drops)
+        single("websocket_slow_consumers_closed_total", "counter",
+               "Connections closed with 1013 for exceeding max_backpressure.",
+               self.slow_consumers_closed)
+        metric("websocket_rtt_seconds", "histogram", "Heartbeat ping round-trip time.",
+               self.rtt_seconds.render_lines("websocket_rtt_seconds"))
+        metric("websocket_frame_parsing_duration_ms", "histogram",
+               "Time to parse the frames of one read, in milliseconds.",
+               self.frame_parse_ms.render_lines("websocket_frame_parsing_duration_ms"))
+        metric("websocket_connection_duration_seconds", "histogram",
+               "Lifetime of closed connections.",
+               self.connection_duration.render_lines("websocket_connection_duration_seconds"))
+        return "\n".join(out) + "\n"

@@ -1,0 +1,481 @@
+"""The WebSocket connection state machine: one object per peer, handshake to close.
+
+Rules for editors (each one is an RFC requirement or a contract the drivers rely on):
+
+1. Inputs are ``receive_data()``/``receive_eof()``; outputs are ``data_to_send()`` and
+   ``events_received()``. After every input or command the driver writes
+   ``data_to_send()`` first and then handles the events.
+2. A peer that breaks a rule never makes an input raise: the connection is failed with the
+   error's ``close_code`` (§7.1.7) and the error is reported as ``Closed.cause``. Commands
+   raise (``InvalidState``, ``ValueError``) only when the caller misuses them.
+3. States go forward only: CONNECTING -> OPEN -> CLOSING -> CLOSED (§4, §7).
+4. §5.5.1: "After sending a Close frame, the endpoint MUST NOT send any more data frames";
+   once a Close is sent every send command raises ``InvalidState`` and only a Close is awaited.
+5. §5.5.1: on receiving a Close the endpoint "MUST send a Close frame in response" (the
+   echo carries the same code); the echo comes from here, never from the driver.
+6. §5.5.2: "Upon receipt of a Ping frame, an endpoint MUST send a Pong frame in response"
+   with "identical Application data"; queued here before the Ping event is returned.
+7. ``Closed`` is emitted exactly once, as the last event; input after CLOSED is ignored.
+8. A message never exceeds ``Limits.max_message_size``; each continuation frame is charged
+   ``fragment_overhead`` bytes as well, so floods of tiny fragments end in 1009 (§10.4).
+
+This module does no I/O and reads no clock.
+"""
+
+from __future__ import annotations
+
+import enum
+import os
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+
+from . import handshake
+from .errors import (
+    HandshakeError,
+    InvalidHandshakeResponse,
+    InvalidPayloadData,
+    InvalidState,
+    MessageTooBig,
+    ProtocolError,
+)
+from .events import BinaryMessage, Closed, Event, Opened, Ping, Pong, Request, TextMessage
+from .frames import FrameDecoder, encode_frame
+from .utf8 import TextAssembler, decode_text
+
+__all__ = ["Connection", "Limits", "Side", "State"]
+
+
+class Side(enum.Enum):
+    """Which end of the connection this object plays."""
+
+    SERVER = "server"
+    CLIENT = "client"
+
+
+class State(enum.IntEnum):
+    """Connection states (RFC 6455 §4, §7)."""
+
+    CONNECTING = 0
+    OPEN = 1
+    CLOSING = 2
+    CLOSED = 3
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """What a peer may make this connection hold (battery rows HS-05, FR-05, FG-02, FG-03).
+
+    Attributes:
+        max_message_size: bytes of one message, and so of one frame; over -> close 1009.
+        fragment_overhead: bytes charged per continuation frame against the message budget.
+        max_header_bytes: bytes of the HTTP head; over -> 431.
+        max_headers: header lines of the HTTP head; over -> 431.
+    """
+
+    max_message_size: int = 1 << 20
+    fragment_overhead: int = 256
+    max_header_bytes: int = 16384
+    max_headers: int = 100
+
+
+def _close_code_valid(code: int) -> bool:
+    # §7.4.1/§7.4.2: 1004-1006 and 1015 are reserved, never on the wire; 0-999 unused;
+    # 1016-2999 reserved for future RFCs; 3000-4999 for libraries and applications.
+    return 1000 <= code <= 1003 or 1007 <= code <= 1014 or 3000 <= code <= 4999
+
+
+def _close_payload(code: int, reason: str) -> bytes:
+    if code == 1005:
+        return b""
+    if not _close_code_valid(code):
+        raise ValueError(f"close code {code} may not be sent (RFC 6455 §7.4)")
+    data = code.to_bytes(2, "big") + reason.encode("utf-8")
+    if len(data) > 125:
+        raise ValueError("close reason longer than 123 bytes (RFC 6455 §5.5)")
+    return data
+
+
+class Connection:
+    """A sans-I/O RFC 6455 endpoint, either side; the module docstring lists its rules.
+
+    Server side: feed the request bytes; a ``Request`` event asks for ``accept()``,
+    ``reject()`` or (for plain HTTP with ``http=True``) ``respond()``. Client side: call
+    ``connect()`` first. Then send with the ``send_*`` commands and finish with ``close()``.
+    """
+
+    __slots__ = (
+        "_close_sent",
+        "_decoder",
+        "_events",
+        "_head",
+        "_key",
+        "_limits",
+        "_mask_source",
+        "_message_opcode",
+        "_offered",
+        "_out",
+        "_parts",
+        "_pending_input",
+        "_text",
+        "_used",
+        "_http",
+        "request",
+        "side",
+        "state",
+        "subprotocol",
+    )
+
+    def __init__(
+        self,
+        side: Side,
+        *,
+        limits: Limits | None = None,
+        http: bool = False,
+        mask_source: Callable[[int], bytes] = os.urandom,
+    ) -> None:
+        self.side = side
+        self.state = State.CONNECTING
+        self.subprotocol: str | None = None
+        #: Server side: the validated request once it arrived.
+        self.request: Request | None = None
+        self._limits = limits or Limits()
+        self._http = http
+        self._mask_source = mask_source
+        self._head: handshake.HeadReader | None = handshake.HeadReader(
+            self._limits.max_header_bytes, self._limits.max_headers
+        )
+        self._decoder = FrameDecoder(
+            expect_mask=side is Side.SERVER, max_payload=self._limits.max_message_size
+        )
+        self._events: list[Event] = []
+        self._out: list[bytes] = []
+        #: Bytes that arrived after the handshake head, before accept() or connect's 101.
+        self._pending_input: list[bytes] = []
+        self._key = ""
+        self._offered: Sequence[str] = ()
+        self._close_sent = False
+        #: Opcode of the fragmented message in progress, 0 when none.
+        self._message_opcode = 0
+        self._parts: list[bytes] = []
+        self._text: TextAssembler | None = None
+        #: Budget spent by the message in progress (payload plus fragment charges).
+        self._used = 0
+
+    # ------------------------------------------------------------------ outputs
+
+    def data_to_send(self) -> bytes:
+        """Return (and forget) every byte queued for the peer; ``b""`` when none."""
+        out = self._out
+        if not out:
+            return b""
+        data = out[0] if len(out) == 1 else b"".join(out)
+        out.clear()
+        return data
+
+    def events_received(self) -> list[Event]:
+        """Return (and forget) the events since the last call, oldest first."""
+        events = self._events
+        self._events = []
+        return events
+
+    def close_expected(self) -> bool:
+        """True once a Close was sent and the peer's answer is awaited: arm a close timer."""
+        return self.state is State.CLOSING
+
+    # ------------------------------------------------------------------ inputs
+
+    def receive_data(self, data: bytes) -> None:
+        """Feed bytes from the transport. Never raises for anything the peer sent."""
+        if self.state is State.CLOSED or not data:
+            return
+        if self.state is State.CONNECTING:
+            self._receive_head(data)
+            return
+        self._receive_frames(data)
+
+    def receive_eof(self) -> None:
+        """The transport ended. Without a closing handshake this is 1006 (§7.1.5)."""
+        if self.state is not State.CLOSED:
+            self._set_closed(Closed(1006, "connection lost"))
+
+    # ------------------------------------------------------------------ handshake
+
+    def _receive_head(self, data: bytes) -> None:
+        if self._head is None:  # request emitted, awaiting accept(): keep the bytes, bounded
+            self._pending_input.append(data)
+            if sum(map(len, self._pending_input)) > self._limits.max_message_size:
+                self._set_closed(Closed(1006, "too much data before the handshake completed"))
+            return
+        try:
+            done = self._head.feed(data)
+            if done is None:
+                return
+            head, rest = done
+            self._head = None
+            if rest:
+                self._pending_input.append(rest)
+            if self.side is Side.SERVER:
+                self.request = handshake.parse_request(head, http=self._http)
+                self._events.append(self.request)
+            else:
+                self._open_client(head)
+        except HandshakeError as exc:
+            self._refuse(exc)
+        except InvalidHandshakeResponse as exc:
+            self._set_closed(Closed(1006, str(exc), exc))
+
+    def _refuse(self, exc: HandshakeError) -> None:
+        if self.side is Side.SERVER:
+            body = f"{exc.status} {exc}\n".encode("utf-8", "replace")
+            self._out.append(handshake.build_response(exc.status, body, headers=exc.headers))
+        self._set_closed(Closed(1006, str(exc), exc))
+
+    def accept(
+        self,
+        request: Request,
+        *,
+        subprotocol: str | None = None,
+        extensions: str = "",
+        headers: Iterable[tuple[str, str]] = (),
+    ) -> None:
+        """Server side: answer ``request`` with 101 and open the connection.
+
+        Raises:
+            InvalidState: not a server awaiting its request, or a plain HTTP request.
+        """
+        if self.side is not Side.SERVER or self.request is None or self.state is not State.CONNECTING:
+            raise InvalidState("accept() needs a server connection with a pending Request")
+        if not request.key:
+            raise InvalidState("accept() on a plain HTTP request: use respond()")
+        self._out.append(
+            handshake.build_accept(
+                request.key, subprotocol=subprotocol, extensions=extensions, headers=headers
+            )
+        )
+        self.subprotocol = subprotocol
+        self._open(Opened(subprotocol, extensions))
+
+    def reject(self, status: int, body: str = "", *, headers: Iterable[tuple[str, str]] = ()) -> None:
+        """Server side: refuse the handshake with an HTTP ``status``; the connection ends."""
+        self._check_connecting_server("reject")
+        text = body or f"HTTP {status}\n"
+        self._out.append(handshake.build_response(status, text.encode(), headers=headers))
+        self._set_closed(Closed(1006, f"handshake rejected with {status}"))
+
+    def respond(
+        self,
+        status: int,
+        body: bytes,
+        *,
+        content_type: str = "text/plain; charset=utf-8",
+        headers: Iterable[tuple[str, str]] = (),
+    ) -> None:
+        """Server side: answer a plain HTTP request (``http=True``) and end the connection."""
+        self._check_connecting_server("respond")
+        self._out.append(
+            handshake.build_response(status, body, content_type=content_type, headers=headers)
+        )
+        self._set_closed(Closed(1006, f"HTTP {status}"))
+
+    def _check_connecting_server(self, command: str) -> None:
+        if self.side is not Side.SERVER or self.state is not State.CONNECTING:
+            raise InvalidState(f"{command}() needs a server connection still in CONNECTING")
+
+    def connect(
+        self,
+        host: str,
+        target: str = "/",
+        *,
+        key: str | None = None,
+        subprotocols: Sequence[str] = (),
+        extensions: str = "",
+        headers: Iterable[tuple[str, str]] = (),
+    ) -> None:
+        """Client side: queue the opening handshake; ``Opened`` or ``Closed`` follows."""
+        if self.side is not Side.CLIENT or self.state is not State.CONNECTING or self._key:
+            raise InvalidState("connect() needs a new client connection")
+        self._key = key or handshake.make_key(self._mask_source)
+        self._offered = tuple(subprotocols)
+        self._out.append(
+            handshake.build_request(
+                host, target, self._key, subprotocols=subprotocols,
+                extensions=extensions, headers=headers,
+            )
+        )
+
+    def _open_client(self, head: bytes) -> None:
+        subprotocol, extensions, headers = handshake.parse_response(
+            head, self._key, subprotocols=self._offered
+        )
+        self.subprotocol = subprotocol
+        self._open(Opened(subprotocol, extensions, headers))
+
+    def _open(self, opened: Opened) -> None:
+        self.state = State.OPEN
+        self._events.append(opened)
+        pending, self._pending_input = self._pending_input, []
+        for chunk in pending:
+            self._receive_frames(chunk)
+
+    # ------------------------------------------------------------------ frames in
+
+    def _receive_frames(self, data: bytes) -> None:
+        decoder = self._decoder
+        try:
+            for fin, opcode, _rsv, payload in decoder.feed(data):
+                if opcode >= 0x8:
+                    self._receive_control(opcode, payload)
+                    if self.state is State.CLOSED:
+                        return
+                elif self.state is State.OPEN:
+                    self._receive_data_frame(fin, opcode, payload)
+        except ProtocolError as exc:
+            self.fail(exc.close_code, str(exc), cause=exc)
+
+    def _receive_data_frame(self, fin: bool, opcode: int, payload: bytes) -> None:
+        if opcode:  # TEXT or BINARY starts a message
+            if self._message_opcode:
+                raise ProtocolError("new data frame inside a fragmented message")  # §5.4
+            if fin:  # the common case: a whole message in one frame
+                if opcode == 1:
+                    self._events.append(TextMessage(decode_text(payload)))
+                else:
+                    self._events.append(BinaryMessage(payload))
+                return
+            self._message_opcode = opcode
+            if opcode == 1:
+                self._text = TextAssembler()
+        elif not self._message_opcode:
+            raise ProtocolError("continuation frame without a message to continue")  # §5.4
+        else:
+            self._used += self._limits.fragment_overhead
+        self._add_fragment(fin, payload)
+
+    def _add_fragment(self, fin: bool, payload: bytes) -> None:
+        self._used += len(payload)
+        limit = self._limits.max_message_size
+        if self._used > limit:
+            raise MessageTooBig(f"message over the limit of {limit} bytes")
+        text = self._text
+        if text is not None:
+            text.feed(payload, final=fin)  # §8.1 fail fast, fragment by fragment
+        elif payload:
+            self._parts.append(payload)
+        if not fin:
+            # The next data frame may only use what is left, fragment charge included (§10.4).
+            self._decoder.max_payload = max(0, limit - self._used - self._limits.fragment_overhead)
+            return
+        if text is not None:
+            self._events.append(TextMessage(text.finish()))
+        else:
+            self._events.append(BinaryMessage(b"".join(self._parts)))
+        self._reset_message()
+
+    def _reset_message(self) -> None:
+        self._message_opcode = self._used = 0
+        self._parts = []
+        self._text = None
+        self._decoder.max_payload = self._limits.max_message_size
+
+    def _receive_control(self, opcode: int, payload: bytes) -> None:
+        if opcode == 0x8:
+            self._receive_close(payload)
+        elif opcode == 0x9:
+            if not self._close_sent:
+                self._out.append(encode_frame(0xA, payload, mask=self._mask()))  # §5.5.2
+                self._events.append(Ping(payload))
+        elif not self._close_sent:
+            self._events.append(Pong(payload))  # §5.5.3: unsolicited pongs are fine
+
+    def _receive_close(self, payload: bytes) -> None:
+        code, reason = 1005, ""
+        if len(payload) == 1:
+            raise ProtocolError("close frame with a 1-byte payload")  # §5.5.1
+        if payload:
+            code = int.from_bytes(payload[:2], "big")
+            if not _close_code_valid(code):
+                raise ProtocolError(f"invalid close code {code}")  # §7.4
+            try:
+                reason = payload[2:].decode("utf-8")
+            except UnicodeDecodeError:
+                raise InvalidPayloadData("close reason is not UTF-8") from None  # §5.5.1
+        if not self._close_sent:  # §5.5.1: echo the code we received
+            self._send_close_frame(code, "")
+        self._set_closed(Closed(code, reason, None, True))
+
+    # ------------------------------------------------------------------ frames out
+
+    def _mask(self) -> bytes | None:
+        return self._mask_source(4) if self.side is Side.CLIENT else None
+
+    def _check_sendable(self) -> None:
+        if self.state is not State.OPEN:
+            raise InvalidState(f"cannot send in state {self.state.name}")
+
+    def send_text(self, data: str, *, fin: bool = True) -> None:
+        """Send a text message (or its first fragment when ``fin`` is False)."""
+        self._check_sendable()
+        self._out.append(encode_frame(0x1, data.encode("utf-8"), fin=fin, mask=self._mask()))
+
+    def send_binary(self, data: bytes, *, fin: bool = True) -> None:
+        """Send a binary message (or its first fragment when ``fin`` is False)."""
+        self._check_sendable()
+        self._out.append(encode_frame(0x2, data, fin=fin, mask=self._mask()))
+
+    def send_continuation(self, data: bytes, *, fin: bool) -> None:
+        """Send the next fragment of the message started with ``fin=False``."""
+        self._check_sendable()
+        self._out.append(encode_frame(0x0, data, fin=fin, mask=self._mask()))
+
+    def send_frame_bytes(self, frame: bytes) -> None:
+        """Send a frame made by ``encode_frame()`` as it is (one encoding, many sockets)."""
+        self._check_sendable()
+        self._out.append(frame)
+
+    def send_ping(self, data: bytes = b"") -> None:
+        """Send a ping; its pong arrives as a ``Pong`` event."""
+        self._check_sendable()
+        if len(data) > 125:
+            raise ValueError("ping payload longer than 125 bytes (RFC 6455 §5.5)")
+        self._out.append(encode_frame(0x9, data, mask=self._mask()))
+
+    def send_pong(self, data: bytes = b"") -> None:
+        """Send an unsolicited pong (a unidirectional heartbeat, §5.5.3)."""
+        self._check_sendable()
+        if len(data) > 125:
+            raise ValueError("pong payload longer than 125 bytes (RFC 6455 §5.5)")
+        self._out.append(encode_frame(0xA, data, mask=self._mask()))
+
+    def close(self, code: int = 1000, reason: str = "") -> None:
+        """Start the closing handshake; a no-op once closing. Arm a timer: ``close_expected()``.
+
+        Raises:
+            InvalidState: the handshake has not completed (reject or drop it instead).
+            ValueError: a code that may not be sent or a reason over 123 bytes.
+        """
+        if self.state is State.CONNECTING:
+            raise InvalidState("close() before the handshake completed")
+        if self.state is not State.OPEN:
+            return
+        self._send_close_frame(code, reason)
+        self.state = State.CLOSING
+
+    def fail(self, code: int, reason: str = "", *, cause: Exception | None = None) -> None:
+        """_Fail the WebSocket Connection_ (§7.1.7): send a Close if none was sent, end now."""
+        if self.state is State.CLOSED:
+            return
+        if self.state is not State.CONNECTING and not self._close_sent:
+            self._send_close_frame(code, reason.encode()[:120].decode("utf-8", "ignore"))
+        self._set_closed(Closed(code, reason, cause))
+
+    def _send_close_frame(self, code: int, reason: str) -> None:
+        payload = _close_payload(code, reason)
+        self._out.append(encode_frame(0x8, payload, mask=self._mask()))
+        self._close_sent = True
+
+    def _set_closed(self, closed: Closed) -> None:
+        self.state = State.CLOSED
+        self._parts = []
+        self._text = None
+        self._pending_input = []
+        self._events.append(closed)

@@ -1,0 +1,137 @@
+"""Errors of the protocol core, each carrying its wire mapping.
+
+Two families, and the rule that separates them (STYLE.md rules 2-3):
+
+* a **peer** that breaks RFC 6455 never makes ``receive_data()`` raise: the core fails the
+  connection with the class's ``close_code`` and reports the error as ``Closed.cause``;
+* a **caller** that misuses the API gets an exception (``InvalidState``, ``ValueError``).
+
+Handshake failures carry the HTTP ``status`` (and the extra response headers) that the
+server answers with. The tree::
+
+    Exception
+    ├── ProtocolError                close_code 1002 (RFC 6455 §7.4.1)
+    │   ├── InvalidPayloadData       close_code 1007 (bad UTF-8, §8.1)
+    │   ├── PolicyViolation          close_code 1008
+    │   ├── MessageTooBig            close_code 1009 (§10.4 limits)
+    │   └── CompressionError         close_code 1007 (corrupt permessage-deflate data)
+    ├── HandshakeError               status 400
+    │   ├── NotFound                 status 404
+    │   ├── Forbidden                status 403 (refused Origin, §10.2)
+    │   ├── MethodNotAllowed         status 405 + ``Allow: GET``
+    │   ├── UpgradeRequired          status 426 + ``Sec-WebSocket-Version: 13`` (§4.4)
+    │   ├── HeadersTooLarge          status 431
+    │   ├── TooManyRequests          status 429
+    │   └── ServiceUnavailable       status 503
+    ├── InvalidHandshakeResponse     client side: the server's answer is not a valid 101
+    └── InvalidState                 a command that the connection's state does not allow
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "CompressionError",
+    "Forbidden",
+    "HandshakeError",
+    "HeadersTooLarge",
+    "InvalidHandshakeResponse",
+    "InvalidPayloadData",
+    "InvalidState",
+    "MessageTooBig",
+    "MethodNotAllowed",
+    "NotFound",
+    "PolicyViolation",
+    "ProtocolError",
+    "ServiceUnavailable",
+    "TooManyRequests",
+    "UpgradeRequired",
+]
+
+
+class ProtocolError(Exception):
+    """The peer broke RFC 6455; the connection fails with ``close_code``."""
+
+    close_code: int = 1002
+
+
+class InvalidPayloadData(ProtocolError):
+    """Text that is not UTF-8, or a close reason that is not (RFC 6455 §8.1)."""
+
+    close_code = 1007
+
+
+class PolicyViolation(ProtocolError):
+    """The peer broke a policy of this endpoint that no other code describes."""
+
+    close_code = 1008
+
+
+class MessageTooBig(ProtocolError):
+    """A frame or message exceeds the configured limit (RFC 6455 §10.4)."""
+
+    close_code = 1009
+
+
+class CompressionError(ProtocolError):
+    """Compressed data that does not inflate (documented choice: 1007, as invalid data)."""
+
+    close_code = 1007
+
+
+class HandshakeError(Exception):
+    """The opening handshake is refused with ``status`` and ``headers``."""
+
+    status: int = 400
+    headers: tuple[tuple[str, str], ...] = ()
+
+
+class NotFound(HandshakeError):
+    """No route serves the requested resource (RFC 6455 §4.2.2 step 2)."""
+
+    status = 404
+
+
+class Forbidden(HandshakeError):
+    """The Origin is not one this server accepts (RFC 6455 §10.2)."""
+
+    status = 403
+
+
+class MethodNotAllowed(HandshakeError):
+    """The request method is not GET (RFC 6455 §4.1: "The method of the request MUST be GET")."""
+
+    status = 405
+    headers = (("Allow", "GET"),)
+
+
+class UpgradeRequired(HandshakeError):
+    """An unsupported ``Sec-WebSocket-Version`` (RFC 6455 §4.4)."""
+
+    status = 426
+    headers = (("Sec-WebSocket-Version", "13"),)
+
+
+class HeadersTooLarge(HandshakeError):
+    """The request head exceeds the byte or header-count limit."""
+
+    status = 431
+
+
+class TooManyRequests(HandshakeError):
+    """A per-client limit was reached."""
+
+    status = 429
+
+
+class ServiceUnavailable(HandshakeError):
+    """The server cannot take the connection now (capacity, draining)."""
+
+    status = 503
+
+
+class InvalidHandshakeResponse(Exception):
+    """Client side: the server did not answer with a valid 101 (RFC 6455 §4.1)."""
+
+
+class InvalidState(Exception):
+    """The caller issued a command that the connection's state does not allow."""

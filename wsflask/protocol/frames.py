@@ -1,0 +1,211 @@
+"""Frame encoding and incremental decoding (RFC 6455 §5.2-§5.5).
+
+``encode_frame()`` is pure: the same bytes can go to every member of a room. A
+``FrameDecoder`` turns a byte stream, split anywhere, into ``(fin, opcode, rsv, payload)``
+tuples and enforces every frame-level rule before it buffers a payload:
+
+* §5.2 "the minimal number of bytes MUST be used to encode the length" -> 1002;
+* §5.2 a 64-bit length's "most significant bit MUST be 0" -> 1002;
+* §5.2 RSV1-3 "MUST be 0 unless an extension is negotiated that defines meanings" -> 1002;
+* §5.2 reserved opcodes: "If an unknown opcode is received, the receiving endpoint MUST
+  _Fail the WebSocket Connection_" -> 1002;
+* §5.1 a server "MUST close the connection upon receiving a frame that is not masked", a
+  client "MUST close a connection if it detects a masked frame" -> 1002;
+* §5.5 "All control frames MUST have a payload length of 125 bytes or less and MUST NOT be
+  fragmented" -> 1002;
+* §10.4 a data frame longer than ``max_payload`` -> 1009, decided from the header, before a
+  single payload byte is kept.
+
+Message reassembly, UTF-8 and close codes are ``connection.py``'s; this module does no I/O.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Iterator
+
+from .errors import MessageTooBig, ProtocolError
+from .mask import apply_mask
+
+__all__ = ["CloseCode", "Frame", "FrameDecoder", "Opcode", "encode_frame"]
+
+
+class Opcode(enum.IntEnum):
+    """Frame opcodes (RFC 6455 §5.2, §11.8)."""
+
+    CONT = 0x0
+    TEXT = 0x1
+    BINARY = 0x2
+    CLOSE = 0x8
+    PING = 0x9
+    PONG = 0xA
+
+
+class CloseCode(enum.IntEnum):
+    """Close status codes (RFC 6455 §7.4.1, IANA registry)."""
+
+    NORMAL = 1000
+    GOING_AWAY = 1001
+    PROTOCOL_ERROR = 1002
+    UNSUPPORTED = 1003
+    NO_STATUS = 1005
+    ABNORMAL = 1006
+    INVALID_DATA = 1007
+    POLICY = 1008
+    TOO_BIG = 1009
+    MANDATORY_EXTENSION = 1010
+    INTERNAL_ERROR = 1011
+    SERVICE_RESTART = 1012
+    TRY_AGAIN_LATER = 1013
+
+
+#: A decoded frame: (fin, opcode, rsv bits as 0x70-masked int, unmasked payload).
+Frame = tuple[bool, int, int, bytes]
+
+_DATA_OPCODES = frozenset((0x0, 0x1, 0x2))
+_CONTROL_OPCODES = frozenset((0x8, 0x9, 0xA))
+
+
+def encode_frame(
+    opcode: int,
+    payload: bytes = b"",
+    *,
+    fin: bool = True,
+    rsv: int = 0,
+    mask: bytes | None = None,
+) -> bytes:
+    """Return one complete frame.
+
+    Args:
+        opcode: an ``Opcode``.
+        payload: the application data (already compressed when ``rsv`` has RSV1).
+        fin: False for every fragment but the last.
+        rsv: RSV bits as they sit in the first byte (``0x40`` is RSV1).
+        mask: a 4-byte masking key: clients MUST mask every frame (§5.3), servers never do.
+
+    Returns:
+        The frame's bytes, ready for a socket; pure, so one frame serves many sockets.
+    """
+    length = len(payload)
+    first = (0x80 if fin else 0) | rsv | opcode
+    mask_bit = 0x80 if mask is not None else 0
+    if length < 126:
+        head = bytes((first, mask_bit | length))
+    elif length < 65536:
+        head = bytes((first, mask_bit | 126)) + length.to_bytes(2, "big")
+    else:
+        head = bytes((first, mask_bit | 127)) + length.to_bytes(8, "big")
+    if mask is None:
+        return head + payload
+    return head + mask + apply_mask(payload, mask)
+
+
+class FrameDecoder:
+    """Incremental frame parser for one direction of one connection.
+
+    Call ``feed(data)`` with every chunk received and iterate the frames it yields. The
+    owner may lower ``max_payload`` between frames (the message budget); it is read when
+    each header is parsed. A ``ProtocolError`` raised from the iterator ends the stream.
+    """
+
+    __slots__ = ("_buf", "_need", "_parts", "_pending", "allowed_rsv", "expect_mask", "max_payload")
+
+    def __init__(self, *, expect_mask: bool, max_payload: int, allowed_rsv: int = 0) -> None:
+        #: True on the server side: every client frame must be masked (§5.1).
+        self.expect_mask = expect_mask
+        #: The largest data-frame payload accepted now (the rest of the message budget).
+        self.max_payload = max_payload
+        #: RSV bits a negotiated extension defines (``0x40`` for permessage-deflate).
+        self.allowed_rsv = allowed_rsv
+        #: Bytes of an incomplete frame: the only state kept between chunks.
+        self._buf = b""
+        #: Chunks received while waiting for a long payload, joined once it is complete,
+        #: so a large frame arriving in many reads costs linear time.
+        self._parts: list[bytes] = []
+        self._pending = 0
+        self._need = 0
+
+    @property
+    def buffered(self) -> int:
+        """Bytes held for the incomplete frame at the end of the stream."""
+        return len(self._buf) + self._pending
+
+    def feed(self, data: bytes) -> Iterator[Frame]:
+        """Yield every complete frame in the stream so far; keep the incomplete rest."""
+        if self._need:
+            self._parts.append(data)
+            self._pending += len(data)
+            if self._pending < self._need:
+                return
+            data = b"".join(self._parts)
+            self._parts.clear()
+            self._pending = self._need = 0
+        buf = self._buf + data if self._buf else data
+        self._buf = b""
+        pos, end_of_data = 0, len(buf)
+        while end_of_data - pos >= 2:
+            head = self._parse_head(buf, pos, end_of_data)
+            if head is None:
+                break
+            fin_op, rsv, start, length, masked = head
+            end = start + length
+            if end > end_of_data:
+                self._wait_for(buf, pos, end)
+                return
+            payload = buf[start:end]
+            if masked:
+                payload = apply_mask(payload, buf[start - 4 : start])
+            pos = end
+            yield fin_op >= 0x80, fin_op & 0x0F, rsv, payload
+        if pos < end_of_data:
+            self._buf = buf[pos:]
+
+    def _wait_for(self, buf: bytes, pos: int, end: int) -> None:
+        rest = buf[pos:]
+        if end - pos > 4096:
+            self._parts.append(rest)
+            self._pending = len(rest)
+            self._need = end - pos
+        else:
+            self._buf = rest
+
+    def _parse_head(self, buf: bytes, pos: int, limit: int) -> tuple[int, int, int, int, bool] | None:
+        """Check one frame header; return (fin|opcode, rsv, payload start, length, masked)."""
+        b0, b1 = buf[pos], buf[pos + 1]
+        opcode, rsv = b0 & 0x0F, b0 & 0x70
+        if opcode in _CONTROL_OPCODES:
+            if not b0 & 0x80:
+                raise ProtocolError("fragmented control frame")  # §5.5
+            if (b1 & 0x7F) > 125:
+                raise ProtocolError("control frame payload over 125 bytes")  # §5.5
+            if rsv:
+                raise ProtocolError("RSV bits set on a control frame")  # §5.2, RFC 7692 §6.1
+        elif opcode not in _DATA_OPCODES:
+            raise ProtocolError(f"reserved opcode {opcode:#x}")  # §5.2
+        if rsv & ~self.allowed_rsv:
+            raise ProtocolError("RSV bits set without a negotiated extension")  # §5.2
+        masked = bool(b1 & 0x80)
+        if masked is not self.expect_mask:
+            raise ProtocolError("unmasked client frame" if self.expect_mask else "masked server frame")
+        length, start = b1 & 0x7F, pos + 2
+        if length == 126:
+            if limit - pos < 4:
+                return None
+            length, start = int.from_bytes(buf[pos + 2 : pos + 4], "big"), pos + 4
+            if length < 126:
+                raise ProtocolError("non-minimal 16-bit length")  # §5.2
+        elif length == 127:
+            if limit - pos < 10:
+                return None
+            length, start = int.from_bytes(buf[pos + 2 : pos + 10], "big"), pos + 10
+            if length >> 63:
+                raise ProtocolError("64-bit length with the top bit set")  # §5.2
+            if length < 65536:
+                raise ProtocolError("non-minimal 64-bit length")  # §5.2
+        if length > self.max_payload and opcode < 0x8:
+            raise MessageTooBig(f"frame of {length} bytes over the limit of {self.max_payload}")
+        if masked:
+            start += 4
+            if start > limit:
+                return None
+        return b0 & 0x8F, rsv, start, length, masked

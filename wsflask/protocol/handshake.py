@@ -1,0 +1,476 @@
+"""The HTTP/1.1 opening handshake of RFC 6455 (§4, §9.1, §11.3), both sides, without I/O.
+
+``HeadReader`` collects a head up to the empty line in linear time, bounded in bytes and in
+header count (431), and returns the bytes after it untouched: they start the frame stream.
+``parse_request`` validates a client handshake (§4.2.1) and raises the ``HandshakeError``
+subclass whose ``status``/``headers`` the server answers with; ``build_accept`` writes the
+101 (§4.2.2), ``build_response`` any other answer. ``make_key``, ``build_request`` and
+``parse_response`` are the client side (§4.1). ``Sec-WebSocket-Extensions`` is parsed to the
+§9.1 grammar only: the meaning of any extension's parameters, Origin policy (§10.2),
+routing, sockets, timers and logging live elsewhere. Header names must be ASCII tokens;
+values are decoded as latin-1.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import os
+import re
+from collections.abc import Callable, Iterable, Sequence
+
+from .errors import (
+    HandshakeError,
+    HeadersTooLarge,
+    InvalidHandshakeResponse,
+    InvalidState,
+    MethodNotAllowed,
+    UpgradeRequired,
+)
+from .events import Request
+
+__all__ = [
+    "GUID", "HeadReader", "accept_key", "build_accept", "build_request", "build_response",
+    "make_key", "parse_extensions", "parse_request", "parse_response", "select_subprotocol",
+]  # fmt: skip
+
+GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+
+Extension = tuple[str, tuple[tuple[str, str | None], ...]]
+Headers = Iterable[tuple[str, str]]
+Index = dict[str, list[str]]
+Negotiated = tuple[str | None, str]
+
+# RFC 7230 §3.2.6 token; every pattern below is a single character class or has disjoint
+# alternatives, so matching is linear (no backtracking).
+_TCHAR = r"!#$%&'*+\-.^_`|~0-9A-Za-z"
+_TOKEN = re.compile(f"[{_TCHAR}]+")
+_TOKEN_B = re.compile(f"[{_TCHAR}]+".encode())
+_OWS = re.compile(r"[ \t]*")
+_QUOTED = re.compile(r'"((?:[^"\\\x00-\x08\x0a-\x1f\x7f]|\\[\t\x20-\x7e\x80-\xff])*)"')
+_QUOTED_PAIR = re.compile(r"\\(.)", re.DOTALL)
+_CTL_B = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")  # CTLs except HTAB (RFC 7230 field-vchar)
+_TARGET_B = re.compile(rb"[\x21-\x22\x24-\x7e]+")  # visible ASCII except "#"
+_VERSION_B = re.compile(rb"HTTP/([0-9])\.([0-9])")
+_STATUS_B = re.compile(rb"HTTP/1\.[0-9] ([0-9]{3})(?: [\t\x20-\x7e\x80-\xff]*)?")
+_ABSOLUTE = re.compile(r"(?:https?|wss?)://[^/?]+", re.IGNORECASE)
+_ONCE = ("host", "upgrade", "sec-websocket-key", "sec-websocket-version")
+_UPGRADE, _CONNECTION = ("Upgrade", "websocket"), ("Connection", "Upgrade")
+_VERSION = ("Sec-WebSocket-Version", "13")
+TEXT_PLAIN = "text/plain; charset=utf-8"
+
+REASONS = {
+    101: "Switching Protocols", 200: "OK", 204: "No Content", 301: "Moved Permanently",
+    302: "Found", 304: "Not Modified", 400: "Bad Request", 401: "Unauthorized",
+    403: "Forbidden", 404: "Not Found", 405: "Method Not Allowed", 408: "Request Timeout",
+    413: "Content Too Large", 426: "Upgrade Required", 429: "Too Many Requests",
+    431: "Request Header Fields Too Large", 500: "Internal Server Error",
+    501: "Not Implemented", 503: "Service Unavailable",
+}  # fmt: skip
+
+
+def accept_key(key: str) -> str:
+    """Return ``base64(sha1(key + GUID))`` for the key string as sent, not decoded (§4.2.2)."""
+    return base64.b64encode(hashlib.sha1((key + GUID).encode("ascii")).digest()).decode()
+
+
+def make_key(random_bytes: Callable[[int], bytes] = os.urandom) -> str:
+    """Return a fresh ``Sec-WebSocket-Key``: base64 of 16 random bytes (§4.1 item 7)."""
+    return base64.b64encode(random_bytes(16)).decode()
+
+
+class HeadReader:
+    """Accumulates bytes until the empty line (``b"\\r\\n\\r\\n"``) that ends an HTTP head.
+
+    Each byte is searched at most twice (a trailing ``\\r`` is searched again with the next
+    chunk), so the total work is linear however the head is split; ``scanned`` counts it.
+    Call ``feed()`` with each chunk until it returns ``(head, rest)``; a reader is used once.
+    """
+
+    def __init__(self, max_bytes: int = 16384, max_headers: int = 100) -> None:
+        self.max_bytes = max_bytes  #: limit on the head, final CRLFCRLF included (431 above)
+        self.max_headers = max_headers  #: limit on header lines (431 above)
+        self.scanned = 0  #: bytes examined so far, for tests of linearity
+        self._buf = bytearray()
+        self._scan = 0  # where the next CRLF search starts
+        self._line_start = 0  # where the current line starts
+        self._lines = 0  # complete lines, request line included
+        self._done = False
+
+    @property
+    def buffered(self) -> int:
+        """How many bytes are held right now."""
+        return len(self._buf)
+
+    def feed(self, data: bytes) -> tuple[bytes, bytes] | None:
+        """Add ``data``; return ``(head, rest)`` once the head is complete, else ``None``.
+
+        ``head`` excludes the final CRLFCRLF (pass it to ``parse_request()`` or
+        ``parse_response()``); ``rest`` is every byte after it, as received.
+
+        Raises:
+            HeadersTooLarge: over ``max_bytes`` or ``max_headers``, as soon as that is known.
+            InvalidState: the head was already returned.
+        """
+        if self._done:
+            raise InvalidState("HeadReader.feed() called after the head was complete")
+        buf = self._buf
+        buf += data
+        limit = min(len(buf), self.max_bytes)  # a CRLF past the limit ends a too-large head
+        while (end := buf.find(b"\r\n", self._scan, limit)) >= 0:
+            self.scanned += end + 2 - self._scan
+            if end == self._line_start and end > 0:
+                self._done = True
+                head, rest = bytes(buf[: end - 2]), bytes(buf[end + 2 :])
+                self._buf = bytearray()
+                return head, rest
+            self._lines += 1
+            if self._lines - 1 > self.max_headers:
+                raise HeadersTooLarge(f"More than {self.max_headers} header fields")
+            self._line_start = self._scan = end + 2
+        self.scanned += max(limit - self._scan, 0)
+        self._scan = max(self._scan, limit - 1)  # a lone "\r" at the end is searched again
+        if len(buf) > self.max_bytes:
+            raise HeadersTooLarge(f"Request head larger than {self.max_bytes} bytes")
+        return None
+
+
+def _parse_head(head: bytes) -> tuple[bytes, tuple[tuple[str, str], ...], Index]:
+    """Return the start line, the RFC 7230 §3.2 fields (names lower-cased, values trimmed
+    of SP/HTAB) and an index of values by name. A trailing CRLFCRLF is ignored."""
+    start, *lines = head.removesuffix(b"\r\n\r\n").split(b"\r\n")
+    fields: list[tuple[str, str]] = []
+    index: Index = {}
+    for line in lines:
+        if line[:1] in (b" ", b"\t"):
+            # RFC 7230 §3.2.4: obs-fold is rejected with 400 outside message/http
+            raise HandshakeError("Obsolete line folding in header")
+        name, colon, value = line.partition(b":")
+        if not colon:
+            raise HandshakeError("Malformed header line (no colon)")
+        if not _TOKEN_B.fullmatch(name):
+            # also catches whitespace before the colon, which RFC 7230 §3.2.4 rejects
+            raise HandshakeError("Invalid header name")
+        if _CTL_B.search(value):
+            raise HandshakeError("Invalid character in header value")
+        field = (name.decode("ascii").lower(), value.strip(b" \t").decode("latin-1"))
+        fields.append(field)
+        index.setdefault(field[0], []).append(field[1])
+    return start, tuple(fields), index
+
+
+def _comma_list(values: Iterable[str]) -> list[str]:
+    """Split ``#rule`` lists, trimming, dropping empty elements (RFC 7230 §7)."""
+    return [item for value in values for item in (x.strip(" \t") for x in value.split(",")) if item]
+
+
+def _split_target(target: str) -> tuple[str, str, str]:
+    """Return ``(target, path, query)``; absolute-form is reduced to origin-form."""
+    # 4.2.1 item 1: "a "Request-URI" ... (or an absolute HTTP/HTTPS URI containing the
+    # /resource name/)": we accept http(s)/ws(s) absolute-form and keep its path and query.
+    if not target.startswith("/") and (match := _ABSOLUTE.match(target)):
+        target = target[match.end() :]
+        target = target if target.startswith("/") else "/" + target
+    if not target.startswith("/"):
+        raise HandshakeError('Request target must start with "/"')
+    path, _, query = target.partition("?")
+    return target, path, query
+
+
+def _parse_request_line(line: bytes) -> tuple[str, str, tuple[int, int]]:
+    parts = line.split(b" ")
+    if len(parts) != 3:
+        raise HandshakeError("Malformed request line")
+    method, target, version = parts
+    match = _VERSION_B.fullmatch(version)
+    if not _TOKEN_B.fullmatch(method) or not _TARGET_B.fullmatch(target) or not match:
+        raise HandshakeError("Malformed request line")
+    return method.decode(), target.decode(), (int(match[1]), int(match[2]))
+
+
+def parse_request(head: bytes, *, http: bool = False) -> Request:
+    """Parse and validate a client's opening handshake (RFC 6455 §4.2.1).
+
+    ``head`` comes from ``HeadReader.feed()`` (a trailing CRLFCRLF is allowed). With
+    ``http=True`` a request without any ``Upgrade`` header is returned as plain HTTP (any
+    method and version, ``key=""``, no WebSocket checks). Next: ``build_accept()`` or
+    ``build_response()``.
+
+    Raises:
+        HandshakeError: 400, or its subclasses ``MethodNotAllowed`` (405) and
+            ``UpgradeRequired`` (426).
+    """
+    start, fields, index = _parse_head(head)
+    method, raw_target, version = _parse_request_line(start)
+    target, path, query = _split_target(raw_target)
+    if http and "upgrade" not in index:
+        return Request(method, target, path, query, fields, key="")
+    # 4.1 item 2: "The method of the request MUST be GET" (case-sensitive, RFC 7230 §3.1.1)
+    if method != "GET":
+        raise MethodNotAllowed(f"Method {method} not allowed for WebSocket upgrade")
+    # 4.2.1 item 1: "An HTTP/1.1 or higher GET request"
+    if version < (1, 1):
+        raise HandshakeError("HTTP/1.1 or higher is required")
+    _check_upgrade(index)
+    return Request(
+        method, target, path, query, fields,
+        key=_check_key(index),
+        subprotocols=_parse_subprotocols(index.get("sec-websocket-protocol", [])),
+        extensions=_parse_extensions(index.get("sec-websocket-extensions", [])),
+    )  # fmt: skip
+
+
+def _check_upgrade(index: Index) -> None:
+    """Check items 2, 3, 4 and 6 of RFC 6455 §4.2.1 and the §11.3 single-header rules."""
+    for name in _ONCE:
+        # 11.3.1/11.3.5: "... MUST NOT appear more than once in an HTTP request"
+        # (and RFC 7230 §5.4 for Host)
+        if len(index.get(name, ())) > 1:
+            raise HandshakeError(f"Duplicate {name} header")
+    # 4.2.1 item 2: "A |Host| header field containing the server's authority."
+    if not index.get("host", [""])[0]:
+        raise HandshakeError("Missing Host header")
+    # 4.2.1 item 4: "A |Connection| header field that includes the token "Upgrade""
+    if "connection" not in index:
+        raise HandshakeError("Missing Connection header")
+    if "upgrade" not in (t.lower() for t in _comma_list(index["connection"])):
+        raise HandshakeError('Connection header must contain "Upgrade"')
+    # 4.2.1 item 3: "An |Upgrade| header field containing the value "websocket", treated
+    # as an ASCII case-insensitive value."
+    if "upgrade" not in index:
+        raise HandshakeError("Missing Upgrade header")
+    if "websocket" not in (t.lower() for t in _comma_list(index["upgrade"])):
+        raise HandshakeError('Upgrade header must be "websocket"')
+    # 4.2.1 item 6: "A |Sec-WebSocket-Version| header field, with a value of 13."
+    if "sec-websocket-version" not in index:
+        raise HandshakeError("Missing Sec-WebSocket-Version header")
+    if index["sec-websocket-version"][0] != "13":
+        # 4.4: the server sends back "a |Sec-WebSocket-Version| header field indicating the
+        # version(s) the server is capable of understanding" (426 per UpgradeRequired)
+        raise UpgradeRequired("Unsupported WebSocket version")
+
+
+def _check_key(index: Index) -> str:
+    # 4.2.1 item 5: "A |Sec-WebSocket-Key| header field with a base64-encoded ... value
+    # that, when decoded, is 16 bytes in length."
+    if "sec-websocket-key" not in index:
+        raise HandshakeError("Missing Sec-WebSocket-Key header")
+    key = index["sec-websocket-key"][0]
+    try:
+        raw = base64.b64decode(key, validate=True)
+    except ValueError:
+        raw = b""
+    # 24 characters and canonical: re-encoding must give the key back exactly
+    if len(key) != 24 or len(raw) != 16 or base64.b64encode(raw).decode() != key:
+        raise HandshakeError("Invalid Sec-WebSocket-Key format")
+    return key
+
+
+def _parse_subprotocols(values: list[str]) -> tuple[str, ...]:
+    # 11.3.4: several headers are "logically the same as a single ... header field"
+    offers = [_comma_list([value]) for value in values]
+    if not all(items and all(_TOKEN.fullmatch(item) for item in items) for items in offers):
+        raise HandshakeError("Invalid Sec-WebSocket-Protocol header")
+    return tuple(item for items in offers for item in items)
+
+
+def _parse_extensions(values: list[str]) -> tuple[Extension, ...]:
+    # 9.1: several headers are "exactly equivalent" to one comma-joined header
+    try:
+        return tuple(ext for value in values for ext in parse_extensions(value))
+    except ValueError as exc:
+        raise HandshakeError(str(exc)) from None
+
+
+def parse_extensions(value: str) -> list[Extension]:
+    """Parse one ``Sec-WebSocket-Extensions`` value by the §9.1 ABNF, or raise ValueError.
+
+    ``1#( token *( ";" token [ "=" ( token | quoted-string ) ] ) )``, whitespace allowed
+    around separators (the "implied *LWS rule"); a quoted value must unescape to a token.
+    """
+    # 9.1: "If a value is received ... that does not conform to the ABNF below, the
+    # recipient of such malformed data MUST immediately _Fail the WebSocket Connection_."
+    result: list[Extension] = []
+    pos, size = _ows(value, 0), len(value)
+    while pos < size:
+        if value[pos] != ",":  # empty list elements are skipped (RFC 7230 §7)
+            name, pos = _token(value, pos)
+            params: list[tuple[str, str | None]] = []
+            while (pos := _ows(value, pos)) < size and value[pos] == ";":
+                param, pos = _token(value, _ows(value, pos + 1))
+                argument: str | None = None
+                if (pos := _ows(value, pos)) < size and value[pos] == "=":
+                    argument, pos = _param_value(value, _ows(value, pos + 1))
+                params.append((param, argument))
+            result.append((name, tuple(params)))
+            if pos < size and value[pos] != ",":
+                raise ValueError(f"Invalid Sec-WebSocket-Extensions header at position {pos}")
+        pos = _ows(value, pos + 1)
+    if not result:
+        raise ValueError("Empty Sec-WebSocket-Extensions header")
+    return result
+
+
+def _ows(value: str, pos: int) -> int:
+    match = _OWS.match(value, pos)
+    return match.end() if match else pos
+
+
+def _token(value: str, pos: int) -> tuple[str, int]:
+    match = _TOKEN.match(value, pos)
+    if not match:
+        raise ValueError(f"Invalid Sec-WebSocket-Extensions header at position {pos}")
+    return match[0], match.end()
+
+
+def _param_value(value: str, pos: int) -> tuple[str, int]:
+    match = _QUOTED.match(value, pos)
+    if not match:
+        return _token(value, pos)
+    # 9.1: "the value after quoted-string unescaping MUST conform to the 'token' ABNF"
+    unquoted = _QUOTED_PAIR.sub(r"\1", match[1])
+    if not _TOKEN.fullmatch(unquoted):
+        raise ValueError(f"Quoted extension parameter is not a token at position {pos}")
+    return unquoted, match.end()
+
+
+def select_subprotocol(offered: Sequence[str], supported: Sequence[str]) -> str | None:
+    """Return the first client offer (exact match) that the server supports, or None.
+
+    None means no ``Sec-WebSocket-Protocol`` in the 101 (§4.2.2: "the server ... MUST NOT
+    send back a |Sec-WebSocket-Protocol| header field" when it agrees to none).
+    """
+    wanted = set(supported)
+    return next((offer for offer in offered if offer in wanted), None)
+
+
+def _encode_head(start_line: str, fields: Headers) -> bytes:
+    """Join a start line and header fields, refusing anything that could split the head."""
+    lines = [start_line]
+    for name, value in fields:
+        if not _TOKEN.fullmatch(name):
+            raise ValueError(f"Invalid header name: {name!r}")
+        if _CTL_B.search(value.encode("latin-1", "replace")):
+            raise ValueError(f"Invalid character (CR, LF or other control) in {name} header")
+        lines.append(f"{name}: {value}")
+    lines += ["", ""]
+    try:
+        return "\r\n".join(lines).encode("latin-1")
+    except UnicodeEncodeError:
+        raise ValueError("Header values must be latin-1 text") from None
+
+
+def build_accept(
+    key: str, *, subprotocol: str | None = None, extensions: str = "", headers: Headers = ()
+) -> bytes:
+    """Return the 101 for ``key`` (§4.2.2 step 5); after it, every byte is a frame.
+
+    ``Sec-WebSocket-Protocol``/``-Extensions`` appear only when non-empty. Raises ValueError
+    for a header name that is not a token or a value with CR, LF or other controls.
+    """
+    fields = [_UPGRADE, _CONNECTION, ("Sec-WebSocket-Accept", accept_key(key))]
+    if subprotocol:
+        if not _TOKEN.fullmatch(subprotocol):
+            raise ValueError(f"Invalid subprotocol: {subprotocol!r}")
+        fields.append(("Sec-WebSocket-Protocol", subprotocol))
+    if extensions:
+        fields.append(("Sec-WebSocket-Extensions", extensions))
+    fields.extend(headers)
+    return _encode_head("HTTP/1.1 101 Switching Protocols", fields)
+
+
+def build_response(
+    status: int, body: bytes = b"", *, content_type: str = TEXT_PLAIN, headers: Headers = ()
+) -> bytes:
+    """Return a complete HTTP/1.1 response with ``Connection: close``.
+
+    For rejections (``build_response(exc.status, msg, headers=exc.headers)``) and plain
+    pages; 204/304 carry no body, Content-Type or Content-Length. Raises ValueError for a
+    status outside 200-599, a 204/304 body, CR/LF or controls in a header (response
+    splitting), or an extra Content-Length/Connection.
+    """
+    if not 200 <= status <= 599:
+        raise ValueError(f"Invalid status for a final response: {status}")
+    extra = list(headers)
+    if any(name.lower() in ("content-length", "connection") for name, _ in extra):
+        raise ValueError("Content-Length and Connection are set by build_response()")
+    fields: list[tuple[str, str]] = []
+    if status in (204, 304):
+        if body:
+            raise ValueError(f"A {status} response has no body")
+    else:
+        fields += [("Content-Type", content_type), ("Content-Length", str(len(body)))]
+    fields += [("Connection", "close"), *extra]
+    reason = REASONS.get(status, "Unknown")
+    return _encode_head(f"HTTP/1.1 {status} {reason}", fields) + body
+
+
+def build_request(
+    host: str, target: str, key: str, *,
+    subprotocols: Sequence[str] = (), extensions: str = "", headers: Headers = (),
+) -> bytes:  # fmt: skip
+    """Return the client's opening handshake (§4.1), version 13.
+
+    Next: read the answer with ``HeadReader``, check it with ``parse_response()``. Raises
+    ValueError for a target not in origin-form, a non-token subprotocol or a bad header.
+    """
+    if not target.startswith("/") or not _TARGET_B.fullmatch(target.encode("latin-1", "replace")):
+        raise ValueError(f"Invalid request target: {target!r}")
+    fields = [("Host", host), _UPGRADE, _CONNECTION, ("Sec-WebSocket-Key", key), _VERSION]
+    if subprotocols:
+        if not all(_TOKEN.fullmatch(proto) for proto in subprotocols):
+            raise ValueError(f"Invalid subprotocols: {list(subprotocols)!r}")
+        fields.append(("Sec-WebSocket-Protocol", ", ".join(subprotocols)))
+    if extensions:
+        fields.append(("Sec-WebSocket-Extensions", extensions))
+    fields.extend(headers)
+    return _encode_head(f"GET {target} HTTP/1.1", fields)
+
+
+def parse_response(
+    head: bytes, key: str, *, subprotocols: Sequence[str] = ()
+) -> tuple[str | None, str, tuple[tuple[str, str], ...]]:
+    """Validate the answer to ``build_request()`` (§4.1), else raise InvalidHandshakeResponse.
+
+    Returns ``(subprotocol or None, Sec-WebSocket-Extensions value or "", headers)``. The
+    extensions value is syntax-checked only: the caller checks it against its offer (step 5).
+    """
+    if not (match := _STATUS_B.fullmatch(head.partition(b"\r\n")[0])):
+        raise InvalidHandshakeResponse("Malformed status line in handshake response")
+    # 4.1 step 1: "If the status code received from the server is not 101, the client
+    # handles the response per HTTP procedures": for us, the handshake failed.
+    if (status := int(match[1])) != 101:
+        raise InvalidHandshakeResponse(f"Server rejected the handshake with status {status}")
+    try:
+        _, fields, index = _parse_head(head)
+    except HandshakeError as exc:
+        raise InvalidHandshakeResponse(f"Malformed handshake response: {exc}") from None
+    return (*_check_response_headers(index, key, subprotocols), fields)
+
+
+def _check_response_headers(index: Index, key: str, offered: Sequence[str]) -> Negotiated:
+    # 4.1 step 2: "If the response lacks an |Upgrade| header field or the |Upgrade| header
+    # field contains a value that is not an ASCII case-insensitive match for "websocket"
+    if [v.lower() for v in index.get("upgrade", [])] != ["websocket"]:
+        raise InvalidHandshakeResponse('Upgrade header must be "websocket"')
+    # 4.1 step 3: "... doesn't contain a token that is an ASCII case-insensitive match
+    # for the value "Upgrade", the client MUST _Fail the WebSocket Connection_."
+    if "upgrade" not in (t.lower() for t in _comma_list(index.get("connection", []))):
+        raise InvalidHandshakeResponse('Connection header must contain "Upgrade"')
+    # 4.1 step 4; 11.3.2-11.3.4: these three "MUST NOT appear more than once in an HTTP response"
+    accepts = index.get("sec-websocket-accept", [])
+    protocols = index.get("sec-websocket-protocol", [])
+    extensions = index.get("sec-websocket-extensions", [""])
+    if len(accepts) != 1 or accepts[0] != accept_key(key):
+        raise InvalidHandshakeResponse("Missing, duplicate or wrong Sec-WebSocket-Accept")
+    # 4.1 step 6: "... a subprotocol that was not present in the client's handshake ..."
+    if len(protocols) > 1 or (protocols and protocols[0] not in offered):
+        raise InvalidHandshakeResponse(f"Server chose a subprotocol not offered: {protocols!r}")
+    if len(extensions) > 1:
+        raise InvalidHandshakeResponse("Duplicate Sec-WebSocket-Extensions header")
+    try:  # 9.1: "the recipient of such malformed data MUST immediately _Fail_"
+        if extensions[0]:
+            parse_extensions(extensions[0])
+    except ValueError as exc:
+        raise InvalidHandshakeResponse(str(exc)) from None
+    return (protocols[0] if protocols else None), extensions[0]
