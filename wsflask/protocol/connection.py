@@ -17,7 +17,8 @@ Rules for editors (each one is an RFC requirement or a contract the drivers rely
    with "identical Application data"; queued here before the Ping event is returned.
 7. ``Closed`` is emitted exactly once, as the last event; input after CLOSED is ignored.
 8. A message never exceeds ``Limits.max_message_size``; each continuation frame is charged
-   ``fragment_overhead`` bytes as well, so floods of tiny fragments end in 1009 (§10.4).
+   ``fragment_overhead`` bytes as well, so floods of tiny fragments end in 1009 (§10.4);
+   ``messages.py`` reassembles fragments, ``close.py`` checks Close bodies.
 
 This module does no I/O and reads no clock.
 """
@@ -30,17 +31,17 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 from . import handshake
+from .close import check_close_code, close_payload, parse_close
 from .errors import (
     HandshakeError,
     InvalidHandshakeResponse,
-    InvalidPayloadData,
     InvalidState,
-    MessageTooBig,
     ProtocolError,
 )
 from .events import BinaryMessage, Closed, Event, Opened, Ping, Pong, Request, TextMessage
 from .frames import FrameDecoder, encode_frame
-from .utf8 import TextAssembler, decode_text
+from .messages import MessageAssembler
+from .utf8 import decode_text
 
 __all__ = ["Connection", "Limits", "Side", "State"]
 
@@ -78,23 +79,6 @@ class Limits:
     max_headers: int = 100
 
 
-def _close_code_valid(code: int) -> bool:
-    # §7.4.1/§7.4.2: 1004-1006 and 1015 are reserved, never on the wire; 0-999 unused;
-    # 1016-2999 reserved for future RFCs; 3000-4999 for libraries and applications.
-    return 1000 <= code <= 1003 or 1007 <= code <= 1014 or 3000 <= code <= 4999
-
-
-def _close_payload(code: int, reason: str) -> bytes:
-    if code == 1005:
-        return b""
-    if not _close_code_valid(code):
-        raise ValueError(f"close code {code} may not be sent (RFC 6455 §7.4)")
-    data = code.to_bytes(2, "big") + reason.encode("utf-8")
-    if len(data) > 125:
-        raise ValueError("close reason longer than 123 bytes (RFC 6455 §5.5)")
-    return data
-
-
 class Connection:
     """A sans-I/O RFC 6455 endpoint, either side; the module docstring lists its rules.
 
@@ -108,17 +92,14 @@ class Connection:
         "_decoder",
         "_events",
         "_head",
+        "_http",
         "_key",
         "_limits",
         "_mask_source",
-        "_message_opcode",
+        "_messages",
         "_offered",
         "_out",
-        "_parts",
         "_pending_input",
-        "_text",
-        "_used",
-        "_http",
         "request",
         "side",
         "state",
@@ -154,12 +135,9 @@ class Connection:
         self._key = ""
         self._offered: Sequence[str] = ()
         self._close_sent = False
-        #: Opcode of the fragmented message in progress, 0 when none.
-        self._message_opcode = 0
-        self._parts: list[bytes] = []
-        self._text: TextAssembler | None = None
-        #: Budget spent by the message in progress (payload plus fragment charges).
-        self._used = 0
+        self._messages = MessageAssembler(
+            self._decoder, self._limits.max_message_size, self._limits.fragment_overhead
+        )
 
     # ------------------------------------------------------------------ outputs
 
@@ -243,7 +221,11 @@ class Connection:
         Raises:
             InvalidState: not a server awaiting its request, or a plain HTTP request.
         """
-        if self.side is not Side.SERVER or self.request is None or self.state is not State.CONNECTING:
+        if (
+            self.side is not Side.SERVER
+            or self.request is None
+            or self.state is not State.CONNECTING
+        ):
             raise InvalidState("accept() needs a server connection with a pending Request")
         if not request.key:
             raise InvalidState("accept() on a plain HTTP request: use respond()")
@@ -255,7 +237,9 @@ class Connection:
         self.subprotocol = subprotocol
         self._open(Opened(subprotocol, extensions))
 
-    def reject(self, status: int, body: str = "", *, headers: Iterable[tuple[str, str]] = ()) -> None:
+    def reject(
+        self, status: int, body: str = "", *, headers: Iterable[tuple[str, str]] = ()
+    ) -> None:
         """Server side: refuse the handshake with an HTTP ``status``; the connection ends."""
         self._check_connecting_server("reject")
         text = body or f"HTTP {status}\n"
@@ -298,8 +282,12 @@ class Connection:
         self._offered = tuple(subprotocols)
         self._out.append(
             handshake.build_request(
-                host, target, self._key, subprotocols=subprotocols,
-                extensions=extensions, headers=headers,
+                host,
+                target,
+                self._key,
+                subprotocols=subprotocols,
+                extensions=extensions,
+                headers=headers,
             )
         )
 
@@ -320,62 +308,26 @@ class Connection:
     # ------------------------------------------------------------------ frames in
 
     def _receive_frames(self, data: bytes) -> None:
-        decoder = self._decoder
+        events, assembler = self._events, self._messages
+        is_open = self.state is State.OPEN
         try:
-            for fin, opcode, _rsv, payload in decoder.feed(data):
-                if opcode >= 0x8:
+            for fin, opcode, _rsv, payload in self._decoder.feed(data):
+                # Hot path first: a whole message in one frame, no fragmented one pending.
+                if fin and is_open and 0 < opcode < 3 and not assembler.in_progress:
+                    if opcode == 1:
+                        events.append(TextMessage(decode_text(payload)))
+                    else:
+                        events.append(BinaryMessage(payload))
+                elif opcode >= 0x8:
                     self._receive_control(opcode, payload)
                     if self.state is State.CLOSED:
                         return
-                elif self.state is State.OPEN:
-                    self._receive_data_frame(fin, opcode, payload)
+                elif is_open:
+                    message = assembler.add(fin, opcode, payload)
+                    if message is not None:
+                        events.append(message)
         except ProtocolError as exc:
             self.fail(exc.close_code, str(exc), cause=exc)
-
-    def _receive_data_frame(self, fin: bool, opcode: int, payload: bytes) -> None:
-        if opcode:  # TEXT or BINARY starts a message
-            if self._message_opcode:
-                raise ProtocolError("new data frame inside a fragmented message")  # §5.4
-            if fin:  # the common case: a whole message in one frame
-                if opcode == 1:
-                    self._events.append(TextMessage(decode_text(payload)))
-                else:
-                    self._events.append(BinaryMessage(payload))
-                return
-            self._message_opcode = opcode
-            if opcode == 1:
-                self._text = TextAssembler()
-        elif not self._message_opcode:
-            raise ProtocolError("continuation frame without a message to continue")  # §5.4
-        else:
-            self._used += self._limits.fragment_overhead
-        self._add_fragment(fin, payload)
-
-    def _add_fragment(self, fin: bool, payload: bytes) -> None:
-        self._used += len(payload)
-        limit = self._limits.max_message_size
-        if self._used > limit:
-            raise MessageTooBig(f"message over the limit of {limit} bytes")
-        text = self._text
-        if text is not None:
-            text.feed(payload, final=fin)  # §8.1 fail fast, fragment by fragment
-        elif payload:
-            self._parts.append(payload)
-        if not fin:
-            # The next data frame may only use what is left, fragment charge included (§10.4).
-            self._decoder.max_payload = max(0, limit - self._used - self._limits.fragment_overhead)
-            return
-        if text is not None:
-            self._events.append(TextMessage(text.finish()))
-        else:
-            self._events.append(BinaryMessage(b"".join(self._parts)))
-        self._reset_message()
-
-    def _reset_message(self) -> None:
-        self._message_opcode = self._used = 0
-        self._parts = []
-        self._text = None
-        self._decoder.max_payload = self._limits.max_message_size
 
     def _receive_control(self, opcode: int, payload: bytes) -> None:
         if opcode == 0x8:
@@ -388,17 +340,7 @@ class Connection:
             self._events.append(Pong(payload))  # §5.5.3: unsolicited pongs are fine
 
     def _receive_close(self, payload: bytes) -> None:
-        code, reason = 1005, ""
-        if len(payload) == 1:
-            raise ProtocolError("close frame with a 1-byte payload")  # §5.5.1
-        if payload:
-            code = int.from_bytes(payload[:2], "big")
-            if not _close_code_valid(code):
-                raise ProtocolError(f"invalid close code {code}")  # §7.4
-            try:
-                reason = payload[2:].decode("utf-8")
-            except UnicodeDecodeError:
-                raise InvalidPayloadData("close reason is not UTF-8") from None  # §5.5.1
+        code, reason = parse_close(payload)
         if not self._close_sent:  # §5.5.1: echo the code we received
             self._send_close_frame(code, "")
         self._set_closed(Closed(code, reason, None, True))
@@ -455,6 +397,7 @@ class Connection:
         """
         if self.state is State.CONNECTING:
             raise InvalidState("close() before the handshake completed")
+        check_close_code(code)
         if self.state is not State.OPEN:
             return
         self._send_close_frame(code, reason)
@@ -469,13 +412,12 @@ class Connection:
         self._set_closed(Closed(code, reason, cause))
 
     def _send_close_frame(self, code: int, reason: str) -> None:
-        payload = _close_payload(code, reason)
+        payload = close_payload(code, reason)
         self._out.append(encode_frame(0x8, payload, mask=self._mask()))
         self._close_sent = True
 
     def _set_closed(self, closed: Closed) -> None:
         self.state = State.CLOSED
-        self._parts = []
-        self._text = None
+        self._messages.reset()
         self._pending_input = []
         self._events.append(closed)

@@ -143,7 +143,29 @@ class FrameDecoder:
         buf = self._buf + data if self._buf else data
         self._buf = b""
         pos, end_of_data = 0, len(buf)
+        fast_mask = 0x80 if self.expect_mask else 0
+        max_small = 125 if self.max_payload >= 125 else self.max_payload
         while end_of_data - pos >= 2:
+            b0, b1 = buf[pos], buf[pos + 1]
+            # Fast path: a whole small masked/unmasked text or binary frame, the common case.
+            # It applies only what _parse_head would accept: FIN, no RSV, known opcode,
+            # the right mask bit, a 7-bit length within the budget.
+            if (b0 == 0x81 or b0 == 0x82) and b1 & 0x80 == fast_mask and (b1 & 0x7F) <= max_small:
+                start = pos + (6 if fast_mask else 2)
+                end = start + (b1 & 0x7F)
+                if end <= end_of_data:
+                    payload = buf[start:end]
+                    if fast_mask and payload:
+                        n = end - start
+                        key = buf[start - 4 : start]
+                        payload = (
+                            int.from_bytes(payload, "little")
+                            ^ int.from_bytes(key * (n >> 2) + key[: n & 3], "little")
+                        ).to_bytes(n, "little")
+                    pos = end
+                    yield True, b0 & 0x0F, 0, payload
+                    max_small = 125 if self.max_payload >= 125 else self.max_payload
+                    continue
             head = self._parse_head(buf, pos, end_of_data)
             if head is None:
                 break
@@ -157,6 +179,7 @@ class FrameDecoder:
                 payload = apply_mask(payload, buf[start - 4 : start])
             pos = end
             yield fin_op >= 0x80, fin_op & 0x0F, rsv, payload
+            max_small = 125 if self.max_payload >= 125 else self.max_payload
         if pos < end_of_data:
             self._buf = buf[pos:]
 
@@ -169,7 +192,9 @@ class FrameDecoder:
         else:
             self._buf = rest
 
-    def _parse_head(self, buf: bytes, pos: int, limit: int) -> tuple[int, int, int, int, bool] | None:
+    def _parse_head(
+        self, buf: bytes, pos: int, limit: int
+    ) -> tuple[int, int, int, int, bool] | None:
         """Check one frame header; return (fin|opcode, rsv, payload start, length, masked)."""
         b0, b1 = buf[pos], buf[pos + 1]
         opcode, rsv = b0 & 0x0F, b0 & 0x70
@@ -186,7 +211,9 @@ class FrameDecoder:
             raise ProtocolError("RSV bits set without a negotiated extension")  # §5.2
         masked = bool(b1 & 0x80)
         if masked is not self.expect_mask:
-            raise ProtocolError("unmasked client frame" if self.expect_mask else "masked server frame")
+            raise ProtocolError(
+                "unmasked client frame" if self.expect_mask else "masked server frame"
+            )
         length, start = b1 & 0x7F, pos + 2
         if length == 126:
             if limit - pos < 4:
@@ -203,7 +230,7 @@ class FrameDecoder:
             if length < 65536:
                 raise ProtocolError("non-minimal 64-bit length")  # §5.2
         if length > self.max_payload and opcode < 0x8:
-            raise MessageTooBig(f"frame of {length} bytes over the limit of {self.max_payload}")
+            raise MessageTooBig(f"frame of {length} bytes, {self.max_payload} left in the budget")
         if masked:
             start += 4
             if start > limit:

@@ -54,7 +54,7 @@ _TARGET_B = re.compile(rb"[\x21-\x22\x24-\x7e]+")  # visible ASCII except "#"
 _VERSION_B = re.compile(rb"HTTP/([0-9])\.([0-9])")
 _STATUS_B = re.compile(rb"HTTP/1\.[0-9] ([0-9]{3})(?: [\t\x20-\x7e\x80-\xff]*)?")
 _ABSOLUTE = re.compile(r"(?:https?|wss?)://[^/?]+", re.IGNORECASE)
-_ONCE = ("host", "upgrade", "sec-websocket-key", "sec-websocket-version")
+_ONCE = ("Host", "Upgrade", "Sec-WebSocket-Key", "Sec-WebSocket-Version")
 _UPGRADE, _CONNECTION = ("Upgrade", "websocket"), ("Connection", "Upgrade")
 _VERSION = ("Sec-WebSocket-Version", "13")
 TEXT_PLAIN = "text/plain; charset=utf-8"
@@ -225,7 +225,7 @@ def _check_upgrade(index: Index) -> None:
     for name in _ONCE:
         # 11.3.1/11.3.5: "... MUST NOT appear more than once in an HTTP request"
         # (and RFC 7230 §5.4 for Host)
-        if len(index.get(name, ())) > 1:
+        if len(index.get(name.lower(), ())) > 1:
             raise HandshakeError(f"Duplicate {name} header")
     # 4.2.1 item 2: "A |Host| header field containing the server's authority."
     if not index.get("host", [""])[0]:

@@ -5,7 +5,8 @@ is not, in fact, a valid UTF-8 stream, that endpoint MUST _Fail the WebSocket Co
 Validation is the standard library's C decoder: a whole message in one frame is decoded in
 one call (ASCII first, at memory speed); a fragmented message goes through an incremental
 decoder, which raises at the first fragment where a sequence is known to be invalid (fail
-fast) and holds back a code point split across fragments until the next one arrives. The
+fast; the one prefix CPython holds back, a surrogate's ``ED A0``, is checked here) and
+holds back a code point split across fragments until the next one arrives. The
 decoded ``str`` is what the application receives, so validation and decoding are one pass.
 This module does no I/O.
 """
@@ -50,6 +51,12 @@ class TextAssembler:
             raise InvalidPayloadData(f"invalid UTF-8 at byte {exc.start}") from None
         if text:
             self._parts.append(text)
+        if not final:
+            # CPython holds "ED A0" back although no third byte can make it valid (it would
+            # be a UTF-16 surrogate); every other known-invalid prefix it rejects at once.
+            pending = self._decoder.getstate()[0]
+            if len(pending) >= 2 and pending[0] == 0xED and pending[1] >= 0xA0:
+                raise InvalidPayloadData("invalid UTF-8: surrogate code point")
 
     def finish(self) -> str:
         """Return the whole message once its final fragment was fed."""

@@ -1,0 +1,103 @@
+"""Micro-benchmarks of the protocol core (issue 2): run ``make micro`` or this file.
+
+Measures, single-threaded on whatever core it is pinned to (``taskset -c 1 ...``):
+unmasking 20 B and 64 KiB with each masking method, UTF-8 validation (ASCII and mixed),
+decoding a stream of 20-byte masked text frames through ``Connection`` (frames/s including
+unmasking, validation and event creation) and encoding server frames. Benchmarks are not
+tests: nothing here asserts a speed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import timeit
+from collections.abc import Callable
+
+from wsflask.protocol import Connection, Side, encode_frame
+from wsflask.protocol.mask import apply_mask_int, apply_mask_reference, apply_mask_translate
+from wsflask.protocol.utf8 import decode_text
+
+
+def best(fn: Callable[[], object], number: int, repeat: int = 5) -> float:
+    """Seconds per call, best of ``repeat`` runs."""
+    return min(timeit.repeat(fn, number=number, repeat=repeat)) / number
+
+
+def bench_mask() -> list[tuple[str, float, str]]:
+    rows = []
+    key = os.urandom(4)
+    for size, number in ((20, 200_000), (65536, 2_000)):
+        data = os.urandom(size)
+        methods = [("int", apply_mask_int), ("translate", apply_mask_translate)]
+        if size == 20:
+            methods.append(("reference", apply_mask_reference))
+        for name, fn in methods:
+            t = best(lambda fn=fn, data=data: fn(data, key), number)
+            rows.append((f"unmask {size} B ({name})", t * 1e6, f"{size / t / 1e9:.3f} GB/s"))
+    return rows
+
+
+def bench_utf8() -> list[tuple[str, float, str]]:
+    ascii_data = b"a" * 65536
+    mixed = ("héllo wörld €𝄞 " * 4000).encode()[:65536].decode("utf-8", "ignore").encode()
+    rows = []
+    for name, data in (("ascii", ascii_data), ("mixed", mixed)):
+        t = best(lambda data=data: decode_text(data), 2_000)
+        rows.append((f"utf-8 validate 64 KiB {name}", t * 1e6, f"{len(data) / t / 1e9:.2f} GB/s"))
+    return rows
+
+
+def _server() -> Connection:
+    conn = Connection(Side.SERVER)
+    conn.receive_data(
+        b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    )
+    (request,) = conn.events_received()
+    conn.accept(request)  # type: ignore[arg-type]
+    conn.data_to_send()
+    conn.events_received()
+    return conn
+
+
+def bench_decode() -> list[tuple[str, float, str]]:
+    frame = encode_frame(0x1, b"x" * 20, mask=os.urandom(4))
+    batch = frame * 1000  # what one 64 KiB-ish recv holds under load
+    conn = _server()
+
+    def run() -> None:
+        conn.receive_data(batch)
+        conn.events_received()
+
+    t = best(run, 200) / 1000
+    return [("decode 20 B masked text frame", t * 1e6, f"{1 / t:,.0f} frames/s")]
+
+
+def bench_encode() -> list[tuple[str, float, str]]:
+    payload = b"x" * 20
+    t = best(lambda: encode_frame(0x1, payload), 500_000)
+    conn = _server()
+
+    def send() -> None:
+        conn.send_text("x" * 20)
+        conn.data_to_send()
+
+    t2 = best(send, 200_000)
+    return [
+        ("encode_frame 20 B", t * 1e6, f"{1 / t:,.0f} frames/s"),
+        ("Connection.send_text 20 B + data_to_send", t2 * 1e6, f"{1 / t2:,.0f} frames/s"),
+    ]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.parse_args()
+    print(f"{'benchmark':46} {'us/op':>10}  rate")
+    for group in (bench_mask, bench_utf8, bench_decode, bench_encode):
+        for name, micros, rate in group():
+            print(f"{name:46} {micros:10.3f}  {rate}")
+
+
+if __name__ == "__main__":
+    main()
