@@ -330,3 +330,67 @@ def test_fragmented_send_and_prepared_frames() -> None:
     assert server.data_to_send().hex() == "010348656c" + "80026c6f" + frame.hex()
     client.receive_data(bytes.fromhex("010348656c80026c6f") + frame)
     assert client.events_received() == [TextMessage("Hello"), BinaryMessage(b"shared")]
+
+
+# --------------------------------------------------------------------- handshake through Connection
+
+
+def _client_request() -> bytes:
+    client = Connection(Side.CLIENT)
+    client.connect("example.com", "/chat", key="dGhlIHNhbXBsZSBub25jZQ==")
+    return client.data_to_send()
+
+
+def test_server_accept_exact_101_and_early_frames(mode: str) -> None:
+    server = Connection(Side.SERVER)
+    events = feed(server, _client_request() + encode_frame(0x1, b"early", mask=MASK), mode)
+    assert [type(e).__name__ for e in events] == ["Request"]
+    server.accept(events[0])  # type: ignore[arg-type]
+    assert server.data_to_send() == (
+        b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        b"Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n"
+    )
+    assert [type(e).__name__ for e in server.events_received()] == ["Opened", "TextMessage"]
+
+
+def test_bad_request_answered_by_core() -> None:
+    server = Connection(Side.SERVER)
+    server.receive_data(_client_request().replace(b"Version: 13", b"Version: 8"))
+    response = server.data_to_send()
+    assert response.startswith(b"HTTP/1.1 426 ") and b"Sec-WebSocket-Version: 13\r\n" in response
+    (closed,) = server.events_received()
+    assert isinstance(closed, Closed) and closed.cause is not None and server.state is State.CLOSED
+    server.receive_data(_client_request())  # no second response: not a tunnel (HS-03)
+    assert server.data_to_send() == b"" and server.events_received() == []
+
+
+def test_reject_and_plain_http_respond() -> None:
+    server = Connection(Side.SERVER)
+    server.receive_data(_client_request())
+    server.events_received()
+    server.reject(403, headers=[("X-Why", "origin")])
+    assert server.data_to_send().startswith(b"HTTP/1.1 403 ")
+    plain = Connection(Side.SERVER, http=True)
+    plain.receive_data(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+    (request,) = plain.events_received()
+    assert not request.is_websocket  # type: ignore[union-attr]
+    with pytest.raises(InvalidState):
+        plain.accept(request)  # type: ignore[arg-type]
+    plain.respond(200, b"ok")
+    assert plain.data_to_send().endswith(b"\r\n\r\nok") and plain.state is State.CLOSED
+
+
+def test_client_refuses_wrong_accept_and_unrequested_extension() -> None:
+    for response in (
+        b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        b"Sec-WebSocket-Accept: AAAAAAAAAAAAAAAAAAAAAAAAAAA=\r\n\r\n",
+        b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        b"Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n"
+        b"Sec-WebSocket-Extensions: permessage-deflate\r\n\r\n",
+    ):
+        client = Connection(Side.CLIENT)
+        client.connect("example.com", "/", key="dGhlIHNhbXBsZSBub25jZQ==")
+        client.data_to_send()
+        client.receive_data(response)
+        (closed,) = client.events_received()
+        assert isinstance(closed, Closed) and closed.code == 1006 and closed.cause is not None

@@ -91,6 +91,7 @@ class Connection:
         "_close_sent",
         "_decoder",
         "_events",
+        "_extensions_offered",
         "_head",
         "_http",
         "_key",
@@ -134,6 +135,7 @@ class Connection:
         self._pending_input: list[bytes] = []
         self._key = ""
         self._offered: Sequence[str] = ()
+        self._extensions_offered = False
         self._close_sent = False
         self._messages = MessageAssembler(
             self._decoder, self._limits.max_message_size, self._limits.fragment_overhead
@@ -280,6 +282,7 @@ class Connection:
             raise InvalidState("connect() needs a new client connection")
         self._key = key or handshake.make_key(self._mask_source)
         self._offered = tuple(subprotocols)
+        self._extensions_offered = bool(extensions)
         self._out.append(
             handshake.build_request(
                 host,
@@ -295,6 +298,10 @@ class Connection:
         subprotocol, extensions, headers = handshake.parse_response(
             head, self._key, subprotocols=self._offered
         )
+        # §4.1 step 5: an extension "not present in the client's handshake" fails it; what
+        # was offered is checked by the caller that offered it.
+        if extensions and not self._extensions_offered:
+            raise InvalidHandshakeResponse(f"Unrequested extensions in the response: {extensions}")
         self.subprotocol = subprotocol
         self._open(Opened(subprotocol, extensions, headers))
 

@@ -28,6 +28,7 @@ from .errors import (
     UpgradeRequired,
 )
 from .events import Request
+from .extensions import Extension, parse_extensions
 
 __all__ = [
     "GUID", "HeadReader", "accept_key", "build_accept", "build_request", "build_response",
@@ -36,7 +37,6 @@ __all__ = [
 
 GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 
-Extension = tuple[str, tuple[tuple[str, str | None], ...]]
 Headers = Iterable[tuple[str, str]]
 Index = dict[str, list[str]]
 Negotiated = tuple[str | None, str]
@@ -46,9 +46,6 @@ Negotiated = tuple[str | None, str]
 _TCHAR = r"!#$%&'*+\-.^_`|~0-9A-Za-z"
 _TOKEN = re.compile(f"[{_TCHAR}]+")
 _TOKEN_B = re.compile(f"[{_TCHAR}]+".encode())
-_OWS = re.compile(r"[ \t]*")
-_QUOTED = re.compile(r'"((?:[^"\\\x00-\x08\x0a-\x1f\x7f]|\\[\t\x20-\x7e\x80-\xff])*)"')
-_QUOTED_PAIR = re.compile(r"\\(.)", re.DOTALL)
 _CTL_B = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")  # CTLs except HTAB (RFC 7230 field-vchar)
 _TARGET_B = re.compile(rb"[\x21-\x22\x24-\x7e]+")  # visible ASCII except "#"
 _VERSION_B = re.compile(rb"HTTP/([0-9])\.([0-9])")
@@ -280,58 +277,6 @@ def _parse_extensions(values: list[str]) -> tuple[Extension, ...]:
         return tuple(ext for value in values for ext in parse_extensions(value))
     except ValueError as exc:
         raise HandshakeError(str(exc)) from None
-
-
-def parse_extensions(value: str) -> list[Extension]:
-    """Parse one ``Sec-WebSocket-Extensions`` value by the §9.1 ABNF, or raise ValueError.
-
-    ``1#( token *( ";" token [ "=" ( token | quoted-string ) ] ) )``, whitespace allowed
-    around separators (the "implied *LWS rule"); a quoted value must unescape to a token.
-    """
-    # 9.1: "If a value is received ... that does not conform to the ABNF below, the
-    # recipient of such malformed data MUST immediately _Fail the WebSocket Connection_."
-    result: list[Extension] = []
-    pos, size = _ows(value, 0), len(value)
-    while pos < size:
-        if value[pos] != ",":  # empty list elements are skipped (RFC 7230 §7)
-            name, pos = _token(value, pos)
-            params: list[tuple[str, str | None]] = []
-            while (pos := _ows(value, pos)) < size and value[pos] == ";":
-                param, pos = _token(value, _ows(value, pos + 1))
-                argument: str | None = None
-                if (pos := _ows(value, pos)) < size and value[pos] == "=":
-                    argument, pos = _param_value(value, _ows(value, pos + 1))
-                params.append((param, argument))
-            result.append((name, tuple(params)))
-            if pos < size and value[pos] != ",":
-                raise ValueError(f"Invalid Sec-WebSocket-Extensions header at position {pos}")
-        pos = _ows(value, pos + 1)
-    if not result:
-        raise ValueError("Empty Sec-WebSocket-Extensions header")
-    return result
-
-
-def _ows(value: str, pos: int) -> int:
-    match = _OWS.match(value, pos)
-    return match.end() if match else pos
-
-
-def _token(value: str, pos: int) -> tuple[str, int]:
-    match = _TOKEN.match(value, pos)
-    if not match:
-        raise ValueError(f"Invalid Sec-WebSocket-Extensions header at position {pos}")
-    return match[0], match.end()
-
-
-def _param_value(value: str, pos: int) -> tuple[str, int]:
-    match = _QUOTED.match(value, pos)
-    if not match:
-        return _token(value, pos)
-    # 9.1: "the value after quoted-string unescaping MUST conform to the 'token' ABNF"
-    unquoted = _QUOTED_PAIR.sub(r"\1", match[1])
-    if not _TOKEN.fullmatch(unquoted):
-        raise ValueError(f"Quoted extension parameter is not a token at position {pos}")
-    return unquoted, match.end()
 
 
 def select_subprotocol(offered: Sequence[str], supported: Sequence[str]) -> str | None:
