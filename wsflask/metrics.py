@@ -191,51 +191,67 @@ class Metrics:
         return (total - before) / elapsed if elapsed > 0 else 0.0
 
     def render(self) -> str:
-        """Return every metric in the Prometheus text exposition format (``text/plain``)."""
-        out: list[str] = []
+        """Return every metric in the Prometheus text exposition format (``text/plain``).
 
-        def metric(name: str, kind: str, help_text: str, samples: list[str]) -> None:
+        Each family is a ``# HELP`` line, a ``# TYPE`` line and its samples.
+        """
+        out: list[str] = []
+        for name, kind, help_text, samples in self._families():
             out.append(f"# HELP {name} {help_text}")
             out.append(f"# TYPE {name} {kind}")
             out.extend(samples)
-
-        def single(name: str, kind: str, help_text: str, value: float) -> None:
-            metric(name, kind, help_text, [f"{name} {_fmt(value)}"])
-
-        def labelled(name: str, help_text: str, label: str, values: dict[int, int] | dict[
-                str, int]) -> None:
-            samples = [f"{name}{_labels([(label, str(key))])} {count}"
-                       for key, count in sorted(values.items(), key=lambda kv: str(kv[0]))]
-            metric(name, "counter", help_text, samples)
-
-        single("websocket_connections_current", "gauge", "Open WebSocket connections.",
-               self.connections_current)
-        single("websocket_connections_total", "counter", "WebSocket connections opened.",
-               self.connections_total)
-        labelled("websocket_handshakes_total", "Opening handshakes answered, by HTTP status.",
-                 "status", self.handshakes)
-        single("websocket_messages_received_total", "counter", "Messages received.",
-               self.messages_in)
-        single("websocket_messages_sent_total", "counter", "Messages sent.", self.messages_out)
-        single("websocket_received_bytes_total", "counter", "Payload bytes received.",
-               self.bytes_in)
-        single("websocket_sent_bytes_total", "counter", "Bytes sent.", self.bytes_out)
-        single("websocket_message_rate_per_second", "gauge",
-               f"Messages in and out per second over the last {_fmt(self.rate_window)} s.",
-               self.message_rate())
-        labelled("websocket_closes_total", "Closed connections, by close code.", "code",
-                 self.close_codes)
-        labelled("websocket_dropped_messages_total", "Messages dropped, by reason.", "reason",
-                 self.drops)
-        single("websocket_slow_consumers_closed_total", "counter",
-               "Connections closed with 1013 for exceeding max_backpressure.",
-               self.slow_consumers_closed)
-        metric("websocket_rtt_seconds", "histogram", "Heartbeat ping round-trip time.",
-               self.rtt_seconds.render_lines("websocket_rtt_seconds"))
-        metric("websocket_frame_parsing_duration_ms", "histogram",
-               "Time to parse the frames of one read, in milliseconds.",
-               self.frame_parse_ms.render_lines("websocket_frame_parsing_duration_ms"))
-        metric("websocket_connection_duration_seconds", "histogram",
-               "Lifetime of closed connections.",
-               self.connection_duration.render_lines("websocket_connection_duration_seconds"))
         return "\n".join(out) + "\n"
+
+    def _families(self) -> list[tuple[str, str, str, list[str]]]:
+        """``(name, type, help, sample lines)`` for every metric, in a stable order."""
+        window = _fmt(self.rate_window)
+        return [
+            _single("websocket_connections_current", "gauge", "Open WebSocket connections.",
+                    self.connections_current),
+            _single("websocket_connections_total", "counter", "WebSocket connections opened.",
+                    self.connections_total),
+            _labelled("websocket_handshakes_total", "Opening handshakes answered, by HTTP "
+                      "status.", "status", self.handshakes),
+            _single("websocket_messages_received_total", "counter", "Messages received.",
+                    self.messages_in),
+            _single("websocket_messages_sent_total", "counter", "Messages sent.",
+                    self.messages_out),
+            _single("websocket_received_bytes_total", "counter", "Payload bytes received.",
+                    self.bytes_in),
+            _single("websocket_sent_bytes_total", "counter", "Bytes sent.", self.bytes_out),
+            _single("websocket_message_rate_per_second", "gauge",
+                    f"Messages in and out per second over the last {window} s.",
+                    self.message_rate()),
+            _labelled("websocket_closes_total", "Closed connections, by close code.", "code",
+                      self.close_codes),
+            _labelled("websocket_dropped_messages_total", "Messages dropped, by reason.",
+                      "reason", self.drops),
+            _single("websocket_slow_consumers_closed_total", "counter",
+                    "Connections closed with 1013 for exceeding max_backpressure.",
+                    self.slow_consumers_closed),
+            _histogram("websocket_rtt_seconds", "Heartbeat ping round-trip time.",
+                       self.rtt_seconds),
+            _histogram("websocket_frame_parsing_duration_ms",
+                       "Time to parse the frames of one read, in milliseconds.",
+                       self.frame_parse_ms),
+            _histogram("websocket_connection_duration_seconds",
+                       "Lifetime of closed connections.", self.connection_duration),
+        ]
+
+
+_Family = tuple[str, str, str, list[str]]
+
+
+def _single(name: str, kind: str, help_text: str, value: float) -> _Family:
+    return name, kind, help_text, [f"{name} {_fmt(value)}"]
+
+
+def _labelled(name: str, help_text: str, label: str,
+              values: dict[int, int] | dict[str, int]) -> _Family:
+    ordered = sorted(values.items(), key=lambda kv: str(kv[0]))
+    samples = [f"{name}{_labels([(label, str(key))])} {count}" for key, count in ordered]
+    return name, "counter", help_text, samples
+
+
+def _histogram(name: str, help_text: str, histogram: Histogram) -> _Family:
+    return name, "histogram", help_text, histogram.render_lines(name)

@@ -23,8 +23,9 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
+from .errors import ConfigError
 from .protocol import Opcode, encode_frame
 
 if TYPE_CHECKING:
@@ -203,11 +204,13 @@ class Rooms:
 def _excluded_ids(exclude: WebSocket | Iterable[WebSocket] | None) -> frozenset[str]:
     if exclude is None:
         return frozenset()
-    if hasattr(exclude, "send_prepared"):  # one connection
-        return frozenset((exclude.id,))  # type: ignore[union-attr]
-    return frozenset(ws.id for ws in exclude)  # type: ignore[union-attr]
+    one = getattr(exclude, "id", None)
+    if isinstance(one, str):  # a single connection
+        return frozenset((one,))
+    return frozenset(ws.id for ws in cast("Iterable[WebSocket]", exclude))
 
 
 def _check_policy(policy: str) -> None:
     if policy not in POLICIES:
-        raise ValueError(f"slow-consumer policy {policy!r}: expected one of {POLICIES}")
+        raise ConfigError(f"backpressure_policy={policy!r} is invalid: expected one of "
+                          f"{', '.join(POLICIES)}")

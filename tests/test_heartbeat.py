@@ -1,0 +1,289 @@
+"""Heartbeat: spread pings, pong deadlines, liveness from any frame, RTT; HB-01..HB-03.
+
+The unit tests drive ``run_due()`` with a fake clock and stand-in connections; the HB tests
+use real sockets, a raw client that controls exactly what it answers, and small intervals.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import time
+from typing import Any
+
+import gevent
+import gevent.event
+import pytest
+from gevent import socket as gsocket
+
+from wsflask.heartbeat import Heartbeat
+from wsflask.metrics import Metrics
+from wsflask.protocol import Opcode, encode_frame
+
+_ids = itertools.count(1)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class StubWS:
+    """The slice of ``WebSocket`` the heartbeat uses, on the fake clock."""
+
+    def __init__(self, clock: Clock) -> None:
+        self.id = f"hb{next(_ids)}"
+        self.clock = clock
+        self.is_open = True
+        self.last_received = clock.now
+        self.ping_sent_at: float | None = None
+        self.latency: float | None = None
+        self.pings: list[float] = []
+        self.aborted: tuple[int, str] | None = None
+
+    def send_heartbeat_ping(self) -> None:
+        self.ping_sent_at = self.clock.now
+        self.pings.append(self.clock.now)
+
+    def pong(self) -> None:
+        assert self.ping_sent_at is not None
+        self.latency = self.clock.now - self.ping_sent_at
+        self.last_received = self.clock.now
+        self.ping_sent_at = None
+
+    def abort(self, code: int = 1011, reason: str = "") -> None:
+        self.aborted = (code, reason)
+        self.is_open = False
+
+
+def advance(hb: Heartbeat, clock: Clock, seconds: float, step: float = 0.25) -> None:
+    end = clock.now + seconds
+    while clock.now < end:
+        clock.now = min(end, clock.now + step)
+        hb.run_due()
+
+
+def test_first_pings_are_spread_over_the_interval() -> None:
+    clock = Clock()
+    hb = Heartbeat(10.0, 5.0, clock=clock)
+    conns = [StubWS(clock) for _ in range(100)]
+    for ws in conns:
+        hb.add(ws)  # type: ignore[arg-type]
+    first = []
+    for _ in range(10):  # ten one-second steps through one interval
+        clock.now += 1.0
+        hb.run_due()
+        first.append(sum(1 for ws in conns if ws.pings) - sum(first))
+    assert all(ws.pings for ws in conns)  # everyone pinged within one interval
+    assert max(first) <= 20  # and never more than a fifth of them on one tick
+
+
+def test_answered_pings_repeat_every_interval_and_record_rtt() -> None:
+    clock = Clock()
+    metrics = Metrics()
+    hb = Heartbeat(2.0, 1.0, metrics=metrics, clock=clock)
+    ws = StubWS(clock)
+    hb.add(ws)  # type: ignore[arg-type]
+    for _ in range(40):
+        clock.now += 0.25
+        hb.run_due()
+        if ws.ping_sent_at is not None and clock.now - ws.ping_sent_at >= 0.25:
+            ws.pong()
+    assert ws.aborted is None
+    gaps = [b - a for a, b in itertools.pairwise(ws.pings)]
+    assert len(ws.pings) >= 4 and all(1.99 <= gap <= 2.26 for gap in gaps)
+    assert ws.latency == pytest.approx(0.25)
+    assert metrics.rtt_seconds.count >= 3
+
+
+def test_silence_after_a_ping_aborts_with_1011() -> None:
+    clock = Clock()
+    hb = Heartbeat(2.0, 1.0, clock=clock)
+    ws = StubWS(clock)
+    hb.add(ws)  # type: ignore[arg-type]
+    advance(hb, clock, 2.0)
+    assert len(ws.pings) == 1 and ws.aborted is None
+    sent = ws.pings[0]
+    advance(hb, clock, sent + 0.9 - clock.now)
+    assert ws.aborted is None
+    advance(hb, clock, 0.5)
+    assert ws.aborted == (1011, "ping timeout")
+    assert ws not in hb and len(hb) == 0
+
+
+def test_any_frame_after_the_ping_counts_as_liveness() -> None:
+    clock = Clock()
+    hb = Heartbeat(2.0, 1.0, clock=clock)
+    ws = StubWS(clock)
+    hb.add(ws)  # type: ignore[arg-type]
+    advance(hb, clock, 2.0)
+    clock.now += 0.1
+    ws.last_received = clock.now  # a data frame, not the pong
+    advance(hb, clock, ws.pings[0] + 1.5 - clock.now)  # past the first ping's deadline
+    assert ws.aborted is None
+    advance(hb, clock, 1.0)
+    assert len(ws.pings) == 2  # pinging goes on at the interval
+    assert ws.pings[1] - ws.pings[0] == pytest.approx(2.0, abs=0.3)
+
+
+def test_timeout_longer_than_interval_does_not_reset_the_deadline() -> None:
+    clock = Clock()
+    hb = Heartbeat(1.0, 3.0, clock=clock)
+    ws = StubWS(clock)
+    hb.add(ws)  # type: ignore[arg-type]
+    advance(hb, clock, 1.0)
+    first = ws.pings[0]
+    advance(hb, clock, 4.0)
+    assert ws.pings == [first]  # no new ping while one is outstanding
+    assert ws.aborted == (1011, "ping timeout")
+
+
+def test_remove_and_closed_connections() -> None:
+    clock = Clock()
+    hb = Heartbeat(1.0, 1.0, clock=clock)
+    a, b = StubWS(clock), StubWS(clock)
+    hb.add(a)  # type: ignore[arg-type]
+    hb.add(b)  # type: ignore[arg-type]
+    hb.add(a)  # type: ignore[arg-type]  # no-op
+    assert len(hb) == 2
+    hb.remove(a)  # type: ignore[arg-type]
+    hb.remove(a)  # type: ignore[arg-type]  # idempotent
+    b.is_open = False
+    advance(hb, clock, 3.0)
+    assert a.pings == [] and b.pings == []
+    assert len(hb) == 0 and hb.run_due() == 0
+
+
+def test_disabled_heartbeat_watches_nothing() -> None:
+    hb = Heartbeat(0, 10.0)
+    hb.add(StubWS(Clock()))  # type: ignore[arg-type]
+    hb.start()
+    assert len(hb) == 0 and not hb.enabled
+    hb.stop()
+
+
+def test_a_failing_connection_does_not_stop_the_others() -> None:
+    clock = Clock()
+    hb = Heartbeat(1.0, 1.0, clock=clock)
+    bad, good = StubWS(clock), StubWS(clock)
+
+    def boom() -> None:
+        raise OSError("broken")
+
+    bad.send_heartbeat_ping = boom  # type: ignore[method-assign]
+    hb.add(bad)  # type: ignore[arg-type]
+    hb.add(good)  # type: ignore[arg-type]
+    advance(hb, clock, 1.5)
+    assert good.pings and bad not in hb
+
+
+def test_greenlet_starts_and_stops_promptly() -> None:
+    hb = Heartbeat(30.0, 10.0)
+    hb.start()
+    hb.start()  # idempotent
+    started = time.monotonic()
+    hb.stop()
+    hb.stop()
+    assert time.monotonic() - started < 0.5  # woken by the event, not after a tick
+
+
+# -- real sockets ------------------------------------------------------------------------------
+
+
+def raw_connect(port: int, path: str = "/") -> gsocket.socket:
+    """Handshake by hand; the returned socket answers nothing unless the test does."""
+    sock = gsocket.create_connection(("127.0.0.1", port))
+    key = "dGhlIHNhbXBsZSBub25jZQ=="
+    sock.sendall((f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n"
+                  f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+                  "Sec-WebSocket-Version: 13\r\n\r\n").encode())
+    head = b""
+    with gevent.Timeout(5):
+        while b"\r\n\r\n" not in head:
+            chunk = sock.recv(1)
+            assert chunk, "closed during handshake"
+            head += chunk
+    assert head.startswith(b"HTTP/1.1 101"), head
+    return sock
+
+
+def read_frames(sock: gsocket.socket, buf: bytearray) -> list[tuple[int, bytes]]:
+    """Read once and return the complete unmasked server frames (small payloads only)."""
+    chunk = sock.recv(65536)
+    if not chunk:
+        raise EOFError
+    buf += chunk
+    frames = []
+    while len(buf) >= 2 and len(buf) >= 2 + (buf[1] & 0x7F):
+        length = buf[1] & 0x7F
+        assert length < 126
+        frames.append((buf[0] & 0x0F, bytes(buf[2:2 + length])))
+        del buf[:2 + length]
+    return frames
+
+
+def hb_app(app_factory: Any, **settings: Any) -> tuple[Any, list[Any]]:
+    app = app_factory(ping_interval=0.3, pong_timeout=0.3, **settings)
+    seen: list[Any] = []
+
+    @app.route("/")
+    def idle(ws: Any) -> None:
+        seen.append(ws)
+        for _ in ws:
+            pass
+
+    return app, seen
+
+
+def close_deadline(sock: gsocket.socket, answer: Any, limit: float) -> float:
+    """Run the raw client until the server closes; return how long that took."""
+    started = time.monotonic()
+    buf = bytearray()
+    with gevent.Timeout(limit, AssertionError(f"not closed within {limit} s")):
+        try:
+            while True:
+                for opcode, payload in read_frames(sock, buf):
+                    if opcode == Opcode.CLOSE:
+                        assert int.from_bytes(payload[:2], "big") == 1011
+                    elif opcode == Opcode.PING:
+                        answer(sock, payload)
+        except (EOFError, ConnectionResetError):
+            pass
+    return time.monotonic() - started
+
+
+def test_hb01_silent_client_is_closed_within_interval_plus_timeout(app_factory: Any) -> None:
+    app, _ = hb_app(app_factory)
+    with app.test_client() as client:
+        sock = raw_connect(client.port)
+        took = close_deadline(sock, lambda s, p: None, 0.3 + 0.3 + 1.0)
+        assert took < 1.6
+        sock.close()
+        assert app.metrics.close_codes.get(1011) == 1
+
+
+def test_hb03_pongs_with_wrong_payloads_do_not_count(app_factory: Any) -> None:
+    app, _ = hb_app(app_factory)
+
+    def wrong_pong(sock: gsocket.socket, payload: bytes) -> None:
+        sock.sendall(encode_frame(Opcode.PONG, b"not-" + payload, mask=os.urandom(4)))
+
+    with app.test_client() as client:
+        sock = raw_connect(client.port)
+        close_deadline(sock, wrong_pong, 0.3 + 0.3 + 1.0)
+        sock.close()
+
+
+def test_hb02_client_answering_pings_stays_open_and_rtt_is_measured(app_factory: Any) -> None:
+    app, seen = hb_app(app_factory)
+    with app.test_client() as client:
+        ws = client.connect("/")  # the client's core answers every ping
+        with pytest.raises(TimeoutError):
+            ws.receive(timeout=1.5)  # five intervals of idleness
+        assert ws.is_open and seen and seen[0].is_open
+        assert seen[0].latency is not None and 0 <= seen[0].latency < 0.3
+        assert app.metrics.rtt_seconds.count >= 1
+        ws.close()

@@ -1,0 +1,239 @@
+"""Rooms: the index, broadcast counts, once-only multi-room delivery, policies, auto leave.
+
+Unit tests use a stand-in connection; the end-to-end tests (1,000 members, automatic leave)
+go through real sockets with the app's test client.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable
+from typing import Any
+
+import gevent
+import gevent.event
+import pytest
+
+from wsflask.protocol import Opcode, encode_frame
+from wsflask.rooms import BroadcastResult, Rooms
+
+_ids = itertools.count(1)
+
+
+class StubWS:
+    """The slice of ``WebSocket`` that rooms use."""
+
+    def __init__(self, *, accept: bool = True) -> None:
+        self.id = f"c{next(_ids)}"
+        self.rooms: set[str] = set()
+        self.is_open = True
+        self.accept = accept
+        self.frames: list[tuple[bytes, str | None]] = []
+        self.callbacks: list[Callable[[Any], None]] = []
+
+    def send_prepared(self, frame: bytes, *, policy: str | None = None) -> bool:
+        if not self.accept or not self.is_open:
+            return False
+        self.frames.append((frame, policy))
+        return True
+
+    def add_close_callback(self, callback: Callable[[Any], None]) -> None:
+        self.callbacks.append(callback)
+
+    def close_now(self) -> None:
+        self.is_open = False
+        for callback in self.callbacks:
+            callback(self)
+
+
+def test_join_leave_members_count() -> None:
+    rooms = Rooms()
+    a, b = StubWS(), StubWS()
+    rooms.join("lobby", a)  # type: ignore[arg-type]
+    rooms.join("lobby", b)  # type: ignore[arg-type]
+    rooms.join("lobby", b)  # type: ignore[arg-type]  # idempotent
+    assert rooms.count("lobby") == 2
+    assert set(rooms.members("lobby")) == {a, b}
+    assert rooms.rooms() == ["lobby"]
+    assert a.rooms == {"lobby", a.id}  # the personal room too
+    rooms.leave("lobby", a)  # type: ignore[arg-type]
+    rooms.leave("lobby", a)  # type: ignore[arg-type]
+    assert rooms.members("lobby") == [b]
+    rooms.leave("lobby", b)  # type: ignore[arg-type]
+    assert rooms.rooms() == []  # emptied rooms disappear
+    assert rooms.count("nowhere") == 0 and rooms.members("nowhere") == []
+
+
+def test_personal_room_and_track_is_idempotent() -> None:
+    rooms = Rooms()
+    ws = StubWS()
+    rooms.track(ws)  # type: ignore[arg-type]
+    rooms.track(ws)  # type: ignore[arg-type]
+    assert len(ws.callbacks) == 1
+    assert rooms.members(ws.id) == [ws]
+    assert rooms.rooms(personal=True) == [ws.id]
+    rooms.leave(ws.id, ws)  # type: ignore[arg-type]  # the personal room cannot be left
+    assert rooms.count(ws.id) == 1
+
+
+def test_closed_connection_leaves_everything_and_cannot_join() -> None:
+    rooms = Rooms()
+    ws = StubWS()
+    rooms.join("a", ws)  # type: ignore[arg-type]
+    rooms.join("b", ws)  # type: ignore[arg-type]
+    ws.close_now()
+    assert rooms.rooms(personal=True) == []
+    assert ws.rooms == set()
+    assert rooms.connections() == []
+    rooms.join("a", ws)  # type: ignore[arg-type]
+    assert rooms.count("a") == 0
+
+
+def test_broadcast_encodes_once_and_counts() -> None:
+    rooms = Rooms()
+    members = [StubWS() for _ in range(5)]
+    slow = StubWS(accept=False)
+    for ws in [*members, slow]:
+        rooms.join("r", ws)  # type: ignore[arg-type]
+    result = rooms.broadcast("r", "hi", exclude=members[0])  # type: ignore[arg-type]
+    assert result == BroadcastResult(sent=4, dropped=1, skipped=1)
+    frames = [ws.frames[0][0] for ws in members[1:]]
+    assert frames[0] == encode_frame(Opcode.TEXT, b"hi")
+    assert all(frame is frames[0] for frame in frames)  # the very same bytes object
+    assert members[0].frames == []
+
+
+def test_binary_broadcast_and_closed_members_are_skipped() -> None:
+    rooms = Rooms()
+    a, b = StubWS(), StubWS()
+    rooms.join("r", a)  # type: ignore[arg-type]
+    rooms.join("r", b)  # type: ignore[arg-type]
+    b.is_open = False  # closing, callbacks not run yet
+    result = rooms.broadcast("r", b"\x00\x01")
+    assert result == BroadcastResult(sent=1, dropped=0, skipped=1)
+    assert a.frames[0][0] == encode_frame(Opcode.BINARY, b"\x00\x01")
+
+
+def test_multi_room_broadcast_delivers_once_per_connection() -> None:
+    rooms = Rooms()
+    both, only_a, only_b = StubWS(), StubWS(), StubWS()
+    for ws in (both, only_a):
+        rooms.join("a", ws)  # type: ignore[arg-type]
+    for ws in (both, only_b):
+        rooms.join("b", ws)  # type: ignore[arg-type]
+    result = rooms.broadcast(["a", "b", "missing"], "x")
+    assert result.sent == 3
+    assert [len(ws.frames) for ws in (both, only_a, only_b)] == [1, 1, 1]
+
+
+def test_exclude_accepts_several_connections() -> None:
+    rooms = Rooms()
+    conns = [StubWS() for _ in range(3)]
+    for ws in conns:
+        rooms.join("r", ws)  # type: ignore[arg-type]
+    result = rooms.broadcast("r", "x", exclude=conns[:2])  # type: ignore[arg-type]
+    assert result == BroadcastResult(sent=1, dropped=0, skipped=2)
+
+
+def test_broadcast_to_everyone() -> None:
+    rooms = Rooms()
+    conns = [StubWS() for _ in range(3)]
+    for ws in conns:
+        rooms.track(ws)  # type: ignore[arg-type]
+    assert rooms.broadcast(None, "all").sent == 3
+
+
+def test_per_room_policy_overrides_the_default() -> None:
+    rooms = Rooms(policy="close")
+    ws, other = StubWS(), StubWS()
+    rooms.join("ticker", ws)  # type: ignore[arg-type]
+    rooms.join("chat", other)  # type: ignore[arg-type]
+    rooms.set_policy("ticker", "drop")
+    rooms.broadcast("ticker", "1")
+    rooms.broadcast("chat", "2")
+    assert ws.frames[0][1] == "drop"
+    assert other.frames[0][1] == "close"
+    rooms.join("chat", ws)  # type: ignore[arg-type]
+    rooms.broadcast(["ticker", "chat"], "3")  # the first room that reaches it decides
+    assert ws.frames[-1][1] == "drop"
+    with pytest.raises(ValueError, match="policy"):
+        rooms.set_policy("x", "block")
+    with pytest.raises(ValueError, match="policy"):
+        Rooms(policy="nope")
+
+
+def test_a_member_closing_during_broadcast_does_not_break_the_loop() -> None:
+    rooms = Rooms()
+    conns = [StubWS() for _ in range(4)]
+    for ws in conns:
+        rooms.join("r", ws)  # type: ignore[arg-type]
+
+    def closing_send(frame: bytes, *, policy: str | None = None) -> bool:
+        conns[1].close_now()  # e.g. policy "close" closing it synchronously
+        return False
+
+    conns[1].send_prepared = closing_send  # type: ignore[method-assign]
+    result = rooms.broadcast("r", "x")
+    assert result.sent == 3 and result.dropped == 1
+    assert rooms.count("r") == 3
+
+
+# -- end to end ---------------------------------------------------------------------------------
+
+
+def test_thousand_members_receive_every_broadcast(app_factory: Any) -> None:
+    from wsflask import App
+
+    app: App = app_factory()
+    room = app.route("/room")
+    n, messages = 1000, 5
+    everyone = gevent.event.Event()
+
+    @room.on("connect")
+    def joined(ws: Any) -> None:
+        app.rooms.join("big", ws)
+        if app.rooms.count("big") == n:
+            everyone.set()
+
+    with app.test_client(timeout=30) as client:
+        conns = [client.connect("/room") for _ in range(n)]
+        assert everyone.wait(30)
+        for i in range(messages):
+            result = app.rooms.broadcast("big", f"m{i}")
+            assert result.sent == n and result.dropped == 0
+        received = [0] * n
+
+        def drain(index: int) -> None:
+            for i in range(messages):
+                assert conns[index].receive(timeout=30) == f"m{i}"
+                received[index] += 1
+
+        with gevent.Timeout(60):
+            gevent.joinall([gevent.spawn(drain, i) for i in range(n)], raise_error=True)
+        assert received == [messages] * n
+
+
+def test_automatic_leave_on_close(app_factory: Any) -> None:
+    from wsflask import App
+
+    app: App = app_factory()
+    left, inside = gevent.event.Event(), gevent.event.Event()
+
+    @app.on("connect")
+    def joined(ws: Any) -> None:
+        app.rooms.join("r", ws)
+        inside.set()
+
+    @app.on("disconnect")
+    def gone(ws: Any) -> None:
+        # rooms are left before the app is told (ARCHITECTURE.md §4)
+        assert "r" not in ws.rooms and ws not in app.rooms.members("r")
+        left.set()
+
+    with app.test_client() as client:
+        ws = client.connect("/")
+        assert inside.wait(5) and app.rooms.count("r") == 1
+        ws.close()
+        assert left.wait(5)
+        assert app.rooms.count("r") == 0
+        assert app.rooms.rooms(personal=True) == []

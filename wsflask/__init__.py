@@ -1,0 +1,55 @@
+"""wsflask: a gevent WebSocket microframework with decorator routing, on RFC 6455.
+
+Importing wsflask has no side effects: it never monkey-patches (if your application wants
+gevent's monkey-patching, its own first line does it) and never imports optional
+integrations (``wsflask.locust``, ``wsflask.backplane.redis``). The public surface is this
+list; tests/test_exports.py keeps ``__all__`` in sync with it.
+"""
+
+from __future__ import annotations
+
+from .app import App as App
+from .app import Route as Route
+from .client import connect as connect
+from .config import Config as Config
+from .errors import ConfigError as ConfigError
+from .errors import ConnectionClosed as ConnectionClosed
+from .errors import HandshakeRejected as HandshakeRejected
+from .errors import Reject as Reject
+from .errors import SetupError as SetupError
+from .errors import WsflaskError as WsflaskError
+from .heartbeat import Heartbeat as Heartbeat
+from .metrics import Metrics as Metrics
+from .protocol import CloseCode as CloseCode
+from .rooms import BroadcastResult as BroadcastResult
+from .rooms import Rooms as Rooms
+from .server import HTTPResponse as HTTPResponse
+from .server import Server as Server
+from .server import Upgrade as Upgrade
+from .testing import TestClient as TestClient
+from .websocket import WebSocket as WebSocket
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "App",
+    "BroadcastResult",
+    "CloseCode",
+    "Config",
+    "ConfigError",
+    "ConnectionClosed",
+    "HTTPResponse",
+    "HandshakeRejected",
+    "Heartbeat",
+    "Metrics",
+    "Reject",
+    "Rooms",
+    "Route",
+    "Server",
+    "SetupError",
+    "TestClient",
+    "Upgrade",
+    "WebSocket",
+    "WsflaskError",
+    "connect",
+]

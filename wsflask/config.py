@@ -1,0 +1,209 @@
+"""Server settings: one frozen dataclass, every field with its default, unit and threat bounded.
+
+What it does: holds the defaults of ARCHITECTURE.md §4, validates every value when a
+``Config`` is made (``ConfigError`` names the key, the value and the allowed range), loads
+overrides from the environment (``Config.from_env("WSFLASK")``: ``WSFLASK_MAX_CONNECTIONS=500``)
+and derives the protocol core's ``Limits``. What it does not do: no file formats, no I/O
+beyond reading ``os.environ`` and, for ``connection_limit()``, the open-file limit.
+
+Typical use::
+
+    config = Config.from_env("WSFLASK", port=9000)   # env first, then explicit overrides
+    strict = config.replace(max_message_size=64 * 1024)
+    server = Server((config.host, config.port), resolve, strict)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from .errors import ConfigError
+from .protocol import Limits
+
+__all__ = ["Config"]
+
+#: Descriptors kept free when ``max_connections`` is derived from the open-file limit
+#: (listener, log files, the backplane, DNS, the 503/429 shedding path).
+FD_RESERVE = 64
+
+_KIB = 1024
+_MIB = 1024 * 1024
+_GIB = 1024 * _MIB
+
+
+def _rng(lo: float, hi: float) -> dict[str, Any]:
+    return {"range": (lo, hi)}
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    """wsflask settings. Each attribute: default, unit, and the threat it bounds.
+
+    Attributes:
+        host: ``"127.0.0.1"``. Bind address; loopback unless exposed on purpose.
+        port: ``8080``. TCP port; ``0`` picks a free one (tests).
+        max_connections: ``None`` = open-file soft limit minus 64. Connections served at once
+            (handshaking or open); over -> ``503``. Bounds descriptor exhaustion and memory
+            (battery CN-01, CN-02).
+        max_connections_per_ip: ``0`` = off. Connections per client IP; over -> ``429``.
+            Bounds one host starving the others (CN-01).
+        handshake_timeout: ``5.0`` s. Absolute deadline for TLS plus the whole HTTP request;
+            then the socket is closed (``408`` when a partial request came). Bounds slowloris
+            (HS-06, TL-01).
+        max_header_bytes: ``16384`` bytes. Size of the request head; over -> ``431`` (HS-05).
+        max_headers: ``100`` header lines; over -> ``431``. Bounds header-count floods.
+        max_message_size: ``1048576`` bytes (1 MiB). Largest frame and message; over -> close
+            ``1009``. Bounds inbound memory per connection (FR-05).
+        fragment_overhead: ``256`` bytes charged per continuation frame against
+            ``max_message_size``. Bounds floods of tiny fragments (FG-02).
+        ping_interval: ``30.0`` s between heartbeat pings. Detects dead peers (HB-01).
+        pong_timeout: ``10.0`` s without any frame after a ping -> close ``1011``. Bounds
+            half-open connections (HB-01, HB-03).
+        close_timeout: ``5.0`` s to wait for the peer's Close (and for its FIN afterwards);
+            then TCP is dropped. Bounds peers that never finish closing (CL-04).
+        shutdown_grace: ``10.0`` s that ``Server.stop()`` waits after sending ``1001`` before
+            killing what is left. Bounds shutdown time (PR-03).
+        max_backpressure: ``1048576`` bytes queued per connection when the kernel refuses
+            more; over -> ``backpressure_policy``. Bounds memory per slow reader (BP-01).
+        backpressure_policy: ``"close"`` (close ``1013`` "try again later") or ``"drop"``
+            (discard the message); both are counted in metrics. What a slow reader costs.
+        allowed_origins: ``()`` = same-origin or absent ``Origin`` only; ``("*",)`` = any; else
+            the listed origins (``"https://app.example"``). Bounds cross-site WebSocket
+            hijacking (HS-08).
+        certfile: ``None``. PEM certificate chain; with it the server speaks TLS 1.2+ only.
+        keyfile: ``None``. PEM private key for ``certfile`` (``None``: the key is in certfile).
+        read_size: ``65536`` bytes read per wake-up. Bounds the inbound bytes taken per
+            ``recv`` (and so per-connection memory of unread messages, BP-03).
+    """
+
+    host: str = "127.0.0.1"
+    port: int = field(default=8080, metadata=_rng(0, 65535))
+    max_connections: int | None = field(default=None, metadata=_rng(1, 10_000_000))
+    max_connections_per_ip: int = field(default=0, metadata=_rng(0, 10_000_000))
+    handshake_timeout: float = field(default=5.0, metadata=_rng(0.001, 3600))
+    max_header_bytes: int = field(default=16384, metadata=_rng(1 * _KIB, 1 * _MIB))
+    max_headers: int = field(default=100, metadata=_rng(1, 10_000))
+    max_message_size: int = field(default=1 << 20, metadata=_rng(1, 2 * _GIB))
+    fragment_overhead: int = field(default=256, metadata=_rng(0, 64 * _KIB))
+    ping_interval: float = field(default=30.0, metadata=_rng(0.01, 86400))
+    pong_timeout: float = field(default=10.0, metadata=_rng(0.01, 86400))
+    close_timeout: float = field(default=5.0, metadata=_rng(0.001, 3600))
+    shutdown_grace: float = field(default=10.0, metadata=_rng(0, 3600))
+    max_backpressure: int = field(default=1 << 20, metadata=_rng(1 * _KIB, 2 * _GIB))
+    backpressure_policy: str = field(default="close", metadata={"choices": ("close", "drop")})
+    allowed_origins: tuple[str, ...] = ()
+    certfile: str | None = None
+    keyfile: str | None = None
+    read_size: int = field(default=65536, metadata=_rng(1 * _KIB, 16 * _MIB))
+
+    def __post_init__(self) -> None:
+        for spec in dataclasses.fields(self):
+            _check(spec, getattr(self, spec.name))
+        if not self.host:
+            raise ConfigError("host='' is invalid: expected a host name or address")
+        if isinstance(self.allowed_origins, str) or not all(
+            isinstance(o, str) and o for o in self.allowed_origins
+        ):
+            raise ConfigError(f"allowed_origins={self.allowed_origins!r} is invalid: expected "
+                              "a tuple of non-empty origin strings, e.g. ('https://app.example',)")
+        if self.keyfile and not self.certfile:
+            raise ConfigError(f"keyfile={self.keyfile!r} is set without certfile: set both")
+
+    @classmethod
+    def from_env(cls, prefix: str = "WSFLASK", environ: Mapping[str, str] | None = None,
+                 **overrides: Any) -> Config:
+        """Build a Config from ``{prefix}_{FIELD}`` variables, then apply ``overrides``.
+
+        Ints and floats are parsed as such, booleans from ``1/0/true/false/yes/no/on/off``,
+        tuples from comma-separated lists, and ``none``/empty for optional fields.
+
+        Raises:
+            ConfigError: a variable does not parse or a value is out of range; the message
+                names the variable.
+        """
+        env = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for spec in dataclasses.fields(cls):
+            raw = env.get(f"{prefix}_{spec.name.upper()}")
+            if raw is not None:
+                values[spec.name] = _parse(f"{prefix}_{spec.name.upper()}", str(spec.type), raw)
+        values.update(overrides)
+        return cls(**values)
+
+    def replace(self, **changes: Any) -> Config:
+        """Return a copy with ``changes`` applied and validated (``ConfigError`` if invalid)."""
+        unknown = set(changes) - {f.name for f in dataclasses.fields(self)}
+        if unknown:
+            raise ConfigError(f"unknown setting(s): {', '.join(sorted(unknown))}")
+        return dataclasses.replace(self, **changes)
+
+    def limits(self) -> Limits:
+        """The protocol core's ``Limits`` for these settings (``Connection(limits=...)``)."""
+        return Limits(max_message_size=self.max_message_size,
+                      fragment_overhead=self.fragment_overhead,
+                      max_header_bytes=self.max_header_bytes, max_headers=self.max_headers)
+
+    def connection_limit(self) -> int:
+        """``max_connections``, or the open-file soft limit minus a reserve when it is None."""
+        if self.max_connections is not None:
+            return self.max_connections
+        try:
+            import resource
+
+            soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+            if soft == resource.RLIM_INFINITY or soft <= 0:
+                soft = 1 << 20
+        except (ImportError, OSError, ValueError):  # no resource module (Windows)
+            soft = 1024
+        return max(1, soft - FD_RESERVE)
+
+
+def _check(spec: dataclasses.Field[Any], value: Any) -> None:
+    """Validate one field against its type and its ``range``/``choices`` metadata."""
+    name, kind = spec.name, str(spec.type)
+    if value is None and "None" in kind:
+        return
+    if kind.startswith("int") and (not isinstance(value, int) or isinstance(value, bool)):
+        raise ConfigError(f"{name}={value!r} is invalid: expected an integer")
+    if kind.startswith("float") and (
+        not isinstance(value, int | float) or isinstance(value, bool)
+    ):
+        raise ConfigError(f"{name}={value!r} is invalid: expected a number of seconds")
+    if kind.startswith("str") and not isinstance(value, str):
+        raise ConfigError(f"{name}={value!r} is invalid: expected a string")
+    if "range" in spec.metadata:
+        lo, hi = spec.metadata["range"]
+        if not lo <= value <= hi:
+            raise ConfigError(f"{name}={value!r} is out of range: allowed {lo} to {hi}")
+    if "choices" in spec.metadata and value not in spec.metadata["choices"]:
+        allowed = " or ".join(repr(c) for c in spec.metadata["choices"])
+        raise ConfigError(f"{name}={value!r} is invalid: allowed {allowed}")
+
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off"}
+
+
+def _parse(key: str, kind: str, raw: str) -> Any:
+    """Parse the environment string ``raw`` of variable ``key`` as the annotation ``kind``."""
+    text = raw.strip()
+    if "None" in kind and text.lower() in ("", "none"):
+        return None
+    try:
+        if kind.startswith("int"):
+            return int(text)
+        if kind.startswith("float"):
+            return float(text)
+        if kind.startswith("bool"):
+            if text.lower() in _TRUE | _FALSE:
+                return text.lower() in _TRUE
+            raise ValueError(text)
+        if kind.startswith("tuple"):
+            return tuple(item.strip() for item in text.split(",") if item.strip())
+    except ValueError:
+        raise ConfigError(f"{key}={raw!r} is invalid: expected {kind}") from None
+    return text

@@ -1,0 +1,412 @@
+"""Server: a gevent ``StreamServer`` that admits, handshakes and runs WebSocket connections.
+
+What it does: accepts TCP connections and spawns one greenlet each through a bounded
+``gevent.pool.Pool`` (``max_connections``); over capacity it answers a real ``503`` (and
+``429`` over the optional per-IP cap) on a small separate path instead of leaving clients in
+the listen backlog; wraps TLS (1.2+) inside the connection greenlet; enforces one absolute
+``handshake_timeout`` over TLS and the whole HTTP request (``408`` when a partial request came);
+hands the ``Request`` to a ``resolve(request, addr)`` callable that returns ``Upgrade`` (run a
+handler) or ``HTTPResponse`` (plain HTTP, e.g. ``/metrics``); backs off when ``accept()`` runs
+out of descriptors; and stops in documented steps (``stop()``), also on SIGTERM/SIGINT.
+
+What it does not do: no routing, no Origin or subprotocol policy (the resolver decides: see
+``app.py``), no frame handling (``websocket.py`` drives every connection), no monkey-patching.
+
+Typical use::
+
+    server = Server(("127.0.0.1", 8080), resolve, Config(), metrics=Metrics())
+    server.start()              # binds synchronously: server.server_port is known now
+    server.serve_forever()      # or, in tests, server.stop() when done
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import logging
+import signal
+import socket
+import ssl
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import gevent
+from gevent import Timeout
+from gevent.event import Event
+from gevent.pool import Pool
+from gevent.server import StreamServer
+
+from .config import Config
+from .errors import ConfigError
+from .protocol import Connection, HandshakeError, Request, Side, State
+from .protocol.handshake import build_response
+from .websocket import HeartbeatLike, WebSocket, wrap_tls
+
+if TYPE_CHECKING:
+    from .metrics import Metrics
+
+__all__ = ["HTTPResponse", "Resolver", "Server", "Upgrade"]
+
+logger = logging.getLogger("wsflask")
+
+#: Greenlets that may answer 503/429 at once; beyond that, refused sockets are just closed.
+SHED_CONCURRENCY = 128
+#: Accept backoff after EMFILE/ENFILE: first and longest sleep, in seconds.
+ACCEPT_BACKOFF_MIN = 0.01
+ACCEPT_BACKOFF_MAX = 1.0
+_ACCEPT_RESOURCE_ERRORS = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
+
+
+@dataclass
+class Upgrade:
+    """A resolver's answer: accept the WebSocket and run ``handler(ws)``.
+
+    Attributes:
+        handler: runs in the connection's greenlet; the connection closes when it returns.
+        subprotocol: the one to announce (from the client's offers), or ``None``.
+        headers: extra headers for the 101 response.
+        session: copied into ``ws.session`` (e.g. what ``before_upgrade`` hooks returned).
+        path_params: copied into ``ws.path_params``.
+    """
+
+    handler: Callable[[WebSocket], None]
+    subprotocol: str | None = None
+    headers: tuple[tuple[str, str], ...] = ()
+    session: dict[str, Any] = field(default_factory=dict)
+    path_params: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class HTTPResponse:
+    """A resolver's answer: a plain HTTP response (then the connection closes)."""
+
+    status: int = 200
+    body: bytes = b""
+    content_type: str = "text/plain; charset=utf-8"
+    headers: tuple[tuple[str, str], ...] = ()
+
+
+Resolver = Callable[[Request, tuple[str, int]], Upgrade | HTTPResponse]
+
+
+class _Draining(Exception):
+    """Raised into greenlets still in their handshake when ``stop()`` begins."""
+
+
+_TIMED_OUT = object()
+
+
+class Server(StreamServer):  # type: ignore[misc]
+    """Serve WebSocket (and plain HTTP) connections with ``resolve`` deciding each request.
+
+    Args:
+        listener: an address ``(host, port)`` or a bound, listening socket.
+        resolve: ``resolve(request, remote_address) -> Upgrade | HTTPResponse``; may raise
+            ``HandshakeError`` (or ``Reject``) to refuse with its status and headers.
+        config: limits and timeouts (``Config``).
+        metrics: counters to bump (handshakes by status, connections, messages...).
+        heartbeat: started by ``start()``, stopped by ``stop()``; every open connection is
+            added to it.
+        ssl_context: an ``ssl.SSLContext`` to use instead of ``config.certfile``.
+
+    Raises:
+        ConfigError: the certificate or key cannot be loaded (fail fast, battery TL-04).
+    """
+
+    def __init__(self, listener: Any, resolve: Resolver, config: Config | None = None, *,
+                 metrics: Metrics | None = None, heartbeat: HeartbeatLike | None = None,
+                 ssl_context: ssl.SSLContext | None = None) -> None:
+        self.config = config or Config()
+        self.resolve = resolve
+        self.metrics = metrics
+        self.heartbeat = heartbeat
+        #: False until start() and again from the first step of stop(): what /readyz reports.
+        self.is_ready = False
+        #: Open connections (handshake complete), for stop() and introspection.
+        self.connections: set[WebSocket] = set()
+        #: Greenlets still in their handshake, with their WebSocket once it exists.
+        self._handshaking: dict[gevent.Greenlet, WebSocket | None] = {}
+        self._per_ip: dict[str, int] = {}
+        self._ssl = ssl_context if ssl_context is not None else _make_ssl_context(self.config)
+        self._shed_pool = Pool(SHED_CONCURRENCY)
+        self._accept_delay = 0.0
+        self._stopping = False
+        self._stopped = Event()
+        super().__init__(listener, self.handle, spawn=self._admit)
+        #: The bounded pool every connection greenlet runs in (max_connections).
+        self.pool = Pool(self.config.connection_limit())
+
+    def full(self) -> bool:
+        """Never stop accepting: over capacity, clients get a 503 instead of a queue."""
+        return False
+
+    def start(self) -> None:
+        """Bind (if needed) and start accepting; start the heartbeat. Returns at once."""
+        super().start()
+        self.is_ready = True
+        if self.heartbeat is not None:
+            self.heartbeat.start()
+
+    # ------------------------------------------------------------------ admission
+
+    def _admit(self, func: Callable[..., Any], handle: Any, close: Any,
+               args: tuple[Any, Any]) -> Any:
+        """The ``spawn`` of StreamServer: a pool greenlet, or the 503/429 shedding path."""
+        sock, address = args
+        if self._stopping or self.pool.full():
+            return self._shed(sock, 503)
+        cap = self.config.max_connections_per_ip
+        if cap:
+            ip = _ip(address)
+            if self._per_ip.get(ip, 0) >= cap:
+                return self._shed(sock, 429)
+            self._per_ip[ip] = self._per_ip.get(ip, 0) + 1
+        return self.pool.spawn(func, handle, close, args)
+
+    def _release(self, address: Any) -> None:
+        if self.config.max_connections_per_ip:
+            ip = _ip(address)
+            left = self._per_ip.get(ip, 1) - 1
+            if left > 0:
+                self._per_ip[ip] = left
+            else:
+                self._per_ip.pop(ip, None)
+
+    def _shed(self, sock: Any, status: int) -> None:
+        if self._shed_pool.full():  # a flood: do not even answer, never queue
+            self._count(status)
+            _abort_socket(sock)
+            return
+        self._shed_pool.spawn(self._refuse, sock, status)
+
+    def _refuse(self, sock: Any, status: int) -> None:
+        """Answer ``status`` without reading the request; wait briefly for the peer's FIN."""
+        self._count(status)
+        extra = (("Retry-After", "1"),) if status in (429, 503) else ()
+        body = f"{status} {_REASONS.get(status, '')}\n".encode()
+        timer = Timeout(min(1.0, self.config.close_timeout))
+        try:
+            with timer:
+                sock.sendall(build_response(status, body, headers=extra))
+                getattr(sock, "_sock", sock).shutdown(socket.SHUT_WR)
+                while sock.recv(4096):  # so that our answer is not destroyed by a RST
+                    pass
+        except Timeout as exc:
+            if exc is not timer:
+                raise
+        except OSError:
+            pass
+        finally:
+            _abort_socket(sock)
+
+    def do_read(self) -> Any:
+        """Accept one connection; on EMFILE/ENFILE back off and keep serving (battery CN-02)."""
+        try:
+            result = super().do_read()
+        except OSError as exc:
+            if exc.errno not in _ACCEPT_RESOURCE_ERRORS:
+                raise
+            self._back_off(exc)
+            return None
+        self._accept_delay = 0.0
+        return result
+
+    def _back_off(self, exc: OSError) -> None:
+        delay = min(ACCEPT_BACKOFF_MAX, self._accept_delay * 2 or ACCEPT_BACKOFF_MIN)
+        if not self._accept_delay:
+            logger.warning("accept() failed (%s); backing off up to %.1f s, existing "
+                           "connections keep being served", exc.strerror, ACCEPT_BACKOFF_MAX)
+        self._accept_delay = delay
+        self.stop_accepting()
+        self._timer = self.loop.timer(delay)
+        self._timer.start(self._start_accepting_if_started)
+
+    # ------------------------------------------------------------------ one connection
+
+    def handle(self, sock: Any, address: Any) -> None:
+        """Serve one TCP connection in its pool greenlet: handshake, then the handler."""
+        try:
+            with contextlib.suppress(OSError):  # not TCP (a UNIX socket), or already reset
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if self._stopping:
+                self._refuse(sock, 503)
+                return
+            opened = self._handshake(sock, address)
+            if opened is not None:
+                self._serve(*opened)
+        finally:
+            self._release(address)
+
+    def _handshake(self, sock: Any, address: Any) -> tuple[WebSocket, Upgrade] | None:
+        """TLS and the HTTP request under one deadline, then the resolver's decision."""
+        me = gevent.getcurrent()
+        self._handshaking[me] = None
+        ws: WebSocket | None = None
+        outcome: object = None
+        timer = Timeout(self.config.handshake_timeout)
+        try:
+            with timer:
+                if self._ssl is not None:
+                    sock = wrap_tls(sock, self._ssl, server_side=True)
+                    sock.do_handshake()
+                conn = Connection(Side.SERVER, limits=self.config.limits(), http=True)
+                ws = WebSocket(sock, conn, config=self.config, metrics=self.metrics,
+                               heartbeat=self.heartbeat, remote_address=_address(address))
+                self._handshaking[me] = ws
+                outcome = ws.read_request()
+        except Timeout as exc:
+            if exc is not timer:
+                raise
+            outcome = _TIMED_OUT
+        except _Draining:
+            outcome = 503
+        except OSError:  # TLS handshake failed or the peer reset: nothing to answer
+            outcome = None
+        finally:
+            self._handshaking.pop(me, None)
+        if isinstance(outcome, Request) and ws is not None:
+            return self._decide(ws, outcome, address)
+        self._give_up(ws, sock, outcome)
+        return None
+
+    def _give_up(self, ws: WebSocket | None, sock: Any, outcome: object) -> None:
+        """The handshake did not produce a request: count it and close."""
+        if isinstance(outcome, HandshakeError):  # the core already answered and closed
+            self._count(outcome.status)
+            return
+        live = ws is None or ws.state is State.CONNECTING
+        if outcome is _TIMED_OUT:
+            if live and ws is not None and ws.request_started:
+                self._refuse(ws.transport, 408)  # a partial request: say why
+                return
+            self._count(408)
+        elif outcome == 503 and live:
+            self._refuse(sock if ws is None else ws.transport, 503)
+            return
+        _abort_socket(sock if ws is None else ws.transport)
+
+    def _decide(self, ws: WebSocket, request: Request,
+                address: Any) -> tuple[WebSocket, Upgrade] | None:
+        """Ask the resolver; answer HTTP, refuse, or accept with 101."""
+        if self._stopping:
+            return self._reply(ws, 503, "server shutting down", (("Retry-After", "1"),))
+        try:
+            result = self.resolve(request, _address(address) or ("", 0))
+        except HandshakeError as exc:
+            return self._reply(ws, exc.status, str(exc), exc.headers)
+        except Exception:
+            logger.exception("resolver failed for %s", request.path)
+            return self._reply(ws, 500, "internal server error", ())
+        if isinstance(result, HTTPResponse):
+            self._count(result.status)
+            ws.respond(result.status, result.body, content_type=result.content_type,
+                       headers=result.headers)
+            return None
+        if not request.key:  # a plain GET for a WebSocket route (RFC 7231 §6.5.15)
+            return self._reply(ws, 426, "this resource needs a WebSocket upgrade",
+                               (("Upgrade", "websocket"), ("Sec-WebSocket-Version", "13")))
+        ws.session.update(result.session)
+        ws.path_params.update(result.path_params)
+        ws.accept(subprotocol=result.subprotocol, headers=result.headers)
+        self._count(101)
+        return ws, result
+
+    def _reply(self, ws: WebSocket, status: int, message: str,
+               headers: tuple[tuple[str, str], ...]) -> tuple[WebSocket, Upgrade] | None:
+        """Refuse with ``status``; returns None (nothing to serve)."""
+        self._count(status)
+        ws.reject(status, message, headers=headers)
+        return None
+
+    def _serve(self, ws: WebSocket, upgrade: Upgrade) -> None:
+        self.connections.add(ws)
+        try:
+            # stop() may have begun while we were accepting: then 1001 instead of the handler
+            ws.run(_going_away if self._stopping else upgrade.handler)
+        finally:
+            self.connections.discard(ws)
+
+    def _count(self, status: int) -> None:
+        if self.metrics is not None:
+            self.metrics.handshake(status)
+
+    # ------------------------------------------------------------------ shutdown
+
+    def stop(self, timeout: float | None = None) -> None:
+        """Shut down gracefully; idempotent (a second call waits for the first). Steps:
+
+        * stop accepting and close the listening socket;
+        * readiness off (``is_ready = False``: ``/readyz`` fails);
+        * ``503`` to connections still in their handshake;
+        * Close ``1001`` "going away" to every open connection;
+        * wait up to ``timeout`` seconds (default ``config.shutdown_grace``) for the
+          connection greenlets to finish their closing handshakes;
+        * kill what is left (TCP dropped, close callbacks still run); stop the heartbeat.
+        """
+        if self._stopping:
+            self._stopped.wait()
+            return
+        self._stopping = True
+        self.is_ready = False
+        try:
+            if not self.closed:
+                self.close()
+            for greenlet, ws in list(self._handshaking.items()):
+                if ws is None or ws.state is State.CONNECTING:  # not while it answers an error
+                    greenlet.kill(_Draining, block=False)
+            for ws in list(self.connections):
+                ws.close(1001, "going away")
+            grace = self.config.shutdown_grace if timeout is None else timeout
+            self.pool.join(timeout=grace)
+            self.pool.kill(block=True, timeout=1.0)  # killed handlers drop TCP: no waits
+            self._shed_pool.kill(block=True, timeout=1.0)
+            if self.heartbeat is not None:
+                self.heartbeat.stop()
+        finally:
+            self._stopped.set()
+
+    def install_signal_handlers(self) -> None:
+        """On SIGTERM or SIGINT, run ``stop()`` in a new greenlet (then serve_forever returns)."""
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            gevent.signal_handler(signum, self._on_signal, signum)
+
+    def _on_signal(self, signum: int) -> None:
+        logger.info("signal %s: draining connections", signal.Signals(signum).name)
+        gevent.spawn(self.stop)
+
+
+def _going_away(ws: WebSocket) -> None:
+    ws.close(1001, "going away")
+
+
+_REASONS = {408: "Request Timeout", 429: "Too Many Requests", 503: "Service Unavailable"}
+
+
+def _make_ssl_context(config: Config) -> ssl.SSLContext | None:
+    """TLS 1.2+ server context from ``certfile``/``keyfile``; None without a certificate."""
+    if not config.certfile:
+        return None
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        context.load_cert_chain(config.certfile, config.keyfile)
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(f"certfile={config.certfile!r} keyfile={config.keyfile!r} cannot "
+                          f"be loaded: {exc}") from exc
+    return context
+
+
+def _ip(address: Any) -> str:
+    return str(address[0]) if isinstance(address, tuple) and address else str(address)
+
+
+def _address(address: Any) -> tuple[str, int] | None:
+    if isinstance(address, tuple) and len(address) >= 2:
+        return str(address[0]), int(address[1])
+    return None
+
+
+def _abort_socket(sock: Any) -> None:
+    with contextlib.suppress(OSError):
+        sock.close()

@@ -1,0 +1,565 @@
+"""WebSocket: the one driver where ``protocol.Connection`` meets a socket (STYLE.md rule 5).
+
+What it does: reads the socket on demand (one ``recv`` per wake-up), feeds the sans-I/O core,
+writes everything the core produced in one send, then handles the events; gives handlers a
+blocking API (``for message in ws``, ``receive(timeout=)``, ``send()``, ``close()``); gives
+broadcasters a write that never blocks (``send_prepared()``: the kernel, else a bounded
+outbox drained by a short-lived writer greenlet); runs the close timer; and cleans up exactly
+once, in the order of ARCHITECTURE.md §4: core CLOSED -> ``heartbeat.remove(ws)`` -> socket
+closed -> close callbacks in registration order.
+
+What it does not do: no parsing or framing (the core does that), no accept loop or routing
+(``server.py``), no timers per message (the heartbeat pings), no reader greenlet: messages are
+read when the handler asks, so a handler that does not read leaves the bytes in the kernel and
+TCP slows the peer down (battery BP-03).
+
+Drivers (server, client, WSGI handler, test client) use it as::
+
+    ws = WebSocket(sock, Connection(Side.SERVER, http=True), config=config)
+    request = ws.read_request()          # then resolve it, and either
+    ws.accept(subprotocol=None)          # ... 101, then
+    ws.run(handler)                      # handler(ws) in this greenlet, then close + cleanup
+    # or ws.reject(403) / ws.respond(200, b"ok")
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import logging
+import os
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from time import monotonic, perf_counter
+from typing import TYPE_CHECKING, Any, Protocol
+
+import gevent
+from gevent import Timeout
+
+from .config import Config
+from .errors import ConnectionClosed, HandshakeRejected, InvalidHandshakeResponse
+from .protocol import (
+    BinaryMessage,
+    Closed,
+    Connection,
+    Event,
+    HandshakeError,
+    Opened,
+    Ping,
+    Pong,
+    Request,
+    Side,
+    State,
+    TextMessage,
+)
+from .transport import Transport, wrap_tls
+
+if TYPE_CHECKING:
+    from .metrics import Metrics
+
+__all__ = ["HeartbeatLike", "WebSocket", "wrap_tls"]
+
+logger = logging.getLogger("wsflask")
+
+_ids = itertools.count(1)
+_DEFAULT_CONFIG = Config()
+
+
+class HeartbeatLike(Protocol):
+    """What the driver and the server need from ``wsflask.heartbeat.Heartbeat``."""
+
+    def add(self, ws: WebSocket) -> None: ...
+    def remove(self, ws: WebSocket) -> None: ...
+    def start(self) -> None: ...
+    def stop(self) -> None: ...
+
+
+class WebSocket(Transport):
+    """One WebSocket connection, server or client side, on a gevent socket.
+
+    Handlers read with ``for message in ws`` or ``receive()``, write with ``send()``, and end
+    with ``close()`` (or just return). Fan-out code writes with ``send_prepared()``, which
+    never blocks. Every method may be called from any greenlet unless it says otherwise; at
+    most one greenlet reads at a time.
+
+    Attributes:
+        id: unique per process.
+        request: server side, the handshake ``Request`` (path, query, headers).
+        remote_address: the peer's ``(host, port)``.
+        subprotocol: the negotiated subprotocol, or ``None``.
+        session: data returned by ``before_upgrade`` hooks; free for the app to use.
+        path_params: the route's path parameters.
+        rooms: names of the rooms this connection is in (maintained by ``rooms.py``).
+        close_code: the code that ended the connection, ``None`` while it is open.
+        close_reason: the reason that goes with ``close_code``.
+        latency: seconds, round-trip time of the last heartbeat ping that got its pong.
+        last_received: ``time.monotonic()`` of the last frame received (unmatched pongs excluded).
+        ping_sent_at: monotonic time of the outstanding heartbeat ping, ``None`` when none.
+    """
+
+    __slots__ = (
+        "__weakref__", "_callbacks", "_cause", "_close_deadline", "_closer", "_conn",
+        "_finished", "_head_log", "_heartbeat", "_messages", "_metrics", "_opened_at",
+        "_owner", "_ping_payload", "_reading", "_rx", "close_code", "close_reason", "id",
+        "last_received", "latency", "path_params", "ping_sent_at", "remote_address", "request",
+        "rooms", "session", "subprotocol",
+    )  # fmt: skip
+
+    def __init__(self, sock: Any, connection: Connection, *, config: Config | None = None,
+                 metrics: Metrics | None = None, heartbeat: HeartbeatLike | None = None,
+                 remote_address: tuple[str, int] | None = None,
+                 connection_id: str | None = None) -> None:
+        self.id = connection_id or format(next(_ids), "x")
+        self.request: Request | None = connection.request
+        self.remote_address = remote_address
+        self.subprotocol: str | None = connection.subprotocol
+        self.session: dict[str, Any] = {}
+        self.path_params: dict[str, str] = {}
+        self.rooms: set[str] = set()
+        self.close_code: int | None = None
+        self.close_reason = ""
+        self.latency: float | None = None
+        self.last_received = monotonic()
+        self.ping_sent_at: float | None = None
+        super().__init__(sock, config or _DEFAULT_CONFIG)
+        self._conn = connection
+        self._metrics = metrics
+        self._heartbeat = heartbeat
+        self._messages: deque[str | bytes] | None = None  # None while idle: no buffer kept
+        self._reading = False  # a greenlet is blocked in recv
+        self._owner: Any = None  # server side: the greenlet running run()
+        self._callbacks: list[Callable[[WebSocket], None]] | None = None
+        self._finished = False
+        self._cause: Exception | None = None
+        self._close_deadline = 0.0
+        self._closer: gevent.Greenlet | None = None
+        self._opened_at = 0.0
+        self._ping_payload: bytes | None = None
+        self._rx = False
+        self._head_log: bytes | None = None
+
+    def __repr__(self) -> str:
+        return f"<WebSocket {self.id} {self._conn.state.name} {self.remote_address}>"
+
+    # ------------------------------------------------------------------ queries
+
+    @property
+    def is_open(self) -> bool:
+        """True while messages may be sent (handshake done, no Close sent or received)."""
+        return self._conn.state is State.OPEN and not self._broken
+
+    @property
+    def state(self) -> State:
+        """The protocol state: CONNECTING, OPEN, CLOSING or CLOSED."""
+        return self._conn.state
+
+    @property
+    def request_started(self) -> bool:
+        """Server side: True once any byte arrived (a timeout then answers 408)."""
+        return self._rx
+
+    # ------------------------------------------------------------------ the frame loop
+
+    def _pump(self, timeout: float | None = None) -> bool:
+        """One wake-up. Returns False when ``timeout`` passed with nothing received.
+
+        The order is fixed (STYLE.md rule 5): 1. one recv; 2. feed the core; 3. write all it
+        produced (pongs, close echo, HTTP errors) in one send; 4. only then handle events, so
+        a handler that answers a message never races the core's own output.
+        """
+        conn = self._conn
+        if conn.state is State.CLOSED:  # abort()/fail() ended the core: only events are left
+            self._dispatch(conn.events_received())
+            if not self._finished:
+                self._finish()
+            return True
+        closing = conn.state is State.CLOSING
+        wait = timeout
+        if closing:  # the close timer: the peer's Close is due by _close_deadline
+            left = self._close_deadline - monotonic()
+            wait = left if timeout is None else min(timeout, left)
+        data = self._recv(wait)  # 1.
+        if data is None:
+            if not closing or monotonic() < self._close_deadline:
+                return False
+            self._break_transport()  # close_timeout passed: drop TCP, report 1006
+            data = b""
+        metrics = self._metrics
+        started = perf_counter() if metrics is not None else 0.0
+        if data:  # 2.
+            self._rx = True
+            if self._head_log is not None:
+                self._head_log += data[: 65536 - len(self._head_log)]
+            conn.receive_data(data)
+        else:
+            conn.receive_eof()
+        if metrics is not None:
+            metrics.frame_parse(perf_counter() - started)
+        out = conn.data_to_send()  # 3.
+        if out:
+            self._write(out)
+        self._dispatch(conn.events_received())  # 4.
+        return True
+
+    def _recv(self, wait: float | None) -> bytes | None:
+        """Read once; ``b""`` on EOF or a transport error, ``None`` when ``wait`` passed."""
+        if wait is not None and wait <= 0:
+            return None
+        self._reading = True
+        timer = Timeout(wait) if wait is not None else None
+        try:
+            if timer is None:
+                return bytes(self._sock.recv(self._config.read_size))
+            with timer:
+                return bytes(self._sock.recv(self._config.read_size))
+        except Timeout as exc:
+            if exc is not timer:
+                raise
+            return None
+        except OSError:  # ECONNRESET, TLS errors, a socket closed under us: the transport ended
+            return b""
+        finally:
+            self._reading = False
+
+    def _dispatch(self, events: list[Event]) -> None:
+        """Handle events in order; ``Closed`` (always last) runs the cleanup."""
+        now = 0.0
+        for event in events:
+            if isinstance(event, (TextMessage, BinaryMessage)):
+                self.last_received = now = now or monotonic()
+                self._on_message(event.data)
+            elif isinstance(event, Ping):
+                self.last_received = now = now or monotonic()
+            elif isinstance(event, Pong):
+                self._on_pong(event.data)
+            elif isinstance(event, Opened):
+                self._on_opened(event)
+            elif isinstance(event, Request):
+                self.request = event
+            elif isinstance(event, Closed):
+                self._on_closed(event)
+
+    def _on_message(self, data: str | bytes) -> None:
+        if self._metrics is not None:
+            self._metrics.message_in(_nbytes(data))
+        if self._conn.state is State.CLOSING:
+            return  # we sent Close: nobody will read it, keep memory bounded
+        if self._messages is None:
+            self._messages = deque()
+        self._messages.append(data)
+
+    def _on_pong(self, data: bytes) -> None:
+        # Only the pong that answers our heartbeat ping proves liveness (battery HB-03).
+        if self._ping_payload is None or data != self._ping_payload:
+            return
+        now = monotonic()
+        self.latency = now - (self.ping_sent_at or now)
+        self.last_received = now
+        self.ping_sent_at = None
+        self._ping_payload = None
+
+    def _on_opened(self, event: Opened) -> None:
+        self.subprotocol = event.subprotocol
+        self._opened_at = self.last_received = monotonic()
+        if self._metrics is not None and self._conn.side is Side.SERVER:
+            self._metrics.connection_opened()
+        if self._heartbeat is not None:
+            self._heartbeat.add(self)
+
+    def _on_closed(self, event: Closed) -> None:
+        self.close_code = event.code
+        self.close_reason = event.reason
+        self._cause = event.cause
+        self._finish()
+
+    # ------------------------------------------------------------------ reading
+
+    def receive(self, timeout: float | None = None) -> str | bytes | None:
+        """Return the next message (``str`` for text, ``bytes`` for binary).
+
+        Returns ``None`` once the connection is closed. Blocks this greenlet until a message
+        arrives; pings are answered meanwhile.
+
+        Raises:
+            TimeoutError: ``timeout`` seconds passed without a message; the connection stays
+                usable, call ``receive()`` again.
+            RuntimeError: another greenlet is already reading this connection.
+        """
+        deadline = None if timeout is None else monotonic() + timeout
+        while True:
+            messages = self._messages
+            if messages:
+                message = messages.popleft()
+                if not messages:
+                    self._messages = None
+                return message
+            if self._finished:
+                return None
+            if self._reading:
+                raise RuntimeError(f"{self!r} is already being read by another greenlet")
+            wait = None if deadline is None else deadline - monotonic()
+            if wait is not None and wait <= 0:
+                raise TimeoutError(f"no message within {timeout} s")
+            self._pump(wait)
+
+    def __iter__(self) -> Iterator[str | bytes]:
+        """Yield messages until the connection closes (then the loop just ends)."""
+        while (message := self.receive()) is not None:
+            yield message
+
+    # ------------------------------------------------------------------ writing
+
+    def send(self, data: str | bytes) -> None:
+        """Send a message: ``str`` as text, bytes-like as binary.
+
+        May block this greenlet while the kernel and the outbox are full (backpressure).
+        From fan-out code use ``send_prepared()``, which never blocks.
+
+        Raises:
+            ConnectionClosed: the connection is closing or closed.
+        """
+        conn = self._conn
+        if conn.state is not State.OPEN or self._broken:
+            raise self._closed_error()
+        if isinstance(data, str):
+            conn.send_text(data)
+        else:
+            conn.send_binary(data if isinstance(data, bytes) else bytes(data))
+        if not self._write(conn.data_to_send()):
+            raise self._closed_error()
+        if self._metrics is not None:
+            self._metrics.message_out(_nbytes(data))
+
+    def send_prepared(self, frame: bytes, *, policy: str | None = None) -> bool:
+        """Queue a frame from ``protocol.encode_frame()`` without ever blocking.
+
+        The frame goes to the kernel, or to the bounded outbox. When the outbox would exceed
+        ``max_backpressure``, ``policy`` (default ``config.backpressure_policy``) applies:
+        ``"close"`` fails the connection with 1013 and counts a slow consumer; ``"drop"``
+        discards this frame and counts a drop.
+
+        Returns:
+            True when queued or sent; False when dropped or the connection is not open.
+        """
+        if self._conn.state is not State.OPEN or self._broken:
+            return False
+        if self._conn.side is Side.CLIENT and not frame[1] & 0x80:
+            raise ValueError("client frames must be masked: encode_frame(..., mask=...)")
+        if not self._send_nowait(frame, policy=policy):
+            return False
+        if self._metrics is not None:
+            self._metrics.message_out(_payload_length(frame))
+        return True
+
+    def send_heartbeat_ping(self) -> None:
+        """Send a ping with a fresh payload and set ``ping_sent_at``; never blocks.
+
+        Its pong sets ``latency`` and clears ``ping_sent_at``; other pongs are ignored.
+        """
+        if self._conn.state is not State.OPEN or self._broken:
+            return
+        payload = os.urandom(8)
+        self._conn.send_ping(payload)
+        self._ping_payload = payload
+        self.ping_sent_at = monotonic()
+        self._send_nowait(self._conn.data_to_send(), control=True)
+
+    def _over_budget(self, policy: str | None) -> bool:
+        if (policy or self._config.backpressure_policy) == "drop":
+            if self._metrics is not None:
+                self._metrics.dropped("backpressure")
+            return False
+        if self._metrics is not None:
+            self._metrics.slow_consumer_closed()
+        self.abort(1013, "try again later")
+        return False
+
+    # ------------------------------------------------------------------ closing
+
+    def close(self, code: int = 1000, reason: str = "") -> None:
+        """Start the closing handshake; idempotent, callable from any greenlet.
+
+        From the greenlet that reads this connection it also waits (up to ``close_timeout``)
+        for the peer's Close and the end of TCP. From other greenlets it returns at once and a
+        timer drops TCP after ``close_timeout`` if the peer never answers.
+
+        Raises:
+            ValueError: a code that may not be sent (RFC 6455 §7.4) or a reason over 123 bytes.
+        """
+        conn = self._conn
+        if conn.state is not State.OPEN:
+            return
+        conn.close(code, reason)
+        self._close_deadline = monotonic() + self._config.close_timeout
+        self._send_nowait(conn.data_to_send(), control=True)
+        if not self._reading and self._owner in (None, gevent.getcurrent()):
+            while not self._finished:
+                self._pump()
+        elif self._closer is None:
+            self._closer = gevent.spawn_later(self._config.close_timeout, self._close_expired)
+
+    def _close_expired(self) -> None:
+        self._closer = None
+        if not self._finished and self._conn.state is not State.CLOSED:
+            self._break_transport()  # wakes the reader with EOF -> Closed(1006) -> cleanup
+
+    def abort(self, code: int = 1011, reason: str = "") -> None:
+        """Fail the connection now: send Close if the stream allows it, then drop TCP.
+
+        Never blocks. The reading greenlet (or ``run()``) completes the cleanup.
+        """
+        conn = self._conn
+        if conn.state is not State.CLOSED:
+            conn.fail(code, reason)
+            self.close_code, self.close_reason = code, reason
+        data = conn.data_to_send()
+        idle = not (self._writing or self._writer is not None or self._outbox)
+        if data and idle and self._raw is not None and not self._broken:
+            with contextlib.suppress(OSError):  # best effort: the Close, if the kernel takes it
+                self._raw.send(data)
+        self._break_transport()
+
+    def _closed_error(self) -> ConnectionClosed:
+        return ConnectionClosed(1006 if self.close_code is None else self.close_code,
+                                self.close_reason)
+
+    def add_close_callback(self, callback: Callable[[WebSocket], None]) -> None:
+        """Call ``callback(ws)`` once after the socket is closed (at once if it already is)."""
+        if self._finished:
+            callback(self)
+            return
+        if self._callbacks is None:
+            self._callbacks = []
+        self._callbacks.append(callback)
+
+    def _finish(self) -> None:
+        """Clean up exactly once: CLOSED -> heartbeat.remove -> socket closed -> callbacks."""
+        if self._finished:
+            return
+        self._finished = True
+        if self._heartbeat is not None:
+            self._heartbeat.remove(self)
+        if self._closer is not None:
+            self._closer.kill(block=False)
+            self._closer = None
+        try:
+            self._close_transport()
+        finally:
+            if self._metrics is not None and self._opened_at and self._conn.side is Side.SERVER:
+                code = 1006 if self.close_code is None else self.close_code
+                self._metrics.connection_closed(code, monotonic() - self._opened_at)
+            callbacks, self._callbacks = self._callbacks, None
+            for callback in callbacks or ():
+                try:
+                    callback(self)
+                except Exception:  # one failing callback must not skip the others
+                    logger.exception("close callback %r failed for %r", callback, self)
+
+    # ------------------------------------------------------------------ server driver API
+
+    def read_request(self) -> Request | HandshakeError | None:
+        """Server side: read until the request head is complete.
+
+        Returns:
+            the ``Request`` (answer with ``accept()``, ``reject()`` or ``respond()``); the
+            ``HandshakeError`` the core already answered (400/405/426/431; the connection is
+            closed); or ``None`` when the peer went away.
+        """
+        while self.request is None and not self._finished:
+            self._pump()
+        if self.request is not None:
+            return self.request
+        return self._cause if isinstance(self._cause, HandshakeError) else None
+
+    def accept(self, *, subprotocol: str | None = None,
+               headers: Iterable[tuple[str, str]] = ()) -> None:
+        """Server side: answer the pending request with 101. Next: ``run(handler)``."""
+        if self.request is None:
+            raise RuntimeError("accept() before read_request() returned a Request")
+        self._conn.accept(self.request, subprotocol=subprotocol, headers=headers)
+        self._write(self._conn.data_to_send())
+        self._dispatch(self._conn.events_received())
+
+    def reject(self, status: int, body: str = "", *,
+               headers: Iterable[tuple[str, str]] = ()) -> None:
+        """Server side: refuse the handshake with ``status``; returns once the socket is closed."""
+        self._conn.reject(status, body, headers=headers)
+        self._write(self._conn.data_to_send())
+        self._dispatch(self._conn.events_received())
+
+    def respond(self, status: int, body: bytes = b"", *,
+                content_type: str = "text/plain; charset=utf-8",
+                headers: Iterable[tuple[str, str]] = ()) -> None:
+        """Server side: answer a plain HTTP request; returns once the socket is closed."""
+        self._conn.respond(status, body, content_type=content_type, headers=headers)
+        self._write(self._conn.data_to_send())
+        self._dispatch(self._conn.events_received())
+
+    def run(self, handler: Callable[[WebSocket], None]) -> None:
+        """Run ``handler(ws)`` in this greenlet, then close and clean up.
+
+        A handler that returns closes with 1000 (if still open); one that raises closes with
+        1011 and an empty reason (the exception is logged to the ``wsflask`` logger); a kill
+        (``GreenletExit``) drops TCP at once. Returns after the close callbacks ran.
+        """
+        self._owner = gevent.getcurrent()
+        code, killed = 1000, True
+        try:
+            handler(self)
+            killed = False
+        except ConnectionClosed:
+            killed = False
+        except Exception:
+            logger.exception("handler failed on connection %s", self.id)
+            code, killed = 1011, False
+        finally:
+            try:
+                if killed:
+                    self.abort(1001, "going away")
+                self._end(code)
+            finally:
+                if not self._finished:  # killed while closing: drop TCP, clean up, no waits
+                    self.abort(1001, "going away")
+                    self._pump()
+
+    def _end(self, code: int) -> None:
+        if self._conn.state is State.OPEN:
+            self.close(code)
+        while not self._finished:
+            self._pump()
+
+    # ------------------------------------------------------------------ client driver API
+
+    def open_client(self) -> None:
+        """Client side: send the request ``Connection.connect()`` queued; read until the 101.
+
+        Raises:
+            HandshakeRejected: the server answered with another status.
+            InvalidHandshakeResponse: the answer was not a valid handshake response.
+        """
+        self._head_log = b""
+        self._write(self._conn.data_to_send())
+        while self._conn.state is State.CONNECTING and not self._finished:
+            self._pump()
+        log, self._head_log = self._head_log, None
+        if self._opened_at == 0.0:  # no Opened event: refused, invalid, or EOF
+            rejected = HandshakeRejected.from_response(log or b"")
+            if rejected is not None:
+                raise rejected
+            if isinstance(self._cause, InvalidHandshakeResponse):
+                raise self._cause
+            raise InvalidHandshakeResponse(self.close_reason or "closed during the handshake")
+
+
+def _nbytes(data: str | bytes) -> int:
+    """Payload bytes of a message (UTF-8 length for text, without encoding ASCII)."""
+    if isinstance(data, str):
+        return len(data) if data.isascii() else len(data.encode("utf-8"))
+    return len(data)
+
+
+def _payload_length(frame: bytes) -> int:
+    """Payload length of an encoded frame, read from its header (RFC 6455 §5.2)."""
+    size = frame[1] & 0x7F
+    head = 2 + (2 if size == 126 else 8 if size == 127 else 0) + (4 if frame[1] & 0x80 else 0)
+    return len(frame) - head
