@@ -1,6 +1,8 @@
-"""wsflask.protocol: a sans-I/O RFC 6455 engine (README.md states the no-I/O rule).
+"""wsflask.protocol: a sans-I/O RFC 6455 + RFC 7692 engine (README.md states the no-I/O rule).
 
-``Connection`` is the state machine; ``encode_frame`` makes a frame once for many sockets.
+``Connection`` is the state machine; ``encode_frame`` makes a frame once for many sockets,
+``shared_frame`` a compressed one for connections without context takeover.
+``DeflateSettings`` configures permessage-deflate (``deflate.py``).
 """
 
 from __future__ import annotations
@@ -9,6 +11,9 @@ from .connection import Connection as Connection
 from .connection import Limits as Limits
 from .connection import Side as Side
 from .connection import State as State
+from .deflate import DeflateSettings as DeflateSettings
+from .deflate import PerMessageDeflate as PerMessageDeflate
+from .deflate import shared_frame as shared_frame
 from .errors import CompressionError as CompressionError
 from .errors import Forbidden as Forbidden
 from .errors import HandshakeError as HandshakeError
@@ -43,6 +48,7 @@ __all__ = [
     "Closed",
     "CompressionError",
     "Connection",
+    "DeflateSettings",
     "Event",
     "Forbidden",
     "HandshakeError",
@@ -56,6 +62,7 @@ __all__ = [
     "NotFound",
     "Opcode",
     "Opened",
+    "PerMessageDeflate",
     "Ping",
     "PolicyViolation",
     "Pong",
@@ -69,4 +76,5 @@ __all__ = [
     "UpgradeRequired",
     "accept_key",
     "encode_frame",
+    "shared_frame",
 ]

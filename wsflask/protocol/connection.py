@@ -19,93 +19,51 @@ Rules for editors (each one is an RFC requirement or a contract the drivers rely
 8. A message never exceeds ``Limits.max_message_size``; each continuation frame is charged
    ``fragment_overhead`` bytes as well, so floods of tiny fragments end in 1009 (§10.4);
    ``messages.py`` reassembles fragments, ``close.py`` checks Close bodies.
+9. RFC 7692: with ``DeflateSettings`` the server negotiates permessage-deflate in
+   ``accept()`` and the client offers it in ``connect()`` (``deflate.py``). RSV1 marks a
+   compressed message on its first frame only (§6.1, else 1002); it is inflated under the
+   same budget (rule 8) in inflated bytes. Sends compress from ``compress_threshold`` up.
 
 This module does no I/O and reads no clock.
 """
 
 from __future__ import annotations
 
-import enum
 import os
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
 
 from . import handshake
 from .close import check_close_code, close_payload, parse_close
-from .errors import (
-    HandshakeError,
-    InvalidHandshakeResponse,
-    InvalidState,
-    ProtocolError,
-)
-from .events import BinaryMessage, Closed, Event, Opened, Ping, Pong, Request, TextMessage
+from .deflate import DeflateSettings, PerMessageDeflate
+from .errors import InvalidState, ProtocolError
+from .events import BinaryMessage, Closed, Event, Ping, Pong, Request, TextMessage
 from .frames import FrameDecoder, encode_frame
 from .messages import MessageAssembler
+from .opening import OpeningHandshake
+from .states import Limits as Limits
+from .states import Side as Side
+from .states import State as State
 from .utf8 import decode_text
 
 __all__ = ["Connection", "Limits", "Side", "State"]
 
 
-class Side(enum.Enum):
-    """Which end of the connection this object plays."""
-
-    SERVER = "server"
-    CLIENT = "client"
-
-
-class State(enum.IntEnum):
-    """Connection states (RFC 6455 §4, §7)."""
-
-    CONNECTING = 0
-    OPEN = 1
-    CLOSING = 2
-    CLOSED = 3
-
-
-@dataclass(frozen=True, slots=True)
-class Limits:
-    """What a peer may make this connection hold (battery rows HS-05, FR-05, FG-02, FG-03).
-
-    Attributes:
-        max_message_size: bytes of one message, and so of one frame; over -> close 1009.
-        fragment_overhead: bytes charged per continuation frame against the message budget.
-        max_header_bytes: bytes of the HTTP head; over -> 431.
-        max_headers: header lines of the HTTP head; over -> 431.
-    """
-
-    max_message_size: int = 1 << 20
-    fragment_overhead: int = 256
-    max_header_bytes: int = 16384
-    max_headers: int = 100
-
-
-class Connection:
+class Connection(OpeningHandshake):
     """A sans-I/O RFC 6455 endpoint, either side; the module docstring lists its rules.
 
     Server side: feed the request bytes; a ``Request`` event asks for ``accept()``,
     ``reject()`` or (for plain HTTP with ``http=True``) ``respond()``. Client side: call
     ``connect()`` first. Then send with the ``send_*`` commands and finish with ``close()``.
+    The handshake commands live in ``OpeningHandshake`` (``opening.py``). ``deflate``
+    (``DeflateSettings``) turns permessage-deflate negotiation on (RFC 7692); ``None`` (the
+    default) leaves every message uncompressed.
     """
 
+    # The handshake's slots are OpeningHandshake's.
     __slots__ = (
-        "_close_sent",
-        "_decoder",
-        "_events",
-        "_extensions_offered",
-        "_head",
-        "_http",
-        "_key",
-        "_limits",
-        "_mask_source",
-        "_messages",
-        "_offered",
-        "_out",
-        "_pending_input",
-        "request",
-        "side",
-        "state",
-        "subprotocol",
-    )
+        "_close_sent", "_decoder", "_deflate_settings", "_events", "_http", "_limits",
+        "_mask_source", "_messages", "_out", "_send_deflating", "side",
+    )  # fmt: skip
 
     def __init__(
         self,
@@ -114,6 +72,7 @@ class Connection:
         limits: Limits | None = None,
         http: bool = False,
         mask_source: Callable[[int], bytes] = os.urandom,
+        deflate: DeflateSettings | None = None,
     ) -> None:
         self.side = side
         self.state = State.CONNECTING
@@ -140,6 +99,12 @@ class Connection:
         self._messages = MessageAssembler(
             self._decoder, self._limits.max_message_size, self._limits.fragment_overhead
         )
+        self._deflate_settings = deflate if deflate is not None and deflate.enabled else None
+        self._deflate_offered = False
+        #: The permessage-deflate codec once negotiated (RFC 7692), else None.
+        self.deflate: PerMessageDeflate | None = None
+        #: True while a compressed message is being sent in fragments.
+        self._send_deflating = False
 
     # ------------------------------------------------------------------ outputs
 
@@ -178,149 +143,15 @@ class Connection:
         if self.state is not State.CLOSED:
             self._set_closed(Closed(1006, "connection lost"))
 
-    # ------------------------------------------------------------------ handshake
-
-    def _receive_head(self, data: bytes) -> None:
-        if self._head is None:  # request emitted, awaiting accept(): keep the bytes, bounded
-            self._pending_input.append(data)
-            if sum(map(len, self._pending_input)) > self._limits.max_message_size:
-                self._set_closed(Closed(1006, "too much data before the handshake completed"))
-            return
-        try:
-            done = self._head.feed(data)
-            if done is None:
-                return
-            head, rest = done
-            self._head = None
-            if rest:
-                self._pending_input.append(rest)
-            if self.side is Side.SERVER:
-                self.request = handshake.parse_request(head, http=self._http)
-                self._events.append(self.request)
-            else:
-                self._open_client(head)
-        except HandshakeError as exc:
-            self._refuse(exc)
-        except InvalidHandshakeResponse as exc:
-            self._set_closed(Closed(1006, str(exc), exc))
-
-    def _refuse(self, exc: HandshakeError) -> None:
-        if self.side is Side.SERVER:
-            body = f"{exc.status} {exc}\n".encode("utf-8", "replace")
-            self._out.append(handshake.build_response(exc.status, body, headers=exc.headers))
-        self._set_closed(Closed(1006, str(exc), exc))
-
-    def accept(
-        self,
-        request: Request,
-        *,
-        subprotocol: str | None = None,
-        extensions: str = "",
-        headers: Iterable[tuple[str, str]] = (),
-    ) -> None:
-        """Server side: answer ``request`` with 101 and open the connection.
-
-        Raises:
-            InvalidState: not a server awaiting its request, or a plain HTTP request.
-        """
-        if (
-            self.side is not Side.SERVER
-            or self.request is None
-            or self.state is not State.CONNECTING
-        ):
-            raise InvalidState("accept() needs a server connection with a pending Request")
-        if not request.key:
-            raise InvalidState("accept() on a plain HTTP request: use respond()")
-        self._out.append(
-            handshake.build_accept(
-                request.key, subprotocol=subprotocol, extensions=extensions, headers=headers
-            )
-        )
-        self.subprotocol = subprotocol
-        self._open(Opened(subprotocol, extensions))
-
-    def reject(
-        self, status: int, body: str = "", *, headers: Iterable[tuple[str, str]] = ()
-    ) -> None:
-        """Server side: refuse the handshake with an HTTP ``status``; the connection ends."""
-        self._check_connecting_server("reject")
-        text = body or f"HTTP {status}\n"
-        self._out.append(handshake.build_response(status, text.encode(), headers=headers))
-        self._set_closed(Closed(1006, f"handshake rejected with {status}"))
-
-    def respond(
-        self,
-        status: int,
-        body: bytes,
-        *,
-        content_type: str = "text/plain; charset=utf-8",
-        headers: Iterable[tuple[str, str]] = (),
-    ) -> None:
-        """Server side: answer a plain HTTP request (``http=True``) and end the connection."""
-        self._check_connecting_server("respond")
-        self._out.append(
-            handshake.build_response(status, body, content_type=content_type, headers=headers)
-        )
-        self._set_closed(Closed(1006, f"HTTP {status}"))
-
-    def _check_connecting_server(self, command: str) -> None:
-        if self.side is not Side.SERVER or self.state is not State.CONNECTING:
-            raise InvalidState(f"{command}() needs a server connection still in CONNECTING")
-
-    def connect(
-        self,
-        host: str,
-        target: str = "/",
-        *,
-        key: str | None = None,
-        subprotocols: Sequence[str] = (),
-        extensions: str = "",
-        headers: Iterable[tuple[str, str]] = (),
-    ) -> None:
-        """Client side: queue the opening handshake; ``Opened`` or ``Closed`` follows."""
-        if self.side is not Side.CLIENT or self.state is not State.CONNECTING or self._key:
-            raise InvalidState("connect() needs a new client connection")
-        self._key = key or handshake.make_key(self._mask_source)
-        self._offered = tuple(subprotocols)
-        self._extensions_offered = bool(extensions)
-        self._out.append(
-            handshake.build_request(
-                host,
-                target,
-                self._key,
-                subprotocols=subprotocols,
-                extensions=extensions,
-                headers=headers,
-            )
-        )
-
-    def _open_client(self, head: bytes) -> None:
-        subprotocol, extensions, headers = handshake.parse_response(
-            head, self._key, subprotocols=self._offered
-        )
-        # §4.1 step 5: an extension "not present in the client's handshake" fails it; what
-        # was offered is checked by the caller that offered it.
-        if extensions and not self._extensions_offered:
-            raise InvalidHandshakeResponse(f"Unrequested extensions in the response: {extensions}")
-        self.subprotocol = subprotocol
-        self._open(Opened(subprotocol, extensions, headers))
-
-    def _open(self, opened: Opened) -> None:
-        self.state = State.OPEN
-        self._events.append(opened)
-        pending, self._pending_input = self._pending_input, []
-        for chunk in pending:
-            self._receive_frames(chunk)
-
     # ------------------------------------------------------------------ frames in
 
     def _receive_frames(self, data: bytes) -> None:
         events, assembler = self._events, self._messages
         is_open = self.state is State.OPEN
         try:
-            for fin, opcode, _rsv, payload in self._decoder.feed(data):
-                # Hot path first: a whole message in one frame, no fragmented one pending.
-                if fin and is_open and 0 < opcode < 3 and not assembler.in_progress:
+            for fin, opcode, rsv, payload in self._decoder.feed(data):
+                # Hot path first: a whole uncompressed message in one frame, nothing pending.
+                if fin and not rsv and is_open and 0 < opcode < 3 and not assembler.in_progress:
                     if opcode == 1:
                         events.append(TextMessage(decode_text(payload)))
                     else:
@@ -330,7 +161,7 @@ class Connection:
                     if self.state is State.CLOSED:
                         return
                 elif is_open:
-                    message = assembler.add(fin, opcode, payload)
+                    message = assembler.add(fin, opcode, payload, rsv)
                     if message is not None:
                         events.append(message)
         except ProtocolError as exc:
@@ -361,20 +192,58 @@ class Connection:
         if self.state is not State.OPEN:
             raise InvalidState(f"cannot send in state {self.state.name}")
 
-    def send_text(self, data: str, *, fin: bool = True) -> None:
-        """Send a text message (or its first fragment when ``fin`` is False)."""
-        self._check_sendable()
-        self._out.append(encode_frame(0x1, data.encode("utf-8"), fin=fin, mask=self._mask()))
+    def send_text(self, data: str, *, fin: bool = True, compress: bool | None = None) -> None:
+        """Send a text message (or its first fragment when ``fin`` is False).
 
-    def send_binary(self, data: bytes, *, fin: bool = True) -> None:
-        """Send a binary message (or its first fragment when ``fin`` is False)."""
+        ``compress`` (with permessage-deflate negotiated): None compresses whole messages
+        of ``compress_threshold`` bytes and more, True compresses whatever the size (a
+        fragmented message too), False never (a secret next to attacker data, RFC 7692 §8).
+        """
         self._check_sendable()
-        self._out.append(encode_frame(0x2, data, fin=fin, mask=self._mask()))
+        if self.deflate is None:  # the hot path: no helper call
+            self._out.append(encode_frame(0x1, data.encode("utf-8"), fin=fin, mask=self._mask()))
+        else:
+            self._out.append(self._data_frame(0x1, data.encode("utf-8"), fin, compress))
+
+    def send_binary(self, data: bytes, *, fin: bool = True, compress: bool | None = None) -> None:
+        """Send a binary message (or its first fragment); ``compress`` as for ``send_text``."""
+        self._check_sendable()
+        if self.deflate is None:
+            self._out.append(encode_frame(0x2, data, fin=fin, mask=self._mask()))
+        else:
+            self._out.append(self._data_frame(0x2, data, fin, compress))
 
     def send_continuation(self, data: bytes, *, fin: bool) -> None:
         """Send the next fragment of the message started with ``fin=False``."""
         self._check_sendable()
+        if self._send_deflating and self.deflate is not None:  # compressed like its start
+            self._send_deflating = not fin
+            data = self.deflate.encode(data, fin=fin)
         self._out.append(encode_frame(0x0, data, fin=fin, mask=self._mask()))
+
+    def encode_message(self, data: str | bytes) -> bytes:
+        """Return a whole message as one frame for THIS connection, for ``send_frame_bytes``.
+
+        Compressed as ``send_text``/``send_binary`` would; with context takeover the frame
+        refers to earlier ones, so send it before encoding the next. To compress a
+        broadcast once, see ``deflate.shared_frame()``.
+        """
+        if isinstance(data, str):
+            return self._data_frame(0x1, data.encode("utf-8"), True, None)
+        return self._data_frame(0x2, data, True, None)
+
+    def _data_frame(self, opcode: int, payload: bytes, fin: bool, compress: bool | None) -> bytes:
+        codec = self.deflate
+        if (
+            codec is None
+            or compress is False
+            or (compress is None and (not fin or len(payload) < codec.threshold))
+        ):
+            return encode_frame(opcode, payload, fin=fin, mask=self._mask())
+        self._send_deflating = not fin
+        # RFC 7692 §6: RSV1 ("Per-Message Compressed") on the first frame only.
+        payload = codec.encode(payload, fin=fin)
+        return encode_frame(opcode, payload, fin=fin, rsv=0x40, mask=self._mask())
 
     def send_frame_bytes(self, frame: bytes) -> None:
         """Send a frame made by ``encode_frame()`` as it is (one encoding, many sockets)."""
@@ -426,5 +295,7 @@ class Connection:
     def _set_closed(self, closed: Closed) -> None:
         self.state = State.CLOSED
         self._messages.reset()
+        if self.deflate is not None:
+            self.deflate.release()  # zlib memory goes now, not when the object is collected
         self._pending_input = []
         self._events.append(closed)

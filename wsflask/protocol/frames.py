@@ -14,7 +14,8 @@ tuples and enforces every frame-level rule before it buffers a payload:
 * §5.5 "All control frames MUST have a payload length of 125 bytes or less and MUST NOT be
   fragmented" -> 1002;
 * §10.4 a data frame longer than ``max_payload`` -> 1009, decided from the header, before a
-  single payload byte is kept.
+  single payload byte is kept; a frame with RSV1 (a compressed message, RFC 7692 §6) may be
+  ``compressed_slack`` bytes longer, as DEFLATE expands incompressible data a little.
 
 Message reassembly, UTF-8 and close codes are ``connection.py``'s; this module does no I/O.
 """
@@ -108,7 +109,10 @@ class FrameDecoder:
     each header is parsed. A ``ProtocolError`` raised from the iterator ends the stream.
     """
 
-    __slots__ = ("_buf", "_need", "_parts", "_pending", "allowed_rsv", "expect_mask", "max_payload")
+    __slots__ = (
+        "_buf", "_need", "_parts", "_pending",
+        "allowed_rsv", "compressed_slack", "expect_mask", "max_payload",
+    )  # fmt: skip
 
     def __init__(self, *, expect_mask: bool, max_payload: int, allowed_rsv: int = 0) -> None:
         #: True on the server side: every client frame must be masked (§5.1).
@@ -117,6 +121,8 @@ class FrameDecoder:
         self.max_payload = max_payload
         #: RSV bits a negotiated extension defines (``0x40`` for permessage-deflate).
         self.allowed_rsv = allowed_rsv
+        #: Extra bytes allowed over ``max_payload`` for a frame with RSV1 (compressed).
+        self.compressed_slack = 0
         #: Bytes of an incomplete frame: the only state kept between chunks.
         self._buf = b""
         #: Chunks received while waiting for a long payload, joined once it is complete,
@@ -229,8 +235,9 @@ class FrameDecoder:
                 raise ProtocolError("64-bit length with the top bit set")  # §5.2
             if length < 65536:
                 raise ProtocolError("non-minimal 64-bit length")  # §5.2
-        if length > self.max_payload and opcode < 0x8:
-            raise MessageTooBig(f"frame of {length} bytes, {self.max_payload} left in the budget")
+        allowed = self.max_payload + self.compressed_slack if rsv else self.max_payload
+        if length > allowed and opcode < 0x8:
+            raise MessageTooBig(f"frame of {length} bytes, {allowed} left in the budget")
         if masked:
             start += 4
             if start > limit:

@@ -47,6 +47,19 @@ _TCHAR = r"!#$%&'*+\-.^_`|~0-9A-Za-z"
 _TOKEN = re.compile(f"[{_TCHAR}]+")
 _TOKEN_B = re.compile(f"[{_TCHAR}]+".encode())
 _CTL_B = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")  # CTLs except HTAB (RFC 7230 field-vchar)
+#: Common header names and values, shared by every request: a Request lives as long as its
+#: connection, so one string per connection for "upgrade" or "websocket" adds up.
+_SHARED = {
+    text.encode(): text
+    for text in (
+        "host", "upgrade", "connection", "sec-websocket-key", "sec-websocket-version",
+        "sec-websocket-protocol", "sec-websocket-extensions", "origin", "user-agent", "accept",
+        "accept-encoding", "accept-language", "cache-control", "pragma", "cookie",
+        "websocket", "Upgrade", "upgrade", "keep-alive, Upgrade", "13", "no-cache",
+        "permessage-deflate; client_max_window_bits", "gzip, deflate, br", "gzip, deflate",
+        "GET",
+    )
+}  # fmt: skip
 _TARGET_B = re.compile(rb"[\x21-\x22\x24-\x7e]+")  # visible ASCII except "#"
 _VERSION_B = re.compile(rb"HTTP/([0-9])\.([0-9])")
 _STATUS_B = re.compile(rb"HTTP/1\.[0-9] ([0-9]{3})(?: [\t\x20-\x7e\x80-\xff]*)?")
@@ -150,7 +163,11 @@ def _parse_head(head: bytes) -> tuple[bytes, tuple[tuple[str, str], ...], Index]
             raise HandshakeError("Invalid header name")
         if _CTL_B.search(value):
             raise HandshakeError("Invalid character in header value")
-        field = (name.decode("ascii").lower(), value.strip(b" \t").decode("latin-1"))
+        name, value = name.lower(), value.strip(b" \t")
+        field = (
+            _SHARED.get(name) or name.decode("ascii"),
+            _SHARED.get(value) or value.decode("latin-1"),
+        )
         fields.append(field)
         index.setdefault(field[0], []).append(field[1])
     return start, tuple(fields), index
@@ -182,7 +199,7 @@ def _parse_request_line(line: bytes) -> tuple[str, str, tuple[int, int]]:
     match = _VERSION_B.fullmatch(version)
     if not _TOKEN_B.fullmatch(method) or not _TARGET_B.fullmatch(target) or not match:
         raise HandshakeError("Malformed request line")
-    return method.decode(), target.decode(), (int(match[1]), int(match[2]))
+    return _SHARED.get(method) or method.decode(), target.decode(), (int(match[1]), int(match[2]))
 
 
 def parse_request(head: bytes, *, http: bool = False) -> Request:

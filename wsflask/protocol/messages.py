@@ -1,8 +1,8 @@
-"""Reassembly of fragmented messages under a budget (RFC 6455 §5.4, §10.4).
+"""Reassembly of fragmented and compressed messages under a budget (RFC 6455 §5.4, §10.4).
 
-A ``MessageAssembler`` takes the data frames of one direction that are not whole messages
-(``Connection`` delivers those itself, on its hot path) and returns the message once its
-final fragment arrives:
+A ``MessageAssembler`` takes the data frames of one direction that are not plain whole
+messages (``Connection`` delivers those itself, on its hot path) and returns the message once
+its final fragment arrives:
 
 * §5.4: "the fragments of one message MUST NOT be interleaved between the fragments of
   another message": a TEXT or BINARY frame inside a message, or a continuation without
@@ -11,25 +11,45 @@ final fragment arrives:
 * §10.4: the message budget is ``max_message_size``; each continuation frame is charged
   ``fragment_overhead`` more, so floods of tiny or empty fragments end in 1009; the frame
   decoder's ``max_payload`` is lowered to what is left, so an oversized fragment is refused
-  from its header, before any of it is kept.
+  from its header, before any of it is kept;
+* RFC 7692 §6: RSV1 on a message's first frame marks it compressed (per message); RSV1 "of
+  control frames and non-first fragments of a data message" fails with 1002. A compressed
+  message is inflated fragment by fragment as it arrives, under the same budget counted in
+  inflated bytes (1009 at the first byte over); its compressed bytes are limited too, to the
+  budget plus ``compressed_slack()`` for DEFLATE's expansion of incompressible data.
 
 This module does no I/O.
 """
 
 from __future__ import annotations
 
+from .compression import PerMessageDeflate
 from .errors import MessageTooBig, ProtocolError
 from .events import BinaryMessage, TextMessage
 from .frames import FrameDecoder
-from .utf8 import TextAssembler
+from .utf8 import TextAssembler, decode_text
 
-__all__ = ["MessageAssembler"]
+__all__ = ["MessageAssembler", "compressed_slack"]
+
+Message = TextMessage | BinaryMessage
+
+
+def compressed_slack(max_message_size: int) -> int:
+    """Bytes a compressed message may exceed ``max_message_size`` by on the wire.
+
+    zlib's worst case is about 0.03% + 13 bytes (deflateBound); other compressors use stored
+    blocks of 64 KiB at 5 bytes each. 1/1024 + 64 covers them with room to spare.
+    """
+    return (max_message_size >> 10) + 64
 
 
 class MessageAssembler:
-    """The fragmented message in progress on one connection, if any."""
+    """The fragmented (or compressed) message in progress on one connection, if any."""
 
-    __slots__ = ("_decoder", "_limit", "_opcode", "_overhead", "_parts", "_text", "_used")
+    __slots__ = (
+        "_compressed", "_decoder", "_limit", "_opcode", "_overhead", "_parts", "_text",
+        "_used", "_wire", "_wire_limit", "codec",
+    )  # fmt: skip
 
     def __init__(
         self, decoder: FrameDecoder, max_message_size: int, fragment_overhead: int
@@ -41,52 +61,106 @@ class MessageAssembler:
         self._opcode = 0
         self._parts: list[bytes] = []
         self._text: TextAssembler | None = None
-        #: Budget spent so far: payload bytes plus the charge per continuation.
+        #: Budget spent so far: payload bytes (inflated) plus the charge per continuation.
         self._used = 0
+        #: The permessage-deflate codec once negotiated (``enable_compression()``).
+        self.codec: PerMessageDeflate | None = None
+        #: True while the message in progress is compressed (RSV1 on its first frame).
+        self._compressed = False
+        #: Compressed bytes of the message in progress, plus the charge per continuation.
+        self._wire = 0
+        self._wire_limit = max_message_size + compressed_slack(max_message_size)
 
     @property
     def in_progress(self) -> bool:
         """True between a message's first fragment and its last."""
         return self._opcode != 0
 
-    def add(self, fin: bool, opcode: int, payload: bytes) -> TextMessage | BinaryMessage | None:
+    def enable_compression(self, codec: PerMessageDeflate) -> None:
+        """permessage-deflate was negotiated: accept RSV1 on first frames (RFC 7692 §6)."""
+        self.codec = codec
+        self._decoder.allowed_rsv = 0x40
+        self._decoder.compressed_slack = self._wire_limit - self._limit
+
+    def add(self, fin: bool, opcode: int, payload: bytes, rsv: int = 0) -> Message | None:
         """Take one data frame; return the message when ``fin`` completes it.
 
         Raises:
-            ProtocolError: a frame out of sequence (1002), invalid UTF-8 (1007) or a message
-                over budget (1009).
+            ProtocolError: a frame out of sequence or RSV1 where RFC 7692 §6.1 forbids it
+                (1002), invalid UTF-8 (1007), corrupt compressed data (``CompressionError``,
+                1007) or a message over budget (1009).
         """
         if opcode:  # TEXT or BINARY starts a message
             if self._opcode:
                 raise ProtocolError("new data frame inside a fragmented message")  # §5.4
+            if rsv and fin:
+                return self._inflate_whole(opcode, payload)
             self._opcode = opcode
+            self._compressed = bool(rsv)
             if opcode == 1:
                 self._text = TextAssembler()
         elif not self._opcode:
             raise ProtocolError("continuation frame without a message to continue")  # §5.4
+        elif rsv:
+            # RFC 7692 §6.1: "An endpoint MUST NOT set the "Per-Message Compressed" bit of
+            # ... non-first fragments of a data message."
+            raise ProtocolError("RSV1 set on a continuation frame")
         else:
             self._used += self._overhead
+            self._wire += self._overhead
+        if self._compressed:
+            return self._add_compressed(fin, payload)
         self._used += len(payload)
         if self._used > self._limit:
             raise MessageTooBig(f"message over the limit of {self._limit} bytes")
+        self._keep(payload, fin)
+        return self._next(fin, self._limit - self._used)
+
+    def _keep(self, data: bytes, final: bool) -> None:
         text = self._text
         if text is not None:
-            text.feed(payload, final=fin)  # §8.1 fail fast, fragment by fragment
-        elif payload:
-            self._parts.append(payload)
+            text.feed(data, final=final)  # §8.1 fail fast, fragment by fragment
+        elif data:
+            self._parts.append(data)
+
+    def _next(self, fin: bool, left: int) -> Message | None:
         if not fin:
             # The next fragment may only use what is left, its own charge included (§10.4).
-            self._decoder.max_payload = max(0, self._limit - self._used - self._overhead)
+            self._decoder.max_payload = max(0, left - self._overhead)
             return None
+        text = self._text
         message = (
             TextMessage(text.finish()) if text is not None else BinaryMessage(b"".join(self._parts))
         )
         self.reset()
         return message
 
+    def _codec(self) -> PerMessageDeflate:
+        if self.codec is None:  # the frame decoder refuses RSV1 until enable_compression()
+            raise ProtocolError("RSV1 set without permessage-deflate")
+        return self.codec
+
+    def _inflate_whole(self, opcode: int, payload: bytes) -> Message:
+        """A compressed message in one frame, the common case: no state kept."""
+        chunks = self._codec().decompress(payload, self._limit, final=True)
+        data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        return TextMessage(decode_text(data)) if opcode == 1 else BinaryMessage(data)
+
+    def _add_compressed(self, fin: bool, payload: bytes) -> Message | None:
+        self._wire += len(payload)
+        if self._wire > self._wire_limit or self._used > self._limit:
+            raise MessageTooBig(f"message over the limit of {self._limit} bytes")
+        for chunk in self._codec().decompress(payload, self._limit - self._used, final=fin):
+            self._used += len(chunk)
+            self._keep(chunk, False)
+        if fin and self._text is not None:
+            self._text.feed(b"", final=True)  # a code point cut at the end is invalid
+        return self._next(fin, self._wire_limit - self._wire)
+
     def reset(self) -> None:
         """Forget the message in progress (completed, failed or closed)."""
-        self._opcode = self._used = 0
+        self._opcode = self._used = self._wire = 0
+        self._compressed = False
         self._parts = []
         self._text = None
         self._decoder.max_payload = self._limit
