@@ -177,3 +177,272 @@ def test_deadline() -> Iterator[None]:
     timer.start()
     yield
     timer.close()
+
+
+# -- CLI fixtures: `python -m wsflask run ...` in a subprocess (cli, browser tests) -----------
+
+
+class WsflaskProcess:
+    """A server child (``python -m wsflask run ...`` or ``python examples/x.py``); its output
+    goes to a file read by polling."""
+
+    def __init__(self, argv: list[str], cwd: str, env: dict[str, str], log_path: Any) -> None:
+        import subprocess
+
+        self.log_path = log_path
+        self._log = open(log_path, "wb")  # noqa: SIM115 - closed by stop()
+        self.proc = subprocess.Popen(argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL,
+                                     stdout=self._log, stderr=subprocess.STDOUT)
+        self.port = 0
+
+    @property
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def wait_for_log(self, pattern: str, timeout: float = 30.0) -> Any:
+        """Poll the log until ``pattern`` (a regex) matches; fail if the process exits first."""
+        import re
+        import time
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            match = re.search(pattern, self.log)
+            if match:
+                return match
+            if self.proc.poll() is not None:
+                raise AssertionError(f"wsflask exited with {self.proc.returncode}:\n{self.log}")
+            time.sleep(0.02)
+        raise AssertionError(f"no {pattern!r} in the log after {timeout} s:\n{self.log}")
+
+    def wait_serving(self) -> int:
+        """Wait for the "serving on" line (CLI or ``app.run()``); return the bound port."""
+        self.port = int(self.wait_for_log(r"serving on (?:http://)?[^:\s]+:(\d+)")[1])
+        return self.port
+
+    def wait_exit(self, timeout: float = 30.0) -> int:
+        """Wait for the process to exit by itself; return its exit code."""
+        return self.proc.wait(timeout=timeout)
+
+    def stop(self, timeout: float = 30.0) -> int:
+        """SIGTERM (if still running), wait, SIGKILL as a last resort; return the exit code."""
+        import subprocess
+
+        try:
+            if self.proc.poll() is None:
+                self.proc.terminate()
+            try:
+                return self.proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=10)
+                raise
+        finally:
+            self._log.close()
+
+
+@pytest.fixture
+def wsflask_run(tmp_path: Any) -> Iterator[Callable[..., WsflaskProcess]]:
+    """``wsflask_run(*args, env={...})`` starts ``python -m wsflask run *args`` from the repo
+    root (a fresh environment without ``WSFLASK_*`` variables unless given); every process is
+    stopped after the test, also when it fails. ``script=`` runs ``python <script> *args``."""
+    import os
+    import sys
+    from pathlib import Path
+
+    root = str(Path(__file__).resolve().parent.parent)
+    procs: list[WsflaskProcess] = []
+
+    def start(*args: str, env: dict[str, str] | None = None,
+              script: str | None = None) -> WsflaskProcess:
+        base = {k: v for k, v in os.environ.items() if not k.startswith("WSFLASK_")}
+        base["PYTHONUNBUFFERED"] = "1"
+        head = [sys.executable, script] if script else [sys.executable, "-m", "wsflask", "run"]
+        proc = WsflaskProcess([*head, *args], root, {**base, **(env or {})},
+                              tmp_path / f"wsflask-{len(procs)}.log")
+        procs.append(proc)
+        return proc
+
+    yield start
+    for proc in procs:
+        try:
+            proc.stop(timeout=15)
+        except Exception:  # one stuck child must not keep the others alive
+            continue
+
+
+# -- Backplane fixtures: a real redis-server per test, and a cuttable TCP proxy (issue 8) ------
+
+
+class RedisServer:
+    """A ``redis-server`` child on 127.0.0.1 (no persistence, a temp dir), restartable."""
+
+    def __init__(self, directory: Any, port: int = 0) -> None:
+        self.directory = directory
+        self.port = port or _free_port()
+        self.proc: Any = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self, timeout: float = 20.0) -> None:
+        """Start and poll PING until it answers (never a blind sleep)."""
+        import shutil
+        import subprocess
+        import time
+
+        exe = shutil.which("redis-server")
+        assert exe is not None
+        self.proc = subprocess.Popen(
+            [exe, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "no", "--dir", str(self.directory), "--loglevel", "warning"],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + timeout
+        while not self.ping():
+            assert self.proc.poll() is None, f"redis-server exited with {self.proc.returncode}"
+            assert time.monotonic() < deadline, "redis-server did not answer PING"
+            time.sleep(0.02)
+
+    def ping(self) -> bool:
+        import socket as pysocket
+
+        try:
+            with pysocket.create_connection(("127.0.0.1", self.port), timeout=1.0) as sock:
+                sock.sendall(b"PING\r\n")
+                return sock.recv(16).startswith(b"+PONG")
+        except OSError:
+            return False
+
+    def stop(self) -> None:
+        """SIGTERM, then SIGKILL after 10 s; idempotent."""
+        import subprocess
+
+        proc, self.proc = self.proc, None
+        if proc is None or proc.poll() is not None:
+            return
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)
+
+    def client(self) -> Any:
+        """A plain redis-py client for assertions (PUBSUB NUMSUB, presence keys)."""
+        import redis
+
+        return redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=5)
+
+
+def _free_port() -> int:
+    import socket as pysocket
+
+    with pysocket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture
+def redis_server(tmp_path: Any) -> Iterator[RedisServer]:
+    """A started ``RedisServer``; skipped (with the reason) only if redis-server is missing."""
+    import shutil
+
+    if shutil.which("redis-server") is None:
+        pytest.skip("redis-server is not installed (apt-get install redis-server)")
+    server = RedisServer(tmp_path)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+class TCPProxy:
+    """A gevent TCP forwarder to ``127.0.0.1:target`` that a test can cut and restore.
+
+    ``cut()`` closes the listener and every open pair (peers see a reset or EOF, new connects
+    are refused), like a network partition; ``restore()`` listens again on the same port.
+    """
+
+    def __init__(self, target: int) -> None:
+        self.target = target
+        self.port = 0
+        self.server: Any = None
+        self.pairs: list[tuple[Any, Any]] = []
+        self.restore()
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def restore(self) -> None:
+        from gevent.server import StreamServer
+
+        self.server = StreamServer(("127.0.0.1", self.port), self._handle)
+        self.server.init_socket()
+        self.server.start()
+        self.port = self.server.server_port
+
+    def cut(self) -> None:
+        if self.server is not None:
+            self.server.stop(timeout=0)
+            self.server = None
+        pairs, self.pairs = self.pairs, []
+        for a, b in pairs:
+            a.close()
+            b.close()
+
+    def _handle(self, client: Any, address: Any) -> None:
+        import gevent
+        import gevent.socket
+
+        try:
+            upstream = gevent.socket.create_connection(("127.0.0.1", self.target))
+        except OSError:
+            client.close()
+            return
+        self.pairs.append((client, upstream))
+        pump = gevent.spawn(_pipe, upstream, client)
+        _pipe(client, upstream)
+        pump.join()
+
+    def close(self) -> None:
+        self.cut()
+
+
+def _pipe(source: Any, sink: Any) -> None:
+    import contextlib
+
+    try:
+        while chunk := source.recv(65536):
+            sink.sendall(chunk)
+    except OSError:
+        pass
+    finally:
+        for sock in (source, sink):
+            with contextlib.suppress(OSError):
+                sock.close()
+
+
+@pytest.fixture
+def tcp_proxy() -> Iterator[Callable[[int], TCPProxy]]:
+    """``tcp_proxy(port)`` -> a started ``TCPProxy`` to ``127.0.0.1:port``; closed after."""
+    proxies: list[TCPProxy] = []
+
+    def make(port: int) -> TCPProxy:
+        proxy = TCPProxy(port)
+        proxies.append(proxy)
+        return proxy
+
+    yield make
+    for proxy in proxies:
+        proxy.close()
+
+
+# -- conformance: the Autobahn run (tests/test_autobahn.py) can be deselected by marker --------
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", 'autobahn: the Autobahn TestSuite run (deselect: -m "not autobahn")'
+    )

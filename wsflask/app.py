@@ -32,6 +32,7 @@ from functools import partial
 from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import urlsplit
 
+from .backplane.bridge import Bridge, NodeLifecycle
 from .config import Config
 from .errors import ConnectionClosed, Reject, SetupError
 from .heartbeat import Heartbeat
@@ -44,6 +45,7 @@ from .server import HTTPResponse, Server, Upgrade
 if TYPE_CHECKING:
     from .testing import TestClient
     from .websocket import WebSocket
+    from .wsgi import WebSocketHandler, WebSocketMiddleware
 
 __all__ = ["App", "Route"]
 
@@ -134,7 +136,10 @@ class Route:
         self.app.rooms.track(ws)  # before disconnect callbacks: rooms are left first (§4)
         try:
             if self.handler is not None:
-                self.handler(ws, **params)
+                if params:
+                    self.handler(ws, **params)
+                else:  # no ``**``: a plain call keeps the idle greenlet's C stack shallower
+                    self.handler(ws)
             else:
                 self._run_events(ws, params)
         except ConnectionClosed:
@@ -159,7 +164,10 @@ class Route:
         elif on_message:
             handler = on_message[0]
             for message in ws:
-                handler(ws, message, **params)
+                if params:
+                    handler(ws, message, **params)
+                else:
+                    handler(ws, message)
         else:
             for _ in ws:  # no message handler: read (and discard) until the close
                 pass
@@ -243,6 +251,9 @@ class App:
         self.rooms = Rooms(policy=config.backpressure_policy)
         self.heartbeat = Heartbeat(config.ping_interval, config.pong_timeout,
                                    metrics=self.metrics)
+        #: the backplane bridge with ``backplane=`` (started with the server), else None
+        self.cluster: Bridge | None = (Bridge(self.rooms, config, self.metrics)
+                                       if config.backplane else None)
         #: the server started by ``run()``/``make_server()``, once there is one
         self.server: Server | None = None
         self._routes: list[Route] = []
@@ -264,6 +275,19 @@ class App:
             raise SetupError(f"cannot register {what} after the app started serving; "
                              "register every route, handler and hook before app.run(), "
                              "app.make_server() or the test client's first connection")
+
+    def configure(self, config: Config) -> None:
+        """Replace the settings before serving (the CLI applies file, env and flags with it).
+
+        Rebuilds what was derived from them: the rooms' policy, the heartbeat, the backplane
+        bridge.
+        """
+        self.check_setup("new settings")
+        self.config = config
+        self.rooms.policy = config.backpressure_policy
+        self.heartbeat = Heartbeat(config.ping_interval, config.pong_timeout,
+                                   metrics=self.metrics)
+        self.cluster = Bridge(self.rooms, config, self.metrics) if config.backplane else None
 
     # -- registration: decorators over add_* ------------------------------------------------
 
@@ -427,7 +451,9 @@ class App:
 
     def _ready_page(self, request: Request) -> HTTPResponse:
         if self.server is not None and self.server.is_ready:
-            return HTTPResponse(200, b"ready")
+            if self.cluster is None or self.cluster.ready:
+                return HTTPResponse(200, b"ready")
+            return HTTPResponse(503, b"not ready: backplane down")
         return HTTPResponse(503, b"not ready")
 
     # -- runtime -----------------------------------------------------------------------------
@@ -456,16 +482,23 @@ class App:
         message = event_or_data if data is _MISSING else _envelope(event_or_data, data)
         return self.rooms.broadcast(to, message, exclude=skip)
 
-    def make_server(self, host: str | None = None, port: int | None = None) -> Server:
+    def make_server(self, host: str | None = None, port: int | None = None, *,
+                    listener: Any = None) -> Server:
         """Build the ``Server`` for this app (not started); ends the setup phase.
 
-        Call ``server.start()`` then, or ``serve_forever()``; ``run()`` does both.
+        ``listener``: a bound, listening socket to serve instead of ``(host, port)`` (a
+        pre-forked worker's inherited socket). Call ``server.start()`` then, or
+        ``serve_forever()``; ``run()`` does both. With a backplane, the server's start and
+        stop also join and leave the bus.
         """
         self._setup_finished = True
-        address = (host if host is not None else self.config.host,
-                   port if port is not None else self.config.port)
+        address = listener if listener is not None else (
+            host if host is not None else self.config.host,
+            port if port is not None else self.config.port)
+        heartbeat = (self.heartbeat if self.cluster is None
+                     else NodeLifecycle(self.heartbeat, self.cluster))
         self.server = Server(address, self.resolve, self.config,
-                             metrics=self.metrics, heartbeat=self.heartbeat)
+                             metrics=self.metrics, heartbeat=heartbeat)
         return self.server
 
     def run(self, host: str | None = None, port: int | None = None) -> None:
@@ -475,6 +508,21 @@ class App:
         server.install_signal_handlers()
         logger.info("wsflask serving on %s:%s", server.server_host, server.server_port)
         server.serve_forever()
+
+    @property
+    def handler_class(self) -> type[WebSocketHandler]:
+        """A ``gevent.pywsgi`` handler class serving this app's routes next to a WSGI app on
+        one port: ``WSGIServer(addr, flask_app, handler_class=app.handler_class)``."""
+        from .wsgi import bind_handler  # pywsgi is imported only by those who use it
+
+        return bind_handler(self)
+
+    def wsgi_middleware(self, wsgi_app: Callable[..., Any]) -> WebSocketMiddleware:
+        """Wrap a WSGI app so that upgrades to this app's routes are served here (needs
+        ``wsflask.wsgi.WebSocketHandler`` or ``-k wsflask.wsgi.GeventWorker``)."""
+        from .wsgi import WebSocketMiddleware
+
+        return WebSocketMiddleware(self, wsgi_app)
 
     def test_client(self, **kwargs: Any) -> TestClient:
         """A ``TestClient`` that serves this app on 127.0.0.1:0 when first used."""

@@ -3,8 +3,11 @@
 What it does: holds the defaults of ARCHITECTURE.md §4, validates every value when a
 ``Config`` is made (``ConfigError`` names the key, the value and the allowed range), loads
 overrides from the environment (``Config.from_env("WSFLASK")``: ``WSFLASK_MAX_CONNECTIONS=500``)
-and derives the protocol core's ``Limits``. What it does not do: no file formats, no I/O
-beyond reading ``os.environ`` and, for ``connection_limit()``, the open-file limit.
+loads TOML settings files (``load_toml()`` then ``Config.from_mapping()``; ``check_mapping()``
+lists every problem of a file at once) and derives the protocol core's ``Limits``. What it does
+not do: no I/O beyond reading ``os.environ``, the settings file it is asked to read and, for
+``connection_limit()``, the open-file limit; no precedence policy (the CLI layers file < env <
+flags on top of the application's own ``Config``).
 
 Typical use::
 
@@ -16,7 +19,9 @@ Typical use::
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import os
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -24,7 +29,7 @@ from typing import Any
 from .errors import ConfigError
 from .protocol import Limits
 
-__all__ = ["Config"]
+__all__ = ["Config", "load_toml"]
 
 #: Descriptors kept free when ``max_connections`` is derived from the open-file limit
 #: (listener, log files, the backplane, DNS, the 503/429 shedding path).
@@ -78,6 +83,16 @@ class Config:
         keyfile: ``None``. PEM private key for ``certfile`` (``None``: the key is in certfile).
         read_size: ``65536`` bytes read per wake-up. Bounds the inbound bytes taken per
             ``recv`` (and so per-connection memory of unread messages, BP-03).
+        backplane: ``None`` = rooms live in this process only. ``"redis://host:6379/0"``
+            spans processes and machines (``pip install wsflask[redis]``); ``"memory://name"``
+            joins Apps of one process (tests). Env: ``WSFLASK_BACKPLANE``.
+        backplane_interval: ``5.0`` s between bus probes and presence refreshes; no probe
+            echo for 2 intervals -> not ready (RD-03); presence expires after 3 (PR-01).
+        backplane_backoff_max: ``5.0`` s, the longest wait between reconnect attempts
+            (exponential from 0.1 s, with jitter). Bounds recovery time after an outage
+            (RD-02, RD-06: < 5 s after Redis is back) against reconnect storms.
+        backplane_queue: ``10000`` envelopes waiting to be published; over -> dropped and
+            counted. Bounds memory while the bus is slow (RD-04).
     """
 
     host: str = "127.0.0.1"
@@ -99,6 +114,10 @@ class Config:
     certfile: str | None = None
     keyfile: str | None = None
     read_size: int = field(default=65536, metadata=_rng(1 * _KIB, 16 * _MIB))
+    backplane: str | None = None
+    backplane_interval: float = field(default=5.0, metadata=_rng(0.05, 3600))
+    backplane_backoff_max: float = field(default=5.0, metadata=_rng(0.1, 60))
+    backplane_queue: int = field(default=10_000, metadata=_rng(1, 10_000_000))
 
     def __post_init__(self) -> None:
         for spec in dataclasses.fields(self):
@@ -110,6 +129,11 @@ class Config:
         ):
             raise ConfigError(f"allowed_origins={self.allowed_origins!r} is invalid: expected "
                               "a tuple of non-empty origin strings, e.g. ('https://app.example',)")
+        if self.backplane is not None and not self.backplane.startswith(
+            ("memory://", "redis://", "unix://")
+        ):
+            raise ConfigError(f"backplane={self.backplane!r} is invalid: expected a URL like "
+                              "'redis://127.0.0.1:6379/0' or 'memory://name'")
         if self.keyfile and not self.certfile:
             raise ConfigError(f"keyfile={self.keyfile!r} is set without certfile: set both")
 
@@ -125,14 +149,60 @@ class Config:
             ConfigError: a variable does not parse or a value is out of range; the message
                 names the variable.
         """
+        values = cls.env_overrides(prefix, environ)
+        values.update(overrides)
+        return cls(**values)
+
+    @classmethod
+    def env_overrides(cls, prefix: str = "WSFLASK",
+                      environ: Mapping[str, str] | None = None) -> dict[str, Any]:
+        """The settings that ``{prefix}_{FIELD}`` variables set, parsed (only those present).
+
+        Raises:
+            ConfigError: a variable does not parse; the message names the variable.
+        """
         env = os.environ if environ is None else environ
         values: dict[str, Any] = {}
         for spec in dataclasses.fields(cls):
             raw = env.get(f"{prefix}_{spec.name.upper()}")
             if raw is not None:
                 values[spec.name] = _parse(f"{prefix}_{spec.name.upper()}", str(spec.type), raw)
-        values.update(overrides)
-        return cls(**values)
+        return values
+
+    @classmethod
+    def from_mapping(cls, mapping: Mapping[str, Any], *, base: Config | None = None) -> Config:
+        """Apply ``mapping`` (a parsed TOML file: lists allowed for tuples) on ``base``.
+
+        Raises:
+            ConfigError: the first problem ``check_mapping()`` finds (unknown key, bad value).
+        """
+        problems = cls.check_mapping(mapping, base=base)
+        if problems:
+            raise ConfigError(problems[0])
+        return (base or cls()).replace(**_from_toml_values(mapping))
+
+    @classmethod
+    def check_mapping(cls, mapping: Mapping[str, Any], *,
+                      base: Config | None = None) -> list[str]:
+        """Every problem of ``mapping`` as a message naming key, value and allowed range."""
+        names = {spec.name: spec for spec in dataclasses.fields(cls)}
+        problems = []
+        for key, value in mapping.items():
+            if key not in names:
+                close = difflib.get_close_matches(key, names, n=1)
+                hint = f" (did you mean {close[0]!r}?)" if close else ""
+                problems.append(f"unknown setting {key!r}{hint}")
+                continue
+            try:
+                _check(names[key], _from_toml_values({key: value})[key])
+            except ConfigError as exc:
+                problems.append(str(exc))
+        if not problems:
+            try:
+                (base or cls()).replace(**_from_toml_values(mapping))
+            except ConfigError as exc:
+                problems.append(str(exc))
+        return problems
 
     def replace(self, **changes: Any) -> Config:
         """Return a copy with ``changes`` applied and validated (``ConfigError`` if invalid)."""
@@ -207,3 +277,34 @@ def _parse(key: str, kind: str, raw: str) -> Any:
     except ValueError:
         raise ConfigError(f"{key}={raw!r} is invalid: expected {kind}") from None
     return text
+
+
+def _from_toml_values(mapping: Mapping[str, Any]) -> dict[str, Any]:
+    """TOML has arrays, not tuples: ``allowed_origins = ["https://a"]`` becomes a tuple."""
+    return {key: tuple(value) if isinstance(value, list) else value
+            for key, value in mapping.items()}
+
+
+def load_toml(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Read the TOML file at ``path`` into a dict; next: ``Config.from_mapping(data)``.
+
+    Uses ``tomllib`` (Python 3.11+), else the ``tomli`` package if it is installed.
+
+    Raises:
+        ConfigError: the file cannot be read, is not valid TOML, or no TOML parser exists.
+    """
+    if sys.version_info >= (3, 11):
+        import tomllib
+    else:  # pragma: no cover - Python 3.10 only
+        try:
+            import tomli as tomllib
+        except ImportError:
+            raise ConfigError(f"cannot read {path}: TOML needs Python 3.11+ or the 'tomli' "
+                              "package on Python 3.10 (pip install tomli)") from None
+    try:
+        with open(path, "rb") as file:
+            return dict(tomllib.load(file))
+    except OSError as exc:
+        raise ConfigError(f"cannot read {path}: {exc.strerror or exc}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path} is not valid TOML: {exc}") from exc

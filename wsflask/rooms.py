@@ -13,17 +13,22 @@ What it does:
   slow-consumer policy (``"close"``: 1013, or ``"drop"``), both counted by the driver.
   A connection in several of the target rooms gets the message once.
 
-What it does not do: no cross-process delivery. A backplane (Redis, issue 8) hooks in by
-publishing what ``broadcast()`` encodes and by calling ``deliver()`` with frames it receives;
-``deliver()`` is the single local-delivery path. No locks: callers share one thread, and no
-method yields between reading and updating the index.
+Cross-process delivery is the backplane's (``backplane/bridge.py``): when one is attached
+(``rooms.bus``), ``broadcast()`` also hands the message to it, rooms gaining their first or
+losing their last member are reported to it (``room_changed``), tracked connections get
+node-prefixed ids (``<node>.<n>``), and ``count()``/``member_ids()`` can ask it for the whole
+cluster. Messages from other nodes come back through ``deliver()``, the single local-delivery
+path. Without a backplane ``bus`` is None and none of this costs anything.
+
+What it does not do: no I/O of its own. No locks: callers share one thread, and no method
+yields between reading and updating the index (``cluster=True`` queries yield, for I/O).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, Protocol, cast
 
 from .errors import ConfigError
 from .protocol import Opcode, encode_frame
@@ -31,7 +36,7 @@ from .protocol import Opcode, encode_frame
 if TYPE_CHECKING:
     from .websocket import WebSocket
 
-__all__ = ["POLICIES", "BroadcastResult", "Rooms"]
+__all__ = ["POLICIES", "BroadcastResult", "Bus", "Rooms"]
 
 #: Slow-consumer policies: close the member with 1013 "try again later", or drop the message.
 POLICIES = ("close", "drop")
@@ -50,6 +55,15 @@ class BroadcastResult:
     sent: int = 0
     dropped: int = 0
     skipped: int = 0
+
+
+class Bus(Protocol):
+    """What rooms need from a backplane bridge (``wsflask.backplane.bridge.Bridge``)."""
+
+    def room_changed(self, room: str, count: int) -> None: ...
+    def publish(self, rooms: str | Iterable[str] | None, data: str | bytes,
+                exclude: Iterable[str] = ()) -> None: ...
+    def cluster_members(self, room: str) -> dict[str, list[str]]: ...
 
 
 def encode_message(data: str | bytes) -> bytes:
@@ -78,6 +92,10 @@ class Rooms:
         self._rooms: dict[str, dict[str, WebSocket]] = {}
         self._connections: dict[str, WebSocket] = {}
         self._policies: dict[str, str] = {}
+        #: the backplane bridge, while one is attached (its ``start()`` sets it)
+        self.bus: Bus | None = None
+        #: this node's id with a backplane: tracked connections get ids ``<node>.<n>``
+        self.node = ""
 
     # -- membership -----------------------------------------------------------------------------
 
@@ -88,6 +106,8 @@ class Rooms:
         """
         if ws.id in self._connections:
             return
+        if self.node and "." not in ws.id:
+            ws.id = f"{self.node}.{ws.id}"  # unique across nodes (ARCHITECTURE.md AMB-21)
         self._connections[ws.id] = ws
         self._add(ws.id, ws)
         ws.add_close_callback(self.forget)
@@ -115,14 +135,20 @@ class Rooms:
         members = self._rooms.get(room)
         if members is None:
             members = self._rooms[room] = {}
+        if self.bus is not None and ws.id not in members and room != ws.id:
+            members[ws.id] = ws
+            self.bus.room_changed(room, len(members))
         members[ws.id] = ws
         ws.rooms.add(room)
 
     def _remove(self, room: str, ws: WebSocket) -> None:
         ws.rooms.discard(room)
         members = self._rooms.get(room)
-        if members is not None and members.pop(ws.id, None) is not None and not members:
-            del self._rooms[room]
+        if members is not None and members.pop(ws.id, None) is not None:
+            if not members:
+                del self._rooms[room]
+            if self.bus is not None and room != ws.id:
+                self.bus.room_changed(room, len(members))
 
     # -- queries --------------------------------------------------------------------------------
 
@@ -130,9 +156,24 @@ class Rooms:
         """The connections in ``room`` (a copy; empty for unknown rooms)."""
         return list(self._rooms.get(room, {}).values())
 
-    def count(self, room: str) -> int:
-        """How many connections are in ``room``."""
-        return len(self._rooms.get(room, ()))
+    def count(self, room: str, *, cluster: bool = False) -> int:
+        """How many connections are in ``room``; with ``cluster=True``, on every live node.
+
+        ``cluster=True`` asks the backplane (it yields for I/O and raises ``BackplaneDown``
+        when the bus is unreachable); without a backplane it is the local count.
+        """
+        local = len(self._rooms.get(room, ()))
+        if cluster and self.bus is not None:
+            return local + sum(len(ids) for ids in self.bus.cluster_members(room).values())
+        return local
+
+    def member_ids(self, room: str, *, cluster: bool = False) -> list[str]:
+        """Connection ids in ``room``, local first; with ``cluster=True`` from every node."""
+        ids = list(self._rooms.get(room, {}))
+        if cluster and self.bus is not None:
+            for node_ids in self.bus.cluster_members(room).values():
+                ids.extend(node_ids)
+        return ids
 
     def rooms(self, *, personal: bool = False) -> list[str]:
         """Names of the non-empty rooms, sorted; personal rooms only with ``personal=True``."""
@@ -159,16 +200,22 @@ class Rooms:
                   exclude: WebSocket | Iterable[WebSocket] | None = None) -> BroadcastResult:
         """Send ``data`` to every member of ``room`` (or of each room given; ``None``: everyone).
 
-        The frame is encoded once; no member can block the caller. Returns the counts.
+        The frame is encoded once; no member can block the caller. Returns the local counts;
+        with a backplane the message is also queued for the other nodes (never blocking).
         """
-        return self.deliver(room, encode_message(data), exclude=exclude)
+        result = self.deliver(room, encode_message(data), exclude=exclude)
+        if self.bus is not None:
+            self.bus.publish(room, data, _excluded_ids(exclude))
+        return result
 
     def deliver(self, room: str | Iterable[str] | None, frame: bytes, *,
-                exclude: WebSocket | Iterable[WebSocket] | None = None) -> BroadcastResult:
+                exclude: WebSocket | Iterable[WebSocket | str] | None = None
+                ) -> BroadcastResult:
         """Hand an encoded ``frame`` to the local members of ``room``: the one delivery path.
 
         A connection reached through several rooms gets it once, under the policy of the
-        first room (in the order given) that reached it.
+        first room (in the order given) that reached it. ``exclude`` takes connections or
+        connection ids (the backplane excludes by id).
         """
         excluded = _excluded_ids(exclude)
         result = BroadcastResult()
@@ -201,13 +248,16 @@ class Rooms:
         yield from seen.values()
 
 
-def _excluded_ids(exclude: WebSocket | Iterable[WebSocket] | None) -> frozenset[str]:
+def _excluded_ids(exclude: WebSocket | Iterable[WebSocket | str] | None) -> frozenset[str]:
     if exclude is None:
         return frozenset()
+    if isinstance(exclude, str):  # one connection id
+        return frozenset((exclude,))
     one = getattr(exclude, "id", None)
     if isinstance(one, str):  # a single connection
         return frozenset((one,))
-    return frozenset(ws.id for ws in cast("Iterable[WebSocket]", exclude))
+    return frozenset(item if isinstance(item, str) else item.id
+                     for item in cast("Iterable[WebSocket | str]", exclude))
 
 
 def _check_policy(policy: str) -> None:

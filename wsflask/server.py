@@ -29,6 +29,7 @@ import socket
 import ssl
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from time import monotonic
 from typing import TYPE_CHECKING, Any
 
 import gevent
@@ -49,6 +50,8 @@ if TYPE_CHECKING:
 __all__ = ["HTTPResponse", "Resolver", "Server", "Upgrade"]
 
 logger = logging.getLogger("wsflask")
+#: one line per connection open and close (``wsflask.logs.ACCESS_LOGGER``)
+access_log = logging.getLogger("wsflask.access")
 
 #: Greenlets that may answer 503/429 at once; beyond that, refused sockets are just closed.
 SHED_CONCURRENCY = 128
@@ -162,7 +165,9 @@ class Server(StreamServer):  # type: ignore[misc]
             if self._per_ip.get(ip, 0) >= cap:
                 return self._shed(sock, 429)
             self._per_ip[ip] = self._per_ip.get(ip, 0) + 1
-        return self.pool.spawn(func, handle, close, args)
+        # _serve_and_close instead of gevent's func(handle, close, args): its handle(*args)
+        # would add an interpreter frame to the C stack every idle greenlet keeps.
+        return self.pool.spawn(_serve_and_close, handle, close, sock, address)
 
     def _release(self, address: Any) -> None:
         if self.config.max_connections_per_ip:
@@ -234,7 +239,9 @@ class Server(StreamServer):  # type: ignore[misc]
                 return
             opened = self._handshake(sock, address)
             if opened is not None:
-                self._serve(*opened)
+                ws, handler = opened[0], opened[1].handler
+                del opened  # the Upgrade (session, path_params: copied) is not kept while open
+                self._serve(ws, handler)
         finally:
             self._release(address)
 
@@ -319,13 +326,19 @@ class Server(StreamServer):  # type: ignore[misc]
         ws.reject(status, message, headers=headers)
         return None
 
-    def _serve(self, ws: WebSocket, upgrade: Upgrade) -> None:
+    def _serve(self, ws: WebSocket, handler: Callable[[WebSocket], None]) -> None:
         self.connections.add(ws)
+        # The access log: one check per connection, no logging work when it is disabled.
+        opened = monotonic() if access_log.isEnabledFor(logging.INFO) else 0.0
+        if opened:
+            _log_access("open", ws)
         try:
             # stop() may have begun while we were accepting: then 1001 instead of the handler
-            ws.run(_going_away if self._stopping else upgrade.handler)
+            ws.run(_going_away if self._stopping else handler)
         finally:
             self.connections.discard(ws)
+            if opened:
+                _log_access("close", ws, monotonic() - opened)
 
     def _count(self, status: int) -> None:
         if self.metrics is not None:
@@ -374,6 +387,26 @@ class Server(StreamServer):  # type: ignore[misc]
     def _on_signal(self, signum: int) -> None:
         logger.info("signal %s: draining connections", signal.Signals(signum).name)
         gevent.spawn(self.stop)
+
+
+def _log_access(event: str, ws: WebSocket, duration: float | None = None) -> None:
+    """One ``wsflask.access`` line: id, peer, route (the request path), duration, close code."""
+    peer = ws.remote_address
+    fields: dict[str, Any] = {"id": ws.id, "peer": f"{peer[0]}:{peer[1]}" if peer else "-",
+                              "route": ws.request.path if ws.request else "-"}
+    if duration is not None:
+        fields["duration"] = round(duration, 3)
+        fields["close_code"] = 1006 if ws.close_code is None else ws.close_code
+    access_log.info("connection %s", event, extra=fields)
+
+
+def _serve_and_close(handle: Callable[[Any, Any], None], close: Callable[[Any, Any], None],
+                     sock: Any, address: Any) -> None:
+    """A connection's pool greenlet: ``handle(sock, address)``, then ``close`` it."""
+    try:
+        handle(sock, address)
+    finally:
+        close(sock, address)
 
 
 def _going_away(ws: WebSocket) -> None:

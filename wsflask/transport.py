@@ -75,10 +75,23 @@ class Transport:
                 writer.join()  # natural backpressure for the handler's own sends
                 writer = self._writer
             return not self._broken
+        rest: bytes | memoryview = data
+        raw = self._raw
+        if raw is not None:  # plain TCP: the OS socket first, no gevent layers (usual case)
+            try:
+                sent = raw.send(data)
+            except BlockingIOError:
+                sent = 0
+            except OSError:
+                self._break_transport()
+                return False
+            if sent == len(data):
+                return True
+            rest = memoryview(data)[sent:]  # the kernel is full: block for the rest
         self._writing = True
         done = False
         try:
-            self._sock.sendall(data)
+            self._sock.sendall(rest)
             done = True
         except OSError:
             pass

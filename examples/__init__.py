@@ -1,0 +1,1 @@
+"""Runnable examples: ``python examples/chat.py`` or ``wsflask run examples.chat:app``."""

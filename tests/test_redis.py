@@ -1,0 +1,275 @@
+"""The Redis backplane against a real ``redis-server`` (started and stopped by each test).
+
+Two Apps in this process on Redis are two nodes; the process-level cases (``kill -9``,
+SIGTERM) run nodes with ``python -m wsflask run tests.backplane_node:app``. Battery rows,
+scaled down: RD-01 (cut one node from Redis for 3 s under load, through a TCP proxy), RD-02
+(restart Redis), RD-06 (start with Redis down), PR-01 (kill -9 a node), PR-03 (SIGTERM).
+Every wait polls with a deadline; nothing asserts on speed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import gevent
+import pytest
+
+from wsflask import App
+from wsflask.client import connect
+from wsflask.emitter import Emitter
+
+FAST = {
+    "backplane_interval": 1.0,
+    "backplane_backoff_max": 0.5,
+    "shutdown_grace": 2.0,
+    "close_timeout": 1.0,
+}
+ROOM = "wsflask:room:t"
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float = 20.0) -> None:
+    """Poll ``predicate`` until true; fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        gevent.sleep(0.02)
+
+
+def numsub(redis_server: Any, channel: str = ROOM) -> int:
+    return int(dict(redis_server.client().pubsub_numsub(channel))[channel.encode()])
+
+
+@pytest.fixture
+def nodes() -> Iterator[Callable[[str], tuple[App, Any]]]:
+    """``nodes(url)`` -> ``(app, test_client)``: an in-process chat node on ``url``."""
+    clients: list[Any] = []
+
+    def node(url: str) -> tuple[App, Any]:
+        app = App(backplane=url, **FAST)
+
+        @app.route("/r/<room>")
+        def chat(ws: Any, room: str) -> None:
+            app.rooms.join(room, ws)
+            ws.send(json.dumps({"hello": ws.id}))
+            for message in ws:
+                app.emit(message, to=room)
+
+        client = app.test_client(timeout=10)
+        clients.append(client)
+        return app, client
+
+    yield node
+    for client in clients:
+        client.close()
+
+
+def join(client: Any, room: str = "t") -> Any:
+    ws = client.connect(f"/r/{room}")
+    assert "hello" in client.receive_json(ws)
+    return ws
+
+
+def ready(*clients: Any) -> None:
+    wait_until(lambda: all(c.get("/readyz").status == 200 for c in clients))
+
+
+def drain_gaps(client: Any, ws: Any) -> str:
+    """The next message that is not a gap notice."""
+    while True:
+        message = str(client.receive(ws))
+        if not message.startswith('{"event":"_gap"'):
+            return message
+
+
+# -- two nodes, one room ------------------------------------------------------------------------
+
+
+def test_two_nodes_one_room_exactly_once_in_order(redis_server: Any, nodes: Any) -> None:
+    (a, ca), (b, cb) = nodes(redis_server.url), nodes(redis_server.url)
+    members = [join(ca), join(ca), join(cb), join(cb)]
+    ready(ca, cb)
+    wait_until(lambda: numsub(redis_server) == 2)  # one subscription per node, not per member
+    senders = [members[0], members[2]]
+    for i in range(50):
+        for n, ws in enumerate(senders):
+            ws.send(f"{n}:{i}")
+    for ws in members:
+        got = [str(ca.receive(ws)) for _ in range(100)]
+        for n in range(2):
+            assert [m for m in got if m.startswith(f"{n}:")] == [f"{n}:{i}" for i in range(50)]
+        with pytest.raises(TimeoutError):
+            ws.receive(timeout=0.3)
+    assert not a.metrics.drops and not b.metrics.drops
+    wait_until(lambda: a.rooms.count("t", cluster=True) == 4)
+    for ws in members[:2]:
+        ws.close()
+    wait_until(lambda: numsub(redis_server) == 1)  # A unsubscribed with its last member
+
+
+def test_emitter_and_personal_rooms_reach_every_node(redis_server: Any, nodes: Any) -> None:
+    (_, ca), (_, cb) = nodes(redis_server.url), nodes(redis_server.url)
+    wa, wb = join(ca), join(cb)
+    ready(ca, cb)
+    wait_until(lambda: numsub(redis_server) == 2)
+    with Emitter(redis_server.url) as emitter:
+        assert emitter.emit("news", [1], to="t") == 2
+        assert ca.receive_json(wa) == cb.receive_json(wb) == {"event": "news", "data": [1]}
+        emitter.send(b"all", to=None)
+        assert ca.receive(wa) == cb.receive(wb) == b"all"
+        hello = json.loads(str(cb.receive(join_again := cb.connect("/r/u"))))
+        emitter.send("only you", to=hello["hello"])  # a personal room on node B
+        assert cb.receive(join_again) == "only you"
+
+
+def test_rd01_cut_one_node_for_3s_under_load(redis_server: Any, nodes: Any, tcp_proxy: Any) -> None:
+    proxy = tcp_proxy(redis_server.port)
+    (a, ca), (_, cb) = nodes(proxy.url), nodes(redis_server.url)
+    wa, wb = join(ca), join(cb)
+    ready(ca, cb)
+    wait_until(lambda: numsub(redis_server) == 2)
+    sent = iter(range(1_000_000))
+
+    def load() -> None:  # B publishes every 10 ms through its member
+        while True:
+            wb.send(f"n{next(sent)}")
+            gevent.sleep(0.01)
+
+    loader = gevent.spawn(load)
+    numbers: list[int] = []
+    try:
+        numbers.append(int(drain_gaps(ca, wa)[1:]))
+        proxy.cut()
+        wait_until(lambda: ca.get("/readyz").status == 503)
+        wa.send("from A during the cut")  # local delivery works, the publish is counted
+        wait_until(lambda: a.metrics.drops.get("backplane", 0) >= 1)
+        gevent.sleep(3.0)  # the outage itself (scenario time, not a wait for startup)
+        proxy.restore()
+        ready(ca)
+        wait_until(lambda: numsub(redis_server) == 2)  # resubscribed: one per node again
+        seen_gap, after = False, 0
+        while after < 20:
+            message = str(ca.receive(wa))
+            if message.startswith('{"event":"_gap"'):
+                seen_gap = True
+            elif message.startswith("n"):
+                numbers.append(int(message[1:]))
+                after += seen_gap
+    finally:
+        loader.kill()
+    assert seen_gap  # A's members were told they may have missed messages
+    assert numbers == sorted(set(numbers))  # never a duplicate, never out of order
+    assert numbers[-1] - numbers[0] + 1 > len(numbers)  # the cut lost some: hence the notice
+    # B's member is told about the publishes A dropped (the gap envelope went out)
+    wait_until(lambda: _got_gap(cb, wb))
+
+
+def _got_gap(client: Any, ws: Any) -> bool:
+    try:
+        message = str(client.receive(ws, timeout=0.5))
+    except TimeoutError:
+        return False
+    return message.startswith('{"event":"_gap"')
+
+
+def test_rd02_restart_redis_nodes_resubscribe(redis_server: Any, nodes: Any) -> None:
+    (a, ca), (_, cb) = nodes(redis_server.url), nodes(redis_server.url)
+    wa, wb = join(ca), join(cb)
+    ready(ca, cb)
+    wait_until(lambda: numsub(redis_server) == 2)
+    redis_server.stop()
+    wait_until(lambda: ca.get("/readyz").status == 503 and cb.get("/readyz").status == 503)
+    redis_server.start()
+    ready(ca, cb)
+    wait_until(lambda: numsub(redis_server) == 2)
+    wa.send("after restart")
+    assert drain_gaps(cb, wb) == "after restart"
+    assert a.cluster is not None and a.cluster.failures_total >= 1
+
+
+def test_rd06_start_with_redis_down(redis_server: Any, nodes: Any) -> None:
+    redis_server.stop()
+    a, ca = nodes(redis_server.url)
+    w1, w2 = join(ca), join(ca)
+    assert ca.get("/readyz").status == 503
+    w1.send("local only")
+    assert ca.receive(w1) == "local only" and ca.receive(w2) == "local only"
+    assert a.metrics.drops["backplane"] >= 1
+    redis_server.start()
+    ready(ca)  # backoff capped at 0.5 s here: ready soon after Redis accepts connections
+    _, cb = nodes(redis_server.url)
+    wb = join(cb)
+    ready(cb)
+    wait_until(lambda: numsub(redis_server) == 2)
+    wb.send("cross")
+    assert drain_gaps(ca, w1) == "cross"
+
+
+# -- separate processes -------------------------------------------------------------------------
+
+
+def _node_env(url: str) -> dict[str, str]:
+    return {
+        "WSFLASK_BACKPLANE": url,
+        "WSFLASK_BACKPLANE_INTERVAL": "1.0",
+        "WSFLASK_BACKPLANE_BACKOFF_MAX": "0.5",
+        "WSFLASK_SHUTDOWN_GRACE": "3",
+        "WSFLASK_CLOSE_TIMEOUT": "1",
+    }
+
+
+def _member(port: int, room: str = "t") -> tuple[Any, dict[str, Any]]:
+    ws = connect(f"ws://127.0.0.1:{port}/r/{room}", timeout=10)
+    hello = json.loads(str(ws.receive(timeout=10)))
+    return ws, hello
+
+
+def test_pr01_kill9_node_clients_move_and_presence_expires(
+    redis_server: Any, wsflask_run: Any
+) -> None:
+    env = _node_env(redis_server.url)
+    node_a, node_b = (
+        wsflask_run("tests.backplane_node:app", "--port", "0", env=env) for _ in range(2)
+    )
+    port_a, port_b = node_a.wait_serving(), node_b.wait_serving()
+    wa, hello_a = _member(port_a)
+    wb, _ = _member(port_b)
+    wait_until(lambda: numsub(redis_server) == 2)
+    wait_until(lambda: _count(port_b) == 2)
+    os.kill(node_a.proc.pid, signal.SIGKILL)
+    node_a.proc.wait(timeout=10)
+    assert wa.receive(timeout=10) is None and wa.close_code == 1006
+    moved, _ = _member(port_b)  # A's client reconnects to B
+    wait_until(lambda: _count(port_b) == 2)  # A's presence expired within its TTL (3 s)
+    node = hello_a["hello"].split(".")[0]
+    assert not redis_server.client().exists(f"wsflask:presence:{node}")
+    wb.send("still here")
+    assert moved.receive(timeout=10) == "still here"
+    for ws in (moved, wb):
+        ws.close()
+
+
+def _count(port: int) -> int:
+    import urllib.request
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/count/t", timeout=5) as answer:
+        return int(answer.read())
+
+
+def test_pr03_sigterm_drains_with_1001_and_leaves_redis(
+    redis_server: Any, wsflask_run: Any
+) -> None:
+    node = wsflask_run("tests.backplane_node:app", "--port", "0", env=_node_env(redis_server.url))
+    port = node.wait_serving()
+    ws, hello = _member(port)
+    wait_until(lambda: numsub(redis_server) == 1)
+    node.proc.send_signal(signal.SIGTERM)
+    assert ws.receive(timeout=10) is None and ws.close_code == 1001
+    assert node.wait_exit(timeout=20) == 0
+    assert numsub(redis_server) == 0
+    node_id = hello["hello"].split(".")[0]
+    assert not redis_server.client().exists(f"wsflask:presence:{node_id}")

@@ -1,0 +1,164 @@
+"""Bus envelopes and channel names: what one node publishes for another, never pickle.
+
+What it does: encodes a message for the bus as ``b"WSF1"``, a 4-byte big-endian header
+length, a compact JSON header and the raw message body (text as UTF-8, binary as is), and
+decodes it again with strict checks (``BadEnvelope``). Nothing on the bus is ever unpickled
+or evaluated: python-socketio's CVE-2025-61765 was a pickle on its message queue. It also
+names the channels: one per room (``wsflask:room:<name>``), one per node
+(``wsflask:node:<id>``, for personal rooms and probes) and one for "everyone"
+(``wsflask:all``), and routes a ``broadcast()`` target to them.
+
+Header keys: ``o`` origin id (a node, or an emitter); ``k`` kind (``t`` text, ``b`` binary,
+``g`` gap notice, ``p`` probe); ``s`` the origin's sequence number, increasing by one per
+envelope (an envelope published to several channels carries one number, so a node that
+receives it on two channels handles it once: a member of several target rooms gets it once);
+``r`` the target room names (``null``: every connection); ``x`` connection ids to leave out
+(ids are node-prefixed, so they are unique across nodes).
+
+What it does not do: no I/O, no delivery (``bridge.py``), no compression.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import struct
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+__all__ = ["PREFIX", "BadEnvelope", "Envelope", "Router", "decode", "encode", "node_of"]
+
+#: Channel name prefix shared by nodes and emitters.
+PREFIX = "wsflask"
+MAGIC = b"WSF1"
+KINDS = ("t", "b", "g", "p")
+_HEAD = struct.Struct(">I")
+#: A header larger than this is refused (a header holds names and ids, not messages).
+MAX_HEADER = 1 << 20
+#: Connection ids with a backplane: ``<12 hex node id>.<hex counter>``.
+CONNECTION_ID = re.compile(r"^([0-9a-f]{12})\.[0-9a-f]+$")
+
+
+class BadEnvelope(ValueError):
+    """Bytes on the bus that are not a well-formed wsflask envelope."""
+
+
+@dataclass(slots=True)
+class Envelope:
+    """One message on the bus (see the module docstring for the header keys)."""
+
+    origin: str
+    kind: str
+    body: bytes = b""
+    seq: int = 0
+    rooms: list[str] | None = None
+    exclude: list[str] = field(default_factory=list)
+
+
+def encode(envelope: Envelope) -> bytes:
+    """Serialize ``envelope`` (JSON header + raw body). Next: ``Backplane.publish``."""
+    header = json.dumps(
+        {
+            "o": envelope.origin,
+            "k": envelope.kind,
+            "s": envelope.seq,
+            "r": envelope.rooms,
+            "x": envelope.exclude,
+        },
+        separators=(",", ":"),
+    ).encode()
+    return b"".join((MAGIC, _HEAD.pack(len(header)), header, envelope.body))
+
+
+def decode(payload: bytes) -> Envelope:
+    """Parse bytes from the bus; raises ``BadEnvelope`` for anything malformed."""
+    if payload[:4] != MAGIC or len(payload) < 8:
+        raise BadEnvelope("not a wsflask envelope")
+    (size,) = _HEAD.unpack_from(payload, 4)
+    if size > MAX_HEADER or len(payload) < 8 + size:
+        raise BadEnvelope("truncated header")
+    try:
+        head = json.loads(payload[8 : 8 + size])
+    except ValueError as exc:
+        raise BadEnvelope("header is not JSON") from exc
+    if not isinstance(head, dict):
+        raise BadEnvelope("header is not an object")
+    origin, kind, seq = head.get("o"), head.get("k"), head.get("s", 0)
+    rooms, exclude = head.get("r"), head.get("x", [])
+    if not isinstance(origin, str) or kind not in KINDS:
+        raise BadEnvelope("bad origin or kind")
+    if not isinstance(seq, int) or isinstance(seq, bool):
+        raise BadEnvelope("bad sequence number")
+    if not _strings(exclude) or not (rooms is None or _strings(rooms)):
+        raise BadEnvelope("bad room or exclude list")
+    body = bytes(payload[8 + size :])
+    if kind == "t":
+        try:
+            body.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise BadEnvelope("text body is not UTF-8") from exc
+    return Envelope(origin, kind, body, seq, rooms, exclude)
+
+
+def _strings(value: object) -> bool:
+    return isinstance(value, list) and all(isinstance(item, str) for item in value)
+
+
+def node_of(connection_id: str) -> str | None:
+    """The node id inside a node-prefixed connection id, else None (a plain room name)."""
+    match = CONNECTION_ID.match(connection_id)
+    return match.group(1) if match else None
+
+
+class Router:
+    """Channel names for one prefix, and the channels a broadcast target goes to.
+
+    Args:
+        prefix: the channel prefix (nodes and emitters must agree).
+    """
+
+    def __init__(self, prefix: str = PREFIX) -> None:
+        self.prefix = prefix
+        #: the channel every node always subscribes to (``to=None``: everyone)
+        self.everyone = f"{prefix}:all"
+
+    def room(self, name: str) -> str:
+        """The channel of room ``name``."""
+        return f"{self.prefix}:room:{name}"
+
+    def room_of(self, channel: str) -> str | None:
+        """The room name of a room channel, else None."""
+        head = f"{self.prefix}:room:"
+        return channel[len(head) :] if channel.startswith(head) else None
+
+    def node(self, node_id: str) -> str:
+        """The channel of node ``node_id`` (its connections' personal rooms, its probes)."""
+        return f"{self.prefix}:node:{node_id}"
+
+    def presence_key(self, node_id: str) -> str:
+        """The expiring Redis hash with node ``node_id``'s room memberships."""
+        return f"{self.prefix}:presence:{node_id}"
+
+    @property
+    def nodes_key(self) -> str:
+        """The Redis set of node ids that wrote presence."""
+        return f"{self.prefix}:nodes"
+
+    def route(
+        self, rooms: str | Iterable[str] | None, local_node: str | None = None
+    ) -> tuple[list[str], list[str] | None]:
+        """``(channels, room names)`` for a broadcast to ``rooms`` (``None``: everyone).
+
+        A room that is a connection id of ``local_node`` needs no channel (it is local).
+        """
+        if rooms is None:
+            return [self.everyone], None
+        names = [rooms] if isinstance(rooms, str) else list(dict.fromkeys(rooms))
+        channels: list[str] = []
+        for name in names:
+            node = node_of(name)
+            if node is None:
+                channels.append(self.room(name))
+            elif node != local_node:
+                channels.append(self.node(node))
+        return list(dict.fromkeys(channels)), names

@@ -1,0 +1,248 @@
+"""The Redis backplane: Redis pub/sub as the bus, expiring hashes for cluster presence.
+
+What it does: ``RedisBackplane("redis://host:6379/0")`` keeps one subscriber connection per
+node (so ``PUBSUB NUMSUB <room channel>`` shows one subscription per node that has members
+in the room), applies ``subscribe``/``unsubscribe`` to it from a small sync greenlet (batched
+``SUBSCRIBE``/``UNSUBSCRIBE``), subscribes every wanted channel in one command at the start of
+each session, and publishes through a second, pooled connection (``publish_many`` is one
+pipelined round trip). Presence is one hash per node, ``wsflask:presence:<node>`` (room ->
+JSON list of connection ids), written in one ``MULTI`` with a ``PEXPIRE`` of the TTL, plus the
+set ``wsflask:nodes``; a dead node's hash expires and readers prune it from the set.
+
+Inside a server the sockets are gevent sockets (``cooperative=True``), so Redis I/O never
+blocks the event loop and the library still never monkey-patches; ``Emitter`` uses plain
+sockets. Every Redis or socket failure surfaces as ``BackplaneDown``; redis-py's own retries
+are off (the bridge owns the backoff).
+
+What it does not do: no Sentinel or Cluster discovery, no TLS (``rediss://``), no reconnection
+policy (``bridge.py``). The ``redis`` package is imported only when this module is: install
+it with ``pip install wsflask[redis]``.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
+
+import gevent
+import gevent.socket
+from gevent.event import Event
+
+from ..errors import ConfigError
+from .base import READY, BackplaneDown
+from .envelope import Router
+
+try:
+    import redis as _redis
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
+except ImportError as exc:  # pragma: no cover - exercised only without the extra
+    raise ConfigError(
+        "the Redis backplane needs the redis package: pip install wsflask[redis]"
+    ) from exc
+
+__all__ = ["RedisBackplane"]
+
+#: Seconds to connect to Redis, and to wait for a command's answer (not for pub/sub reads).
+CONNECT_TIMEOUT = 2.0
+COMMAND_TIMEOUT = 5.0
+_ERRORS = (_redis.exceptions.ConnectionError, _redis.exceptions.TimeoutError, OSError)
+
+
+class _GeventConnection(_redis.connection.Connection):
+    """A redis-py TCP connection on a gevent socket (cooperative, no monkey-patching)."""
+
+    def _connect(self) -> Any:
+        sock = gevent.socket.create_connection(
+            (self.host, self.port), timeout=self.socket_connect_timeout
+        )
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.settimeout(self.socket_timeout)
+        return sock
+
+
+class _GeventUnixConnection(_redis.connection.UnixDomainSocketConnection):
+    """A redis-py UNIX-socket connection on a gevent socket."""
+
+    def _connect(self) -> Any:
+        sock = gevent.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(self.socket_connect_timeout)
+        try:
+            sock.connect(self.path)
+        except OSError:
+            sock.close()
+            raise
+        sock.settimeout(self.socket_timeout)
+        return sock
+
+
+class RedisBackplane:
+    """One node's (or one emitter's) handle on Redis; see ``Backplane`` for the contracts.
+
+    Args:
+        url: ``redis://[:password@]host:port/db`` or ``unix:///path/redis.sock?db=0``.
+        cooperative: gevent sockets (inside a server) or plain sockets (an ``Emitter``).
+        prefix: channel and key prefix shared by every node and emitter.
+    """
+
+    def __init__(self, url: str, *, cooperative: bool = True, prefix: str = "wsflask") -> None:
+        options: dict[str, Any] = {
+            "socket_connect_timeout": CONNECT_TIMEOUT,
+            "socket_timeout": COMMAND_TIMEOUT,
+            "retry": Retry(NoBackoff(), 0),
+            "health_check_interval": 0,
+            "protocol": 2,
+        }  # RESP2: pub/sub replies are plain arrays
+        if cooperative:
+            options["connection_class"] = (
+                _GeventUnixConnection if url.startswith("unix://") else _GeventConnection
+            )
+        self.url = url
+        self.router = Router(prefix)
+        self._pool = _redis.ConnectionPool.from_url(url, **options)
+        self._client = _redis.Redis(connection_pool=self._pool)
+        self._wanted: set[str] = set()
+        self._changed = Event()
+        self._session: Any = None
+        self._closed = False
+
+    # -- publishing -----------------------------------------------------------------------
+
+    def publish(self, channel: str, payload: bytes) -> int:
+        try:
+            return int(self._client.publish(channel, payload))
+        except _ERRORS as exc:
+            raise BackplaneDown(f"redis publish failed: {exc}") from exc
+
+    def publish_many(self, items: Sequence[tuple[str, bytes]]) -> None:
+        if len(items) == 1:
+            self.publish(*items[0])
+            return
+        try:
+            pipe = self._client.pipeline(transaction=False)
+            for channel, payload in items:
+                pipe.publish(channel, payload)
+            pipe.execute()
+        except _ERRORS as exc:
+            raise BackplaneDown(f"redis publish failed: {exc}") from exc
+
+    # -- subscribing ------------------------------------------------------------------------
+
+    def subscribe(self, channel: str) -> None:
+        self._wanted.add(channel)
+        self._changed.set()
+
+    def unsubscribe(self, channel: str) -> None:
+        self._wanted.discard(channel)
+        self._changed.set()
+
+    def listen(self) -> Iterator[tuple[str, bytes]]:
+        if self._closed:
+            return
+        kwargs = dict(self._pool.connection_kwargs, socket_timeout=None)  # reads wait forever
+        conn = self._pool.connection_class(**kwargs)
+        current: set[str] = set()
+        syncer: gevent.Greenlet | None = None
+        try:
+            conn.connect()
+            self._session = conn
+            current.update(self._wanted)
+            if current:
+                conn.send_command("SUBSCRIBE", *sorted(current))
+            else:
+                conn.send_command("PING")
+            conn.read_response()  # a first answer: Redis itself talks (not just a proxy)
+            syncer = gevent.spawn(self._sync, conn, current)
+            yield READY
+            while not self._closed:
+                reply = conn.read_response()
+                if isinstance(reply, list) and len(reply) == 3 and reply[0] == b"message":
+                    yield reply[1].decode("utf-8", "replace"), bytes(reply[2])
+        except _ERRORS as exc:
+            if not self._closed:
+                raise BackplaneDown(f"redis subscription lost: {exc}") from exc
+        finally:
+            if syncer is not None:
+                syncer.kill(block=False)
+            self._session = None
+            conn.disconnect()
+
+    def _sync(self, conn: Any, current: set[str]) -> None:
+        """Apply subscription changes to the live session, batched, until it ends."""
+        while True:
+            self._changed.wait()
+            self._changed.clear()
+            add, drop = self._wanted - current, current - self._wanted
+            try:
+                if add:
+                    conn.send_command("SUBSCRIBE", *sorted(add))
+                if drop:
+                    conn.send_command("UNSUBSCRIBE", *sorted(drop))
+            except _ERRORS:
+                return  # the reader sees the broken connection and ends the session
+            current |= add
+            current -= drop
+
+    # -- presence ---------------------------------------------------------------------------
+
+    def presence_write(self, node: str, rooms: Mapping[str, Sequence[str]], ttl: float) -> None:
+        key = self.router.presence_key(node)
+        try:
+            pipe = self._client.pipeline(transaction=True)
+            pipe.delete(key)
+            if rooms:
+                pipe.hset(
+                    key,
+                    mapping={
+                        room: json.dumps(list(ids), separators=(",", ":"))
+                        for room, ids in rooms.items()
+                    },
+                )
+                pipe.pexpire(key, max(1, int(ttl * 1000)))
+            pipe.sadd(self.router.nodes_key, node)
+            pipe.execute()
+        except _ERRORS as exc:
+            raise BackplaneDown(f"redis presence write failed: {exc}") from exc
+
+    def presence_read(self, room: str) -> dict[str, list[str]]:
+        try:
+            raw: Any = self._client.smembers(self.router.nodes_key)
+            nodes = sorted(n.decode() if isinstance(n, bytes) else str(n) for n in raw)
+            pipe = self._client.pipeline(transaction=False)
+            for node in nodes:
+                pipe.hget(self.router.presence_key(node), room)
+                pipe.exists(self.router.presence_key(node))
+            answers = pipe.execute()
+            out: dict[str, list[str]] = {}
+            dead = []
+            for i, node in enumerate(nodes):
+                ids, alive = answers[2 * i], answers[2 * i + 1]
+                if not alive:
+                    dead.append(node)
+                elif ids is not None:
+                    out[node] = [str(item) for item in json.loads(ids)]
+            if dead:
+                self._client.srem(self.router.nodes_key, *dead)
+            return out
+        except _ERRORS as exc:
+            raise BackplaneDown(f"redis presence read failed: {exc}") from exc
+
+    def presence_clear(self, node: str) -> None:
+        try:
+            pipe = self._client.pipeline(transaction=True)
+            pipe.delete(self.router.presence_key(node))
+            pipe.srem(self.router.nodes_key, node)
+            pipe.execute()
+        except _ERRORS as exc:
+            raise BackplaneDown(f"redis presence clear failed: {exc}") from exc
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        session, self._session = self._session, None
+        if session is not None:
+            session.disconnect()  # wakes the reader; listen() then returns
+        self._pool.disconnect()

@@ -1,0 +1,498 @@
+"""WSGI integration: WebSockets next to a WSGI app (Flask...) on one port, pywsgi or gunicorn.
+
+What it does:
+
+* ``WebSocketHandler`` (a ``pywsgi.WSGIHandler``): upgrades whose path matches a route of a
+  wsflask ``App`` go to it over the same driver as ``Server`` (the head pywsgi read is rebuilt
+  and validated by the protocol core; the App's limits, Origin check, ``before_upgrade`` hooks,
+  subprotocols, heartbeat and metrics apply); everything else goes to the WSGI app.
+  ``app.handler_class`` is it bound to one App: ``WSGIServer(addr, flask_app,
+  handler_class=ws_app.handler_class)``.
+* ``WebSocketMiddleware`` (``app.wsgi_middleware(wsgi_app)``): the same routing inside the WSGI
+  stack, for a fixed handler class (gunicorn).
+* ``environ["wsgi.websocket"]`` for upgrades no App took: gevent-websocket's ``receive()``,
+  ``send()``, ``close()``, ``closed``, so its code runs unchanged. The handshake happens on
+  first use: a WSGI app that never touches it answers plain HTTP (a 404, say).
+* ``WSGIServer``: ``close()`` sends Close 1001 to its open WebSockets, ``stop()`` waits too.
+* ``GeventWorker`` (``gunicorn -k wsflask.wsgi.GeventWorker module:app``): gunicorn's pywsgi
+  worker with these, so SIGTERM means 1001 to every WebSocket within ``--graceful-timeout``.
+  gunicorn is imported only when the worker is looked up.
+
+Monkey-patching: nothing here needs it; pywsgi's sockets are gevent sockets, so an unpatched
+process serves WebSockets and HTTP cooperatively. Patch (``monkey.patch_all`` first thing) only
+when the WSGI app does blocking I/O itself (database drivers, ``requests``, ``time.sleep``).
+gunicorn's gevent worker, and so ``GeventWorker``, patches each worker itself.
+
+What it does not do: no HTTP parsing (pywsgi reads the head, the core validates it), no
+handshake deadline (pywsgi has none; the core's size limits apply), no Origin check or hooks
+for ``environ["wsgi.websocket"]`` (that WSGI app checks, as under gevent-websocket); it never
+imports ``wsflask.app`` (an App is duck-typed as ``WebSocketApp``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Callable, Iterable, Iterator
+from socket import IPPROTO_TCP, TCP_NODELAY
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
+
+import gevent
+from gevent import pywsgi
+
+from .config import Config
+from .errors import ConnectionClosed
+from .protocol import Connection, HandshakeError, Request, Side
+from .server import HTTPResponse, Upgrade
+from .websocket import HeartbeatLike, WebSocket
+
+if TYPE_CHECKING:
+    from .metrics import Metrics
+
+__all__ = ["GeventWebSocket", "WSGIServer", "WebSocketApp", "WebSocketHandler",
+           "WebSocketMiddleware", "bind_handler"]  # fmt: skip
+
+logger = logging.getLogger("wsflask.wsgi")
+
+WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
+_DEFAULT_CONFIG = Config()
+_NEEDS_HANDLER = b"needs wsflask.wsgi.WebSocketHandler (pywsgi) or wsflask.wsgi.GeventWorker\n"
+
+
+class _Refusal(HandshakeError):
+    """A refusal decided here (503 while stopping, 500 when the resolver raised)."""
+
+    def __init__(self, status: int, message: str, headers: tuple[tuple[str, str], ...] = ()):
+        super().__init__(message)
+        self.status, self.headers = status, headers
+
+
+_SHUTTING_DOWN = (503, "server shutting down", (("Retry-After", "1"),))
+
+
+class WebSocketApp(Protocol):
+    """What the handler needs from a wsflask ``App``."""
+
+    @property
+    def config(self) -> Config: ...
+    @property
+    def metrics(self) -> Metrics | None: ...
+    @property
+    def heartbeat(self) -> HeartbeatLike | None: ...
+    def match(self, path: str) -> object | None: ...
+    def resolve(self, request: Request, addr: tuple[str, int]) -> Upgrade | HTTPResponse: ...
+
+
+class WebSocketHandler(pywsgi.WSGIHandler):  # type: ignore[misc]
+    """A pywsgi handler that serves WebSocket upgrades itself and the rest through WSGI.
+
+    Use ``app.handler_class`` (bound to an App) or this class with a WSGI app wrapped in
+    ``app.wsgi_middleware()``. Upgrade requests not taken by an App see
+    ``environ["wsgi.websocket"]`` (a ``GeventWebSocket``) and ``environ["wsflask.upgrade"]``.
+    """
+
+    #: the App whose routes this handler serves first (set by ``bind_handler``)
+    ws_app: ClassVar[WebSocketApp | None] = None
+    #: True once the socket belongs to a WebSocket: pywsgi must not write or close it
+    upgraded = False
+    socket: Any  # pywsgi's; None once a WebSocket owns it
+
+    def run_application(self) -> None:
+        """Route one request: an App route, else the WSGI app (with ``wsgi.websocket``)."""
+        environ = self.environ
+        if not _wants_websocket(environ):
+            super().run_application()
+            return
+        if self.ws_app is not None and self.upgrade(self.ws_app):
+            return
+        environ["wsflask.upgrade"] = self.upgrade
+        environ["wsgi.websocket_version"] = "13"
+        compat = GeventWebSocket(self)
+        environ["wsgi.websocket"] = compat
+        self._run_wsgi(compat)
+
+    def upgrade(self, app: WebSocketApp) -> bool:
+        """Serve this request with ``app`` if its path matches one of the App's routes.
+
+        Returns False (nothing touched) when no route matches; else True once the connection
+        ended: the handshake was refused or the route's handler returned.
+        """
+        if self.upgraded:
+            raise RuntimeError("this request was already upgraded")
+        if app.match(_path(self.path)) is None:
+            return False
+        ws, request = self._take_over(app.config, app.metrics, app.heartbeat)
+        if request is not None:
+            upgrade = self._decide(ws, request, app)
+            if upgrade is not None:
+                self._serve(ws, upgrade.handler)
+        return True
+
+    # -- the takeover --------------------------------------------------------------------------
+
+    def _take_over(
+        self, config: Config, metrics: Metrics | None, heartbeat: HeartbeatLike | None
+    ) -> tuple[WebSocket, Request | None]:
+        """Hand the socket to a WebSocket; feed the core the head pywsgi read. pywsgi keeps
+        no reference to the socket afterwards, so only the WebSocket closes it."""
+        self.upgraded = True
+        sock = self.socket
+        leftover = _buffered(self.rfile, sock)
+        self.rfile.close()  # drops makefile()'s reference: closing the socket now closes it
+        self.socket = None  # pywsgi's handle() skips its own close
+        self.close_connection = True
+        self.wsgi_input = pywsgi.Input(None, 0)  # nothing left for pywsgi to discard
+        self.response_headers: list[tuple[bytes, bytes]] = []
+        with contextlib.suppress(OSError):
+            sock.setsockopt(IPPROTO_TCP, TCP_NODELAY, 1)
+        conn = Connection(Side.SERVER, limits=config.limits(), http=True)
+        conn.receive_data(self._head() + leftover)
+        refusal = conn.data_to_send()  # the core's 400/405/426/431 for a bad head
+        if refusal:
+            with contextlib.suppress(OSError):
+                sock.sendall(refusal)
+        if heartbeat is not None:
+            heartbeat.start()  # idempotent: the App's one heartbeat greenlet
+        peer = _address(self.client_address)
+        ws = WebSocket(sock, conn, config=config, metrics=metrics, heartbeat=heartbeat,
+                       remote_address=peer)  # fmt: skip
+        outcome = ws.read_request()  # returns at once: the head is already in the core
+        if isinstance(outcome, Request):
+            return ws, outcome
+        if isinstance(outcome, HandshakeError):
+            self._count(metrics, outcome.status)
+        return ws, None
+
+    def _head(self) -> bytes:
+        """The request head as the client sent it (pywsgi keeps the line and the fields)."""
+        lines = [self.requestline, *(h.rstrip("\r\n") for h in self.headers.headers)]
+        return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+
+    def _decide(self, ws: WebSocket, request: Request, app: WebSocketApp) -> Upgrade | None:
+        """Ask the App's resolver, as ``Server`` does; answer HTTP, refuse, or 101."""
+        try:
+            if _stopping(self.server):
+                raise _Refusal(*_SHUTTING_DOWN)
+            result = app.resolve(request, _address(self.client_address) or ("", 0))
+        except HandshakeError as exc:
+            self._refuse(ws, app.metrics, exc)
+            return None
+        except Exception:
+            logger.exception("resolver failed for %s", request.path)
+            self._refuse(ws, app.metrics, _Refusal(500, "internal server error"))
+            return None
+        if isinstance(result, HTTPResponse):
+            self._count(app.metrics, result.status)
+            ws.respond(
+                result.status, result.body, content_type=result.content_type, headers=result.headers
+            )
+            return None
+        ws.session.update(result.session)
+        ws.path_params.update(result.path_params)
+        ws.accept(subprotocol=result.subprotocol, headers=result.headers)
+        self._count(app.metrics, 101)
+        return result
+
+    def _refuse(self, ws: WebSocket, metrics: Metrics | None, exc: HandshakeError) -> None:
+        """Answer ``exc.status`` with its message and headers; the connection ends."""
+        self._count(metrics, exc.status)
+        ws.reject(exc.status, str(exc), headers=exc.headers)
+
+    def _count(self, metrics: Metrics | None, status: int) -> None:
+        """Count the handshake; pywsgi's access log shows the real status."""
+        self.status = f"{status} WebSocket".encode()
+        self._orig_status = f"{status} WebSocket"
+        if metrics is not None:
+            metrics.handshake(status)
+
+    def _serve(self, ws: WebSocket, handler: Callable[[WebSocket], None]) -> None:
+        server = self.server
+        if isinstance(server, WSGIServer):
+            server.track(ws)
+        try:
+            ws.run(_going_away if _stopping(server) else handler)
+        finally:
+            if isinstance(server, WSGIServer):
+                server.untrack(ws)
+
+    # -- gevent-websocket compatibility ---------------------------------------------------------
+
+    def accept_compat(self, subprotocol: str | None = None) -> WebSocket | None:
+        """Complete the handshake for ``environ["wsgi.websocket"]``; None when refused.
+
+        The App given by ``environ["wsflask.app"]`` (the middleware sets it) or ``ws_app``
+        lends its config, metrics and heartbeat; no hooks run.
+        """
+        app: WebSocketApp | None = self.environ.get("wsflask.app") or self.ws_app
+        metrics = app.metrics if app is not None else None
+        ws, request = self._take_over(
+            app.config if app is not None else _DEFAULT_CONFIG,
+            metrics,
+            app.heartbeat if app is not None else None,
+        )
+        if request is None:
+            return None
+        if _stopping(self.server):
+            self._refuse(ws, metrics, _Refusal(*_SHUTTING_DOWN))
+            return None
+        ws.accept(subprotocol=subprotocol)
+        self._count(metrics, 101)
+        # This greenlet reads the connection from now on, as ws.run() would have said: a
+        # close() from another greenlet (server shutdown) must not read it too.
+        ws._owner = gevent.getcurrent()
+        if isinstance(self.server, WSGIServer):
+            self.server.track(ws)
+        return ws
+
+    def _run_wsgi(self, compat: GeventWebSocket) -> None:
+        """Call the WSGI app; once it upgraded, drop its response and close the WebSocket."""
+        code, killed = 1000, True
+        try:
+            self.result = self.application(self.environ, self.start_response)
+            if not self.upgraded:
+                self.process_result()
+            killed = False
+        except ConnectionClosed:
+            if not self.upgraded:
+                raise
+            killed = False
+        except Exception:
+            if not self.upgraded:
+                raise
+            logger.exception("WSGI app failed on WebSocket %s", self.path)
+            code, killed = 1011, False
+        finally:
+            result, self.result = self.result, None
+            close = getattr(result, "close", None)
+            try:
+                if close is not None:
+                    close()
+            finally:
+                if compat.websocket is not None:
+                    self._end_compat(compat.websocket, code, killed)
+
+    def _end_compat(self, ws: WebSocket, code: int, killed: bool) -> None:
+        """Finish as ``ws.run()`` does: 1000 on return, 1011 on error, 1001 when killed."""
+        try:
+            if killed:
+                ws.abort(1001, "going away")
+            elif ws.is_open:
+                ws.close(code)
+            ws.run(_noop)  # completes the closing handshake and the cleanup
+        finally:
+            if isinstance(self.server, WSGIServer):
+                self.server.untrack(ws)
+
+
+class GeventWebSocket:
+    """``environ["wsgi.websocket"]``: gevent-websocket's API over a wsflask ``WebSocket``.
+
+    The handshake runs on first use (or ``accept()``); ``receive()`` returns ``None`` once the
+    connection is closed, ``send()`` raises ``ConnectionClosed`` then. ``websocket`` is the
+    underlying ``WebSocket`` for wsflask's own API (rooms, ``send_prepared``...).
+    """
+
+    def __init__(self, handler: WebSocketHandler) -> None:
+        self._handler = handler
+        self.environ: dict[str, Any] = handler.environ
+        #: the wsflask WebSocket once the handshake succeeded
+        self.websocket: WebSocket | None = None
+        self._tried = False
+
+    @property
+    def closed(self) -> bool:
+        """True once the connection is closed (or the handshake was refused)."""
+        return self._tried and (self.websocket is None or not self.websocket.is_open)
+
+    @property
+    def path(self) -> str:
+        return str(self.environ.get("PATH_INFO", ""))
+
+    @property
+    def origin(self) -> str | None:
+        return self.environ.get("HTTP_ORIGIN")
+
+    @property
+    def protocol(self) -> str | None:
+        """The negotiated subprotocol."""
+        return self.websocket.subprotocol if self.websocket is not None else None
+
+    def accept(self, subprotocol: str | None = None) -> bool:
+        """Answer 101 now (announcing ``subprotocol``); False when the handshake was refused."""
+        if not self._tried:
+            self._tried = True
+            self.websocket = self._handler.accept_compat(subprotocol)
+        return self.websocket is not None
+
+    def receive(self) -> str | bytes | None:
+        """The next message (``str`` text, ``bytes`` binary), or None once closed."""
+        return self.websocket.receive() if self.accept() and self.websocket else None
+
+    read_message = receive
+
+    def send(self, message: str | bytes, binary: bool | None = None) -> None:
+        """Send ``message``; ``binary`` forces the frame type as in gevent-websocket."""
+        if not self.accept() or self.websocket is None:
+            raise ConnectionClosed(1006, "the WebSocket handshake was refused")
+        if binary and isinstance(message, str):
+            message = message.encode("utf-8")
+        elif binary is False and isinstance(message, bytes):
+            message = message.decode("utf-8")
+        self.websocket.send(message)
+
+    def close(self, code: int = 1000, message: bytes | str = b"") -> None:
+        """Start the closing handshake (waits for the peer's Close, bounded)."""
+        if self.websocket is not None:
+            reason = message.decode("utf-8") if isinstance(message, bytes) else message
+            self.websocket.close(code, reason)
+        self._tried = True
+
+    def __iter__(self) -> Iterator[str | bytes]:
+        while (message := self.receive()) is not None:
+            yield message
+
+
+class WebSocketMiddleware:
+    """``app.wsgi_middleware(wsgi_app)``: WebSocket upgrades for App routes, the rest to WSGI.
+
+    Needs ``WebSocketHandler`` (or ``GeventWorker``) as the server's handler: it provides
+    ``environ["wsflask.upgrade"]``. Without it an upgrade to an App route gets 501.
+    """
+
+    def __init__(self, ws_app: WebSocketApp, wsgi_app: WSGIApp) -> None:
+        self.ws_app = ws_app
+        self.wsgi_app = wsgi_app
+
+    def __call__(
+        self, environ: dict[str, Any], start_response: Callable[..., Any]
+    ) -> Iterable[bytes]:
+        upgrade = environ.get("wsflask.upgrade")
+        if upgrade is not None:
+            environ.setdefault("wsflask.app", self.ws_app)
+            if upgrade(self.ws_app):
+                return []
+        elif _wants_websocket(environ) and self.ws_app.match(environ.get("PATH_INFO", "")):
+            start_response("501 Not Implemented", [("Content-Type", "text/plain; charset=utf-8")])
+            return [_NEEDS_HANDLER]
+        return self.wsgi_app(environ, start_response)
+
+
+class WSGIServer(pywsgi.WSGIServer):  # type: ignore[misc]
+    """``gevent.pywsgi.WSGIServer`` with ``WebSocketHandler`` and a WebSocket-aware shutdown.
+
+    ``close()`` stops accepting, then sends Close 1001 to every open WebSocket (upgrades
+    still arriving get 503). ``stop(timeout)`` also waits up to ``timeout`` seconds (default
+    ``stop_timeout``) for their closing handshakes, then kills what is left (TCP dropped).
+    """
+
+    handler_class = WebSocketHandler
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        #: open WebSockets and the greenlets that serve them
+        self.websockets: dict[WebSocket, gevent.Greenlet] = {}
+        #: True from the first close(): no new WebSocket is accepted
+        self.stopping = False
+
+    def track(self, ws: WebSocket) -> None:
+        """Register an open WebSocket (the handler calls it); ``untrack()`` when it ends."""
+        self.websockets[ws] = gevent.getcurrent()
+        if self.stopping:
+            ws.close(1001, "going away")
+
+    def untrack(self, ws: WebSocket) -> None:
+        self.websockets.pop(ws, None)
+
+    def close(self) -> None:
+        """Stop accepting; Close 1001 "going away" to every open WebSocket. Idempotent."""
+        self.stopping = True
+        if not self.closed:
+            super().close()
+        for ws in list(self.websockets):
+            ws.close(1001, "going away")
+
+    def stop(self, timeout: float | None = None) -> None:
+        """``close()``, wait for the WebSockets (then the pool), kill what is left."""
+        self.close()
+        grace = self.stop_timeout if timeout is None else timeout
+        gevent.joinall(list(self.websockets.values()), timeout=grace)
+        super().stop(timeout=grace)
+        for greenlet in list(self.websockets.values()):  # killed handlers drop TCP with 1001
+            greenlet.kill(block=True, timeout=1.0)
+
+
+def bind_handler(app: WebSocketApp) -> type[WebSocketHandler]:
+    """A ``WebSocketHandler`` subclass serving ``app``'s routes (``App.handler_class``)."""
+    return type("WebSocketHandler", (WebSocketHandler,), {"ws_app": app})
+
+
+def __getattr__(name: str) -> Any:
+    """``GeventWorker`` is built on first lookup, so that gunicorn is imported only then."""
+    if name == "GeventWorker":
+        worker = _make_gunicorn_worker()
+        globals()["GeventWorker"] = worker
+        return worker
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def _make_gunicorn_worker() -> type:
+    try:
+        from gunicorn.workers import ggevent  # type: ignore[import-untyped]
+    except ImportError as exc:  # pragma: no cover - gunicorn is a dev dependency
+        raise ImportError("wsflask.wsgi.GeventWorker needs gunicorn: pip install gunicorn") from exc
+
+    class GunicornHandler(WebSocketHandler, ggevent.PyWSGIHandler):  # type: ignore[misc]
+        """gunicorn's access log and environ, with WebSocket upgrades."""
+
+    class GeventWorker(ggevent.GeventPyWSGIWorker):  # type: ignore[misc]
+        """gunicorn's gevent pywsgi worker (it patches itself); SIGTERM closes the server,
+        so every WebSocket gets 1001 and the worker exits within ``--graceful-timeout``."""
+
+        server_class = WSGIServer
+        wsgi_handler = GunicornHandler
+
+    GeventWorker.__module__ = GunicornHandler.__module__ = __name__
+    return GeventWorker
+
+
+def _wants_websocket(environ: dict[str, Any]) -> bool:
+    """An ``Upgrade: websocket`` request (the core validates the rest)."""
+    tokens = str(environ.get("HTTP_UPGRADE", "")).lower().split(",")
+    return "websocket" in (token.strip() for token in tokens)
+
+
+def _path(target: str) -> str:
+    """The path of a request target, not percent-decoded (as ``Request.path``)."""
+    if not target.startswith("/") and "://" in target:  # absolute-form
+        target = "/" + target.split("://", 1)[1].partition("/")[2]
+    return target.partition("?")[0]
+
+
+def _buffered(rfile: Any, sock: Any) -> bytes:
+    """Bytes pywsgi's reader already took from the kernel after the head, without blocking."""
+    try:
+        sock.settimeout(0.0)  # peek() returns the buffer, or b"" instead of waiting
+        return bytes(rfile.peek())
+    except (OSError, ValueError):
+        return b""
+    finally:
+        with contextlib.suppress(OSError):
+            sock.settimeout(None)  # the driver's timers apply from here
+
+
+def _stopping(server: Any) -> bool:
+    return bool(getattr(server, "stopping", False))
+
+
+def _address(address: Any) -> tuple[str, int] | None:
+    if isinstance(address, tuple) and len(address) >= 2:
+        return str(address[0]), int(address[1])
+    return None
+
+
+def _going_away(ws: WebSocket) -> None:
+    ws.close(1001, "going away")
+
+
+def _noop(ws: WebSocket) -> None:
+    """The handler that ends a connection the WSGI app already served."""
