@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint typecheck pytest micro clean
+.PHONY: run test lint typecheck pytest micro sysdeps clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -23,7 +23,11 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy --strict wsflask
 
-pytest: $(STAMP)
+# Debian's redis-server and chromium, node and the pinned npm packages: installed when missing.
+sysdeps:
+	bash .ci/ensure-system-deps.sh
+
+pytest: $(STAMP) sysdeps
 	$(BIN)/python -m pytest
 
 test: lint typecheck pytest
