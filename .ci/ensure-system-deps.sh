@@ -23,7 +23,12 @@ if [ ${#missing[@]} -gt 0 ]; then
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
-if [ -f tests/browser/package.json ] && [ ! -d tests/browser/node_modules ]; then
-  echo "system-deps: npm ci in tests/browser"
-  (cd tests/browser && npm ci --no-audit --no-fund --silent)
+# npm packages: (re)install when node_modules is missing or older than the pinned lockfile.
+if [ -f tests/browser/package.json ]; then
+  cd tests/browser
+  if [ ! -d node_modules ] || [ package-lock.json -nt node_modules/.wsflask-installed ]; then
+    echo "system-deps: npm ci in tests/browser"
+    npm ci --no-audit --no-fund --silent
+    touch node_modules/.wsflask-installed
+  fi
 fi

@@ -6,9 +6,11 @@ with ``kosoku -p 4`` and compares the verdicts with ``tests/autobahn/expected.js
 passes when the runner does: no case FAILED and none worse than expected. The runner's
 one-line summary is printed even when pytest captures output.
 
-Deselect with ``pytest -m "not autobahn"``. The whole run is bounded (``RUN_TIMEOUT``); on
-timeout or failure every process the runner started is stopped (SIGTERM to the group, then
-SIGKILL). Reports: build/autobahn/index.html; details: docs in /work/notes/readme-conformance.md.
+By default the long permessage-deflate cases are left out (373 of 517 cases, about 45 s);
+``AUTOBAHN_FULL=1`` runs all 517 (about 10 minutes on 2 cores). Deselect the test with
+``pytest -m "not autobahn"``. The run is bounded (``RUN_TIMEOUT``); on timeout or failure
+every process the runner started is stopped (SIGTERM to its group, then SIGKILL). Reports:
+build/autobahn/index.html; how to read them: the README's conformance section.
 """
 
 from __future__ import annotations
@@ -22,8 +24,10 @@ from pathlib import Path
 import pytest
 
 RUNNER = Path(__file__).resolve().parent / "autobahn" / "run.py"
-#: Bound on the whole run. A full run takes about 10 s on 2 idle cores; generous for CI load.
-RUN_TIMEOUT = 420.0
+FULL = os.environ.get("AUTOBAHN_FULL", "") not in ("", "0")
+#: Bound on the whole run: waiting for a concurrent run (300 s at most), one restart if
+#: kosoku stalls, a few retried cases. Typical: 45 s (default), 630 s (full).
+RUN_TIMEOUT = 3000.0 if FULL else 900.0
 
 pytestmark = [pytest.mark.autobahn, pytest.mark.timeout(RUN_TIMEOUT + 60)]
 
@@ -44,7 +48,7 @@ def _stop_group(proc: subprocess.Popen[str]) -> None:
 
 def test_autobahn_conformance(capsys: pytest.CaptureFixture[str]) -> None:
     proc = subprocess.Popen(
-        [sys.executable, str(RUNNER)],
+        [sys.executable, str(RUNNER), *(["--full"] if FULL else [])],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,

@@ -65,6 +65,8 @@ def test_two_pages_chat_and_the_dashboard_draws(
     assert seen["problems"] == [], "console errors or page errors in the browser"
     assert seen["received"] == "hello from bob" and seen["receivedNick"] == "bob"
     assert seen["bobSeesOwn"] == "hello from bob"
+    # chromium always offers permessage-deflate; our server accepts it (compression=True)
+    assert seen["extensions"].startswith("permessage-deflate"), seen.get("extensions")
     assert sorted(seen["aliceMembers"]) == ["Aalice (you)", "Bbob"]  # avatar letter + name
     assert seen["points"] >= 3
     assert seen["connectionPixels"] > 20, "the connections chart drew no line"

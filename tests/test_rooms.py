@@ -27,6 +27,7 @@ class StubWS:
         self.id = f"c{next(_ids)}"
         self.rooms: set[str] = set()
         self.is_open = True
+        self.deflate = None  # no permessage-deflate: the plain frame
         self.accept = accept
         self.frames: list[tuple[bytes, str | None]] = []
         self.callbacks: list[Callable[[Any], None]] = []

@@ -249,6 +249,7 @@ class App:
         self.config: Config = config
         self.metrics = Metrics()
         self.rooms = Rooms(policy=config.backpressure_policy)
+        self.rooms.metrics = self.metrics
         self.heartbeat = Heartbeat(config.ping_interval, config.pong_timeout,
                                    metrics=self.metrics)
         #: the backplane bridge with ``backplane=`` (started with the server), else None

@@ -3,8 +3,9 @@
 What it does: opens TCP (and TLS for ``wss://``), builds the opening handshake with the
 protocol core (``Side.CLIENT``, random masking keys from ``os.urandom``), reads the answer
 under one deadline, and returns a ``WebSocket`` whose ``send``/``receive``/``close`` behave
-exactly as on the server side. What it does not do: no reconnection, no proxies, no
-permessage-deflate offer, no monkey-patching (it uses ``gevent.socket`` directly).
+exactly as on the server side; offers permessage-deflate (RFC 7692) with ``compression=True``
+(``ws.extensions`` says what the server accepted). What it does not do: no reconnection, no
+proxies, no monkey-patching (it uses ``gevent.socket`` directly).
 
 Typical use::
 
@@ -34,7 +35,8 @@ __all__ = ["connect"]
 
 def connect(url: str, *, subprotocols: Sequence[str] = (),
             headers: Iterable[tuple[str, str]] = (), timeout: float = 10.0,
-            config: Config | None = None, ssl_context: ssl.SSLContext | None = None) -> WebSocket:
+            config: Config | None = None, ssl_context: ssl.SSLContext | None = None,
+            compression: bool = False) -> WebSocket:
     """Open a WebSocket connection to ``url`` (``ws://`` or ``wss://``).
 
     Args:
@@ -45,6 +47,10 @@ def connect(url: str, *, subprotocols: Sequence[str] = (),
         config: limits for what the server may send (``max_message_size``...) and
             ``close_timeout``; defaults to ``Config()``.
         ssl_context: for ``wss://``; defaults to ``ssl.create_default_context()``.
+        compression: offer permessage-deflate with ``config``'s window bits, memLevel,
+            threshold and context takeover (``Config.deflate_settings()``); the server may
+            decline (then ``ws.extensions == ""``). ``ws.send(data, compress=False)`` opts a
+            message out.
 
     Returns:
         an open ``WebSocket``: call ``send()``, ``receive()``, then ``close()``.
@@ -67,7 +73,8 @@ def connect(url: str, *, subprotocols: Sequence[str] = (),
                 context = ssl_context or ssl.create_default_context()
                 sock = wrap_tls(sock, context, server_hostname=host)
                 sock.do_handshake()
-            conn = Connection(Side.CLIENT, limits=config.limits())
+            deflate = config.deflate_settings() if compression else None
+            conn = Connection(Side.CLIENT, limits=config.limits(), deflate=deflate)
             conn.connect(_host_header(host, port, secure), target,
                          subprotocols=subprotocols, headers=headers)
             ws = WebSocket(sock, conn, config=config, remote_address=_peer(sock))

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import ConfigError
-from .protocol import Limits
+from .protocol import DeflateSettings, Limits
 
 __all__ = ["Config", "load_toml"]
 
@@ -93,6 +93,25 @@ class Config:
             (RD-02, RD-06: < 5 s after Redis is back) against reconnect storms.
         backplane_queue: ``10000`` envelopes waiting to be published; over -> dropped and
             counted. Bounds memory while the bus is slow (RD-04).
+        compression: ``True``. Accept permessage-deflate (RFC 7692) when the client offers
+            it (browsers always do); ``False`` serves every client uncompressed. Costs CPU
+            and zlib memory per connection (below); saves bandwidth on text and JSON.
+        compress_threshold: ``128`` bytes. Messages shorter than this go uncompressed
+            (DEFLATE saves little on them and costs CPU); ``ws.send(data, compress=True)``
+            forces it, ``compress=False`` opts a message out (RFC 7692 §8, CRIME).
+        deflate_window_bits: ``12`` (log2 bytes: a 4 KiB LZ77 window), 9-15. Both the
+            server's and the clients' max window bits. Bounds zlib memory per connection with
+            context takeover: about 49 KiB at 12 (with ``deflate_mem_level=5``) against
+            about 301 KiB at 15/memLevel 8 (PD-05: 10,000 connections). Smaller windows find
+            fewer matches (a few % worse ratio on JSON). Below 15, a client whose offer lacks
+            ``client_max_window_bits`` cannot be held to the window and is served
+            uncompressed (browsers, Node ``ws`` and python-websockets all offer it).
+        deflate_mem_level: ``5``, 1-9. zlib memLevel of the server's compressor: hash tables
+            of ``1 << (level + 9)`` bytes. Lower: less memory and CPU, slightly worse ratio.
+        deflate_no_context_takeover: ``False``. ``True`` asks for
+            ``server_no_context_takeover`` and ``client_no_context_takeover``: no zlib state
+            kept between messages (about 0-3 KiB per connection), room broadcasts compressed
+            once for all members, no history shared across messages (§8); worse ratio.
     """
 
     host: str = "127.0.0.1"
@@ -118,6 +137,11 @@ class Config:
     backplane_interval: float = field(default=5.0, metadata=_rng(0.05, 3600))
     backplane_backoff_max: float = field(default=5.0, metadata=_rng(0.1, 60))
     backplane_queue: int = field(default=10_000, metadata=_rng(1, 10_000_000))
+    compression: bool = True
+    compress_threshold: int = field(default=128, metadata=_rng(0, 2 * _GIB))
+    deflate_window_bits: int = field(default=12, metadata=_rng(9, 15))
+    deflate_mem_level: int = field(default=5, metadata=_rng(1, 9))
+    deflate_no_context_takeover: bool = False
 
     def __post_init__(self) -> None:
         for spec in dataclasses.fields(self):
@@ -217,6 +241,17 @@ class Config:
                       fragment_overhead=self.fragment_overhead,
                       max_header_bytes=self.max_header_bytes, max_headers=self.max_headers)
 
+    def deflate_settings(self) -> DeflateSettings | None:
+        """permessage-deflate settings (``Connection(deflate=...)``); None when disabled."""
+        if not self.compression:
+            return None
+        nct = self.deflate_no_context_takeover
+        return DeflateSettings(server_max_window_bits=self.deflate_window_bits,
+                               client_max_window_bits=self.deflate_window_bits,
+                               server_no_context_takeover=nct, client_no_context_takeover=nct,
+                               mem_level=self.deflate_mem_level,
+                               compress_threshold=self.compress_threshold)
+
     def connection_limit(self) -> int:
         """``max_connections``, or the open-file soft limit minus a reserve when it is None."""
         if self.max_connections is not None:
@@ -243,6 +278,8 @@ def _check(spec: dataclasses.Field[Any], value: Any) -> None:
         not isinstance(value, int | float) or isinstance(value, bool)
     ):
         raise ConfigError(f"{name}={value!r} is invalid: expected a number of seconds")
+    if kind.startswith("bool") and not isinstance(value, bool):
+        raise ConfigError(f"{name}={value!r} is invalid: expected true or false")
     if kind.startswith("str") and not isinstance(value, str):
         raise ConfigError(f"{name}={value!r} is invalid: expected a string")
     if "range" in spec.metadata:

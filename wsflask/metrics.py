@@ -10,7 +10,10 @@ What it does not do: no ``prometheus_client`` dependency, no push gateway, no pe
 or per-room label (label cardinality stays bounded: status codes, close codes and a handful of
 drop reasons). The message rate ``websocket_message_rate_per_second`` is computed at render
 time from the message counters over a sliding window of ``rate_window`` seconds, measured
-with ``time.monotonic`` (never the wall clock, ARCHITECTURE.md §4).
+with ``time.monotonic`` (never the wall clock, ARCHITECTURE.md §4). permessage-deflate bytes
+are read from the codecs' own counters at render time (open connections' codecs, plus the
+totals of closed ones folded in at close), so a message costs metrics nothing extra; only
+the time spent compressing is added per compressed send (two clock reads).
 
 Typical use::
 
@@ -26,6 +29,10 @@ import time
 from bisect import bisect_left
 from collections import deque
 from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .protocol import PerMessageDeflate
 
 __all__ = ["Histogram", "Metrics"]
 
@@ -126,21 +133,54 @@ class Metrics:
         self.rtt_seconds = Histogram(RTT_BUCKETS)
         self.frame_parse_ms = Histogram(PARSE_BUCKETS_MS)
         self.connection_duration = Histogram(DURATION_BUCKETS)
+        #: permessage-deflate codecs of open connections (read at render time)
+        self._codecs: set[PerMessageDeflate] = set()
+        #: deflate byte counters of closed connections: compressed/inflated in, raw/compressed out
+        self.deflate_closed_bytes = [0, 0, 0, 0]
+        #: seconds spent compressing outbound messages (sends, broadcasts)
+        self.compress_seconds = 0.0
         # (monotonic time, messages in + out) samples taken at render time
         self._rate_samples: deque[tuple[float, int]] = deque([(clock(), 0)])
 
     # -- increments (hot path: keep them trivial) -------------------------------------------
 
-    def connection_opened(self) -> None:
-        """A handshake completed with 101; call ``connection_closed()`` exactly once later."""
+    def connection_opened(self, deflate: PerMessageDeflate | None = None) -> None:
+        """A handshake completed with 101; call ``connection_closed()`` exactly once later.
+
+        ``deflate``: the connection's permessage-deflate codec, whose counters are read at
+        render time.
+        """
         self.connections_current += 1
         self.connections_total += 1
+        if deflate is not None:
+            self._codecs.add(deflate)
 
-    def connection_closed(self, code: int, duration: float) -> None:
+    def connection_closed(self, code: int, duration: float,
+                          deflate: PerMessageDeflate | None = None) -> None:
         """An open connection ended with close ``code`` after ``duration`` seconds."""
         self.connections_current -= 1
         self.close_codes[code] = self.close_codes.get(code, 0) + 1
         self.connection_duration.observe(duration)
+        if deflate is not None and deflate in self._codecs:
+            self._codecs.discard(deflate)
+            for index, value in enumerate(_deflate_counters(deflate)):
+                self.deflate_closed_bytes[index] += value
+
+    def compress_time(self, seconds: float) -> None:
+        """Compressing one outbound message (or one broadcast) took ``seconds``."""
+        self.compress_seconds += seconds
+
+    def deflate_bytes(self) -> tuple[int, int, int, int]:
+        """permessage-deflate bytes so far: compressed in, inflated in, raw out, compressed out.
+
+        Counts compressed messages only (uncompressed ones are in the message counters).
+        Sums the open connections' codecs: O(compressed connections), at render time.
+        """
+        totals = list(self.deflate_closed_bytes)
+        for codec in self._codecs:
+            for index, value in enumerate(_deflate_counters(codec)):
+                totals[index] += value
+        return totals[0], totals[1], totals[2], totals[3]
 
     def handshake(self, status: int) -> None:
         """A handshake was answered with ``status`` (101, or the refusal's status)."""
@@ -205,6 +245,27 @@ class Metrics:
     def _families(self) -> list[tuple[str, str, str, list[str]]]:
         """``(name, type, help, sample lines)`` for every metric, in a stable order."""
         window = _fmt(self.rate_window)
+        return [*self._core_families(window), *self._deflate_families()]
+
+    def _deflate_families(self) -> list[_Family]:
+        """permessage-deflate: bytes on the wire and inflated, both ways; ratio; CPU time."""
+        zin, raw_in, raw_out, zout = self.deflate_bytes()
+        ratio = (zin + zout) / (raw_in + raw_out) if raw_in + raw_out else 0.0
+        name = "websocket_deflate_bytes_total"
+        samples = [f'{name}{{direction="{d}",form="{f}"}} {v}' for d, f, v in (
+            ("in", "compressed", zin), ("in", "uncompressed", raw_in),
+            ("out", "compressed", zout), ("out", "uncompressed", raw_out))]
+        return [
+            (name, "counter", "Payload bytes of permessage-deflate messages, as sent on the "
+             "wire (compressed) and as the application sees them (uncompressed).", samples),
+            _single("websocket_deflate_ratio", "gauge", "Compressed over uncompressed bytes of "
+                    "compressed messages, both directions (lower is better; 0: none yet).",
+                    ratio),
+            _single("websocket_deflate_compress_seconds_total", "counter",
+                    "Time spent compressing outbound messages.", self.compress_seconds),
+        ]
+
+    def _core_families(self, window: str) -> list[_Family]:
         return [
             _single("websocket_connections_current", "gauge", "Open WebSocket connections.",
                     self.connections_current),
@@ -240,6 +301,10 @@ class Metrics:
 
 
 _Family = tuple[str, str, str, list[str]]
+
+
+def _deflate_counters(codec: PerMessageDeflate) -> tuple[int, int, int, int]:
+    return codec.compressed_in, codec.inflated_in, codec.raw_out, codec.compressed_out
 
 
 def _single(name: str, kind: str, help_text: str, value: float) -> _Family:

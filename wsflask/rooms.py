@@ -12,6 +12,11 @@ What it does:
   goes to its bounded outbox or, past ``max_backpressure``, is handled by the room's
   slow-consumer policy (``"close"``: 1013, or ``"drop"``), both counted by the driver.
   A connection in several of the target rooms gets the message once.
+* permessage-deflate (RFC 7692): members without it get that frame; members whose server
+  side has no context takeover get one compressed frame per distinct ``share_key`` (one
+  compression per broadcast, ``protocol.shared_frame``); members with context takeover get
+  a frame compressed in their own stream (``ws.send_nowait()``: one compression each).
+  ``Config.deflate_no_context_takeover`` makes every member share.
 
 Cross-process delivery is the backplane's (``backplane/bridge.py``): when one is attached
 (``rooms.bus``), ``broadcast()`` also hands the message to it, rooms gaining their first or
@@ -28,12 +33,15 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from time import perf_counter
 from typing import TYPE_CHECKING, Protocol, cast
 
 from .errors import ConfigError
-from .protocol import Opcode, encode_frame
+from .protocol import Opcode, encode_frame, shared_frame
 
 if TYPE_CHECKING:
+    from .metrics import Metrics
+    from .protocol.deflate import ShareKey
     from .websocket import WebSocket
 
 __all__ = ["POLICIES", "BroadcastResult", "Bus", "Rooms"]
@@ -96,6 +104,8 @@ class Rooms:
         self.bus: Bus | None = None
         #: this node's id with a backplane: tracked connections get ids ``<node>.<n>``
         self.node = ""
+        #: the app's metrics, for the time spent compressing broadcasts (optional)
+        self.metrics: Metrics | None = None
 
     # -- membership -----------------------------------------------------------------------------
 
@@ -203,30 +213,60 @@ class Rooms:
         The frame is encoded once; no member can block the caller. Returns the local counts;
         with a backplane the message is also queued for the other nodes (never blocking).
         """
-        result = self.deliver(room, encode_message(data), exclude=exclude)
+        result = self.deliver(room, encode_message(data), exclude=exclude, data=data)
         if self.bus is not None:
             self.bus.publish(room, data, _excluded_ids(exclude))
         return result
 
     def deliver(self, room: str | Iterable[str] | None, frame: bytes, *,
-                exclude: WebSocket | Iterable[WebSocket | str] | None = None
-                ) -> BroadcastResult:
+                exclude: WebSocket | Iterable[WebSocket | str] | None = None,
+                data: str | bytes | None = None) -> BroadcastResult:
         """Hand an encoded ``frame`` to the local members of ``room``: the one delivery path.
 
         A connection reached through several rooms gets it once, under the policy of the
         first room (in the order given) that reached it. ``exclude`` takes connections or
-        connection ids (the backplane excludes by id).
+        connection ids (the backplane excludes by id). Members with permessage-deflate get
+        the message compressed (module docstring); ``data`` is the message ``frame`` holds,
+        read back from the frame when not given.
         """
         excluded = _excluded_ids(exclude)
         result = BroadcastResult()
+        shared: dict[ShareKey, tuple[bytes, int, int]] = {}
         for ws, policy in self._targets(room):
             if ws.id in excluded or not ws.is_open:
                 result.skipped += 1
-            elif ws.send_prepared(frame, policy=policy):
+                continue
+            codec = ws.deflate
+            if codec is None:
+                sent = ws.send_prepared(frame, policy=policy)
+            else:
+                if data is None:
+                    data = _message_of(frame)
+                key = codec.share_key
+                if key is None:  # context takeover: compressed in the member's own stream
+                    sent = ws.send_nowait(data, policy=policy)
+                else:
+                    packed = shared.get(key) or shared.setdefault(key, self._pack(data, key))
+                    sent = ws.send_prepared(packed[0], policy=policy)
+                    if sent and packed[2]:  # the codec's counters, as if it had compressed
+                        codec.raw_out += packed[1]
+                        codec.compressed_out += packed[2]
+            if sent:
                 result.sent += 1
             else:
                 result.dropped += 1
         return result
+
+    def _pack(self, data: str | bytes, key: ShareKey) -> tuple[bytes, int, int]:
+        """One shared frame for ``key``: (frame, raw bytes, compressed bytes or 0)."""
+        started = perf_counter()
+        frame = shared_frame(data, key)
+        if self.metrics is not None:
+            self.metrics.compress_time(perf_counter() - started)
+        if not frame[0] & 0x40:  # under the threshold: sent uncompressed
+            return frame, 0, 0
+        raw = len(data.encode("utf-8")) if isinstance(data, str) else len(data)
+        return frame, raw, _payload_length(frame)
 
     def _targets(self, room: str | Iterable[str] | None) -> Iterator[tuple[WebSocket, str]]:
         """Yield ``(ws, policy)`` once per member, from a snapshot of the index."""
@@ -246,6 +286,18 @@ class Rooms:
                 if ws_id not in seen:
                     seen[ws_id] = (ws, policy)
         yield from seen.values()
+
+
+def _payload_length(frame: bytes) -> int:
+    """Payload bytes of an unmasked frame (RFC 6455 §5.2)."""
+    size = frame[1] & 0x7F
+    return len(frame) - (2 + (2 if size == 126 else 8 if size == 127 else 0))
+
+
+def _message_of(frame: bytes) -> str | bytes:
+    """The message an unmasked, unfragmented text or binary frame holds."""
+    payload = frame[len(frame) - _payload_length(frame):]
+    return payload.decode("utf-8") if frame[0] & 0x0F == Opcode.TEXT else payload
 
 
 def _excluded_ids(exclude: WebSocket | Iterable[WebSocket | str] | None) -> frozenset[str]:

@@ -257,7 +257,8 @@ class Server(StreamServer):  # type: ignore[misc]
                 if self._ssl is not None:
                     sock = wrap_tls(sock, self._ssl, server_side=True)
                     sock.do_handshake()
-                conn = Connection(Side.SERVER, limits=self.config.limits(), http=True)
+                conn = Connection(Side.SERVER, limits=self.config.limits(), http=True,
+                                  deflate=self.config.deflate_settings())
                 ws = WebSocket(sock, conn, config=self.config, metrics=self.metrics,
                                heartbeat=self.heartbeat, remote_address=_address(address))
                 self._handshaking[me] = ws

@@ -45,6 +45,7 @@ from .protocol import (
     Event,
     HandshakeError,
     Opened,
+    PerMessageDeflate,
     Ping,
     Pong,
     Request,
@@ -87,6 +88,10 @@ class WebSocket(Transport):
         request: server side, the handshake ``Request`` (path, query, headers).
         remote_address: the peer's ``(host, port)``.
         subprotocol: the negotiated subprotocol, or ``None``.
+        extensions: the negotiated ``Sec-WebSocket-Extensions`` value (e.g.
+            ``"permessage-deflate; client_max_window_bits=12"``), ``""`` when none.
+        deflate: the permessage-deflate codec (``protocol.PerMessageDeflate``: settings,
+            byte counters, ``memory_estimate()``) once negotiated, else ``None``.
         session: data returned by ``before_upgrade`` hooks; free for the app to use.
         path_params: the route's path parameters.
         rooms: names of the rooms this connection is in (maintained by ``rooms.py``).
@@ -100,9 +105,10 @@ class WebSocket(Transport):
     __slots__ = (
         "__weakref__", "_callbacks", "_cause", "_close_deadline", "_closer", "_conn",
         "_drained", "_finished", "_head_log", "_heartbeat", "_messages", "_metrics", "_opened_at",
-        "_owner", "_ping_payload", "_reading", "_rx", "close_code", "close_reason", "id",
-        "last_received", "latency", "path_params", "ping_sent_at", "remote_address", "request",
-        "rooms", "session", "subprotocol",
+        "_owner", "_ping_payload", "_reading", "_rx", "close_code", "close_reason", "deflate",
+        "extensions",
+        "id", "last_received", "latency", "path_params", "ping_sent_at", "remote_address",
+        "request", "rooms", "session", "subprotocol",
     )  # fmt: skip
 
     def __init__(self, sock: Any, connection: Connection, *, config: Config | None = None,
@@ -113,6 +119,8 @@ class WebSocket(Transport):
         self.request: Request | None = connection.request
         self.remote_address = remote_address
         self.subprotocol: str | None = connection.subprotocol
+        self.extensions = ""
+        self.deflate: PerMessageDeflate | None = None
         self.session: dict[str, Any] = {}
         self.path_params: dict[str, str] = {}
         self.rooms: set[str] = set()
@@ -288,9 +296,14 @@ class WebSocket(Transport):
 
     def _on_opened(self, event: Opened) -> None:
         self.subprotocol = event.subprotocol
+        self.extensions = event.extensions
+        self.deflate = self._conn.deflate
         self._opened_at = self.last_received = monotonic()
         if self._metrics is not None and self._conn.side is Side.SERVER:
-            self._metrics.connection_opened()
+            if self.deflate is None:
+                self._metrics.connection_opened()
+            else:  # its counters are read at render time
+                self._metrics.connection_opened(self.deflate)
         if self._heartbeat is not None:
             self._heartbeat.add(self)
 
@@ -337,8 +350,13 @@ class WebSocket(Transport):
 
     # ------------------------------------------------------------------ writing
 
-    def send(self, data: str | bytes) -> None:
+    def send(self, data: str | bytes, compress: bool | None = None) -> None:
         """Send a message: ``str`` as text, bytes-like as binary.
+
+        ``compress`` matters once permessage-deflate was negotiated (``ws.extensions``):
+        ``None`` compresses messages of ``compress_threshold`` bytes and more, ``True``
+        whatever the size, ``False`` never: use it for a message that holds a secret next to
+        data an attacker chooses (RFC 7692 §8, CRIME-style length oracles).
 
         May block this greenlet while the kernel and the outbox are full (backpressure).
         From fan-out code use ``send_prepared()``, which never blocks.
@@ -349,10 +367,14 @@ class WebSocket(Transport):
         conn = self._conn
         if conn.state is not State.OPEN or self._broken:
             raise self._closed_error()
+        timed = self.deflate is not None and self._metrics is not None
+        started = perf_counter() if timed else 0.0
         if isinstance(data, str):
-            conn.send_text(data)
+            conn.send_text(data, compress=compress)
         else:
-            conn.send_binary(data if isinstance(data, bytes) else bytes(data))
+            conn.send_binary(data if isinstance(data, bytes) else bytes(data), compress=compress)
+        if timed and self._metrics is not None:
+            self._metrics.compress_time(perf_counter() - started)
         if not self._write(conn.data_to_send()):
             raise self._closed_error()
         if self._metrics is not None:
@@ -378,6 +400,34 @@ class WebSocket(Transport):
         if self._metrics is not None:
             self._metrics.message_out(_payload_length(frame))
         return True
+
+    def send_nowait(self, data: str | bytes, *, policy: str | None = None) -> bool:
+        """Encode ``data`` for THIS connection and queue it like ``send_prepared()``.
+
+        For fan-out to a connection with its own compression context (permessage-deflate
+        with context takeover; ``rooms.py`` uses it): the frame is compressed here, in this
+        connection's stream, so it cannot be dropped afterwards (the peer's decompressor
+        would miss its history). The budget is checked first, with the uncompressed size;
+        a compressed frame refused after all fails the connection with 1013.
+
+        Returns:
+            True when queued or sent; False when dropped or the connection is not open.
+        """
+        conn = self._conn
+        if conn.state is not State.OPEN or self._broken:
+            return False
+        busy = self._writing or self._writer is not None or self._outbox
+        if busy and self._outbox_bytes + _nbytes(data) > self._config.max_backpressure:
+            return self._over_budget(policy)
+        started = perf_counter()
+        frame = conn.encode_message(data)
+        if self._metrics is not None and self.deflate is not None:
+            self._metrics.compress_time(perf_counter() - started)
+        if self.send_prepared(frame, policy=policy):
+            return True
+        if frame[0] & 0x40 and self.is_open:  # compressed, then dropped: the stream is broken
+            self.abort(1013, "try again later")
+        return False
 
     def send_heartbeat_ping(self) -> None:
         """Send a ping with a fresh payload and set ``ping_sent_at``; never blocks.
@@ -475,7 +525,11 @@ class WebSocket(Transport):
         finally:
             if self._metrics is not None and self._opened_at and self._conn.side is Side.SERVER:
                 code = 1006 if self.close_code is None else self.close_code
-                self._metrics.connection_closed(code, monotonic() - self._opened_at)
+                duration = monotonic() - self._opened_at
+                if self.deflate is None:
+                    self._metrics.connection_closed(code, duration)
+                else:
+                    self._metrics.connection_closed(code, duration, self.deflate)
             callbacks, self._callbacks = self._callbacks, None
             for callback in callbacks or ():
                 try:

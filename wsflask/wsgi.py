@@ -145,7 +145,9 @@ class WebSocketHandler(pywsgi.WSGIHandler):  # type: ignore[misc]
         self.response_headers: list[tuple[bytes, bytes]] = []
         with contextlib.suppress(OSError):
             sock.setsockopt(IPPROTO_TCP, TCP_NODELAY, 1)
-        conn = Connection(Side.SERVER, limits=config.limits(), http=True)
+        conn = Connection(
+            Side.SERVER, limits=config.limits(), http=True, deflate=config.deflate_settings()
+        )
         conn.receive_data(self._head() + leftover)
         refusal = conn.data_to_send()  # the core's 400/405/426/431 for a bad head
         if refusal:

@@ -61,6 +61,14 @@ async function main() {
       });
     }
 
+    // The server's answer to chromium's permessage-deflate offer (RFC 7692), via CDP.
+    const cdp = await context.newCDPSession(alice);
+    await cdp.send("Network.enable");
+    cdp.on("Network.webSocketHandshakeResponseReceived", ({ response }) => {
+      for (const [name, value] of Object.entries(response.headers || {})) {
+        if (name.toLowerCase() === "sec-websocket-extensions") result.extensions = value;
+      }
+    });
     await enterRoom(alice, "alice");
     await enterRoom(bob, "bob");
     await alice.waitForSelector('.notice:text("bob joined")', { timeout: STEP_MS });
