@@ -3,7 +3,9 @@
 Two Apps in this process on Redis are two nodes; the process-level cases (``kill -9``,
 SIGTERM) run nodes with ``python -m wsflask run tests.backplane_node:app``. Battery rows,
 scaled down: RD-01 (cut one node from Redis for 3 s under load, through a TCP proxy), RD-02
-(restart Redis), RD-06 (start with Redis down), PR-01 (kill -9 a node), PR-03 (SIGTERM).
+(restart Redis), RD-06 (start with Redis down), PR-01 (kill -9 a node), PR-02 (kill -9 during
+a publish storm: no partial, corrupt, duplicate or reordered message), PR-03 (SIGTERM), PR-04
+(Redis and a node restarting together converge).
 Every wait polls with a deadline; nothing asserts on speed.
 """
 
@@ -273,3 +275,146 @@ def test_pr03_sigterm_drains_with_1001_and_leaves_redis(
     assert numsub(redis_server) == 0
     node_id = hello["hello"].split(".")[0]
     assert not redis_server.client().exists(f"wsflask:presence:{node_id}")
+
+
+def _status(port: int, path: str) -> int:
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as answer:
+            return int(answer.status)
+    except urllib.error.HTTPError as error:
+        return int(error.code)
+    except OSError:
+        return 0
+
+
+def _chat(ws: Any, timeout: float = 10.0) -> str:
+    """The next message on ``ws`` that is not a gap notice (those must still be JSON)."""
+    while True:
+        message = ws.receive(timeout=timeout)
+        assert isinstance(message, str), f"connection ended or wrong type: {message!r}"
+        if not message.startswith('{"event":"_gap"'):
+            return message
+        json.loads(message)
+
+
+def _collect(ws: Any, into: list[str], stop: list[bool]) -> None:
+    """Append every message ``ws`` receives to ``into`` until ``stop[0]`` or the close."""
+    while not stop[0]:
+        try:
+            message = ws.receive(timeout=0.5)
+        except TimeoutError:
+            continue
+        if message is None:
+            return
+        into.append(str(message))
+
+
+def test_pr02_kill9_during_publish_storm_no_corrupt_message(
+    redis_server: Any, wsflask_run: Any
+) -> None:
+    env = _node_env(redis_server.url)
+    node_a, node_b = (
+        wsflask_run("tests.backplane_node:app", "--port", "0", env=env) for _ in range(2)
+    )
+    port_a, port_b = node_a.wait_serving(), node_b.wait_serving()
+    senders = [_member(port_a)[0] for _ in range(3)]
+    subscribers = [_member(port_b)[0] for _ in range(2)]
+    fresh_sender, _ = _member(port_b)
+    wait_until(lambda: numsub(redis_server) == 2)
+    wait_until(lambda: _count(port_b) == 6)
+    sent: dict[str, tuple[int, int]] = {}  # message -> (sender, sequence number)
+    got: list[list[str]] = [[] for _ in subscribers]
+    stop = [False]
+
+    def storm(n: int, ws: Any) -> None:
+        for i in range(1_000_000):
+            body = json.dumps({"s": n, "i": i, "pad": chr(97 + (i + n) % 26) * (i * 37 % 3000)})
+            sent[body] = (n, i)  # recorded before the send: it may or may not get out
+            try:
+                ws.send(body)
+            except Exception:  # A died under us: the storm is over for this sender
+                return
+            gevent.sleep(0.002)
+
+    workers = [
+        gevent.spawn(_collect, ws, into, stop) for ws, into in zip(subscribers, got, strict=True)
+    ]
+    workers += [gevent.spawn(_collect, ws, [], stop) for ws in senders]  # drain A's echoes
+    storms = [gevent.spawn(storm, n, ws) for n, ws in enumerate(senders)]
+    try:
+        wait_until(lambda: all(len(into) >= 100 for into in got))  # mid-storm
+        os.kill(node_a.proc.pid, signal.SIGKILL)
+        node_a.proc.wait(timeout=10)
+        assert not any(s.dead for s in storms)  # A died while its clients were still sending
+        gevent.joinall(storms, timeout=15, raise_error=True)
+        assert _status(port_b, "/readyz") == 200
+        fresh_sender.send("fresh")  # B keeps serving
+        wait_until(lambda: all("fresh" in into for into in got))
+        stop[0] = True
+        gevent.joinall(workers, timeout=10)
+        for ws, into in zip(subscribers, got, strict=True):  # anything of A's still in flight
+            while True:
+                try:
+                    message = ws.receive(timeout=0.5)
+                except TimeoutError:
+                    break
+                assert message is not None, "B closed a subscriber"
+                into.append(str(message))
+    finally:
+        stop[0] = True
+        gevent.killall(storms + workers, timeout=5)
+        for ws in [*senders, *subscribers, fresh_sender]:
+            ws.close()
+    for into in got:
+        assert into.count("fresh") == 1
+        chat = [m for m in into if m != "fresh" and not m.startswith('{"event":"_gap"')]
+        for message in chat:
+            assert message in sent, f"partial or corrupt message: {message[:80]!r}"
+            assert json.loads(message)["i"] == sent[message][1]
+        assert len(chat) == len(set(chat)), "a message was delivered twice"
+        for n in range(len(senders)):
+            numbers = [sent[m][1] for m in chat if sent[m][0] == n]
+            assert numbers == sorted(numbers), f"sender {n} out of order"
+
+
+def test_pr04_restart_redis_and_node_together_converges(
+    redis_server: Any, wsflask_run: Any
+) -> None:
+    env = _node_env(redis_server.url)
+    node_a, node_b = (
+        wsflask_run("tests.backplane_node:app", "--port", "0", env=env) for _ in range(2)
+    )
+    port_a, port_b = node_a.wait_serving(), node_b.wait_serving()
+    wa, _ = _member(port_a)
+    wb, _ = _member(port_b)
+    members = [wa, wb]
+    try:
+        wait_until(lambda: numsub(redis_server) == 2)
+        wait_until(lambda: _count(port_b) == 2)
+        os.kill(node_a.proc.pid, signal.SIGKILL)  # the combined fault
+        redis_server.stop()
+        node_a.proc.wait(timeout=10)
+        wait_until(lambda: _status(port_b, "/readyz") == 503)
+        redis_server.start()
+        node_a2 = wsflask_run("tests.backplane_node:app", "--port", "0", env=env)
+        port_a2 = node_a2.wait_serving()
+        wait_until(lambda: _status(port_b, "/readyz") == 200)
+        wait_until(lambda: _status(port_a2, "/readyz") == 200)
+        wa2, _ = _member(port_a2)
+        members.append(wa2)
+        wait_until(lambda: numsub(redis_server) == 2)  # B resubscribed, A's new process too
+        wa2.send("from new A")
+        assert _chat(wb) == "from new A"
+        wb.send("from B")
+        assert _chat(wa2) == "from new A" and _chat(wa2) == "from B"
+        # presence: the old A is gone, B re-wrote its memberships into the new Redis
+        wait_until(lambda: _count(port_b) == 2 and _count(port_a2) == 2)
+        extra, _ = _member(port_a2)
+        members.append(extra)
+        wait_until(lambda: _count(port_b) == 3 and _count(port_a2) == 3)
+    finally:
+        for ws in members:
+            ws.close()

@@ -8,8 +8,9 @@ handshake to an ``Upgrade`` (route handler, subprotocol, session, path parameter
 ``HTTPResponse``, or raises a ``HandshakeError`` (404, 403, or a hook's ``Reject``).
 ``run()``/``make_server()`` build the ``Server`` with this app's ``Metrics`` and ``Heartbeat``.
 
-What it does not do: no socket I/O (``server.py`` and ``websocket.py`` do it), no
-monkey-patching (the application's first line does it, if it wants), no threads.
+What it does not do: no socket I/O (``server.py`` and ``websocket.py`` do it), no JSON
+envelope decoding or acks (``envelopes.py``, called from ``Route``), no monkey-patching (the
+application's first line does it, if it wants), no threads.
 
 Decisions (documented here and in the README):
 
@@ -25,7 +26,6 @@ Decisions (documented here and in the README):
 
 from __future__ import annotations
 
-import json as jsonlib
 import logging
 from collections.abc import Callable, Iterable
 from functools import partial
@@ -34,6 +34,9 @@ from urllib.parse import urlsplit
 
 from .backplane.bridge import Bridge, NodeLifecycle
 from .config import Config
+from .envelopes import LIFECYCLE as _LIFECYCLE
+from .envelopes import dispatch as dispatch_envelope
+from .envelopes import envelope as _envelope
 from .errors import ConnectionClosed, Reject, SetupError
 from .heartbeat import Heartbeat
 from .metrics import Metrics
@@ -55,7 +58,6 @@ F = TypeVar("F", bound=Callable[..., Any])
 #: the close code for a connection refused by its connect handler
 REFUSED = 1008
 _MISSING: Any = object()
-_LIFECYCLE = ("connect", "disconnect")
 
 
 class InternalServerError(HandshakeError):
@@ -160,7 +162,7 @@ class Route:
         on_message = self.handlers.get("message")
         if self.json:
             for message in ws:
-                self._dispatch_json(ws, message, params)
+                dispatch_envelope(ws, message, self.handlers, params)
         elif on_message:
             handler = on_message[0]
             for message in ws:
@@ -193,42 +195,6 @@ class Route:
                 pass  # sending from a disconnect handler: the socket is already closed
             except Exception as exc:
                 self.app.handle_exception(ws, exc)
-
-    def _dispatch_json(self, ws: WebSocket, message: str | bytes,
-                       params: dict[str, Any]) -> None:
-        """Decode one envelope, call its handler, send the ack or an error envelope."""
-        if isinstance(message, bytes):
-            ws.close(1003, "binary messages are not accepted on this route")
-            return
-        try:
-            envelope = jsonlib.loads(message)
-        except ValueError:
-            ws.send(_envelope("error", {"message": "malformed JSON"}))
-            return
-        event = envelope.get("event") if isinstance(envelope, dict) else None
-        if not isinstance(event, str) or event in _LIFECYCLE:
-            ws.send(_envelope("error", {"message": "expected {\"event\": name, \"data\": ...}"},
-                              envelope.get("id") if isinstance(envelope, dict) else None))
-            return
-        data, msg_id = envelope.get("data"), envelope.get("id")
-        handlers = self.handlers.get(event)
-        if handlers:
-            result = handlers[0](ws, data, **params)
-        elif "*" in self.handlers:
-            result = self.handlers["*"][0](ws, event, data, **params)
-        else:
-            ws.send(_envelope("error", {"message": f"unknown event {event!r}"}, msg_id))
-            return
-        if msg_id is not None:
-            ws.send(_envelope("ack", result, msg_id))
-
-
-def _envelope(event: str, data: Any, msg_id: Any = None) -> str:
-    """Encode ``{"event", "data"[, "id"]}`` compactly."""
-    body: dict[str, Any] = {"event": event, "data": data}
-    if msg_id is not None:
-        body["id"] = msg_id
-    return jsonlib.dumps(body, separators=(",", ":"))
 
 
 class App:
