@@ -23,10 +23,10 @@ from .metrics import Metrics as Metrics
 from .protocol import CloseCode as CloseCode
 from .rooms import BroadcastResult as BroadcastResult
 from .rooms import Rooms as Rooms
-from .server import HTTPResponse as HTTPResponse
 from .server import Server as Server
-from .server import Upgrade as Upgrade
 from .testing import TestClient as TestClient
+from .upgrade import HTTPResponse as HTTPResponse
+from .upgrade import Upgrade as Upgrade
 from .websocket import WebSocket as WebSocket
 
 __version__ = "0.1.0"

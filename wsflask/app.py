@@ -43,7 +43,8 @@ from .metrics import Metrics
 from .protocol import Forbidden, HandshakeError, MethodNotAllowed, NotFound, Request
 from .rooms import BroadcastResult, Rooms
 from .routing import PathPattern
-from .server import HTTPResponse, Server, Upgrade
+from .server import Server
+from .upgrade import HTTPResponse, Upgrade
 
 if TYPE_CHECKING:
     from .testing import TestClient

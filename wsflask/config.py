@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import enum
 import os
 import sys
 from collections.abc import Mapping
@@ -29,7 +30,7 @@ from typing import Any
 from .errors import ConfigError
 from .protocol import DeflateSettings, Limits
 
-__all__ = ["Config", "load_toml"]
+__all__ = ["Backpressure", "Config", "load_toml"]
 
 #: Descriptors kept free when ``max_connections`` is derived from the open-file limit
 #: (listener, log files, the backplane, DNS, the 503/429 shedding path).
@@ -38,6 +39,15 @@ FD_RESERVE = 64
 _KIB = 1024
 _MIB = 1024 * 1024
 _GIB = 1024 * _MIB
+
+
+class Backpressure(str, enum.Enum):
+    """What a connection does when its outbox passes ``max_backpressure`` (a slow reader)."""
+
+    #: close it with 1013 "try again later" (the default); counted
+    CLOSE = "close"
+    #: drop the message for that connection and keep it open; counted
+    DROP = "drop"
 
 
 def _rng(lo: float, hi: float) -> dict[str, Any]:

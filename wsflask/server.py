@@ -28,7 +28,6 @@ import signal
 import socket
 import ssl
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from time import monotonic
 from typing import TYPE_CHECKING, Any
 
@@ -42,6 +41,7 @@ from .config import Config
 from .errors import ConfigError
 from .protocol import Connection, HandshakeError, Request, Side, State
 from .protocol.handshake import build_response
+from .upgrade import HTTPResponse, Resolver, Upgrade
 from .websocket import HeartbeatLike, WebSocket, wrap_tls
 
 if TYPE_CHECKING:
@@ -59,38 +59,6 @@ SHED_CONCURRENCY = 128
 ACCEPT_BACKOFF_MIN = 0.01
 ACCEPT_BACKOFF_MAX = 1.0
 _ACCEPT_RESOURCE_ERRORS = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
-
-
-@dataclass
-class Upgrade:
-    """A resolver's answer: accept the WebSocket and run ``handler(ws)``.
-
-    Attributes:
-        handler: runs in the connection's greenlet; the connection closes when it returns.
-        subprotocol: the one to announce (from the client's offers), or ``None``.
-        headers: extra headers for the 101 response.
-        session: copied into ``ws.session`` (e.g. what ``before_upgrade`` hooks returned).
-        path_params: copied into ``ws.path_params``.
-    """
-
-    handler: Callable[[WebSocket], None]
-    subprotocol: str | None = None
-    headers: tuple[tuple[str, str], ...] = ()
-    session: dict[str, Any] = field(default_factory=dict)
-    path_params: dict[str, str] = field(default_factory=dict)
-
-
-@dataclass
-class HTTPResponse:
-    """A resolver's answer: a plain HTTP response (then the connection closes)."""
-
-    status: int = 200
-    body: bytes = b""
-    content_type: str = "text/plain; charset=utf-8"
-    headers: tuple[tuple[str, str], ...] = ()
-
-
-Resolver = Callable[[Request, tuple[str, int]], Upgrade | HTTPResponse]
 
 
 class _Draining(Exception):

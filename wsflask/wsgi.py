@@ -43,7 +43,7 @@ from gevent import pywsgi
 from .config import Config
 from .errors import ConnectionClosed
 from .protocol import Connection, HandshakeError, Request, Side
-from .server import HTTPResponse, Upgrade
+from .upgrade import HTTPResponse, Upgrade
 from .websocket import HeartbeatLike, WebSocket
 
 if TYPE_CHECKING:

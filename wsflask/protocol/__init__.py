@@ -38,8 +38,10 @@ from .events import Pong as Pong
 from .events import Request as Request
 from .events import TextMessage as TextMessage
 from .frames import CloseCode as CloseCode
+from .frames import FrameInfo as FrameInfo
 from .frames import Opcode as Opcode
 from .frames import encode_frame as encode_frame
+from .frames import frame_info as frame_info
 from .handshake import accept_key as accept_key
 
 __all__ = [
@@ -51,6 +53,7 @@ __all__ = [
     "DeflateSettings",
     "Event",
     "Forbidden",
+    "FrameInfo",
     "HandshakeError",
     "HeadersTooLarge",
     "InvalidHandshakeResponse",
@@ -76,5 +79,6 @@ __all__ = [
     "UpgradeRequired",
     "accept_key",
     "encode_frame",
+    "frame_info",
     "shared_frame",
 ]

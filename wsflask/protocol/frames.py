@@ -24,11 +24,20 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Iterator
+from typing import NamedTuple
 
 from .errors import MessageTooBig, ProtocolError
 from .mask import apply_mask
 
-__all__ = ["CloseCode", "Frame", "FrameDecoder", "Opcode", "encode_frame"]
+__all__ = [
+    "CloseCode",
+    "Frame",
+    "FrameDecoder",
+    "FrameInfo",
+    "Opcode",
+    "encode_frame",
+    "frame_info",
+]
 
 
 class Opcode(enum.IntEnum):
@@ -58,6 +67,35 @@ class CloseCode(enum.IntEnum):
     INTERNAL_ERROR = 1011
     SERVICE_RESTART = 1012
     TRY_AGAIN_LATER = 1013
+
+
+class FrameInfo(NamedTuple):
+    """What the header of one complete encoded frame says (``frame_info()``)."""
+
+    fin: bool
+    opcode: int
+    compressed: bool  # RSV1: a permessage-deflate message (RFC 7692 §6)
+    masked: bool
+    header_length: int  # bytes before the payload, masking key included
+    payload_length: int
+
+
+def frame_info(frame: bytes) -> FrameInfo:
+    """Read the header of one complete frame made by ``encode_frame``/``shared_frame``.
+
+    For drivers and rooms that hold encoded frames: payload sizes for metrics, whether a
+    shared frame was compressed. Decoding a byte stream is ``FrameDecoder``'s job.
+    """
+    first, second = frame[0], frame[1]
+    size = second & 0x7F
+    head = 2
+    if size == 126:
+        size, head = int.from_bytes(frame[2:4], "big"), 4
+    elif size == 127:
+        size, head = int.from_bytes(frame[2:10], "big"), 10
+    masked = bool(second & 0x80)
+    return FrameInfo(bool(first & 0x80), first & 0x0F, bool(first & 0x40), masked,
+                     head + 4 if masked else head, size)
 
 
 #: A decoded frame: (fin, opcode, rsv bits as 0x70-masked int, unmasked payload).
