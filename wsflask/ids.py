@@ -1,0 +1,38 @@
+"""Connection and node ids: unguessable, assigned once, and what a personal room looks like.
+
+A connection id is 16 random hex digits (64 bits from ``secrets``), prefixed with its node's
+12-hex id and a dot when a backplane is configured (``<node>.<token>``), so ``to=ws.id``
+works cluster-wide. Each connection's personal room is named by its id; ``Rooms`` refuses to
+let any other connection join a name of that form. No I/O here.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+
+__all__ = ["is_connection_id", "new_id", "new_node_id", "node_of"]
+
+_CONNECTION_ID = re.compile(r"(?:[0-9a-f]{12}\.)?[0-9a-f]{16}")
+
+
+def new_node_id() -> str:
+    """A fresh node id: 12 random hex digits (one per process and backplane session)."""
+    return secrets.token_hex(6)
+
+
+def new_id(node: str = "") -> str:
+    """A fresh connection id: ``<token>``, or ``<node>.<token>`` on a node of a cluster."""
+    token = secrets.token_hex(8)
+    return f"{node}.{token}" if node else token
+
+
+def is_connection_id(name: str) -> bool:
+    """True when ``name`` has the form of a connection id: a reserved, personal room name."""
+    return _CONNECTION_ID.fullmatch(name) is not None
+
+
+def node_of(connection_id: str) -> str | None:
+    """The node part of a node-prefixed connection id, else ``None``."""
+    node, dot, _ = connection_id.partition(".")
+    return node if dot and is_connection_id(connection_id) else None
