@@ -10,8 +10,12 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
+import socket
+import subprocess
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -96,3 +100,111 @@ def test_two_workers_one_port_share_rooms_restart_and_drain(
         assert ws.receive(timeout=15) is None and ws.close_code == 1001
     assert proc.wait_exit(timeout=30) == 0, proc.log
     assert dict(numsub("wsflask:room:t"))[b"wsflask:room:t"] == 0
+
+
+# -- Defect 5: a worker that cannot start is not restarted forever, and never exits 0 ----------
+
+FAILING_APP = """
+import os
+
+from wsflask import App
+
+
+class StartupFails(App):
+    def make_server(self, *args, **kwargs):
+        if os.environ["WSFLASK_WORKER"] in os.environ["FAIL_WORKERS"].split(","):
+            raise RuntimeError("cannot start (test)")
+        return super().make_server(*args, **kwargs)
+
+
+app = StartupFails()
+
+
+@app.route("/echo")
+def echo(ws):
+    for message in ws:
+        ws.send(message)
+"""
+
+DEAD_BACKPLANE = "redis://127.0.0.1:1/0"  # never contacted: the failure comes first
+
+
+def failing_app(tmp_path: Path, fail: str, backplane: str) -> dict[str, str]:
+    (tmp_path / "failing_app.py").write_text(FAILING_APP)
+    return {
+        **ENV,
+        "PYTHONPATH": str(tmp_path),
+        "FAIL_WORKERS": fail,
+        "WSFLASK_BACKPLANE": backplane,
+    }
+
+
+def test_mismatched_certificate_and_key_fail_before_any_fork(
+    wsflask_run: Any, tmp_path: Path
+) -> None:
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is not installed")
+    cert, key, other = (str(tmp_path / name) for name in ("c.pem", "k.pem", "other.pem"))
+    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+    subprocess.run(
+        ["openssl", "req", "-x509", *ec, "-keyout", key, "-out", cert, "-subj", "/CN=x"],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
+    genpkey = ["openssl", "genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256"]
+    subprocess.run(  # a second key: it does not match the certificate
+        [*genpkey, "-out", other],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
+    proc = wsflask_run(
+        "examples.echo:app",
+        "--port",
+        "0",
+        "--workers",
+        "2",
+        env={
+            **ENV,
+            "WSFLASK_BACKPLANE": DEAD_BACKPLANE,
+            "WSFLASK_CERTFILE": cert,
+            "WSFLASK_KEYFILE": other,
+        },
+    )
+    assert proc.wait_exit(timeout=15) == 1, proc.log
+    assert "cannot be loaded" in proc.log
+    assert "started (pid" not in proc.log and "serving on" not in proc.log
+
+
+@pytest.mark.parametrize(
+    ("fail", "reason"),
+    [
+        ("0,1", "every worker failed at startup: giving up"),
+        ("1", "worker 1 failed at startup 5 times in a row: giving up"),
+    ],
+)
+def test_workers_that_always_fail_at_startup_make_the_supervisor_give_up(
+    wsflask_run: Any, tmp_path: Path, fail: str, reason: str
+) -> None:
+    env = failing_app(tmp_path, fail, DEAD_BACKPLANE)
+    proc = wsflask_run("failing_app:app", "--port", "0", "--workers", "2", env=env)
+    port = proc.wait_serving()
+    assert proc.wait_exit(timeout=30) == 1, proc.log
+    assert reason in proc.log
+    assert "(clean)" not in proc.log
+    assert proc.log.count("started (pid") <= 2 * 5
+    with pytest.raises(ConnectionRefusedError):  # nothing left holding the port
+        socket.create_connection(("127.0.0.1", port), timeout=5).close()
+
+
+def test_sigterm_after_a_worker_failed_at_startup_exits_non_zero(
+    redis_server: Any, wsflask_run: Any, tmp_path: Path
+) -> None:
+    env = failing_app(tmp_path, "1", redis_server.url)
+    proc = wsflask_run("failing_app:app", "--port", "0", "--workers", "2", env=env)
+    proc.wait_for_log(r"worker 1 \(pid \d+\) exited with code 1")
+    proc.proc.send_signal(signal.SIGTERM)
+    assert proc.wait_exit(timeout=30) == 1, proc.log
+    assert "(clean)" not in proc.log
+    assert "with errors" in proc.log or "giving up" in proc.log
