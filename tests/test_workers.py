@@ -8,6 +8,7 @@ members on both (each greeting carries the worker's pid).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -208,3 +209,57 @@ def test_sigterm_after_a_worker_failed_at_startup_exits_non_zero(
     assert proc.wait_exit(timeout=30) == 1, proc.log
     assert "(clean)" not in proc.log
     assert "with errors" in proc.log or "giving up" in proc.log
+
+
+# -- Defect 6: a worker holds only its own listener, so a drain refuses new connections -------
+
+
+def listening_inodes(port: int) -> set[str]:
+    """Socket inodes of the LISTEN sockets on ``port`` (IPv4 and IPv6)."""
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(FileNotFoundError):
+            for line in Path(table).read_text().splitlines()[1:]:
+                fields = line.split()
+                if fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:
+                    inodes.add(fields[9])
+    return inodes
+
+
+def socket_inodes(pid: int) -> set[str]:
+    found = set()
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        with contextlib.suppress(OSError):  # closed while we looked
+            link = os.readlink(f"/proc/{pid}/fd/{fd}")
+            if link.startswith("socket:["):
+                found.add(link[len("socket:[") : -1])
+    return found
+
+
+@pytest.mark.skipif(not Path("/proc/net/tcp").exists(), reason="needs Linux /proc")
+def test_each_worker_holds_only_its_listener_and_a_drain_refuses_new_connections(
+    redis_server: Any, wsflask_run: Any
+) -> None:
+    slow_drain = {"WSFLASK_SHUTDOWN_GRACE": "20", "WSFLASK_CLOSE_TIMEOUT": "20"}
+    env = {**ENV, **slow_drain, "WSFLASK_BACKPLANE": redis_server.url}
+    proc = wsflask_run("tests.backplane_node:app", "--port", "0", "--workers", "2", env=env)
+    port = proc.wait_serving()
+    by_pid = spread(port)
+    listeners = listening_inodes(port)
+    assert len(listeners) == 2
+    held = {pid: socket_inodes(pid) & listeners for pid in by_pid}
+    assert all(len(inodes) == 1 for inodes in held.values()), held
+    assert set.union(*held.values()) == listeners  # each its own one
+
+    proc.proc.send_signal(signal.SIGTERM)  # the clients stay silent: the workers keep draining
+    wait_until(lambda: proc.log.count("signal SIGTERM: draining") == 2, timeout=15)
+    wait_until(lambda: not listening_inodes(port), timeout=5)
+    started = time.monotonic()
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection(("127.0.0.1", port), timeout=5).close()
+    assert time.monotonic() - started < 1.0
+    for pid in by_pid:  # still draining: the refusal came during the drain
+        os.kill(pid, 0)
+    for ws in (ws for group in by_pid.values() for ws in group):
+        assert ws.receive(timeout=15) is None and ws.close_code == 1001
+    assert proc.wait_exit(timeout=30) == 0, proc.log

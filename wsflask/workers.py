@@ -228,12 +228,19 @@ class _Supervisor:
             pid: int = fork_gevent()  # the original fork; gevent.reinit() in the child
             if pid == 0:
                 os.close(read_end)
+                _close_inherited(self._descriptors(), keep=self.listeners[index])
                 _worker(self.app, self.listeners[index], index, write_end)  # never returns
         finally:
             signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
         os.close(write_end)
         slot.pid, slot.ready_fd, slot.ready = pid, read_end, False
         logger.info("worker %d started (pid %d)", index, pid)
+
+    def _descriptors(self) -> list[int]:
+        """The descriptors a new child inherits from this process and must close."""
+        fds = {sock.fileno() for sock in self.listeners}
+        fds.update(slot.ready_fd for slot in self.slots if slot.ready_fd is not None)
+        return sorted(fds)
 
     def _reap(self) -> None:
         for index, slot in enumerate(self.slots):
@@ -334,6 +341,18 @@ class _Supervisor:
                     problems.append(f"worker {index} exited with {_describe(status)}")
             self._sleep(POLL)
         return problems
+
+
+def _close_inherited(fds: list[int], keep: socket.socket) -> None:
+    """In a new child: close the other workers' listeners and the parent's pipes.
+
+    A listener left open in a worker that never accepts on it keeps it listening after its
+    own worker closed it in a drain: the kernel would queue connections there unanswered.
+    """
+    for fd in fds:
+        if fd != keep.fileno():
+            with contextlib.suppress(OSError):
+                os.close(fd)
 
 
 def _worker(app: App, listener: socket.socket, index: int, ready_fd: int) -> None:
