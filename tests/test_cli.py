@@ -7,6 +7,7 @@ import http.client
 import json
 import logging
 import os
+import re
 import selectors
 import subprocess
 import sys
@@ -17,6 +18,7 @@ from typing import Any
 
 import gevent
 import pytest
+from conftest import WsflaskProcess
 
 import wsflask.server
 from wsflask import App, Config, connect
@@ -149,6 +151,7 @@ def test_config_default_is_valid_toml_with_every_key_documented(
         )
         assert lines[at - 1].startswith("# "), f"{name} has no comment"
     assert main(["config", "check", path]) == 0
+    assert re.findall(r"\b[A-Z]{2}-\d{2}\b", text) == []  # no internal test-battery ids
 
 
 # -- logging ------------------------------------------------------------------------------------
@@ -432,3 +435,68 @@ def test_client_reports_a_refused_handshake(
     assert "refused with HTTP 404" in err
     code, err = client_cli(f"ws://127.0.0.1:{port}/echo", "--header", "broken").finish()
     assert code == 1 and "expected 'Name: value'" in err
+
+
+KICK_APP = """
+from wsflask import App
+
+app = App()
+
+
+@app.route("/kick/<int:code>")
+def kick(ws, code):
+    ws.send("bye")
+    ws.close(code, "kicked out")
+    for _ in ws:
+        pass
+"""
+
+
+@pytest.mark.parametrize(("close", "exit_code"), [(4001, 1), (1011, 1), (1000, 0), (1001, 0)])
+def test_client_exit_code_follows_the_servers_close_code(
+    wsflask_run: Run,
+    tmp_path: Path,
+    client_cli: Callable[..., Client],
+    close: int,
+    exit_code: int,
+) -> None:
+    (tmp_path / "kick_app.py").write_text(KICK_APP)
+    proc = wsflask_run("kick_app:app", "--port", "0", env={"PYTHONPATH": str(tmp_path)})
+    client = client_cli(f"ws://127.0.0.1:{proc.wait_serving()}/kick/{close}", "--linger", "5")
+    assert client.readline() == "bye"
+    code, err = client.finish()
+    assert code == exit_code, err
+    assert f"closed by the server: {close} kicked out" in err
+
+
+def test_help_shows_the_synopsis_with_workers(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        main(["--help"])
+    assert info.value.code == 0
+    out = capsys.readouterr().out
+    assert "wsflask run module:app" in out and "--workers N" in out
+    with pytest.raises(SystemExit):
+        main(["run", "--help"])
+    assert "--workers N" in capsys.readouterr().out
+
+
+def test_run_finds_the_app_in_the_current_directory(wsflask_run: Run, tmp_path: Path) -> None:
+    """``cd examples && wsflask run chat:app``, through the console script, whose sys.path[0]
+    is its own bin directory (``python -m`` would put the current directory there itself)."""
+    script = Path(sys.executable).parent / "wsflask"
+    if not script.exists():
+        pytest.skip("the wsflask console script is not installed")
+    proc = WsflaskProcess(
+        [str(script), "run", "chat:app", "--port", "0"],
+        str(ROOT / "examples"),
+        {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"},
+        tmp_path / "chat.log",
+    )
+    try:
+        port = proc.wait_serving()
+        ws = connect(f"ws://127.0.0.1:{port}/echo", timeout=10)
+        ws.send("from examples/")
+        assert ws.receive(timeout=10) == "from examples/"
+        ws.close()
+    finally:
+        assert proc.stop() == 0, proc.log

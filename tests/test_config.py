@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 import resource
 
 import pytest
@@ -29,6 +30,8 @@ def test_every_field_is_documented_with_its_default() -> None:
     doc = Config.__doc__ or ""
     for spec in dataclasses.fields(Config):
         assert f"    {spec.name}: " in doc, f"{spec.name} is not documented"
+    # user-facing text (``wsflask config default`` prints it): no internal test-battery ids
+    assert re.findall(r"\b[A-Z]{2}-\d{2}\b", doc) == []
 
 
 @pytest.mark.parametrize(("changes", "words"), [

@@ -62,47 +62,45 @@ class Config:
         host: ``"127.0.0.1"``. Bind address; loopback unless exposed on purpose.
         port: ``8080``. TCP port; ``0`` picks a free one (tests).
         max_connections: ``None`` = open-file soft limit minus 64. Connections served at once
-            (handshaking or open); over -> ``503``. Bounds descriptor exhaustion and memory
-            (battery CN-01, CN-02).
+            (handshaking or open); over -> ``503``. Bounds descriptor exhaustion and memory.
         max_connections_per_ip: ``0`` = off. Connections per client IP; over -> ``429``.
-            Bounds one host starving the others (CN-01).
+            Bounds one host starving the others.
         handshake_timeout: ``5.0`` s. Absolute deadline for TLS plus the whole HTTP request;
-            then the socket is closed (``408`` when a partial request came). Bounds slowloris
-            (HS-06, TL-01).
-        max_header_bytes: ``16384`` bytes. Size of the request head; over -> ``431`` (HS-05).
+            then the socket is closed (``408`` when a partial request came). Bounds slowloris.
+        max_header_bytes: ``16384`` bytes. Size of the request head; over -> ``431``.
         max_headers: ``100`` header lines; over -> ``431``. Bounds header-count floods.
         max_message_size: ``1048576`` bytes (1 MiB). Largest frame and message; over -> close
-            ``1009``. Bounds inbound memory per connection (FR-05).
+            ``1009``. Bounds inbound memory per connection.
         fragment_overhead: ``256`` bytes charged per continuation frame against
-            ``max_message_size``. Bounds floods of tiny fragments (FG-02).
-        ping_interval: ``30.0`` s between heartbeat pings. Detects dead peers (HB-01).
+            ``max_message_size``. Bounds floods of tiny fragments.
+        ping_interval: ``30.0`` s between heartbeat pings. Detects dead peers.
         pong_timeout: ``10.0`` s without any frame after a ping -> close ``1011``. Bounds
-            half-open connections (HB-01, HB-03).
+            half-open connections.
         close_timeout: ``5.0`` s to wait for the peer's Close (and for its FIN afterwards);
-            then TCP is dropped. Bounds peers that never finish closing (CL-04).
+            then TCP is dropped. Bounds peers that never finish closing.
         shutdown_grace: ``10.0`` s that ``Server.stop()`` waits after sending ``1001`` before
-            killing what is left. Bounds shutdown time (PR-03).
+            killing what is left. Bounds shutdown time.
         max_backpressure: ``1048576`` bytes queued per connection when the kernel refuses
-            more; over -> ``backpressure_policy``. Bounds memory per slow reader (BP-01).
+            more; over -> ``backpressure_policy``. Bounds memory per slow reader.
         backpressure_policy: ``"close"`` (close ``1013`` "try again later") or ``"drop"``
             (discard the message); both are counted in metrics. What a slow reader costs.
         allowed_origins: ``()`` = same-origin or absent ``Origin`` only; ``("*",)`` = any; else
             the listed origins (``"https://app.example"``). Bounds cross-site WebSocket
-            hijacking (HS-08).
+            hijacking.
         certfile: ``None``. PEM certificate chain; with it the server speaks TLS 1.2+ only.
         keyfile: ``None``. PEM private key for ``certfile`` (``None``: the key is in certfile).
         read_size: ``65536`` bytes read per wake-up. Bounds the inbound bytes taken per
-            ``recv`` (and so per-connection memory of unread messages, BP-03).
+            ``recv`` (and so per-connection memory of unread messages).
         backplane: ``None`` = rooms live in this process only. ``"redis://host:6379/0"``
             spans processes and machines (``pip install wsflask[redis]``); ``"memory://name"``
             joins Apps of one process (tests). Env: ``WSFLASK_BACKPLANE``.
         backplane_interval: ``5.0`` s between bus probes and presence refreshes; no probe
-            echo for 2 intervals -> not ready (RD-03); presence expires after 3 (PR-01).
+            echo for 2 intervals -> not ready; presence expires after 3 intervals.
         backplane_backoff_max: ``5.0`` s, the longest wait between reconnect attempts
-            (exponential from 0.1 s, with jitter). Bounds recovery time after an outage
-            (RD-02, RD-06: < 5 s after Redis is back) against reconnect storms.
+            (exponential from 0.1 s, with jitter). Trades recovery time after an outage
+            (under 5 s once Redis is back) against reconnect storms.
         backplane_queue: ``10000`` envelopes waiting to be published; over -> dropped and
-            counted. Bounds memory while the bus is slow (RD-04).
+            counted. Bounds memory while the bus is slow.
         compression: ``True``. Accept permessage-deflate (RFC 7692) when the client offers
             it (browsers always do); ``False`` serves every client uncompressed. Costs CPU
             and zlib memory per connection (below); saves bandwidth on text and JSON.
@@ -112,16 +110,16 @@ class Config:
         deflate_window_bits: ``12`` (log2 bytes: a 4 KiB LZ77 window), 9-15. Both the
             server's and the clients' max window bits. Bounds zlib memory per connection with
             context takeover: about 49 KiB at 12 (with ``deflate_mem_level=5``) against
-            about 301 KiB at 15/memLevel 8 (PD-05: 10,000 connections). Smaller windows find
-            fewer matches (a few % worse ratio on JSON). Below 15, a client whose offer lacks
-            ``client_max_window_bits`` cannot be held to the window and is served
+            about 301 KiB at 15/memLevel 8 (2.4 GiB less for 10,000 connections). Smaller
+            windows find fewer matches (a few % worse ratio on JSON). Below 15, a client whose
+            offer lacks ``client_max_window_bits`` cannot be held to the window and is served
             uncompressed (browsers, Node ``ws`` and python-websockets all offer it).
         deflate_mem_level: ``5``, 1-9. zlib memLevel of the server's compressor: hash tables
             of ``1 << (level + 9)`` bytes. Lower: less memory and CPU, slightly worse ratio.
         deflate_no_context_takeover: ``False``. ``True`` asks for
             ``server_no_context_takeover`` and ``client_no_context_takeover``: no zlib state
             kept between messages (about 0-3 KiB per connection), room broadcasts compressed
-            once for all members, no history shared across messages (§8); worse ratio.
+            once for all members, no history shared across messages (RFC 7692 §8); worse ratio.
     """
 
     host: str = "127.0.0.1"
