@@ -22,7 +22,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from . import logs
+from . import frames_tool, logs
 from .cli_client import CLIError, cmd_client
 from .config import Config, load_toml
 from .errors import ConfigError
@@ -40,11 +40,13 @@ synopsis:
   wsflask client URL [--binary] [--subprotocol P]... [--header "Name: value"]... [--linger S]
   wsflask config check FILE
   wsflask config default
+  wsflask frames [--from client|server] [--deflate] HEX [HEX ...]    (or - for stdin)
 
 run serves until SIGTERM/SIGINT, then drains (1001 to every client). --workers N pre-forks N
 processes on one port (N > 1 needs a backplane, e.g. WSFLASK_BACKPLANE=redis://...).
 client sends stdin lines and prints what it receives; it exits 1 when the server closes with
-a code other than 1000/1001. Exit codes: 0 success, 1 failure, 2 usage error.
+a code other than 1000/1001. frames decodes captured frame bytes and names the first
+RFC 6455 violation with the close code it gets. Exit codes: 0 success, 1 failure, 2 usage.
 """
 logger = logging.getLogger("wsflask.cli")
 
@@ -361,6 +363,7 @@ def build_parser() -> argparse.ArgumentParser:
     check.set_defaults(func=cmd_config_check)
     default = actions.add_parser("default", help="print every setting and its default")
     default.set_defaults(func=cmd_config_default)
+    frames_tool.add_parser(commands)
     return parser
 
 
