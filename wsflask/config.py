@@ -1,19 +1,9 @@
-"""Server settings: one frozen dataclass, every field with its default, unit and threat bounded.
+"""Server settings: one frozen dataclass, each field with its default, unit and what it bounds.
 
-What it does: holds the defaults of ARCHITECTURE.md §4, validates every value when a
-``Config`` is made (``ConfigError`` names the key, the value and the allowed range), loads
-overrides from the environment (``Config.from_env("WSFLASK")``: ``WSFLASK_MAX_CONNECTIONS=500``)
-loads TOML settings files (``load_toml()`` then ``Config.from_mapping()``; ``check_mapping()``
-lists every problem of a file at once) and derives the protocol core's ``Limits``. What it does
-not do: no I/O beyond reading ``os.environ``, the settings file it is asked to read and, for
-``connection_limit()``, the open-file limit; no precedence policy (the CLI layers file < env <
-flags on top of the application's own ``Config``).
-
-Typical use::
-
-    config = Config.from_env("WSFLASK", port=9000)   # env first, then explicit overrides
-    strict = config.replace(max_message_size=64 * 1024)
-    server = Server((config.host, config.port), resolve, strict)
+``Config`` validates every value when made (``ConfigError`` names key, value and range),
+reads ``WSFLASK_*`` variables (``from_env``) and TOML files (``load_toml``, ``from_mapping``,
+``check_mapping``), and derives the protocol core's ``Limits``. No I/O beyond the environment,
+the file it is asked to read and the open-file limit; precedence is the CLI's business.
 """
 
 from __future__ import annotations

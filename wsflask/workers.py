@@ -176,7 +176,20 @@ class _Slot:
 
 
 class _Supervisor:
-    """The parent: forks, restarts and drains the workers."""
+    """The parent: forks, restarts and drains the workers.
+
+    * A worker that dies is restarted after a backoff (``RESTART_MIN`` doubling to
+      ``RESTART_MAX``; reset once a worker lived ``HEALTHY_AFTER`` s).
+    * A worker that exits before it wrote its readiness byte failed at startup; when every
+      worker's first start failed, or one failed ``STARTUP_FAILURES`` times in a row, the
+      supervisor gives up: it drains the rest and returns 1.
+    * SIGTERM/SIGINT: close the parent's listeners, SIGTERM the workers (each drains: 1001
+      to its clients), SIGKILL what is left after ``shutdown_grace`` + ``KILL_MARGIN``.
+      Returns 0 only if no worker was down and every worker exited 0.
+
+    It stays plain Python: the original (unpatched) ``fork``, ``waitpid``, ``sleep`` and
+    ``signal``, no event loop, no server, so nothing of gevent or Redis crosses a fork.
+    """
 
     def __init__(self, app: App, workers: int, listeners: list[socket.socket]) -> None:
         self.app = app
