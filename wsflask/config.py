@@ -149,19 +149,24 @@ class Config:
         if isinstance(self.allowed_origins, str) or not all(
             isinstance(o, str) and o for o in self.allowed_origins
         ):
-            raise ConfigError(f"allowed_origins={self.allowed_origins!r} is invalid: expected "
-                              "a tuple of non-empty origin strings, e.g. ('https://app.example',)")
+            raise ConfigError(
+                f"allowed_origins={self.allowed_origins!r} is invalid: expected "
+                "a tuple of non-empty origin strings, e.g. ('https://app.example',)"
+            )
         if self.backplane is not None and not self.backplane.startswith(
             ("memory://", "redis://", "unix://")
         ):
-            raise ConfigError(f"backplane={self.backplane!r} is invalid: expected a URL like "
-                              "'redis://127.0.0.1:6379/0' or 'memory://name'")
+            raise ConfigError(
+                f"backplane={self.backplane!r} is invalid: expected a URL like "
+                "'redis://127.0.0.1:6379/0' or 'memory://name'"
+            )
         if self.keyfile and not self.certfile:
             raise ConfigError(f"keyfile={self.keyfile!r} is set without certfile: set both")
 
     @classmethod
-    def from_env(cls, prefix: str = "WSFLASK", environ: Mapping[str, str] | None = None,
-                 **overrides: Any) -> Config:
+    def from_env(
+        cls, prefix: str = "WSFLASK", environ: Mapping[str, str] | None = None, **overrides: Any
+    ) -> Config:
         """Build a Config from ``{prefix}_{FIELD}`` variables, then apply ``overrides``.
 
         Ints and floats are parsed as such, booleans from ``1/0/true/false/yes/no/on/off``,
@@ -176,8 +181,9 @@ class Config:
         return cls(**values)
 
     @classmethod
-    def env_overrides(cls, prefix: str = "WSFLASK",
-                      environ: Mapping[str, str] | None = None) -> dict[str, Any]:
+    def env_overrides(
+        cls, prefix: str = "WSFLASK", environ: Mapping[str, str] | None = None
+    ) -> dict[str, Any]:
         """The settings that ``{prefix}_{FIELD}`` variables set, parsed (only those present).
 
         Raises:
@@ -204,8 +210,7 @@ class Config:
         return (base or cls()).replace(**_from_toml_values(mapping))
 
     @classmethod
-    def check_mapping(cls, mapping: Mapping[str, Any], *,
-                      base: Config | None = None) -> list[str]:
+    def check_mapping(cls, mapping: Mapping[str, Any], *, base: Config | None = None) -> list[str]:
         """Every problem of ``mapping`` as a message naming key, value and allowed range."""
         names = {spec.name: spec for spec in dataclasses.fields(cls)}
         problems = []
@@ -235,20 +240,26 @@ class Config:
 
     def limits(self) -> Limits:
         """The protocol core's ``Limits`` for these settings (``Connection(limits=...)``)."""
-        return Limits(max_message_size=self.max_message_size,
-                      fragment_overhead=self.fragment_overhead,
-                      max_header_bytes=self.max_header_bytes, max_headers=self.max_headers)
+        return Limits(
+            max_message_size=self.max_message_size,
+            fragment_overhead=self.fragment_overhead,
+            max_header_bytes=self.max_header_bytes,
+            max_headers=self.max_headers,
+        )
 
     def deflate_settings(self) -> DeflateSettings | None:
         """permessage-deflate settings (``Connection(deflate=...)``); None when disabled."""
         if not self.compression:
             return None
         nct = self.deflate_no_context_takeover
-        return DeflateSettings(server_max_window_bits=self.deflate_window_bits,
-                               client_max_window_bits=self.deflate_window_bits,
-                               server_no_context_takeover=nct, client_no_context_takeover=nct,
-                               mem_level=self.deflate_mem_level,
-                               compress_threshold=self.compress_threshold)
+        return DeflateSettings(
+            server_max_window_bits=self.deflate_window_bits,
+            client_max_window_bits=self.deflate_window_bits,
+            server_no_context_takeover=nct,
+            client_no_context_takeover=nct,
+            mem_level=self.deflate_mem_level,
+            compress_threshold=self.compress_threshold,
+        )
 
     def connection_limit(self) -> int:
         """``max_connections``, or the open-file soft limit minus a reserve when it is None."""
@@ -272,9 +283,7 @@ def _check(spec: dataclasses.Field[Any], value: Any) -> None:
         return
     if kind.startswith("int") and (not isinstance(value, int) or isinstance(value, bool)):
         raise ConfigError(f"{name}={value!r} is invalid: expected an integer")
-    if kind.startswith("float") and (
-        not isinstance(value, int | float) or isinstance(value, bool)
-    ):
+    if kind.startswith("float") and (not isinstance(value, int | float) or isinstance(value, bool)):
         raise ConfigError(f"{name}={value!r} is invalid: expected a number of seconds")
     if kind.startswith("bool") and not isinstance(value, bool):
         raise ConfigError(f"{name}={value!r} is invalid: expected true or false")
@@ -316,8 +325,9 @@ def _parse(key: str, kind: str, raw: str) -> Any:
 
 def _from_toml_values(mapping: Mapping[str, Any]) -> dict[str, Any]:
     """TOML has arrays, not tuples: ``allowed_origins = ["https://a"]`` becomes a tuple."""
-    return {key: tuple(value) if isinstance(value, list) else value
-            for key, value in mapping.items()}
+    return {
+        key: tuple(value) if isinstance(value, list) else value for key, value in mapping.items()
+    }
 
 
 def load_toml(path: str | os.PathLike[str]) -> dict[str, Any]:
@@ -334,8 +344,10 @@ def load_toml(path: str | os.PathLike[str]) -> dict[str, Any]:
         try:
             import tomli as tomllib
         except ImportError:
-            raise ConfigError(f"cannot read {path}: TOML needs Python 3.11+ or the 'tomli' "
-                              "package on Python 3.10 (pip install tomli)") from None
+            raise ConfigError(
+                f"cannot read {path}: TOML needs Python 3.11+ or the 'tomli' "
+                "package on Python 3.10 (pip install tomli)"
+            ) from None
     try:
         with open(path, "rb") as file:
             return dict(tomllib.load(file))
