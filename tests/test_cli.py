@@ -4,9 +4,11 @@ drain, /metrics, /healthz, /readyz, access logs) and ``client``, the last two as
 from __future__ import annotations
 
 import http.client
+import io
 import json
 import logging
 import os
+import re
 import selectors
 import subprocess
 import sys
@@ -17,6 +19,7 @@ from typing import Any
 
 import gevent
 import pytest
+from conftest import WsflaskProcess
 
 import wsflask.server
 from wsflask import App, Config, connect
@@ -149,6 +152,7 @@ def test_config_default_is_valid_toml_with_every_key_documented(
         )
         assert lines[at - 1].startswith("# "), f"{name} has no comment"
     assert main(["config", "check", path]) == 0
+    assert re.findall(r"\b[A-Z]{2}-\d{2}\b", text) == []  # no internal test-battery ids
 
 
 # -- logging ------------------------------------------------------------------------------------
@@ -432,3 +436,181 @@ def test_client_reports_a_refused_handshake(
     assert "refused with HTTP 404" in err
     code, err = client_cli(f"ws://127.0.0.1:{port}/echo", "--header", "broken").finish()
     assert code == 1 and "expected 'Name: value'" in err
+
+
+KICK_APP = """
+from wsflask import App
+
+app = App()
+
+
+@app.route("/kick/<int:code>")
+def kick(ws, code):
+    ws.send("bye")
+    ws.close(code, "kicked out")
+    for _ in ws:
+        pass
+"""
+
+
+@pytest.mark.parametrize(("close", "exit_code"), [(4001, 1), (1011, 1), (1000, 0), (1001, 0)])
+def test_client_exit_code_follows_the_servers_close_code(
+    wsflask_run: Run,
+    tmp_path: Path,
+    client_cli: Callable[..., Client],
+    close: int,
+    exit_code: int,
+) -> None:
+    (tmp_path / "kick_app.py").write_text(KICK_APP)
+    proc = wsflask_run("kick_app:app", "--port", "0", env={"PYTHONPATH": str(tmp_path)})
+    client = client_cli(f"ws://127.0.0.1:{proc.wait_serving()}/kick/{close}", "--linger", "5")
+    assert client.readline() == "bye"
+    code, err = client.finish()
+    assert code == exit_code, err
+    assert f"closed by the server: {close} kicked out" in err
+
+
+def test_help_shows_the_synopsis_with_workers(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        main(["--help"])
+    assert info.value.code == 0
+    out = capsys.readouterr().out
+    assert "wsflask run module:app" in out and "--workers N" in out
+    with pytest.raises(SystemExit):
+        main(["run", "--help"])
+    assert "--workers N" in capsys.readouterr().out
+
+
+def test_run_finds_the_app_in_the_current_directory(wsflask_run: Run, tmp_path: Path) -> None:
+    """``cd examples && wsflask run chat:app``, through the console script, whose sys.path[0]
+    is its own bin directory (``python -m`` would put the current directory there itself)."""
+    script = Path(sys.executable).parent / "wsflask"
+    if not script.exists():
+        pytest.skip("the wsflask console script is not installed")
+    proc = WsflaskProcess(
+        [str(script), "run", "chat:app", "--port", "0"],
+        str(ROOT / "examples"),
+        {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"},
+        tmp_path / "chat.log",
+    )
+    try:
+        port = proc.wait_serving()
+        ws = connect(f"ws://127.0.0.1:{port}/echo", timeout=10)
+        ws.send("from examples/")
+        assert ws.receive(timeout=10) == "from examples/"
+        ws.close()
+    finally:
+        assert proc.stop() == 0, proc.log
+
+
+# -- wsflask frames: captured bytes decoded -------------------------------------------------------
+
+HELLO_MASKED = "81 85 37fa213d 7f9f4d5158"  # RFC 6455 §5.7 examples
+HELLO_FRAGMENTED = "01 03 48656c 80 02 6c6f"
+
+
+def frames(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, list[str]]:
+    code = main(["frames", *args])
+    out, err = capsys.readouterr()
+    assert "Traceback" not in out + err
+    return code, out.splitlines()
+
+
+def test_frames_decodes_the_rfc_examples(capsys: pytest.CaptureFixture[str]) -> None:
+    assert frames(capsys, HELLO_MASKED) == (
+        0,
+        [
+            "frame 1 at byte 0: FIN=1 RSV1=0 RSV2=0 RSV3=0 opcode=0x1 TEXT MASK=1 "
+            "key=37fa213d length=5",
+            "  payload (text): 'Hello'",
+        ],
+    )
+    code, lines = frames(capsys, HELLO_FRAGMENTED, "89 05 48656c6c6f", "82 7e 0100", "00" * 256)
+    assert code == 0
+    assert lines == [
+        "frame 1 at byte 0: FIN=0 RSV1=0 RSV2=0 RSV3=0 opcode=0x1 TEXT MASK=0 length=3",
+        "  payload (text): 'Hel'",
+        "frame 2 at byte 5: FIN=1 RSV1=0 RSV2=0 RSV3=0 opcode=0x0 CONT MASK=0 length=2",
+        "  payload (text): 'lo'",
+        "frame 3 at byte 9: FIN=1 RSV1=0 RSV2=0 RSV3=0 opcode=0x9 PING MASK=0 length=5",
+        "  payload (text): 'Hello'",
+        "frame 4 at byte 16: FIN=1 RSV1=0 RSV2=0 RSV3=0 opcode=0x2 BINARY MASK=0 length=256",
+        "  payload (hex): " + "00" * 64 + " ... (192 more bytes)",
+    ]
+
+
+def test_frames_close_code_reason_stdin_and_truncation(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    reason = b"bye".hex()
+    monkeypatch.setattr(sys, "stdin", io.StringIO(f"0x88 0x05\n0fa1:{reason}\n"))
+    assert frames(capsys, "-")[1][1] == "  close: code 4001 application reason 'bye'"
+    assert frames(capsys, "88 02 03e9")[1][1] == "  close: code 1001 GOING_AWAY reason ''"
+    assert frames(capsys, "88 00")[1][1] == "  close: no status code (reported as 1005)"
+    code, lines = frames(capsys, "81 7e 00c8", "61" * 200)
+    assert code == 0 and lines[1] == f"  payload (text): '{'a' * 64}' ... (136 more characters)"
+    code, lines = frames(capsys, "--deflate", "c1 03 f20400")  # RSV1 once negotiated
+    assert code == 0 and lines == [
+        "frame 1 at byte 0: FIN=1 RSV1=1 RSV2=0 RSV3=0 opcode=0x1 TEXT MASK=0 length=3",
+        "  payload (compressed, not inflated): f20400",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("frame", "violation"),
+    [
+        ("c1 00", "RSV bits set without a negotiated extension -> close 1002 PROTOCOL_ERROR"),
+        ("a2 00", "RSV bits set without a negotiated extension -> close 1002 PROTOCOL_ERROR"),
+        ("83 00", "reserved opcode 0x3 -> close 1002 PROTOCOL_ERROR"),
+        ("8b 00", "reserved opcode 0xb -> close 1002 PROTOCOL_ERROR"),
+        ("81 7e 0005 4142434445", "non-minimal 16-bit length -> close 1002 PROTOCOL_ERROR"),
+        ("82 7f 000000000000ffff", "non-minimal 64-bit length -> close 1002 PROTOCOL_ERROR"),
+        ("82 7f 8000000000000000", "64-bit length with the top bit set -> close 1002"),
+        ("09 00", "fragmented control frame -> close 1002 PROTOCOL_ERROR"),
+        ("89 7e 007e", "control frame payload over 125 bytes -> close 1002 PROTOCOL_ERROR"),
+        ("82 7f 0000000100000000", "frame of 4294967296 bytes, 1048576 left in the budget"),
+        ("88 01 03", "close frame with a 1-byte payload -> close 1002 PROTOCOL_ERROR"),
+        ("88 02 03ed", "invalid close code 1005 -> close 1002 PROTOCOL_ERROR"),
+        ("88 03 03e8ff", "close reason is not UTF-8 -> close 1007 INVALID_DATA"),
+        ("81 02 c328", "text message is not UTF-8 (byte 0) -> close 1007 INVALID_DATA"),
+        ("00 01 41", "continuation frame without a message to continue -> close 1002"),
+        ("01 01 41 01 01 42", "new data frame inside a fragmented message -> close 1002"),
+        ("81 85 37fa213d 7f9f4d5158 81 00", "unmasked client frame -> close 1002"),
+    ],
+)
+def test_frames_names_each_violation_with_its_close_code(
+    capsys: pytest.CaptureFixture[str], frame: str, violation: str
+) -> None:
+    code, lines = frames(capsys, frame)
+    assert code == 1
+    assert lines[-1].startswith(f"VIOLATION: {violation}"), lines
+    assert lines[-2].startswith("frame ") or lines[-2].startswith("  payload"), lines
+
+
+def test_frames_incomplete_and_bad_input(capsys: pytest.CaptureFixture[str]) -> None:
+    code, lines = frames(capsys, "81 05 4142")
+    assert code == 1 and lines[-1] == "INCOMPLETE: the stream ends after 2 of 5 payload bytes"
+    code, lines = frames(capsys, "81 7e 01")
+    assert code == 1 and lines == ["INCOMPLETE: the stream ends inside a frame header (3 bytes)"]
+    assert main(["frames", "81 0g"]) == 1
+    assert "wsflask: error: not hexadecimal: 'g'" in capsys.readouterr().err
+    assert main(["frames", "810"]) == 1
+    assert "odd number of hex digits (3)" in capsys.readouterr().err
+    code, lines = frames(capsys, "--from", "server", HELLO_MASKED)
+    assert code == 1 and lines[-1].startswith("VIOLATION: masked server frame -> close 1002")
+    code, lines = frames(capsys, "--max-size", "4", "01 03 414243 80 03 444546")
+    assert code == 1  # each fragment fits, the message does not
+    assert lines[-1] == "VIOLATION: message of more than 4 bytes -> close 1009 TOO_BIG"
+
+
+def test_frames_from_stdin_through_the_command(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "wsflask", "frames", "-"],
+        cwd=ROOT,
+        input=HELLO_MASKED,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines()[1] == "  payload (text): 'Hello'"

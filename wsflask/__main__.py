@@ -1,4 +1,7 @@
-"""``python -m wsflask``: the same command as the ``wsflask`` console script (``cli.main``)."""
+"""``python -m wsflask``: the same command as the ``wsflask`` console script.
+
+It only calls ``cli.main`` and exits with its code; see ``wsflask --help``.
+"""
 
 from __future__ import annotations
 

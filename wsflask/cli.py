@@ -1,22 +1,9 @@
-"""The ``wsflask`` command: serve an app, talk to a server, check and print settings.
+"""The ``wsflask`` command: ``run`` an app, ``client`` to a server, ``config`` and ``frames``.
 
-What it does::
-
-    wsflask run module:app [--host H] [--port P] [--config FILE] [--log-format text|json]
-                           [--log-level LEVEL]
-    wsflask client URL [--binary] [--subprotocol P]... [--header "Name: value"]... [--linger S]
-    wsflask config check FILE
-    wsflask config default
-
-``run`` monkey-patches, then imports the app, layers settings on top of the app's own
-``Config`` (TOML file < ``WSFLASK_*`` environment < flags: flags win), sets up logging
-(``wsflask.logs``) and serves until SIGTERM/SIGINT, which drain (1001 to every client) and
-exit 0. ``client`` (``cli_client.py``) sends stdin lines as messages and prints the messages
-it receives on stdout (status lines go to stderr). Exit codes: 0 success, 1 failure (bad
-settings, refused handshake, abnormal close), 2 usage errors.
-
-What it does not do: no pre-forked workers yet (``serve()`` is where ``--workers N`` will fork),
-no reloader, no daemonising (run it under systemd or a container runtime).
+``run`` patches, imports the app, layers settings (TOML file < ``WSFLASK_*`` < flags) and
+serves in this process or, with ``--workers N``, in pre-forked workers (``workers.py``) until
+SIGTERM/SIGINT drains. Exit codes: 0 success, 1 failure, 2 usage error (``SYNOPSIS``).
+Not done: no reloader, no daemonising (run it under systemd or a container runtime).
 """
 
 from __future__ import annotations
@@ -35,7 +22,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from . import logs
+from . import frames_tool, logs
 from .cli_client import CLIError, cmd_client
 from .config import Config, load_toml
 from .errors import ConfigError
@@ -46,6 +33,21 @@ if TYPE_CHECKING:
 __all__ = ["Settings", "collect_settings", "load_app", "main", "render_default_toml", "serve"]
 
 ENV_PREFIX = "WSFLASK"
+SYNOPSIS = """\
+synopsis:
+  wsflask run module:app [--host H] [--port P] [--workers N] [--config FILE]
+                         [--log-format text|json] [--log-level LEVEL]
+  wsflask client URL [--binary] [--subprotocol P]... [--header "Name: value"]... [--linger S]
+  wsflask config check FILE
+  wsflask config default
+  wsflask frames [--from client|server] [--deflate] HEX [HEX ...]    (or - for stdin)
+
+run serves until SIGTERM/SIGINT, then drains (1001 to every client). --workers N pre-forks N
+processes on one port (N > 1 needs a backplane, e.g. WSFLASK_BACKPLANE=redis://...).
+client sends stdin lines and prints what it receives; it exits 1 when the server closes with
+a code other than 1000/1001. frames decodes captured frame bytes and names the first
+RFC 6455 violation with the close code it gets. Exit codes: 0 success, 1 failure, 2 usage.
+"""
 logger = logging.getLogger("wsflask.cli")
 
 
@@ -192,8 +194,8 @@ def load_app(spec: str) -> App:
 def serve(app: App) -> int:
     """Serve ``app`` in this process until SIGTERM/SIGINT, then drain; return the exit code.
 
-    The one place the CLI serves. ``--workers N`` hooks in here: bind the listening socket
-    once, fork N children that each run the rest of this function on it, and supervise them.
+    Only for one process: ``--workers N`` goes to ``workers.run_workers`` instead, whose
+    children each serve through ``workers._worker``.
     """
     server = app.make_server()
     try:
@@ -303,7 +305,12 @@ def _toml_value(value: Any) -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``wsflask`` argument parser (each sub-command sets ``func``)."""
-    parser = argparse.ArgumentParser(prog="wsflask", description="wsflask command line")
+    parser = argparse.ArgumentParser(
+        prog="wsflask",
+        description="wsflask command line",
+        epilog=SYNOPSIS,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--version", action="version", version=f"wsflask {_version()}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -356,6 +363,7 @@ def build_parser() -> argparse.ArgumentParser:
     check.set_defaults(func=cmd_config_check)
     default = actions.add_parser("default", help="print every setting and its default")
     default.set_defaults(func=cmd_config_default)
+    frames_tool.add_parser(commands)
     return parser
 
 

@@ -1,15 +1,9 @@
 """``wsflask client URL``: an interactive WebSocket client for the terminal and for pipes.
 
-What it does: connects with ``wsflask.client.connect`` (``--subprotocol``, ``--header``),
-sends every stdin line as a message (text, or binary with ``--binary``) and prints every
-message it receives on stdout, one per line (binary ones as ``[binary N bytes] text-or-hex``).
-Status lines (connected, closed) go to stderr, so stdout carries only messages. On stdin EOF
-or Ctrl-C it keeps printing until the server has been quiet for ``--linger`` seconds (so
-``printf 'a\\nb\\n' | wsflask client URL`` shows the answers), closes with 1000 and exits 0;
-when the server closes first it exits 0 for 1000/1001/1005, else 1.
-
-What it does not do: no reconnection, no line editing or history (use ``rlwrap``), no
-monkey-patching: it reads stdin through gevent's cooperative file object.
+Sends stdin lines as messages and prints received messages on stdout (status lines on
+stderr). On EOF or Ctrl-C it lingers, closes with 1000 and exits 0; a close by the server
+with a code other than 1000/1001 (or a lost connection) exits 1, printing code and reason.
+Not done: no reconnection, no line editing (use ``rlwrap``), no monkey-patching.
 """
 
 from __future__ import annotations
@@ -20,11 +14,15 @@ import sys
 from typing import TYPE_CHECKING, Any
 
 from .config import Config
+from .protocol import CloseCode
 
 if TYPE_CHECKING:
     from .websocket import WebSocket
 
 __all__ = ["CLIError", "cmd_client"]
+
+#: Server close codes that end a session normally (exit 0); any other exits 1.
+NORMAL_CLOSES = (CloseCode.NORMAL, CloseCode.GOING_AWAY)
 
 
 class CLIError(Exception):
@@ -62,7 +60,8 @@ def interact(
     """Run the stdin writer and the printer until EOF, Ctrl-C or the server's close.
 
     Returns:
-        the exit code: 0 after our close or a normal close by the server, else 1.
+        the exit code: 0 after our close or a close by the server with ``NORMAL_CLOSES``,
+        else 1 (another code, no status, or the connection lost).
     """
     import signal
 
@@ -78,12 +77,12 @@ def interact(
     try:
         gevent.wait([printer, writer], count=1)
         writer.kill()
-        if not printer.ready():  # EOF or Ctrl-C: let answers arrive, close, await the echo
-            seen = -1
-            while printed[0] != seen and not printer.ready():
-                seen = printed[0]
-                printer.join(timeout=linger)
-            ws.close(1000)
+        seen = -1  # EOF or Ctrl-C: let answers arrive while the server keeps talking
+        while printed[0] != seen and not printer.ready():
+            seen = printed[0]
+            printer.join(timeout=linger)
+        if not printer.ready():  # the server is quiet: we close, and await its echo
+            ws.close(CloseCode.NORMAL)
             printer.join(timeout=close_timeout + 1.0)
             _status(f"closed: {ws.close_code}")
             return 0
@@ -91,7 +90,7 @@ def interact(
         os.set_blocking(fd, was_blocking)
     code = ws.close_code
     _status(f"closed by the server: {code} {ws.close_reason}".rstrip())
-    return 0 if code in (1000, 1001, 1005) else 1
+    return 0 if code in NORMAL_CLOSES else 1
 
 
 def _send_lines(ws: WebSocket, stdin: Any, binary: bool) -> None:

@@ -1,19 +1,9 @@
-"""Server settings: one frozen dataclass, every field with its default, unit and threat bounded.
+"""Server settings: one frozen dataclass, each field with its default, unit and what it bounds.
 
-What it does: holds the defaults of ARCHITECTURE.md §4, validates every value when a
-``Config`` is made (``ConfigError`` names the key, the value and the allowed range), loads
-overrides from the environment (``Config.from_env("WSFLASK")``: ``WSFLASK_MAX_CONNECTIONS=500``)
-loads TOML settings files (``load_toml()`` then ``Config.from_mapping()``; ``check_mapping()``
-lists every problem of a file at once) and derives the protocol core's ``Limits``. What it does
-not do: no I/O beyond reading ``os.environ``, the settings file it is asked to read and, for
-``connection_limit()``, the open-file limit; no precedence policy (the CLI layers file < env <
-flags on top of the application's own ``Config``).
-
-Typical use::
-
-    config = Config.from_env("WSFLASK", port=9000)   # env first, then explicit overrides
-    strict = config.replace(max_message_size=64 * 1024)
-    server = Server((config.host, config.port), resolve, strict)
+``Config`` validates every value when made (``ConfigError`` names key, value and range),
+reads ``WSFLASK_*`` variables (``from_env``) and TOML files (``load_toml``, ``from_mapping``,
+``check_mapping``), and derives the protocol core's ``Limits``. No I/O beyond the environment,
+the file it is asked to read and the open-file limit; precedence is the CLI's business.
 """
 
 from __future__ import annotations
@@ -62,47 +52,45 @@ class Config:
         host: ``"127.0.0.1"``. Bind address; loopback unless exposed on purpose.
         port: ``8080``. TCP port; ``0`` picks a free one (tests).
         max_connections: ``None`` = open-file soft limit minus 64. Connections served at once
-            (handshaking or open); over -> ``503``. Bounds descriptor exhaustion and memory
-            (battery CN-01, CN-02).
+            (handshaking or open); over -> ``503``. Bounds descriptor exhaustion and memory.
         max_connections_per_ip: ``0`` = off. Connections per client IP; over -> ``429``.
-            Bounds one host starving the others (CN-01).
+            Bounds one host starving the others.
         handshake_timeout: ``5.0`` s. Absolute deadline for TLS plus the whole HTTP request;
-            then the socket is closed (``408`` when a partial request came). Bounds slowloris
-            (HS-06, TL-01).
-        max_header_bytes: ``16384`` bytes. Size of the request head; over -> ``431`` (HS-05).
+            then the socket is closed (``408`` when a partial request came). Bounds slowloris.
+        max_header_bytes: ``16384`` bytes. Size of the request head; over -> ``431``.
         max_headers: ``100`` header lines; over -> ``431``. Bounds header-count floods.
         max_message_size: ``1048576`` bytes (1 MiB). Largest frame and message; over -> close
-            ``1009``. Bounds inbound memory per connection (FR-05).
+            ``1009``. Bounds inbound memory per connection.
         fragment_overhead: ``256`` bytes charged per continuation frame against
-            ``max_message_size``. Bounds floods of tiny fragments (FG-02).
-        ping_interval: ``30.0`` s between heartbeat pings. Detects dead peers (HB-01).
+            ``max_message_size``. Bounds floods of tiny fragments.
+        ping_interval: ``30.0`` s between heartbeat pings. Detects dead peers.
         pong_timeout: ``10.0`` s without any frame after a ping -> close ``1011``. Bounds
-            half-open connections (HB-01, HB-03).
+            half-open connections.
         close_timeout: ``5.0`` s to wait for the peer's Close (and for its FIN afterwards);
-            then TCP is dropped. Bounds peers that never finish closing (CL-04).
+            then TCP is dropped. Bounds peers that never finish closing.
         shutdown_grace: ``10.0`` s that ``Server.stop()`` waits after sending ``1001`` before
-            killing what is left. Bounds shutdown time (PR-03).
+            killing what is left. Bounds shutdown time.
         max_backpressure: ``1048576`` bytes queued per connection when the kernel refuses
-            more; over -> ``backpressure_policy``. Bounds memory per slow reader (BP-01).
+            more; over -> ``backpressure_policy``. Bounds memory per slow reader.
         backpressure_policy: ``"close"`` (close ``1013`` "try again later") or ``"drop"``
             (discard the message); both are counted in metrics. What a slow reader costs.
         allowed_origins: ``()`` = same-origin or absent ``Origin`` only; ``("*",)`` = any; else
             the listed origins (``"https://app.example"``). Bounds cross-site WebSocket
-            hijacking (HS-08).
+            hijacking.
         certfile: ``None``. PEM certificate chain; with it the server speaks TLS 1.2+ only.
         keyfile: ``None``. PEM private key for ``certfile`` (``None``: the key is in certfile).
         read_size: ``65536`` bytes read per wake-up. Bounds the inbound bytes taken per
-            ``recv`` (and so per-connection memory of unread messages, BP-03).
+            ``recv`` (and so per-connection memory of unread messages).
         backplane: ``None`` = rooms live in this process only. ``"redis://host:6379/0"``
             spans processes and machines (``pip install wsflask[redis]``); ``"memory://name"``
             joins Apps of one process (tests). Env: ``WSFLASK_BACKPLANE``.
         backplane_interval: ``5.0`` s between bus probes and presence refreshes; no probe
-            echo for 2 intervals -> not ready (RD-03); presence expires after 3 (PR-01).
+            echo for 2 intervals -> not ready; presence expires after 3 intervals.
         backplane_backoff_max: ``5.0`` s, the longest wait between reconnect attempts
-            (exponential from 0.1 s, with jitter). Bounds recovery time after an outage
-            (RD-02, RD-06: < 5 s after Redis is back) against reconnect storms.
+            (exponential from 0.1 s, with jitter). Trades recovery time after an outage
+            (under 5 s once Redis is back) against reconnect storms.
         backplane_queue: ``10000`` envelopes waiting to be published; over -> dropped and
-            counted. Bounds memory while the bus is slow (RD-04).
+            counted. Bounds memory while the bus is slow.
         compression: ``True``. Accept permessage-deflate (RFC 7692) when the client offers
             it (browsers always do); ``False`` serves every client uncompressed. Costs CPU
             and zlib memory per connection (below); saves bandwidth on text and JSON.
@@ -112,16 +100,16 @@ class Config:
         deflate_window_bits: ``12`` (log2 bytes: a 4 KiB LZ77 window), 9-15. Both the
             server's and the clients' max window bits. Bounds zlib memory per connection with
             context takeover: about 49 KiB at 12 (with ``deflate_mem_level=5``) against
-            about 301 KiB at 15/memLevel 8 (PD-05: 10,000 connections). Smaller windows find
-            fewer matches (a few % worse ratio on JSON). Below 15, a client whose offer lacks
-            ``client_max_window_bits`` cannot be held to the window and is served
+            about 301 KiB at 15/memLevel 8 (2.4 GiB less for 10,000 connections). Smaller
+            windows find fewer matches (a few % worse ratio on JSON). Below 15, a client whose
+            offer lacks ``client_max_window_bits`` cannot be held to the window and is served
             uncompressed (browsers, Node ``ws`` and python-websockets all offer it).
         deflate_mem_level: ``5``, 1-9. zlib memLevel of the server's compressor: hash tables
             of ``1 << (level + 9)`` bytes. Lower: less memory and CPU, slightly worse ratio.
         deflate_no_context_takeover: ``False``. ``True`` asks for
             ``server_no_context_takeover`` and ``client_no_context_takeover``: no zlib state
             kept between messages (about 0-3 KiB per connection), room broadcasts compressed
-            once for all members, no history shared across messages (§8); worse ratio.
+            once for all members, no history shared across messages (RFC 7692 §8); worse ratio.
     """
 
     host: str = "127.0.0.1"
@@ -161,19 +149,24 @@ class Config:
         if isinstance(self.allowed_origins, str) or not all(
             isinstance(o, str) and o for o in self.allowed_origins
         ):
-            raise ConfigError(f"allowed_origins={self.allowed_origins!r} is invalid: expected "
-                              "a tuple of non-empty origin strings, e.g. ('https://app.example',)")
+            raise ConfigError(
+                f"allowed_origins={self.allowed_origins!r} is invalid: expected "
+                "a tuple of non-empty origin strings, e.g. ('https://app.example',)"
+            )
         if self.backplane is not None and not self.backplane.startswith(
             ("memory://", "redis://", "unix://")
         ):
-            raise ConfigError(f"backplane={self.backplane!r} is invalid: expected a URL like "
-                              "'redis://127.0.0.1:6379/0' or 'memory://name'")
+            raise ConfigError(
+                f"backplane={self.backplane!r} is invalid: expected a URL like "
+                "'redis://127.0.0.1:6379/0' or 'memory://name'"
+            )
         if self.keyfile and not self.certfile:
             raise ConfigError(f"keyfile={self.keyfile!r} is set without certfile: set both")
 
     @classmethod
-    def from_env(cls, prefix: str = "WSFLASK", environ: Mapping[str, str] | None = None,
-                 **overrides: Any) -> Config:
+    def from_env(
+        cls, prefix: str = "WSFLASK", environ: Mapping[str, str] | None = None, **overrides: Any
+    ) -> Config:
         """Build a Config from ``{prefix}_{FIELD}`` variables, then apply ``overrides``.
 
         Ints and floats are parsed as such, booleans from ``1/0/true/false/yes/no/on/off``,
@@ -188,8 +181,9 @@ class Config:
         return cls(**values)
 
     @classmethod
-    def env_overrides(cls, prefix: str = "WSFLASK",
-                      environ: Mapping[str, str] | None = None) -> dict[str, Any]:
+    def env_overrides(
+        cls, prefix: str = "WSFLASK", environ: Mapping[str, str] | None = None
+    ) -> dict[str, Any]:
         """The settings that ``{prefix}_{FIELD}`` variables set, parsed (only those present).
 
         Raises:
@@ -216,8 +210,7 @@ class Config:
         return (base or cls()).replace(**_from_toml_values(mapping))
 
     @classmethod
-    def check_mapping(cls, mapping: Mapping[str, Any], *,
-                      base: Config | None = None) -> list[str]:
+    def check_mapping(cls, mapping: Mapping[str, Any], *, base: Config | None = None) -> list[str]:
         """Every problem of ``mapping`` as a message naming key, value and allowed range."""
         names = {spec.name: spec for spec in dataclasses.fields(cls)}
         problems = []
@@ -247,20 +240,26 @@ class Config:
 
     def limits(self) -> Limits:
         """The protocol core's ``Limits`` for these settings (``Connection(limits=...)``)."""
-        return Limits(max_message_size=self.max_message_size,
-                      fragment_overhead=self.fragment_overhead,
-                      max_header_bytes=self.max_header_bytes, max_headers=self.max_headers)
+        return Limits(
+            max_message_size=self.max_message_size,
+            fragment_overhead=self.fragment_overhead,
+            max_header_bytes=self.max_header_bytes,
+            max_headers=self.max_headers,
+        )
 
     def deflate_settings(self) -> DeflateSettings | None:
         """permessage-deflate settings (``Connection(deflate=...)``); None when disabled."""
         if not self.compression:
             return None
         nct = self.deflate_no_context_takeover
-        return DeflateSettings(server_max_window_bits=self.deflate_window_bits,
-                               client_max_window_bits=self.deflate_window_bits,
-                               server_no_context_takeover=nct, client_no_context_takeover=nct,
-                               mem_level=self.deflate_mem_level,
-                               compress_threshold=self.compress_threshold)
+        return DeflateSettings(
+            server_max_window_bits=self.deflate_window_bits,
+            client_max_window_bits=self.deflate_window_bits,
+            server_no_context_takeover=nct,
+            client_no_context_takeover=nct,
+            mem_level=self.deflate_mem_level,
+            compress_threshold=self.compress_threshold,
+        )
 
     def connection_limit(self) -> int:
         """``max_connections``, or the open-file soft limit minus a reserve when it is None."""
@@ -284,9 +283,7 @@ def _check(spec: dataclasses.Field[Any], value: Any) -> None:
         return
     if kind.startswith("int") and (not isinstance(value, int) or isinstance(value, bool)):
         raise ConfigError(f"{name}={value!r} is invalid: expected an integer")
-    if kind.startswith("float") and (
-        not isinstance(value, int | float) or isinstance(value, bool)
-    ):
+    if kind.startswith("float") and (not isinstance(value, int | float) or isinstance(value, bool)):
         raise ConfigError(f"{name}={value!r} is invalid: expected a number of seconds")
     if kind.startswith("bool") and not isinstance(value, bool):
         raise ConfigError(f"{name}={value!r} is invalid: expected true or false")
@@ -328,8 +325,9 @@ def _parse(key: str, kind: str, raw: str) -> Any:
 
 def _from_toml_values(mapping: Mapping[str, Any]) -> dict[str, Any]:
     """TOML has arrays, not tuples: ``allowed_origins = ["https://a"]`` becomes a tuple."""
-    return {key: tuple(value) if isinstance(value, list) else value
-            for key, value in mapping.items()}
+    return {
+        key: tuple(value) if isinstance(value, list) else value for key, value in mapping.items()
+    }
 
 
 def load_toml(path: str | os.PathLike[str]) -> dict[str, Any]:
@@ -346,8 +344,10 @@ def load_toml(path: str | os.PathLike[str]) -> dict[str, Any]:
         try:
             import tomli as tomllib
         except ImportError:
-            raise ConfigError(f"cannot read {path}: TOML needs Python 3.11+ or the 'tomli' "
-                              "package on Python 3.10 (pip install tomli)") from None
+            raise ConfigError(
+                f"cannot read {path}: TOML needs Python 3.11+ or the 'tomli' "
+                "package on Python 3.10 (pip install tomli)"
+            ) from None
     try:
         with open(path, "rb") as file:
             return dict(tomllib.load(file))

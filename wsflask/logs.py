@@ -1,14 +1,9 @@
 """Logging setup for the CLI: readable text by default, or one JSON object per line.
 
-What it does: ``setup(fmt, level)`` installs one handler on the root logger with
-``TextFormatter`` or ``JSONFormatter``. Both render the structured fields a record carries in
-``extra=`` (the access log's ``id``, ``peer``, ``route``, ``duration``, ``close_code``): text as
-``key=value`` pairs after the message, JSON as keys of the object.
-
-What it does not do: the library never calls ``setup()`` (an application that embeds wsflask
-configures logging its own way; without configuration nothing below WARNING is emitted and the
-access log costs one ``isEnabledFor`` check per connection). It defines no log lines itself:
-the server writes the access lines to the ``wsflask.access`` logger (``ACCESS_LOGGER``).
+``setup(fmt, level)`` installs one root handler with ``TextFormatter`` or ``JSONFormatter``;
+both render the fields a record carries in ``extra=`` (the access log's id, peer, route...).
+The library itself never calls ``setup()`` and defines no log lines here: the server writes
+the access lines to ``ACCESS_LOGGER``; unconfigured, they cost one level check.
 """
 
 from __future__ import annotations

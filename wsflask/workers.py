@@ -1,25 +1,9 @@
-"""Pre-forked workers: ``wsflask run module:app --workers N`` on one port.
+"""Pre-forked workers: ``wsflask run module:app --workers N`` serves one port from N processes.
 
-What it does: ``run_workers(app, n)`` binds the port in the parent, one SO_REUSEPORT socket
-per worker (the kernel spreads new connections over them; one shared socket where
-SO_REUSEPORT is missing), forks ``n`` children that inherit their socket and
-serve the app with its full server (each child joins the backplane with its own node id, so
-rooms span the workers), then supervises them:
-
-* a worker that dies is restarted after a backoff (0.1 s doubling to 10 s; reset once a
-  worker has lived 30 s), so a crash loop does not spin;
-* SIGTERM or SIGINT: the parent closes its copies of the listeners, forwards SIGTERM (each
-  worker drains: 1001 to its clients, ARCHITECTURE.md §4), waits ``shutdown_grace`` plus a
-  margin, SIGKILLs what is left, and returns 0 only when every worker exited 0;
-* ``check_workers()`` refuses ``n > 1`` without a cross-process backplane: each worker would
-  hold its own rooms, and a message sent in a room would reach only the members connected
-  to the same worker.
-
-The parent stays plain Python: it uses the original (unpatched) ``fork``, ``waitpid``,
-``sleep`` and ``signal``, runs no event loop, and never builds a server, so no hub, socket or
-Redis connection is shared across ``fork``. Children call ``gevent.reinit()``.
-
-What it does not do: no hot reload, no dynamic worker count, no Windows (no ``fork``).
+The parent validates what it can (TLS files, the bind), binds one SO_REUSEPORT socket per
+worker, forks, restarts crashed workers with a backoff, gives up (exit 1) when workers keep
+failing at startup, and drains on SIGTERM/SIGINT. It runs no event loop and builds no server.
+Not done: hot reload, a dynamic worker count, Windows (no ``fork``).
 """
 
 from __future__ import annotations
@@ -30,6 +14,7 @@ import os
 import signal
 import socket
 from collections.abc import Callable
+from dataclasses import dataclass
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
@@ -46,11 +31,14 @@ RESTART_MIN = 0.1
 RESTART_MAX = 10.0
 #: A worker that lived this long resets its restart backoff.
 HEALTHY_AFTER = 30.0
+#: A slot whose worker exits before it is serving this many times in a row: give up.
+STARTUP_FAILURES = 5
 #: Seconds added to ``shutdown_grace`` before the parent SIGKILLs a draining worker.
 KILL_MARGIN = 3.0
 POLL = 0.05
 BACKLOG = 2048
 _STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT}
+_READY = b"\x01"
 
 
 def _original(module: str, name: str) -> Any:
@@ -130,6 +118,9 @@ def run_workers(
 ) -> int:
     """Serve ``app`` with ``workers`` pre-forked processes until SIGTERM/SIGINT; exit code.
 
+    Returns 0 when every worker drained cleanly, 1 when a worker was down or failed, or when
+    the supervisor gave up because workers kept failing at startup.
+
     Args:
         app: the application (not served yet in this process).
         workers: how many processes (``check_workers`` rules apply).
@@ -137,9 +128,11 @@ def run_workers(
         on_listen: called with the bound address before the first fork (default: a log line).
 
     Raises:
-        ConfigError: see ``check_workers``. OSError: the address cannot be bound.
+        ConfigError: see ``check_workers``; the TLS files cannot be loaded.
+        OSError: the address cannot be bound.
     """
     check_workers(app, workers)
+    check_startup(app)
     listeners = bind_group(
         host or app.config.host, app.config.port if port is None else port, workers
     )
@@ -155,18 +148,58 @@ def run_workers(
     return _Supervisor(app, workers, listeners).run()
 
 
+def check_startup(app: App) -> None:
+    """Fail in the parent, before any fork, on what would make every worker fail at startup.
+
+    Raises:
+        ConfigError: ``certfile``/``keyfile`` cannot be loaded (missing, or not a pair).
+    """
+    from .server import _make_ssl_context  # the context each worker's Server builds
+
+    _make_ssl_context(app.config)
+
+
+@dataclass
+class _Slot:
+    """One worker position: its current process and its failure history."""
+
+    pid: int | None = None
+    last_pid: int = 0
+    started: float = 0.0
+    due: float = 0.0
+    #: consecutive exits (restart backoff); consecutive exits before serving (giving up)
+    failures: int = 0
+    startup_failures: int = 0
+    #: read end of the pipe the worker writes one byte to once it is serving
+    ready_fd: int | None = None
+    ready: bool = False
+
+
 class _Supervisor:
-    """The parent: forks, restarts and drains the workers."""
+    """The parent: forks, restarts and drains the workers.
+
+    * A worker that dies is restarted after a backoff (``RESTART_MIN`` doubling to
+      ``RESTART_MAX``; reset once a worker lived ``HEALTHY_AFTER`` s).
+    * A worker that exits before it wrote its readiness byte failed at startup; when every
+      worker's first start failed, or one failed ``STARTUP_FAILURES`` times in a row, the
+      supervisor gives up: it drains the rest and returns 1.
+    * SIGTERM/SIGINT: close the parent's listeners, SIGTERM the workers (each drains: 1001
+      to its clients), SIGKILL what is left after ``shutdown_grace`` + ``KILL_MARGIN``.
+      Returns 0 only if no worker was down and every worker exited 0.
+
+    It stays plain Python: the original (unpatched) ``fork``, ``waitpid``, ``sleep`` and
+    ``signal``, no event loop, no server, so nothing of gevent or Redis crosses a fork.
+    """
 
     def __init__(self, app: App, workers: int, listeners: list[socket.socket]) -> None:
         self.app = app
         #: worker i serves listeners[i] (the same socket for all without SO_REUSEPORT)
         self.listeners: list[socket.socket] = listeners
-        self.slots: list[dict[str, Any]] = [
-            {"pid": None, "started": 0.0, "failures": 0, "due": 0.0} for _ in range(workers)
-        ]
+        self.slots = [_Slot() for _ in range(workers)]
         self.stopping = False
-        self.statuses: list[int] = []
+        #: why the supervisor gave up (workers kept failing at startup), else None
+        self.gave_up: str | None = None
+        self.ever_ready = False
         self._monotonic: Callable[[], float] = _original("time", "monotonic")
         self._sleep: Callable[[float], None] = _original("time", "sleep")
         self._waitpid: Callable[[int, int], tuple[int, int]] = _original("os", "waitpid")
@@ -177,7 +210,7 @@ class _Supervisor:
             sig: set_signal(sig, self._on_signal) for sig in (signal.SIGTERM, signal.SIGINT)
         }
         try:
-            while not self.stopping:
+            while not self.stopping and self.gave_up is None:
                 self._spawn_due()
                 self._reap()
                 self._sleep(POLL)
@@ -192,85 +225,150 @@ class _Supervisor:
     def _spawn_due(self) -> None:
         now = self._monotonic()
         for index, slot in enumerate(self.slots):
-            if slot["pid"] is None and now >= slot["due"] and not self.stopping:
-                slot["pid"], slot["started"] = self._fork(index), now
+            if slot.pid is None and now >= slot.due and not self.stopping:
+                self._fork(index, slot)
+                slot.started = now
 
-    def _fork(self, index: int) -> int:
+    def _fork(self, index: int, slot: _Slot) -> None:
         from gevent.os import fork_gevent
 
+        read_end, write_end = os.pipe()
+        os.set_blocking(read_end, False)
         # SIGTERM/SIGINT stay blocked across fork: a signal sent to a child before it set its
         # own handlers stays pending for them (never the copy of the parent's handler)
         signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
         try:
             pid: int = fork_gevent()  # the original fork; gevent.reinit() in the child
             if pid == 0:
-                _worker(self.app, self.listeners[index], index)  # never returns
+                os.close(read_end)
+                _close_inherited(self._descriptors(), keep=self.listeners[index])
+                _worker(self.app, self.listeners[index], index, write_end)  # never returns
         finally:
             signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
+        os.close(write_end)
+        slot.pid, slot.ready_fd, slot.ready = pid, read_end, False
         logger.info("worker %d started (pid %d)", index, pid)
-        return pid
+
+    def _descriptors(self) -> list[int]:
+        """The descriptors a new child inherits from this process and must close."""
+        fds = {sock.fileno() for sock in self.listeners}
+        fds.update(slot.ready_fd for slot in self.slots if slot.ready_fd is not None)
+        return sorted(fds)
 
     def _reap(self) -> None:
         for index, slot in enumerate(self.slots):
+            self._check_ready(slot)
             status = self._poll(slot)
-            if status is None:
+            if status is None or self.stopping:
                 continue
-            if self.stopping:
-                continue
-            lived = self._monotonic() - slot["started"]
-            slot["failures"] = 1 if lived >= HEALTHY_AFTER else slot["failures"] + 1
-            delay = min(RESTART_MAX, RESTART_MIN * 2 ** (slot["failures"] - 1))
-            slot["due"] = self._monotonic() + delay
+            lived = self._monotonic() - slot.started
+            slot.failures = 1 if lived >= HEALTHY_AFTER else slot.failures + 1
+            delay = min(RESTART_MAX, RESTART_MIN * 2 ** (slot.failures - 1))
+            slot.due = self._monotonic() + delay
+            if not slot.ready:
+                slot.startup_failures += 1
+                self._check_give_up(index, slot)
             logger.error(
-                "worker %d (pid %d) exited with %s after %.1f s; restarting in %.1f s",
+                "worker %d (pid %d) exited with %s after %.1f s%s; %s",
                 index,
-                slot["last_pid"],
+                slot.last_pid,
                 _describe(status),
                 lived,
-                delay,
+                "" if slot.ready else " before serving",
+                f"restarting in {delay:.1f} s" if self.gave_up is None else "not restarted",
             )
+        if self.gave_up is not None:
+            logger.error("%s: giving up (see the worker errors above)", self.gave_up)
 
-    def _poll(self, slot: dict[str, Any]) -> int | None:
+    def _check_give_up(self, index: int, slot: _Slot) -> None:
+        """Stop restarting when workers cannot start: the cause will not go away by itself."""
+        if slot.startup_failures >= STARTUP_FAILURES:
+            self.gave_up = (
+                f"worker {index} failed at startup {slot.startup_failures} times in a row"
+            )
+        elif not self.ever_ready and all(s.startup_failures for s in self.slots):
+            self.gave_up = "every worker failed at startup"
+
+    def _check_ready(self, slot: _Slot) -> None:
+        """Read the worker's readiness byte, if any; close the pipe once it is known."""
+        if slot.ready_fd is None:
+            return
+        try:
+            data = os.read(slot.ready_fd, 1)
+        except BlockingIOError:  # still starting
+            return
+        if data == _READY:
+            slot.ready, slot.startup_failures = True, 0
+            self.ever_ready = True
+        os.close(slot.ready_fd)  # the byte, or EOF: the worker exited before serving
+        slot.ready_fd = None
+
+    def _poll(self, slot: _Slot) -> int | None:
         """Reap ``slot``'s worker if it exited; return its wait status, else None."""
-        pid = slot["pid"]
-        if pid is None:
+        if slot.pid is None:
             return None
         try:
-            done, status = self._waitpid(pid, os.WNOHANG)
+            done, status = self._waitpid(slot.pid, os.WNOHANG)
         except ChildProcessError:  # reaped elsewhere: status unknown, count it as a failure
-            done, status = pid, 1 << 8
+            done, status = slot.pid, 1 << 8
         if done == 0:
             return None
-        slot["pid"], slot["last_pid"] = None, pid
-        self.statuses.append(status)
+        self._check_ready(slot)  # it may have become ready just before it exited
+        if slot.ready_fd is not None:
+            os.close(slot.ready_fd)
+            slot.ready_fd = None
+        slot.last_pid, slot.pid = done, None
         return status
 
     def _drain(self) -> int:
         for sock in set(self.listeners):
             sock.close()  # the workers hold their own copies until they stop
         self.listeners = []
-        self.statuses = []
-        live = [slot for slot in self.slots if slot["pid"] is not None]
+        down = [f"worker {i} was down" for i, s in enumerate(self.slots) if s.pid is None]
+        problems = [self.gave_up] if self.gave_up else down
+        live = [(i, slot) for i, slot in enumerate(self.slots) if slot.pid is not None]
         logger.info("draining %d workers", len(live))
-        for slot in live:
-            _kill(slot["pid"], signal.SIGTERM)
+        for _, slot in live:
+            _kill(slot.pid, signal.SIGTERM)
+        problems += self._await_exits(live)
+        if problems:
+            logger.error("all workers stopped (with errors: %s)", "; ".join(problems))
+            return 1
+        logger.info("all workers stopped (clean)")
+        return 0
+
+    def _await_exits(self, live: list[tuple[int, _Slot]]) -> list[str]:
+        """Wait for the drained workers (SIGKILL after the grace); their failures."""
+        problems = []
         deadline = self._monotonic() + self.app.config.shutdown_grace + KILL_MARGIN
-        while any(slot["pid"] is not None for slot in live):
+        while any(slot.pid is not None for _, slot in live):
             if self._monotonic() >= deadline:
-                for slot in live:
-                    if slot["pid"] is not None:
-                        logger.error("worker pid %d did not drain in time: SIGKILL", slot["pid"])
-                        _kill(slot["pid"], signal.SIGKILL)
+                for _, slot in live:
+                    if slot.pid is not None:
+                        logger.error("worker pid %d did not drain in time: SIGKILL", slot.pid)
+                        _kill(slot.pid, signal.SIGKILL)
                 deadline = float("inf")
-            for slot in live:
-                self._poll(slot)
+            for index, slot in live:
+                status = self._poll(slot)
+                if status is not None and os.waitstatus_to_exitcode(status) != 0:
+                    problems.append(f"worker {index} exited with {_describe(status)}")
             self._sleep(POLL)
-        clean = all(os.waitstatus_to_exitcode(status) == 0 for status in self.statuses)
-        logger.info("all workers stopped (%s)", "clean" if clean else "with errors")
-        return 0 if clean else 1
+        return problems
 
 
-def _worker(app: App, listener: socket.socket, index: int) -> None:
+def _close_inherited(fds: list[int], keep: socket.socket) -> None:
+    """In a new child: close the other workers' listeners and the parent's pipes.
+
+    A listener left open in a worker that never accepts on it keeps it listening after its
+    own worker closed it in a drain: the kernel would queue connections there unanswered.
+    """
+    for fd in fds:
+        if fd != keep.fileno():
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+
+def _worker(app: App, listener: socket.socket, index: int, ready_fd: int) -> None:
     """A child: serve on the inherited listener until SIGTERM, then ``os._exit``."""
     code = 1
     early: list[int] = []
@@ -287,6 +385,9 @@ def _worker(app: App, listener: socket.socket, index: int) -> None:
         server = app.make_server(listener=sock)
         server.start()
         server.install_signal_handlers()
+        with contextlib.suppress(OSError):  # the parent is gone: it will not ask
+            os.write(ready_fd, _READY)
+        os.close(ready_fd)
         if early:  # asked to stop while starting: drain at once
             gevent.spawn(server.stop)
         server.serve_forever()
@@ -298,9 +399,10 @@ def _worker(app: App, listener: socket.socket, index: int) -> None:
         os._exit(code)
 
 
-def _kill(pid: int, sig: int) -> None:
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, sig)
+def _kill(pid: int | None, sig: int) -> None:
+    if pid is not None:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, sig)
 
 
 def _describe(status: int) -> str:
