@@ -26,7 +26,6 @@ call after a drop, no clock synchronisation between hosts for fan-out latency.
 from __future__ import annotations
 
 import itertools
-import json
 import re
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -39,6 +38,7 @@ from locust import User
 from locust.env import Environment
 
 from .client import connect
+from .envelopes import decode, encode
 from .errors import ConnectionClosed
 from .websocket import WebSocket
 
@@ -151,7 +151,7 @@ class WebSocketClient:
 
     def emit(self, event: str, data: Any = None, name: str | None = None) -> None:
         """Send the envelope ``{"event", "data"}`` (no ack expected), timed as a send."""
-        self.send(_encode(event, data, None), name or event)
+        self.send(encode(event, data, None), name or event)
 
     def request(
         self, event: str, data: Any = None, *, name: str | None = None, timeout: float | None = None
@@ -165,7 +165,7 @@ class WebSocketClient:
         msg_id = next(self._ids)
         waiter: AsyncResult = AsyncResult()
         self._pending[msg_id] = waiter
-        text = _encode(event, data, msg_id)
+        text = encode(event, data, msg_id)
         started = time.perf_counter()
         exception: Exception | None = None
         answer: Any = None
@@ -328,19 +328,8 @@ class WebSocketUser(User):
         self.client.close()
 
 
-def _encode(event: str, data: Any, msg_id: int | None) -> str:
-    body: dict[str, Any] = {"event": event, "data": data}
-    if msg_id is not None:
-        body["id"] = msg_id
-    return json.dumps(body, separators=(",", ":"))
-
-
 def _decode(message: str | bytes) -> dict[str, Any] | None:
     """The JSON envelope in ``message``, or None for anything else (cheap check first)."""
     if not isinstance(message, str) or not message.startswith(_ENVELOPE_START):
         return None
-    try:
-        value = json.loads(message)
-    except ValueError:
-        return None
-    return value if isinstance(value, dict) else None
+    return decode(message)

@@ -1,0 +1,170 @@
+"""Running a route: the handler the server calls in each connection's greenlet.
+
+A straight-line route calls ``handler(ws, **params)``; an event route runs connect handlers,
+then message handlers (or JSON event envelopes, acked or answered with an error envelope),
+then disconnect handlers once. Registration is ``routing.py``'s job, the wire format of
+envelopes ``envelopes.py``'s; no socket I/O beyond ``ws.send``/``ws.close``.
+"""
+
+from __future__ import annotations
+
+import json as jsonlib
+from collections.abc import Callable
+from functools import partial
+from typing import TYPE_CHECKING, Any
+
+from .envelopes import encode
+from .errors import ConnectionClosed, Reject
+from .protocol import CloseCode
+from .routing import LIFECYCLE, Route
+
+if TYPE_CHECKING:
+    from .rooms import Rooms
+    from .websocket import WebSocket
+
+__all__ = ["Dispatcher"]
+
+#: ``on_error(ws, exc)``: the app's error handlers (or its log)
+ErrorHook = Callable[["WebSocket", Exception], None]
+
+
+class Dispatcher:
+    """Runs the connections of one app's routes.
+
+    Args:
+        rooms: the app's rooms; every connection is tracked before its handlers run.
+        on_error: called with each handler exception (``App.handle_exception``).
+
+    ``handler(route)`` is what ``App.resolve`` puts in the ``Upgrade``.
+    """
+
+    def __init__(self, rooms: Rooms, on_error: ErrorHook) -> None:
+        self.rooms = rooms
+        self.on_error = on_error
+        self._handlers: dict[Route, Callable[[WebSocket], None]] = {}
+
+    def handler(self, route: Route) -> Callable[[WebSocket], None]:
+        """The ``handler(ws)`` that serves ``route`` (made once per route)."""
+        found = self._handlers.get(route)
+        if found is None:
+            found = self._handlers[route] = partial(self.serve, route)
+        return found
+
+    def serve(self, route: Route, ws: WebSocket) -> None:
+        """Run ``route`` on ``ws``; a handler exception goes to ``on_error``, then 1011."""
+        params = ws.path_params
+        self.rooms.track(ws)  # before disconnect callbacks: rooms are left first (§4)
+        try:
+            if route.handler is not None:
+                if params:
+                    route.handler(ws, **params)
+                else:  # no ``**``: a plain call keeps the idle greenlet's C stack shallower
+                    route.handler(ws)
+            else:
+                self._run_events(route, ws, params)
+        except ConnectionClosed:
+            pass  # the peer went away while the handler was sending: not an error
+        except Exception as exc:
+            self.on_error(ws, exc)
+            ws.close(CloseCode.INTERNAL_ERROR, "")  # no detail leaks to the peer
+
+    def _run_events(self, route: Route, ws: WebSocket, params: dict[str, Any]) -> None:
+        if not ws.is_open:
+            return  # closed before we started: no connect, so no disconnect either
+        disconnect = _Disconnect(route.handlers.get("disconnect", ()), params, self.on_error)
+        if disconnect.handlers:  # registered after rooms.track(): runs after it
+            ws.add_close_callback(disconnect)
+        if not _connected(route, ws, params):
+            disconnect.refused = True
+            ws.close(CloseCode.POLICY, "connection refused")
+            return
+        on_message = route.handlers.get("message")
+        if route.json:
+            for message in ws:
+                dispatch_envelope(ws, message, route.handlers, params)
+        elif on_message:
+            handler = on_message[0]
+            for message in ws:
+                if params:
+                    handler(ws, message, **params)
+                else:
+                    handler(ws, message)
+        else:
+            for _ in ws:  # no message handler: read (and discard) until the close
+                pass
+
+
+def _connected(route: Route, ws: WebSocket, params: dict[str, Any]) -> bool:
+    """Run connect handlers; False when one returns False or raises ``Reject``."""
+    try:
+        for handler in route.handlers.get("connect", ()):
+            if handler(ws, **params) is False:
+                return False
+    except Reject:
+        return False
+    return True
+
+
+class _Disconnect:
+    """The close callback that runs a route's disconnect handlers, unless connect refused."""
+
+    __slots__ = ("handlers", "on_error", "params", "refused")
+
+    def __init__(self, handlers: Any, params: dict[str, Any], on_error: ErrorHook) -> None:
+        self.handlers: tuple[Callable[..., Any], ...] = tuple(handlers)
+        self.params = params
+        self.on_error = on_error
+        #: set when a connect handler refused: the connection never opened for the app
+        self.refused = False
+
+    def __call__(self, ws: WebSocket) -> None:
+        if self.refused:
+            return
+        for handler in self.handlers:
+            try:
+                handler(ws, **self.params)
+            except ConnectionClosed:
+                pass  # sending from a disconnect handler: the socket is already closed
+            except Exception as exc:
+                self.on_error(ws, exc)
+
+
+def dispatch_envelope(
+    ws: WebSocket,
+    message: str | bytes,
+    handlers: dict[str, list[Callable[..., Any]]],
+    params: dict[str, Any],
+) -> None:
+    """Decode one envelope, call its handler, send the ack or an error envelope.
+
+    Handler exceptions propagate to the caller; read the next message after this returns.
+    """
+    if isinstance(message, bytes):
+        ws.close(CloseCode.UNSUPPORTED, "binary messages are not accepted on this route")
+        return
+    try:
+        decoded = jsonlib.loads(message)
+    except ValueError:
+        ws.send(encode("error", {"message": "malformed JSON"}))
+        return
+    event = decoded.get("event") if isinstance(decoded, dict) else None
+    if not isinstance(event, str) or event in LIFECYCLE:
+        ws.send(
+            encode(
+                "error",
+                {"message": 'expected {"event": name, "data": ...}'},
+                decoded.get("id") if isinstance(decoded, dict) else None,
+            )
+        )
+        return
+    data, msg_id = decoded.get("data"), decoded.get("id")
+    found = handlers.get(event)
+    if found:
+        result = found[0](ws, data, **params)
+    elif "*" in handlers:
+        result = handlers["*"][0](ws, event, data, **params)
+    else:
+        ws.send(encode("error", {"message": f"unknown event {event!r}"}, msg_id))
+        return
+    if msg_id is not None:
+        ws.send(encode("ack", result, msg_id))
