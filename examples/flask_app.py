@@ -156,7 +156,7 @@ def joined(ws: WebSocket) -> None:
 def said(ws: WebSocket, text: str | bytes) -> None:
     if isinstance(text, str) and text.strip():
         message = {"user": ws.session["user"], "text": text.strip()[:2000]}
-        ws_app.emit(json.dumps(message), to=ROOM)
+        ws_app.send(json.dumps(message), to=ROOM)
 
 
 flask_app.wsgi_app = ws_app.wsgi_middleware(flask_app.wsgi_app)  # type: ignore[method-assign]

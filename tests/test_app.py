@@ -159,7 +159,8 @@ def test_setup_error_after_the_test_client_started(app_factory: Any) -> None:
             app.route("/late")
 
 
-def test_emit_envelopes_raw_data_and_skip(app_factory: Any) -> None:
+def test_emit_always_sends_an_envelope_and_send_always_sends_raw_data(
+        app_factory: Any) -> None:
     app = app_factory()
     by_id: dict[str, Any] = {}
 
@@ -176,11 +177,13 @@ def test_emit_envelopes_raw_data_and_skip(app_factory: Any) -> None:
         result = app.emit("news", {"n": 1}, to="lobby", skip=by_id[a_id])
         assert (result.sent, result.dropped, result.skipped) == (1, 0, 1)
         assert client.receive(b) == '{"event":"news","data":{"n":1}}'
-        result = app.emit(b"\x00", to=["lobby", a_id])  # a is in both: delivered once
+        result = app.send(b"\x00", to=["lobby", a_id])  # a is in both: delivered once
         assert result.sent == 2
-        app.emit("direct", to=a_id)  # the personal room
+        app.emit("direct", to=a_id)  # the personal room; an event even without data
+        app.send("raw", to=a_id)
         assert client.receive(a) == b"\x00"
-        assert client.receive(a) == "direct"
+        assert client.receive(a) == '{"event":"direct","data":null}'
+        assert client.receive(a) == "raw"
         assert client.receive(b) == b"\x00"
         with pytest.raises(TimeoutError):
             client.receive(b, timeout=0.2)

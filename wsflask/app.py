@@ -37,7 +37,6 @@ __all__ = ["App", "Route"]
 logger = logging.getLogger("wsflask.app")
 
 F = TypeVar("F", bound=Callable[..., Any])
-_MISSING: Any = object()
 
 
 class App:
@@ -267,16 +266,18 @@ class App:
         except Exception:
             logger.exception("error handler %r failed", handler)
 
-    def emit(self, event_or_data: Any, data: Any = _MISSING, *,
-             to: str | Iterable[str] | None = None,
+    def emit(self, event: str, data: Any = None, *, to: str | Iterable[str] | None = None,
              skip: WebSocket | Iterable[WebSocket] | None = None) -> BroadcastResult:
-        """Send to room(s) ``to`` (``None``: every connection), skipping ``skip``.
+        """Send the event envelope ``{"event": event, "data": data}`` to room(s) ``to``.
 
-        ``emit("news", {"x": 1}, to="lobby")`` sends the envelope ``{"event": "news", "data":
-        {...}}``; ``emit("raw text", to="lobby")`` sends the text (or bytes) as is.
+        ``to=None`` reaches every connection; ``skip`` leaves out connections (or their ids).
         """
-        message = event_or_data if data is _MISSING else encode(event_or_data, data)
-        return self.rooms.broadcast(to, message, exclude=skip)
+        return self.rooms.broadcast(to, encode(event, data), exclude=skip)
+
+    def send(self, data: str | bytes, *, to: str | Iterable[str] | None = None,
+             skip: WebSocket | Iterable[WebSocket] | None = None) -> BroadcastResult:
+        """Send ``data`` as is (text or binary message) to room(s) ``to``; see ``emit``."""
+        return self.rooms.broadcast(to, data, exclude=skip)
 
     def make_server(self, host: str | None = None, port: int | None = None, *,
                     listener: Any = None) -> Server:
