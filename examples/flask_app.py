@@ -40,8 +40,7 @@ from flask.sessions import SecureCookieSessionInterface
 from itsdangerous import BadSignature
 from werkzeug.wrappers import Response
 
-from wsflask import App, Reject, WebSocket
-from wsflask.protocol import Request
+from wsflask import App, Reject, Request, WebSocket
 
 flask_app = Flask(__name__)
 flask_app.secret_key = os.environ.get("FLASK_SECRET_KEY") or secrets.token_hex(32)

@@ -11,8 +11,8 @@ from typing import Any
 import gevent
 import pytest
 
-from wsflask import App, Reject, SetupError
-from wsflask.protocol import Forbidden, Request
+from wsflask import App, Reject, Request, SetupError
+from wsflask.protocol import Forbidden
 from wsflask.upgrade import Upgrade
 
 

@@ -6,8 +6,8 @@ from typing import Any
 
 import pytest
 
-from wsflask import App, HTTPResponse, Upgrade
-from wsflask.protocol import HandshakeError, MethodNotAllowed, NotFound, Request
+from wsflask import App, HandshakeError, HTTPResponse, Request, Upgrade
+from wsflask.protocol import MethodNotAllowed, NotFound
 
 
 def request(path: str, *, headers: tuple[tuple[str, str], ...] = (("host", "h:1"),),

@@ -10,9 +10,8 @@ from typing import Any
 
 import pytest
 
-from wsflask import App, Route
+from wsflask import App, Request, Route
 from wsflask.errors import NotFound, SetupError
-from wsflask.protocol import Request
 from wsflask.routing import PathPattern
 from wsflask.upgrade import Upgrade
 
