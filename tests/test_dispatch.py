@@ -6,10 +6,13 @@ Real sockets on 127.0.0.1:0 through the test client; a gevent Timeout bounds eve
 
 from __future__ import annotations
 
+import json
+import logging
 from typing import Any
 
 import gevent
 import gevent.event
+import pytest
 
 
 def test_event_handlers_get_path_params_and_disconnect_once(app_factory: Any) -> None:
@@ -113,6 +116,38 @@ def test_json_unknown_event_and_bad_json_get_error_envelopes(app_factory: Any) -
         assert client.receive_json(ws)["data"] == 2
         ws.send(b"binary")
         client.assert_closed(ws, 1003)
+
+
+def test_defect9_deeply_nested_json_gets_an_error_envelope_and_stays_open(
+        app_factory: Any, caplog: pytest.LogCaptureFixture) -> None:
+    app, _ = json_app(app_factory)
+    with caplog.at_level(logging.DEBUG, logger="wsflask"), app.test_client() as client:
+        ws = client.connect("/api")
+        ws.send("[" * 100_000 + "]" * 100_000)
+        reply = client.receive_json(ws)
+        assert reply["event"] == "error" and reply["data"]["type"] == "BadEnvelope"
+        ws.send('{"event": "add", "data": ' + "[" * 5000 + "]" * 5000 + ', "id": 4}')
+        assert client.receive_json(ws)["event"] == "error"
+        client.emit(ws, "add", [1, 2], id=5)
+        assert client.receive_json(ws) == {"event": "ack", "id": 5, "data": 3}
+    assert not [r for r in caplog.records if r.exc_info or r.levelno >= logging.ERROR]
+
+
+def test_defect9_client_input_is_echoed_only_as_a_short_prefix(app_factory: Any) -> None:
+    app, _ = json_app(app_factory)
+    with app.test_client() as client:
+        ws = client.connect("/api")
+        client.emit(ws, "x" * 100_000, id="i" * 100_000)  # an unknown, oversized event
+        reply = client.receive(ws)
+        assert isinstance(reply, str) and len(reply) < 400
+        assert "x" * 65 not in reply and "i" * 65 not in reply
+        assert json.loads(reply)["data"]["type"] == "UnknownEvent"
+        assert "x" * 64 in reply  # a prefix is still there to debug with
+        ws.send('{"event": "connect", "id": "' + "c" * 100_000 + '"}')  # a reserved one
+        reply = client.receive(ws)
+        assert isinstance(reply, str) and len(reply) < 400 and "c" * 65 not in reply
+        client.emit(ws, "y" * 100_000, id=10**30)  # a number past 64 bits is no id
+        assert json.loads(str(client.receive(ws))).get("id") is None
 
 
 def test_json_catch_all(app_factory: Any) -> None:

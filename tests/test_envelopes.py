@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from wsflask.envelopes import decode, encode
+from wsflask.envelopes import QUOTE_LIMIT, decode, encode, error, quote
 
 
 def test_encode_is_compact_and_adds_the_id_only_when_given() -> None:
@@ -32,3 +32,17 @@ def test_encode_is_compact_and_adds_the_id_only_when_given() -> None:
 def test_decode_gives_the_envelope_or_none_and_never_raises(
         message: str | bytes, expected: dict[str, Any] | None) -> None:
     assert decode(message) == expected
+
+
+def test_error_replies_are_bounded_whatever_the_client_sent() -> None:
+    assert json.loads(error("UnknownEvent", "unknown event 'x'", 3)) == {
+        "event": "error", "data": {"type": "UnknownEvent", "message": "unknown event 'x'"},
+        "id": 3}
+    assert quote("a" * QUOTE_LIMIT) == "a" * QUOTE_LIMIT
+    assert quote("a" * 100_000) == "a" * QUOTE_LIMIT + "..."
+    long_id = json.loads(error("T", "m", "i" * 100_000))["id"]
+    assert long_id == "i" * QUOTE_LIMIT + "..."
+    for dropped in (10**30, -(2**63) - 1, [1] * 1000, {"k": "v"}, None):
+        assert "id" not in json.loads(error("T", "m", dropped))
+    assert json.loads(error("T", "m", 2**63 - 1))["id"] == 2**63 - 1
+    assert len(error("T", "m" * 100_000)) < 400

@@ -8,12 +8,11 @@ envelopes ``envelopes.py``'s; no socket I/O beyond ``ws.send``/``ws.close``.
 
 from __future__ import annotations
 
-import json as jsonlib
 from collections.abc import Callable
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
-from .envelopes import encode
+from .envelopes import decode, encode, error, quote
 from .errors import ConnectionClosed, Reject
 from .protocol import CloseCode
 from .routing import LIFECYCLE, Route
@@ -137,34 +136,27 @@ def dispatch_envelope(
 ) -> None:
     """Decode one envelope, call its handler, send the ack or an error envelope.
 
-    Handler exceptions propagate to the caller; read the next message after this returns.
+    Bad input gets a bounded error envelope (``envelopes.error``) and the connection stays
+    open; a binary message closes it with 1003. Handler exceptions propagate to the caller.
     """
     if isinstance(message, bytes):
         ws.close(CloseCode.UNSUPPORTED, "binary messages are not accepted on this route")
         return
-    try:
-        decoded = jsonlib.loads(message)
-    except ValueError:
-        ws.send(encode("error", {"message": "malformed JSON"}))
+    decoded = decode(message)  # never raises: malformed or deeply nested JSON gives None
+    if decoded is None:
+        ws.send(error("BadEnvelope", 'expected a JSON object {"event": name, "data": ...}'))
         return
-    event = decoded.get("event") if isinstance(decoded, dict) else None
-    if not isinstance(event, str) or event in LIFECYCLE:
-        ws.send(
-            encode(
-                "error",
-                {"message": 'expected {"event": name, "data": ...}'},
-                decoded.get("id") if isinstance(decoded, dict) else None,
-            )
-        )
+    event, data, msg_id = decoded["event"], decoded.get("data"), decoded.get("id")
+    if event in LIFECYCLE:
+        ws.send(error("BadEnvelope", f"{event!r} is not an event a client may send", msg_id))
         return
-    data, msg_id = decoded.get("data"), decoded.get("id")
     found = handlers.get(event)
     if found:
         result = found[0](ws, data, **params)
     elif "*" in handlers:
         result = handlers["*"][0](ws, event, data, **params)
     else:
-        ws.send(encode("error", {"message": f"unknown event {event!r}"}, msg_id))
+        ws.send(error("UnknownEvent", f"unknown event {quote(event)!r}", msg_id))
         return
     if msg_id is not None:
         ws.send(encode("ack", result, msg_id))

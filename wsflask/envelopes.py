@@ -1,8 +1,8 @@
 """The JSON event-envelope codec: ``{"event": name, "data": ..., "id": ...}`` as text messages.
 
 ``encode`` and ``decode`` are the one place the format is written and read (``App``, the
-emitter, the bridge, ``TestClient`` and ``wsflask.locust`` use them). No dispatch, no
-handlers, no I/O: running events is ``dispatch.py``'s job.
+emitter, the bridge, ``TestClient`` and ``wsflask.locust`` use them); ``error`` builds a
+bounded error reply. No dispatch, no handlers, no I/O: running events is ``dispatch.py``'s.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from __future__ import annotations
 import json as jsonlib
 from typing import Any
 
-__all__ = ["decode", "encode"]
+__all__ = ["QUOTE_LIMIT", "decode", "encode", "error", "quote"]
 
 
 def encode(event: str, data: Any = None, id: Any = None) -> str:
@@ -38,3 +38,28 @@ def decode(message: str | bytes) -> dict[str, Any] | None:
     if isinstance(decoded, dict) and isinstance(decoded.get("event"), str):
         return decoded
     return None
+
+
+#: the most characters of any client input (an event name, an id) an error reply carries
+QUOTE_LIMIT = 64
+#: a safety cap on an error reply's whole message (server text plus quoted input)
+_MESSAGE_LIMIT = 4 * QUOTE_LIMIT
+
+
+def quote(text: str) -> str:
+    """``text`` as an error reply may show it: at most ``QUOTE_LIMIT`` characters."""
+    return text if len(text) <= QUOTE_LIMIT else text[:QUOTE_LIMIT] + "..."
+
+
+def error(type: str, message: str, id: Any = None) -> str:
+    """Encode ``{"event": "error", "data": {"type", "message"}[, "id"]}``, bounded.
+
+    ``message`` is the server's text (quote client input in it with ``quote()``); ``id``
+    is the request's id, echoed only when it is short (a str cut by ``quote()``, an int of
+    at most 64 bits); anything else is left out. So a reply never grows with the input.
+    """
+    if isinstance(id, str):
+        id = quote(id)
+    elif not isinstance(id, int) or not -(2**63) <= id < 2**63:
+        id = None
+    return encode("error", {"type": type, "message": message[:_MESSAGE_LIMIT]}, id)
