@@ -193,6 +193,50 @@ def test_handler_exception_goes_to_errorhandler_then_1011_without_detail(
         assert "secret" not in ws.close_reason
 
 
+def test_json_handler_exception_answers_an_error_envelope_and_stays_open(
+        app_factory: Any) -> None:
+    app, api = json_app(app_factory)
+
+    @api.on("boom")
+    def boom(ws: Any, data: Any) -> None:
+        raise KeyError("secret detail")
+
+    with app.test_client() as client:
+        ws = client.connect("/api")
+        client.emit(ws, "boom", None, id=9)
+        assert client.receive_json(ws) == {
+            "event": "error", "id": 9, "data": {"type": "KeyError", "message": "internal error"}}
+        client.emit(ws, "boom", None)  # no id: the error envelope still comes
+        reply = client.receive_json(ws)
+        assert reply["event"] == "error" and "id" not in reply
+        client.emit(ws, "add", [1], id=10)
+        assert client.receive_json(ws) == {"event": "ack", "id": 10, "data": 1}
+
+
+def test_json_errorhandler_runs_and_may_close_instead(app_factory: Any) -> None:
+    app, api = json_app(app_factory)
+    seen: list[BaseException] = []
+
+    @api.on("boom")
+    def boom(ws: Any, data: Any) -> None:
+        raise PermissionError(data)
+
+    @app.errorhandler(PermissionError)
+    def denied(ws: Any, exc: BaseException) -> None:
+        seen.append(exc)
+        if exc.args[0] == "fatal":
+            ws.close(4403, "denied")
+
+    with app.test_client() as client:
+        ws = client.connect("/api")
+        client.emit(ws, "boom", "soft", id=1)  # handled, not closed: the envelope goes out
+        assert client.receive_json(ws)["data"]["type"] == "PermissionError"
+        client.emit(ws, "boom", "fatal", id=2)
+        client.assert_closed(ws, 4403)
+        assert ws.close_reason == "denied"
+    assert [exc.args[0] for exc in seen] == ["soft", "fatal"]
+
+
 def test_close_races_call_disconnect_exactly_once(app_factory: Any) -> None:
     app = app_factory(close_timeout=0.5)
     counts: dict[str, int] = {}

@@ -80,7 +80,7 @@ class Dispatcher:
         on_message = route.handlers.get("message")
         if route.json:
             for message in ws:
-                dispatch_envelope(ws, message, route.handlers, params)
+                dispatch_envelope(ws, message, route.handlers, params, self.on_error)
         elif on_message:
             handler = on_message[0]
             for message in ws:
@@ -133,11 +133,15 @@ def dispatch_envelope(
     message: str | bytes,
     handlers: dict[str, list[Callable[..., Any]]],
     params: dict[str, Any],
+    on_error: ErrorHook,
 ) -> None:
     """Decode one envelope, call its handler, send the ack or an error envelope.
 
     Bad input gets a bounded error envelope (``envelopes.error``) and the connection stays
-    open; a binary message closes it with 1003. Handler exceptions propagate to the caller.
+    open; a binary message closes it with 1003. A handler exception goes to ``on_error``,
+    then, unless that closed the connection, to the client as an error envelope with the
+    exception's type and no detail; the connection stays open (a JSON route's client sees
+    which request failed, a straight-line route cannot say, so it closes with 1011).
     """
     if isinstance(message, bytes):
         ws.close(CloseCode.UNSUPPORTED, "binary messages are not accepted on this route")
@@ -151,12 +155,20 @@ def dispatch_envelope(
         ws.send(error("BadEnvelope", f"{event!r} is not an event a client may send", msg_id))
         return
     found = handlers.get(event)
-    if found:
-        result = found[0](ws, data, **params)
-    elif "*" in handlers:
-        result = handlers["*"][0](ws, event, data, **params)
-    else:
-        ws.send(error("UnknownEvent", f"unknown event {quote(event)!r}", msg_id))
+    try:
+        if found:
+            result = found[0](ws, data, **params)
+        elif "*" in handlers:
+            result = handlers["*"][0](ws, event, data, **params)
+        else:
+            ws.send(error("UnknownEvent", f"unknown event {quote(event)!r}", msg_id))
+            return
+    except ConnectionClosed:
+        raise  # the peer went away: nothing to answer
+    except Exception as exc:
+        on_error(ws, exc)
+        if ws.is_open:  # the error handler may have closed it instead
+            ws.send(error(type(exc).__name__, "internal error", msg_id))
         return
     if msg_id is not None:
         ws.send(encode("ack", result, msg_id))
