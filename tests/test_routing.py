@@ -12,7 +12,7 @@ import pytest
 
 from wsflask import App, Request, Route
 from wsflask.errors import NotFound, SetupError
-from wsflask.routing import PathPattern
+from wsflask.routing import PathPattern, canonical_path
 from wsflask.upgrade import Upgrade
 
 
@@ -38,9 +38,29 @@ def request(path: str, *, headers: tuple[tuple[str, str], ...] = (("host", "h:1"
     ("/files/<path:p>", "/files/a/b/c.txt", {"p": "a/b/c.txt"}),
     ("/a/<x>/b/<int:y>", "/a/q/b/7", {"x": "q", "y": 7}),
     ("/a.b", "/aXb", None),  # literal parts are escaped
+    ("/%65cho", "/echo", None),  # a pattern is decoded text: % is a percent sign
+    ("/100%", "/100%25", {}),
+    ("/café", "/caf%C3%A9", {}),
+    ("/echo", "/%65%63ho", {}),
+    ("/chat/<room>", "/chat/a%2Fb", {"room": "a/b"}),  # an encoded / stays in its segment
+    ("/chat/<room>", "/chat/a%252Fb", {"room": "a%2Fb"}),  # decoded once, never twice
+    ("/files/<path:p>", "/files/a%2Fb/c", {"p": "a/b/c"}),
+    ("/user/<int:uid>", "/user/%34%32", {"uid": 42}),
+    ("/user/<int:uid>", "/user/%D9%A3", None),  # only ASCII digits are an int
 ])
 def test_path_patterns(pattern: str, path: str, params: dict[str, Any] | None) -> None:
-    assert PathPattern(pattern).match(path) == params
+    canonical = canonical_path(path)
+    assert canonical is not None
+    assert PathPattern(pattern).match(canonical) == params
+
+
+def test_canonical_path_decodes_segments_and_keeps_percent_and_slash_encoded() -> None:
+    assert canonical_path("/plain/path") == "/plain/path"
+    assert canonical_path("/%65cho/caf%C3%A9") == "/echo/café"
+    assert canonical_path("/a%2Fb/c%25d") == "/a%2Fb/c%25d"
+    assert canonical_path("/a%2fb") == "/a%2Fb"
+    assert canonical_path("/%zz") == "/%25zz"  # not an escape: a percent sign
+    assert canonical_path("/caf%E9") is None  # Latin-1, not UTF-8
 
 
 @pytest.mark.parametrize("bad", ["chat", "/x/<nope:y>", "/x/<a>/<a>", "/x/<a", "/x/<>"])
@@ -141,3 +161,33 @@ def test_straight_line_handler_with_path_params(app_factory: Any) -> None:
         assert client.receive(ws) == "hi".join(["lobby:42:", ""])
         client.assert_refused("/chat/lobby", 404)
         client.assert_refused("/chat/lobby/x", 404)
+
+
+def test_defect12_routes_match_the_percent_decoded_path(app_factory: Any) -> None:
+    app = app_factory()
+
+    @app.route("/echo")
+    def echo(ws: Any) -> None:
+        ws.send("echo")
+
+    @app.route("/café")
+    def cafe(ws: Any) -> None:
+        ws.send("café")
+
+    @app.route("/p/<name>")
+    def param(ws: Any, name: str) -> None:
+        ws.send(name)
+
+    @app.get("/page/é")
+    def page(req: Request) -> str:
+        return "page"
+
+    with app.test_client() as client:
+        assert client.receive(client.connect("/%65cho")) == "echo"
+        assert client.receive(client.connect("/caf%C3%A9")) == "café"
+        assert client.receive(client.connect("/p/caf%C3%A9")) == "café"
+        assert client.receive(client.connect("/p/a%2Fb")) == "a/b"
+        assert client.receive(client.connect("/p/100%25")) == "100%"
+        client.assert_refused("/p/a/b", 404)
+        client.assert_refused("/caf%E9", 400)  # not UTF-8 once decoded
+        assert client.get("/page/%C3%A9").text == "page"

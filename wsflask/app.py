@@ -23,7 +23,7 @@ from .metrics import Metrics
 from .pages import Pages
 from .protocol import Forbidden, HandshakeError, NotFound, Request
 from .rooms import BroadcastResult, Rooms
-from .routing import Route, setupmethod
+from .routing import Route, canonical_path, setupmethod
 from .server import Server
 from .upgrade import HTTPResponse, Upgrade
 
@@ -121,7 +121,7 @@ class App:
             route = Route(self, path)
             self._routes.append(route)
             if route.pattern.is_static:
-                self._static[path] = route
+                self._static[route.pattern.canonical] = route
         if json is not None:
             route.json = json
         if subprotocols is not None:
@@ -178,7 +178,11 @@ class App:
     # -- handshake ---------------------------------------------------------------------------
 
     def match(self, path: str) -> tuple[Route, dict[str, Any]] | None:
-        """Find the WebSocket route for ``path`` and its converted parameters."""
+        """Find the WebSocket route for ``path`` (as sent, percent-encoded) and its parameters."""
+        canonical = canonical_path(path)
+        return None if canonical is None else self._match(canonical)
+
+    def _match(self, path: str) -> tuple[Route, dict[str, Any]] | None:
         route = self._static.get(path)
         if route is not None:
             return route, {}
@@ -193,11 +197,15 @@ class App:
 
         Raises:
             HandshakeError: ``NotFound`` (404), ``Forbidden`` (403, Origin), a hook's
-                ``Reject``, ``MethodNotAllowed`` for plain non-GET requests.
+                ``Reject``, ``MethodNotAllowed`` for plain non-GET requests, 400 for a path
+                that is not UTF-8 once percent-decoded.
         """
-        found = self.match(request.path)
+        path = canonical_path(request.path)
+        if path is None:
+            raise HandshakeError("the path is not UTF-8 once percent-decoded")  # 400
+        found = self._match(path)
         if not request.key:  # plain HTTP (the server parses with http=True)
-            page = self.pages.answer(request, request.path)
+            page = self.pages.answer(request, path)
             if page is not None:
                 return page
             if found is not None:  # a WebSocket route: the server answers 426

@@ -50,7 +50,9 @@ class Pages:
         self._pages.append((PathPattern(path), func))
 
     def answer(self, request: Request, path: str) -> HTTPResponse | None:
-        """The response of the page at ``path`` (``request.path`` as routes match it), or None.
+        """The response of the page at ``path`` (``routing.canonical_path(request.path)``).
+
+        None when no page matches.
 
         Raises:
             MethodNotAllowed: the page exists but the method is not GET or HEAD.

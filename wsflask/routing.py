@@ -1,6 +1,7 @@
 """Route registration: Flask-style path patterns and the ``Route`` that holds a path's handlers.
 
-``PathPattern`` compiles ``/chat/<room>``-style paths once, at registration; ``Route`` collects
+``PathPattern`` compiles ``/chat/<room>``-style paths once, at registration, and matches the
+percent-decoded path (``canonical_path``); ``Route`` collects
 a WebSocket path's straight-line or event handlers; ``setupmethod`` guards registration after
 the app started serving. Running a route is ``dispatch.py``'s job; no I/O here.
 """
@@ -16,7 +17,7 @@ from urllib.parse import unquote
 
 from .errors import SetupError
 
-__all__ = ["LIFECYCLE", "PathPattern", "Route", "SetupGuard", "setupmethod"]
+__all__ = ["LIFECYCLE", "PathPattern", "Route", "SetupGuard", "canonical_path", "setupmethod"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 P = ParamSpec("P")
@@ -31,12 +32,29 @@ _PART = re.compile(r"<(?:(?P<conv>[a-zA-Z_][a-zA-Z0-9_]*):)?(?P<name>[a-zA-Z_][a
 #: converter -> (regex, conversion of the percent-decoded text)
 CONVERTERS: dict[str, tuple[str, Callable[[str], Any]]] = {
     "string": (r"[^/]+", str),
-    "int": (r"\d+", int),
-    "float": (r"\d+\.\d+", float),
+    "int": (r"[0-9]+", int),  # not \d: decoded paths may hold other scripts' digits
+    "float": (r"[0-9]+\.[0-9]+", float),
     "path": (r"[^/].*?", str),
     "uuid": (r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}",
              uuid.UUID),
 }
+
+
+def canonical_path(path: str) -> str | None:
+    """The form routes match: ``path`` percent-decoded (RFC 3986 §6.2.2.2), segment by segment.
+
+    ``/%65cho`` is ``/echo`` and ``/caf%C3%A9`` is ``/café``. Only ``%`` and a ``/`` decoded
+    from ``%2F`` stay encoded (as ``%25`` and ``%2F``), so an encoded slash stays inside its
+    segment (one ``<string>`` parameter) and nothing is decoded twice. None when a segment
+    is not UTF-8 once decoded.
+    """
+    if "%" not in path:
+        return path
+    try:
+        return "/".join(unquote(segment, errors="strict").replace("%", "%25")
+                        .replace("/", "%2F") for segment in path.split("/"))
+    except UnicodeDecodeError:
+        return None
 
 
 class SetupGuard(Protocol):
@@ -69,7 +87,7 @@ class PathPattern:
         ValueError: a malformed pattern, an unknown converter or a repeated name.
     """
 
-    __slots__ = ("converters", "names", "path", "regex")
+    __slots__ = ("canonical", "converters", "names", "path", "regex")
 
     def __init__(self, path: str) -> None:
         if not path.startswith("/"):
@@ -79,7 +97,7 @@ class PathPattern:
         self.converters: dict[str, Callable[[str], Any]] = {}
         regex, pos = [], 0
         for part in _PART.finditer(path):
-            regex.append(re.escape(path[pos:part.start()]))
+            regex.append(_literal(path[pos:part.start()]))
             conv, name = part["conv"] or "string", part["name"]
             if conv not in CONVERTERS:
                 raise ValueError(f"route {path!r}: unknown converter {conv!r} "
@@ -94,8 +112,10 @@ class PathPattern:
         rest = path[pos:]
         if "<" in rest or ">" in rest:
             raise ValueError(f"route {path!r}: malformed parameter near {rest!r}")
-        regex.append(re.escape(rest))
+        regex.append(_literal(rest))
         self.regex = re.compile("".join(regex))
+        #: the key of a parameterless pattern in a dict of canonical paths
+        self.canonical = path.replace("%", "%25")
 
     @property
     def is_static(self) -> bool:
@@ -103,7 +123,10 @@ class PathPattern:
         return not self.names
 
     def match(self, path: str) -> dict[str, Any] | None:
-        """Return the converted parameters when ``path`` matches the whole pattern, else None."""
+        """The converted parameters when ``path`` matches the whole pattern, else None.
+
+        ``path`` is in the form ``canonical_path()`` returns; parameters come out decoded.
+        """
         found = self.regex.fullmatch(path)
         if found is None:
             return None
@@ -114,6 +137,11 @@ class PathPattern:
             except ValueError:
                 return None
         return params
+
+
+def _literal(text: str) -> str:
+    """The regex of a pattern's literal part, in canonical form (a ``%`` is a percent)."""
+    return re.escape(text.replace("%", "%25"))
 
 
 class Route:
