@@ -25,12 +25,18 @@ def request(path: str, *, headers: tuple[tuple[str, str], ...] = (("host", "h:1"
 @pytest.mark.parametrize(("origin", "allowed", "ok"), [
     (None, (), True),
     ("http://h:1", (), True),  # same origin as the Host header
-    ("https://H:1/", (), True),
+    ("http://H:1/", (), True),
+    ("https://h:1", (), False),  # another scheme is another origin (RFC 6454 §5)
+    ("http://h", (), False),  # port 80 is not port 1
+    ("http://h:01", (), True),
     ("http://evil.example", (), False),
     ("null", (), False),
     ("http://evil.example", ("https://app.example",), False),
     ("https://app.example", ("https://app.example",), True),
     ("https://app.example", ("app.example",), True),
+    ("https://app.example:443", ("https://app.example",), True),
+    ("https://app.example", ("https://app.example:8443",), False),
+    ("http://app.example", ("https://app.example",), False),
     ("http://evil.example", ("*",), True),
 ])
 def test_origin_policy(origin: str | None, allowed: tuple[str, ...], ok: bool) -> None:
@@ -132,6 +138,54 @@ def test_origin_over_sockets(app_factory: Any) -> None:
     star.route("/")
     with star.test_client() as client:
         client.connect("/", headers=[("Origin", "http://evil.example")])
+
+
+def test_a_tls_server_is_its_https_origin() -> None:
+    app = App(certfile="unused.pem")  # the resolver reads the scheme only; no server here
+    app.route("/")
+    for origin, ok in (("https://h:1", True), ("http://h:1", False)):
+        headers = (("host", "h:1"), ("origin", origin))
+        if ok:
+            app.resolve(request("/", headers=headers), ("127.0.0.1", 1))
+        else:
+            with pytest.raises(Forbidden):
+                app.resolve(request("/", headers=headers), ("127.0.0.1", 1))
+
+
+def handshake_status(raw_peer: Any, port: int, host: str, origin: str,
+                     extra: str = "") -> int:
+    """The status the server answers to a handshake with these Host/Origin headers."""
+    peer = raw_peer(port)
+    peer.sock.sendall(
+        f"GET / HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
+        f"Origin: {origin}\r\n{extra}\r\n".encode())
+    status = int(bytes(peer.read_head()).split(b" ", 2)[1])
+    peer.close()
+    return status
+
+
+def test_defect14_same_origin_compares_scheme_host_and_port(app_factory: Any,
+                                                           raw_peer: Any) -> None:
+    app = app_factory()
+    app.route("/")
+    with app.test_client() as client:
+        port = client.port
+        for host, origin, status in [
+            ("example.com", "https://example.com", 403),  # a plain-HTTP server
+            ("example.com:80", "http://example.com", 101),  # default port normalised
+            ("example.com", "http://example.com:80", 101),
+            ("example.com:8080", "http://example.com", 403),
+            ("Example.COM", "http://example.com", 101),
+            ("[::1]:8080", "http://[::1]:8080", 101),
+        ]:
+            assert handshake_status(raw_peer, port, host, origin) == status, (host, origin)
+        # behind a TLS-terminating proxy the scheme is the proxy's
+        proxied = "X-Forwarded-Proto: https\r\n"
+        assert handshake_status(raw_peer, port, "example.com", "https://example.com",
+                                proxied) == 101
+        assert handshake_status(raw_peer, port, "example.com", "http://example.com",
+                                proxied) == 403
 
 
 def test_subprotocol_over_sockets(app_factory: Any) -> None:

@@ -220,20 +220,27 @@ class App:
                        session=session, path_params=params)
 
     def check_origin(self, request: Request) -> None:
-        """Allow an absent Origin, the same origin, or ``config.allowed_origins``; else 403."""
+        """Allow an absent Origin, the same origin, or ``config.allowed_origins``; else 403.
+
+        Same origin means the same scheme, host and port (RFC 6454 §4-5, default ports
+        normalised): this server's scheme is https with ``certfile``, else http, unless a
+        TLS-terminating proxy says otherwise in ``X-Forwarded-Proto`` (a browser cannot set
+        that header, and a non-browser can send any ``Origin`` anyway).
+        """
         origin = request.origin
         allowed = self.config.allowed_origins
         if origin is None or "*" in allowed:
             return
-        origin_l = origin.lower().rstrip("/")
-        netloc = urlsplit(origin_l).netloc
-        if netloc and netloc == (request.host or "").lower():
-            return
-        for entry in allowed:
-            entry_l = entry.lower().rstrip("/")
-            if entry_l == origin_l or (netloc and entry_l == netloc):
+        theirs = _origin_of(origin)
+        if theirs is not None:
+            scheme = (request.header("x-forwarded-proto") or "").split(",")[0].strip().lower()
+            if scheme not in _DEFAULT_PORTS:
+                scheme = "https" if self.config.certfile else "http"
+            if theirs == _authority_of(request.host or "", scheme):
                 return
-        raise Forbidden(f"origin {origin!r} not allowed")
+            if any(_allows(entry, theirs) for entry in allowed):
+                return
+        raise Forbidden(f"origin {origin[:64]!r} not allowed")
 
     def _run_hooks(self, request: Request) -> dict[str, Any]:
         session: dict[str, Any] = {}
@@ -338,3 +345,37 @@ class App:
         from .testing import TestClient  # testing never imports app; app imports it lazily
 
         return TestClient(self, **kwargs)
+
+
+#: RFC 6454 §4 step 5: a URI without a port gets its scheme's default
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+Origin = tuple[str, str, int]
+
+
+def _authority_of(netloc: str, scheme: str) -> Origin | None:
+    """``(scheme, host, port)`` of ``host[:port]`` for ``scheme``, or None when malformed."""
+    try:
+        parts = urlsplit(f"//{netloc.strip().lower()}")
+        port = parts.port
+    except ValueError:
+        return None
+    if not parts.hostname:
+        return None
+    return scheme, parts.hostname, port if port is not None else _DEFAULT_PORTS[scheme]
+
+
+def _origin_of(origin: str) -> Origin | None:
+    """The ``(scheme, host, port)`` tuple of an ``Origin`` value; None for ``null`` and junk."""
+    scheme, sep, rest = origin.strip().lower().partition("://")
+    if not sep or scheme not in _DEFAULT_PORTS:
+        return None
+    return _authority_of(rest.rstrip("/"), scheme)
+
+
+def _allows(entry: str, theirs: Origin) -> bool:
+    """True when ``allowed_origins`` entry ``https://app.example`` (or bare ``app.example``,
+    any scheme) names the origin ``theirs``."""
+    if "://" in entry:
+        return _origin_of(entry) == theirs
+    return _authority_of(entry, theirs[0]) == theirs
