@@ -1,9 +1,9 @@
 """Route registration: Flask-style path patterns and the ``Route`` that holds a path's handlers.
 
 ``PathPattern`` compiles ``/chat/<room>``-style paths once, at registration, and matches the
-percent-decoded path (``canonical_path``); ``Route`` collects
-a WebSocket path's straight-line or event handlers; ``setupmethod`` guards registration after
-the app started serving. Running a route is ``dispatch.py``'s job; no I/O here.
+percent-decoded path (``canonical_path``); ``Route`` collects a WebSocket path's handlers;
+``setupmethod`` guards registration once the app serves. Running a route is ``dispatch.py``'s
+job; no I/O here.
 """
 
 from __future__ import annotations
