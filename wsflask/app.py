@@ -58,11 +58,9 @@ class App:
         self.metrics = Metrics()
         self.rooms = Rooms(policy=config.backpressure_policy)
         self.rooms.metrics = self.metrics
-        #: the heartbeat the server runs (rebuilt by ``configure``)
-        self.heartbeat: Heartbeat
-        #: the backplane bridge with ``backplane=`` (started with the server), else None
-        self.cluster: Bridge | None
-        self._build_services(config)
+        #: the heartbeat the server runs, and the backplane bridge with ``backplane=`` (started
+        #: with the server) or None; ``configure`` rebuilds both
+        self.heartbeat, self.cluster = self._build_services(config)
         #: the server started by ``run()``/``make_server()``, once there is one
         self.server: Server | None = None
         #: plain-HTTP pages: ``@app.get`` ones, then /metrics, /healthz, /readyz
@@ -74,11 +72,11 @@ class App:
         self._dispatch = Dispatcher(self.rooms, self.handle_exception)
         self._setup_finished = False
 
-    def _build_services(self, config: Config) -> None:
-        """(Re)build what the server runs besides connections: heartbeat, backplane bridge."""
-        self.heartbeat = Heartbeat(config.ping_interval, config.pong_timeout,
-                                   metrics=self.metrics)
-        self.cluster = Bridge(self.rooms, config, self.metrics) if config.backplane else None
+    def _build_services(self, config: Config) -> tuple[Heartbeat, Bridge | None]:
+        """What the server runs besides connections, for ``config``: heartbeat and bridge."""
+        heartbeat = Heartbeat(config.ping_interval, config.pong_timeout, metrics=self.metrics)
+        bridge = Bridge(self.rooms, config, self.metrics) if config.backplane else None
+        return heartbeat, bridge
 
     def _check_setup_finished(self, f_name: str) -> None:
         """Raise ``SetupError`` when setup method ``f_name`` runs after serving started."""
@@ -96,7 +94,7 @@ class App:
         """
         self.config = config
         self.rooms.policy = config.backpressure_policy
-        self._build_services(config)
+        self.heartbeat, self.cluster = self._build_services(config)
 
     # -- registration: decorators over add_* ------------------------------------------------
 
