@@ -16,29 +16,37 @@ from wsflask.protocol import Forbidden
 from wsflask.upgrade import Upgrade
 
 
-def request(path: str, *, headers: tuple[tuple[str, str], ...] = (("host", "h:1"),),
-            subprotocols: tuple[str, ...] = (), key: str = "dGhlIHNhbXBsZSBub25jZQ==",
-            method: str = "GET") -> Request:
+def request(
+    path: str,
+    *,
+    headers: tuple[tuple[str, str], ...] = (("host", "h:1"),),
+    subprotocols: tuple[str, ...] = (),
+    key: str = "dGhlIHNhbXBsZSBub25jZQ==",
+    method: str = "GET",
+) -> Request:
     return Request(method, path, path, "", headers, key, subprotocols)
 
 
-@pytest.mark.parametrize(("origin", "allowed", "ok"), [
-    (None, (), True),
-    ("http://h:1", (), True),  # same origin as the Host header
-    ("http://H:1/", (), True),
-    ("https://h:1", (), False),  # another scheme is another origin (RFC 6454 §5)
-    ("http://h", (), False),  # port 80 is not port 1
-    ("http://h:01", (), True),
-    ("http://evil.example", (), False),
-    ("null", (), False),
-    ("http://evil.example", ("https://app.example",), False),
-    ("https://app.example", ("https://app.example",), True),
-    ("https://app.example", ("app.example",), True),
-    ("https://app.example:443", ("https://app.example",), True),
-    ("https://app.example", ("https://app.example:8443",), False),
-    ("http://app.example", ("https://app.example",), False),
-    ("http://evil.example", ("*",), True),
-])
+@pytest.mark.parametrize(
+    ("origin", "allowed", "ok"),
+    [
+        (None, (), True),
+        ("http://h:1", (), True),  # same origin as the Host header
+        ("http://H:1/", (), True),
+        ("https://h:1", (), False),  # another scheme is another origin (RFC 6454 §5)
+        ("http://h", (), False),  # port 80 is not port 1
+        ("http://h:01", (), True),
+        ("http://evil.example", (), False),
+        ("null", (), False),
+        ("http://evil.example", ("https://app.example",), False),
+        ("https://app.example", ("https://app.example",), True),
+        ("https://app.example", ("app.example",), True),
+        ("https://app.example:443", ("https://app.example",), True),
+        ("https://app.example", ("https://app.example:8443",), False),
+        ("http://app.example", ("https://app.example",), False),
+        ("http://evil.example", ("*",), True),
+    ],
+)
 def test_origin_policy(origin: str | None, allowed: tuple[str, ...], ok: bool) -> None:
     app = App(allowed_origins=allowed)
     app.route("/")
@@ -53,10 +61,14 @@ def test_origin_policy(origin: str | None, allowed: tuple[str, ...], ok: bool) -
 def test_registering_after_the_server_exists_raises_setup_error() -> None:
     app = App()
     app.make_server("127.0.0.1", 0)
-    for register in (lambda: app.route("/late"), lambda: app.on("message"),
-                     lambda: app.add_before_upgrade(lambda r: None),
-                     lambda: app.add_error_handler(KeyError, print),
-                     lambda: app.add_page("/x", print), lambda: app.configure(app.config)):
+    for register in (
+        lambda: app.route("/late"),
+        lambda: app.on("message"),
+        lambda: app.add_before_upgrade(lambda r: None),
+        lambda: app.add_error_handler(KeyError, print),
+        lambda: app.add_page("/x", print),
+        lambda: app.configure(app.config),
+    ):
         with pytest.raises(SetupError, match=r"before app\.run\(\)"):
             register()
 
@@ -152,21 +164,22 @@ def test_a_tls_server_is_its_https_origin() -> None:
                 app.resolve(request("/", headers=headers), ("127.0.0.1", 1))
 
 
-def handshake_status(raw_peer: Any, port: int, host: str, origin: str,
-                     extra: str = "") -> int:
+def handshake_status(raw_peer: Any, port: int, host: str, origin: str, extra: str = "") -> int:
     """The status the server answers to a handshake with these Host/Origin headers."""
     peer = raw_peer(port)
     peer.sock.sendall(
         f"GET / HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
         "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
-        f"Origin: {origin}\r\n{extra}\r\n".encode())
+        f"Origin: {origin}\r\n{extra}\r\n".encode()
+    )
     status = int(bytes(peer.read_head()).split(b" ", 2)[1])
     peer.close()
     return status
 
 
-def test_defect14_same_origin_compares_scheme_host_and_port(app_factory: Any,
-                                                           raw_peer: Any) -> None:
+def test_defect14_same_origin_compares_scheme_host_and_port(
+    app_factory: Any, raw_peer: Any
+) -> None:
     app = app_factory()
     app.route("/")
     with app.test_client() as client:
@@ -182,10 +195,10 @@ def test_defect14_same_origin_compares_scheme_host_and_port(app_factory: Any,
             assert handshake_status(raw_peer, port, host, origin) == status, (host, origin)
         # behind a TLS-terminating proxy the scheme is the proxy's
         proxied = "X-Forwarded-Proto: https\r\n"
-        assert handshake_status(raw_peer, port, "example.com", "https://example.com",
-                                proxied) == 101
-        assert handshake_status(raw_peer, port, "example.com", "http://example.com",
-                                proxied) == 403
+        assert (
+            handshake_status(raw_peer, port, "example.com", "https://example.com", proxied) == 101
+        )
+        assert handshake_status(raw_peer, port, "example.com", "http://example.com", proxied) == 403
 
 
 def test_subprotocol_over_sockets(app_factory: Any) -> None:
@@ -213,8 +226,7 @@ def test_setup_error_after_the_test_client_started(app_factory: Any) -> None:
             app.route("/late")
 
 
-def test_emit_always_sends_an_envelope_and_send_always_sends_raw_data(
-        app_factory: Any) -> None:
+def test_emit_always_sends_an_envelope_and_send_always_sends_raw_data(app_factory: Any) -> None:
     app = app_factory()
     by_id: dict[str, Any] = {}
 
@@ -266,8 +278,9 @@ def test_run_serves_until_sigterm_then_drains() -> None:
 
     from wsflask.client import connect
 
-    proc = subprocess.Popen([sys.executable, "-c", RUN_SCRIPT], stderr=subprocess.PIPE,
-                            stdout=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", RUN_SCRIPT], stderr=subprocess.PIPE, stdout=subprocess.PIPE
+    )
     try:
         with gevent.Timeout(20):
             port, lines = None, []
@@ -304,4 +317,3 @@ def test_app_settings_build_or_override_a_config() -> None:
     assert App(config=base).config is base
     with pytest.raises(ConfigError):
         App(no_such_setting=1)
-

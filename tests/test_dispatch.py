@@ -119,7 +119,8 @@ def test_json_unknown_event_and_bad_json_get_error_envelopes(app_factory: Any) -
 
 
 def test_defect9_deeply_nested_json_gets_an_error_envelope_and_stays_open(
-        app_factory: Any, caplog: pytest.LogCaptureFixture) -> None:
+    app_factory: Any, caplog: pytest.LogCaptureFixture
+) -> None:
     app, _ = json_app(app_factory)
     with caplog.at_level(logging.DEBUG, logger="wsflask"), app.test_client() as client:
         ws = client.connect("/api")
@@ -165,8 +166,7 @@ def test_json_catch_all(app_factory: Any) -> None:
         assert client.receive_json(ws)["data"] == 4
 
 
-def test_handler_exception_goes_to_errorhandler_then_1011_without_detail(
-        app_factory: Any) -> None:
+def test_handler_exception_goes_to_errorhandler_then_1011_without_detail(app_factory: Any) -> None:
     app = app_factory()
     handled: list[tuple[Any, BaseException]] = []
 
@@ -193,8 +193,7 @@ def test_handler_exception_goes_to_errorhandler_then_1011_without_detail(
         assert "secret" not in ws.close_reason
 
 
-def test_json_handler_exception_answers_an_error_envelope_and_stays_open(
-        app_factory: Any) -> None:
+def test_json_handler_exception_answers_an_error_envelope_and_stays_open(app_factory: Any) -> None:
     app, api = json_app(app_factory)
 
     @api.on("boom")
@@ -205,7 +204,10 @@ def test_json_handler_exception_answers_an_error_envelope_and_stays_open(
         ws = client.connect("/api")
         client.emit(ws, "boom", None, id=9)
         assert client.receive_json(ws) == {
-            "event": "error", "id": 9, "data": {"type": "KeyError", "message": "internal error"}}
+            "event": "error",
+            "id": 9,
+            "data": {"type": "KeyError", "message": "internal error"},
+        }
         client.emit(ws, "boom", None)  # no id: the error envelope still comes
         reply = client.receive_json(ws)
         assert reply["event"] == "error" and "id" not in reply

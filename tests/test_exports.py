@@ -37,9 +37,21 @@ def test_every_exported_name_exists() -> None:
 
 
 def test_the_user_facing_api_is_exported() -> None:
-    for name in ("App", "Route", "WebSocket", "Config", "Reject", "SetupError",
-                 "ConnectionClosed", "Rooms", "BroadcastResult", "TestClient", "connect",
-                 "Request", "HandshakeError"):
+    for name in (
+        "App",
+        "Route",
+        "WebSocket",
+        "Config",
+        "Reject",
+        "SetupError",
+        "ConnectionClosed",
+        "Rooms",
+        "BroadcastResult",
+        "TestClient",
+        "connect",
+        "Request",
+        "HandshakeError",
+    ):
         assert name in wsflask.__all__
 
 
@@ -56,7 +68,8 @@ def test_examples_import_only_the_public_surface() -> None:
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("wsflask."):
                 assert node.module in ("wsflask.logs", "wsflask.wsgi"), (
-                    f"{path.name}:{node.lineno} imports from {node.module}: use `from wsflask`")
+                    f"{path.name}:{node.lineno} imports from {node.module}: use `from wsflask`"
+                )
 
 
 def test_import_has_no_side_effects() -> None:

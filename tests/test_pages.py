@@ -10,9 +10,14 @@ from wsflask import App, HandshakeError, HTTPResponse, Request, Upgrade
 from wsflask.protocol import MethodNotAllowed, NotFound
 
 
-def request(path: str, *, headers: tuple[tuple[str, str], ...] = (("host", "h:1"),),
-            subprotocols: tuple[str, ...] = (), key: str = "dGhlIHNhbXBsZSBub25jZQ==",
-            method: str = "GET") -> Request:
+def request(
+    path: str,
+    *,
+    headers: tuple[tuple[str, str], ...] = (("host", "h:1"),),
+    subprotocols: tuple[str, ...] = (),
+    key: str = "dGhlIHNhbXBsZSBub25jZQ==",
+    method: str = "GET",
+) -> Request:
     return Request(method, path, path, "", headers, key, subprotocols)
 
 
@@ -26,7 +31,8 @@ def test_plain_get_gets_pages_builtin_ones_and_426_for_websocket_routes() -> Non
 
     plain = request("/page/3", key="")
     assert app.resolve(plain, ("127.0.0.1", 1)) == HTTPResponse(
-        200, b"<p>3</p>", content_type="text/html; charset=utf-8")
+        200, b"<p>3</p>", content_type="text/html; charset=utf-8"
+    )
     assert isinstance(app.resolve(request("/ws", key=""), ("127.0.0.1", 1)), Upgrade)
     health = app.resolve(request("/healthz", key=""), ("127.0.0.1", 1))
     assert isinstance(health, HTTPResponse) and health.body == b"ok"
@@ -77,8 +83,11 @@ def test_pages_metrics_health_ready(app_factory: Any) -> None:
         assert client.get("/readyz").status == 200
         metrics = client.get("/metrics")
         assert metrics.status == 200
-        for name in ("websocket_connections_total", "websocket_message_rate_per_second",
-                     "websocket_frame_parsing_duration_ms"):
+        for name in (
+            "websocket_connections_total",
+            "websocket_message_rate_per_second",
+            "websocket_frame_parsing_duration_ms",
+        ):
             assert name in metrics.text
         assert 'websocket_handshakes_total{status="101"}' in metrics.text
         assert client.get("/nowhere").status == 404

@@ -16,38 +16,46 @@ from wsflask.routing import PathPattern, canonical_path
 from wsflask.upgrade import Upgrade
 
 
-def request(path: str, *, headers: tuple[tuple[str, str], ...] = (("host", "h:1"),),
-            subprotocols: tuple[str, ...] = (), key: str = "dGhlIHNhbXBsZSBub25jZQ==",
-            method: str = "GET") -> Request:
+def request(
+    path: str,
+    *,
+    headers: tuple[tuple[str, str], ...] = (("host", "h:1"),),
+    subprotocols: tuple[str, ...] = (),
+    key: str = "dGhlIHNhbXBsZSBub25jZQ==",
+    method: str = "GET",
+) -> Request:
     return Request(method, path, path, "", headers, key, subprotocols)
 
 
 # -- path patterns --------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("pattern", "path", "params"), [
-    ("/echo", "/echo", {}),
-    ("/echo", "/echo/", None),
-    ("/chat/<room>", "/chat/lobby", {"room": "lobby"}),
-    ("/chat/<room>", "/chat/a%20b", {"room": "a b"}),
-    ("/chat/<room>", "/chat/a/b", None),
-    ("/chat/<string:room>", "/chat/x", {"room": "x"}),
-    ("/user/<int:uid>", "/user/42", {"uid": 42}),
-    ("/user/<int:uid>", "/user/x", None),
-    ("/v/<float:v>", "/v/1.5", {"v": 1.5}),
-    ("/files/<path:p>", "/files/a/b/c.txt", {"p": "a/b/c.txt"}),
-    ("/a/<x>/b/<int:y>", "/a/q/b/7", {"x": "q", "y": 7}),
-    ("/a.b", "/aXb", None),  # literal parts are escaped
-    ("/%65cho", "/echo", None),  # a pattern is decoded text: % is a percent sign
-    ("/100%", "/100%25", {}),
-    ("/café", "/caf%C3%A9", {}),
-    ("/echo", "/%65%63ho", {}),
-    ("/chat/<room>", "/chat/a%2Fb", {"room": "a/b"}),  # an encoded / stays in its segment
-    ("/chat/<room>", "/chat/a%252Fb", {"room": "a%2Fb"}),  # decoded once, never twice
-    ("/files/<path:p>", "/files/a%2Fb/c", {"p": "a/b/c"}),
-    ("/user/<int:uid>", "/user/%34%32", {"uid": 42}),
-    ("/user/<int:uid>", "/user/%D9%A3", None),  # only ASCII digits are an int
-])
+@pytest.mark.parametrize(
+    ("pattern", "path", "params"),
+    [
+        ("/echo", "/echo", {}),
+        ("/echo", "/echo/", None),
+        ("/chat/<room>", "/chat/lobby", {"room": "lobby"}),
+        ("/chat/<room>", "/chat/a%20b", {"room": "a b"}),
+        ("/chat/<room>", "/chat/a/b", None),
+        ("/chat/<string:room>", "/chat/x", {"room": "x"}),
+        ("/user/<int:uid>", "/user/42", {"uid": 42}),
+        ("/user/<int:uid>", "/user/x", None),
+        ("/v/<float:v>", "/v/1.5", {"v": 1.5}),
+        ("/files/<path:p>", "/files/a/b/c.txt", {"p": "a/b/c.txt"}),
+        ("/a/<x>/b/<int:y>", "/a/q/b/7", {"x": "q", "y": 7}),
+        ("/a.b", "/aXb", None),  # literal parts are escaped
+        ("/%65cho", "/echo", None),  # a pattern is decoded text: % is a percent sign
+        ("/100%", "/100%25", {}),
+        ("/café", "/caf%C3%A9", {}),
+        ("/echo", "/%65%63ho", {}),
+        ("/chat/<room>", "/chat/a%2Fb", {"room": "a/b"}),  # an encoded / stays in its segment
+        ("/chat/<room>", "/chat/a%252Fb", {"room": "a%2Fb"}),  # decoded once, never twice
+        ("/files/<path:p>", "/files/a%2Fb/c", {"p": "a/b/c"}),
+        ("/user/<int:uid>", "/user/%34%32", {"uid": 42}),
+        ("/user/<int:uid>", "/user/%D9%A3", None),  # only ASCII digits are an int
+    ],
+)
 def test_path_patterns(pattern: str, path: str, params: dict[str, Any] | None) -> None:
     canonical = canonical_path(path)
     assert canonical is not None

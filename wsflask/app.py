@@ -81,9 +81,11 @@ class App:
     def _check_setup_finished(self, f_name: str) -> None:
         """Raise ``SetupError`` when setup method ``f_name`` runs after serving started."""
         if self._setup_finished:
-            raise SetupError(f"cannot call {f_name}() after the app started serving; "
-                             "register every route, handler and hook before app.run(), "
-                             "app.make_server() or the test client's first connection")
+            raise SetupError(
+                f"cannot call {f_name}() after the app started serving; "
+                "register every route, handler and hook before app.run(), "
+                "app.make_server() or the test client's first connection"
+            )
 
     @setupmethod
     def configure(self, config: Config) -> None:
@@ -98,14 +100,21 @@ class App:
 
     # -- registration: decorators over add_* ------------------------------------------------
 
-    def route(self, path: str, *, json: bool | None = None,
-              subprotocols: Iterable[str] | None = None) -> Route:
+    def route(
+        self, path: str, *, json: bool | None = None, subprotocols: Iterable[str] | None = None
+    ) -> Route:
         """Return the ``Route`` for ``path`` (created once); use it as a decorator or keep it."""
         return self.add_route(path, json=json, subprotocols=subprotocols)
 
     @setupmethod
-    def add_route(self, path: str, handler: Callable[..., Any] | None = None, *,
-                  json: bool | None = None, subprotocols: Iterable[str] | None = None) -> Route:
+    def add_route(
+        self,
+        path: str,
+        handler: Callable[..., Any] | None = None,
+        *,
+        json: bool | None = None,
+        subprotocols: Iterable[str] | None = None,
+    ) -> Route:
         """Register (or update) the WebSocket route at ``path``; return it.
 
         Args:
@@ -149,23 +158,26 @@ class App:
         On a straight-line route the connection then closes with 1011; on a JSON route the
         client gets an error envelope and the connection stays open, unless ``func`` closed it.
         """
+
         def decorator(func: F) -> F:
             self.add_error_handler(exc_type, func)
             return func
+
         return decorator
 
     @setupmethod
-    def add_error_handler(self, exc_type: type[BaseException],
-                          func: Callable[..., Any]) -> None:
+    def add_error_handler(self, exc_type: type[BaseException], func: Callable[..., Any]) -> None:
         """Register an error handler (see ``errorhandler``)."""
         self._error_handlers[exc_type] = func
 
     def get(self, path: str) -> Callable[[F], F]:
         """Register ``func(request, **path_params)`` for plain HTTP GET ``path``; it returns
         ``str`` (HTML), ``bytes`` or an ``HTTPResponse``."""
+
         def decorator(func: F) -> F:
             self.add_page(path, func)
             return func
+
         return decorator
 
     @setupmethod
@@ -213,9 +225,12 @@ class App:
         route, params = found
         self.check_origin(request)
         session = self._run_hooks(request)
-        return Upgrade(handler=self._dispatch.handler(route),
-                       subprotocol=route.choose_subprotocol(request.subprotocols),
-                       session=session, path_params=params)
+        return Upgrade(
+            handler=self._dispatch.handler(route),
+            subprotocol=route.choose_subprotocol(request.subprotocols),
+            session=session,
+            path_params=params,
+        )
 
     def check_origin(self, request: Request) -> None:
         """Allow an absent Origin, the same origin, or ``config.allowed_origins``; else 403.
@@ -269,8 +284,10 @@ class App:
 
         The caller decides what happens to the connection next (``dispatch.py``).
         """
-        handler = next((self._error_handlers[cls] for cls in type(exc).__mro__
-                        if cls in self._error_handlers), None)
+        handler = next(
+            (self._error_handlers[cls] for cls in type(exc).__mro__ if cls in self._error_handlers),
+            None,
+        )
         if handler is None:
             logger.error("handler failed on %s", ws.request and ws.request.path, exc_info=exc)
             return
@@ -279,21 +296,33 @@ class App:
         except Exception:
             logger.exception("error handler %r failed", handler)
 
-    def emit(self, event: str, data: Any = None, *, to: str | Iterable[str] | None = None,
-             skip: WebSocket | Iterable[WebSocket] | None = None) -> BroadcastResult:
+    def emit(
+        self,
+        event: str,
+        data: Any = None,
+        *,
+        to: str | Iterable[str] | None = None,
+        skip: WebSocket | Iterable[WebSocket] | None = None,
+    ) -> BroadcastResult:
         """Send the event envelope ``{"event": event, "data": data}`` to room(s) ``to``.
 
         ``to=None`` reaches every connection; ``skip`` leaves out connections (or their ids).
         """
         return self.rooms.broadcast(to, encode(event, data), exclude=skip)
 
-    def send(self, data: str | bytes, *, to: str | Iterable[str] | None = None,
-             skip: WebSocket | Iterable[WebSocket] | None = None) -> BroadcastResult:
+    def send(
+        self,
+        data: str | bytes,
+        *,
+        to: str | Iterable[str] | None = None,
+        skip: WebSocket | Iterable[WebSocket] | None = None,
+    ) -> BroadcastResult:
         """Send ``data`` as is (text or binary message) to room(s) ``to``; see ``emit``."""
         return self.rooms.broadcast(to, data, exclude=skip)
 
-    def make_server(self, host: str | None = None, port: int | None = None, *,
-                    listener: Any = None) -> Server:
+    def make_server(
+        self, host: str | None = None, port: int | None = None, *, listener: Any = None
+    ) -> Server:
         """Build the ``Server`` for this app (not started); ends the setup phase.
 
         ``listener``: a bound, listening socket to serve instead of ``(host, port)`` (a
@@ -302,13 +331,20 @@ class App:
         stop also join and leave the bus.
         """
         self._setup_finished = True
-        address = listener if listener is not None else (
-            host if host is not None else self.config.host,
-            port if port is not None else self.config.port)
-        heartbeat = (self.heartbeat if self.cluster is None
-                     else NodeLifecycle(self.heartbeat, self.cluster))
-        self.server = Server(address, self.resolve, self.config,
-                             metrics=self.metrics, heartbeat=heartbeat)
+        address = (
+            listener
+            if listener is not None
+            else (
+                host if host is not None else self.config.host,
+                port if port is not None else self.config.port,
+            )
+        )
+        heartbeat = (
+            self.heartbeat if self.cluster is None else NodeLifecycle(self.heartbeat, self.cluster)
+        )
+        self.server = Server(
+            address, self.resolve, self.config, metrics=self.metrics, heartbeat=heartbeat
+        )
         return self.server
 
     def run(self, host: str | None = None, port: int | None = None) -> None:

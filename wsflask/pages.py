@@ -74,8 +74,11 @@ class Pages:
         return None
 
     def _metrics_page(self, request: Request) -> HTTPResponse:
-        return HTTPResponse(200, self.metrics.render().encode(),
-                            content_type="text/plain; version=0.0.4; charset=utf-8")
+        return HTTPResponse(
+            200,
+            self.metrics.render().encode(),
+            content_type="text/plain; version=0.0.4; charset=utf-8",
+        )
 
     def _ready_page(self, request: Request) -> HTTPResponse:
         reason = self.not_ready()
@@ -96,5 +99,6 @@ def as_response(value: Any) -> HTTPResponse:
         return HTTPResponse(200, value.encode(), content_type="text/html; charset=utf-8")
     if isinstance(value, bytes):
         return HTTPResponse(200, value, content_type="application/octet-stream")
-    raise TypeError(f"a page handler must return str, bytes or HTTPResponse, not "
-                    f"{type(value).__name__}")
+    raise TypeError(
+        f"a page handler must return str, bytes or HTTPResponse, not {type(value).__name__}"
+    )

@@ -35,8 +35,10 @@ CONVERTERS: dict[str, tuple[str, Callable[[str], Any]]] = {
     "int": (r"[0-9]+", int),  # not \d: decoded paths may hold other scripts' digits
     "float": (r"[0-9]+\.[0-9]+", float),
     "path": (r"[^/].*?", str),
-    "uuid": (r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}",
-             uuid.UUID),
+    "uuid": (
+        r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}",
+        uuid.UUID,
+    ),
 }
 
 
@@ -51,8 +53,10 @@ def canonical_path(path: str) -> str | None:
     if "%" not in path:
         return path
     try:
-        return "/".join(unquote(segment, errors="strict").replace("%", "%25")
-                        .replace("/", "%2F") for segment in path.split("/"))
+        return "/".join(
+            unquote(segment, errors="strict").replace("%", "%25").replace("/", "%2F")
+            for segment in path.split("/")
+        )
     except UnicodeDecodeError:
         return None
 
@@ -97,11 +101,12 @@ class PathPattern:
         self.converters: dict[str, Callable[[str], Any]] = {}
         regex, pos = [], 0
         for part in _PART.finditer(path):
-            regex.append(_literal(path[pos:part.start()]))
+            regex.append(_literal(path[pos : part.start()]))
             conv, name = part["conv"] or "string", part["name"]
             if conv not in CONVERTERS:
-                raise ValueError(f"route {path!r}: unknown converter {conv!r} "
-                                 f"(known: {', '.join(CONVERTERS)})")
+                raise ValueError(
+                    f"route {path!r}: unknown converter {conv!r} (known: {', '.join(CONVERTERS)})"
+                )
             if name in self.converters:
                 raise ValueError(f"route {path!r}: parameter {name!r} appears twice")
             pattern, convert = CONVERTERS[conv]
@@ -157,8 +162,9 @@ class Route:
         subprotocols: the subprotocols this route speaks.
     """
 
-    def __init__(self, app: SetupGuard, path: str, *, json: bool = False,
-                 subprotocols: Iterable[str] = ()) -> None:
+    def __init__(
+        self, app: SetupGuard, path: str, *, json: bool = False, subprotocols: Iterable[str] = ()
+    ) -> None:
         self.app = app
         self.pattern = PathPattern(path)
         self.json = json
@@ -187,29 +193,37 @@ class Route:
     def on(self, event: str) -> Callable[[F], F]:
         """Register a handler for ``event``: "connect", "message", "disconnect", a JSON event
         name or "*" (JSON catch-all, called as ``f(ws, event, data, **path_params)``)."""
+
         def decorator(func: F) -> F:
             self.add_handler(event, func)
             return func
+
         return decorator
 
     @setupmethod
     def add_handler(self, event: str, func: Callable[..., Any]) -> None:
         """Register ``func`` for ``event`` (see ``on()``); raises ``SetupError`` on conflicts."""
         if self.handler is not None:
-            raise SetupError(f"route {self.path!r} has a straight-line handler; use either it "
-                             "or @route.on(...) handlers, not both")
+            raise SetupError(
+                f"route {self.path!r} has a straight-line handler; use either it "
+                "or @route.on(...) handlers, not both"
+            )
         current = self.handlers.setdefault(event, [])
         if current and event not in LIFECYCLE:
-            raise SetupError(f"route {self.path!r} already has a {event!r} handler "
-                             f"({current[0].__qualname__}); register one per event")
+            raise SetupError(
+                f"route {self.path!r} already has a {event!r} handler "
+                f"({current[0].__qualname__}); register one per event"
+            )
         current.append(func)
 
     @setupmethod
     def set_handler(self, func: Callable[..., Any]) -> None:
         """Make ``func`` the straight-line handler; it must be the route's only handler."""
         if self.handlers or (self.handler is not None and self.handler is not func):
-            raise SetupError(f"route {self.path!r} already has handlers; a straight-line "
-                             "handler must be the only one")
+            raise SetupError(
+                f"route {self.path!r} already has handlers; a straight-line "
+                "handler must be the only one"
+            )
         self.handler = func
 
     def choose_subprotocol(self, offers: Iterable[str]) -> str | None:
