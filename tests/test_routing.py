@@ -83,7 +83,9 @@ def test_resolve_routes_and_converts_params() -> None:
     result = app.resolve(request("/user/7"), ("127.0.0.1", 1))
     assert isinstance(result, Upgrade)
     assert result.path_params == {"uid": 7}
-    assert result.handler is app.resolve(request("/user/8"), ("127.0.0.1", 1)).handler
+    assert result.handler == app.resolve(request("/user/8"), ("127.0.0.1", 1)).handler
+    app.route("/other")
+    assert result.handler != app.resolve(request("/other"), ("127.0.0.1", 1)).handler
     assert app.match("/user/7") == (route, {"uid": 7})
     with pytest.raises(NotFound):
         app.resolve(request("/nowhere"), ("127.0.0.1", 1))

@@ -69,7 +69,8 @@ class App:
         self._static: dict[str, Route] = {}
         self._before_upgrade: list[Callable[[Request], dict[str, Any] | None]] = []
         self._error_handlers: dict[type[BaseException], Callable[..., Any]] = {}
-        self._dispatch = Dispatcher(self.rooms, self.handle_exception)
+        #: route -> what runs its connections (``Upgrade.handler`` is its ``serve``)
+        self._dispatchers: dict[Route, Dispatcher] = {}
         self._setup_finished = False
 
     def _build_services(self, config: Config) -> tuple[Heartbeat, Bridge | None]:
@@ -127,6 +128,7 @@ class App:
         if route is None:
             route = Route(self, path)
             self._routes.append(route)
+            self._dispatchers[route] = Dispatcher(route, self.rooms, self.handle_exception)
             if route.pattern.is_static:
                 self._static[route.pattern.canonical] = route
         if json is not None:
@@ -219,14 +221,14 @@ class App:
             if page is not None:
                 return page
             if found is not None:  # a WebSocket route: the server answers 426
-                return Upgrade(handler=self._dispatch.handler(found[0]))
+                return Upgrade(handler=self._dispatchers[found[0]].serve)
         if found is None:
             raise NotFound(f"no route for {request.path}")
         route, params = found
         self.check_origin(request)
         session = self._run_hooks(request)
         return Upgrade(
-            handler=self._dispatch.handler(route),
+            handler=self._dispatchers[route].serve,
             subprotocol=route.choose_subprotocol(request.subprotocols),
             session=session,
             path_params=params,
