@@ -8,7 +8,7 @@ envelopes ``envelopes.py``'s; no socket I/O beyond ``ws.send``/``ws.close``.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 from .envelopes import decode, encode, error, quote
@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     from .rooms import Rooms
     from .websocket import WebSocket
 
-__all__ = ["Dispatcher"]
+__all__ = ["Dispatcher", "dispatch_envelope"]
 
 #: ``on_error(ws, exc)``: the app's error handlers (or its log)
 ErrorHook = Callable[["WebSocket", Exception], None]
@@ -106,7 +106,12 @@ class _Disconnect:
 
     __slots__ = ("handlers", "on_error", "params", "refused")
 
-    def __init__(self, handlers: Any, params: dict[str, Any], on_error: ErrorHook) -> None:
+    def __init__(
+        self,
+        handlers: Iterable[Callable[..., Any]],
+        params: dict[str, Any],
+        on_error: ErrorHook,
+    ) -> None:
         self.handlers: tuple[Callable[..., Any], ...] = tuple(handlers)
         self.params = params
         self.on_error = on_error
