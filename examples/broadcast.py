@@ -3,7 +3,7 @@
 Run it with ``python examples/broadcast.py`` (serves ws://127.0.0.1:8080/) or
 ``wsflask run examples.broadcast:app``; open two ``wsflask client ws://127.0.0.1:8080/``
 terminals and type in one. It shows the event style (``@app.on("message")`` is the route
-``/``) and ``app.emit``: the frame is encoded once and handed to every connection without
+``/``) and ``app.send``: the frame is encoded once and handed to every connection without
 blocking, so one slow reader cannot stall the others (its bounded outbox fills instead).
 """
 
@@ -22,7 +22,7 @@ app = App()
 @app.on("message")
 def relay(ws: WebSocket, message: str | bytes) -> None:
     """Send ``message`` (text or binary, as received) to every connection."""
-    app.emit(message)
+    app.send(message)
 
 
 if __name__ == "__main__":

@@ -36,9 +36,7 @@ from urllib.parse import parse_qs
 
 import gevent
 
-from wsflask import App, Config, HTTPResponse, WebSocket
-from wsflask.errors import NotFound
-from wsflask.protocol import Request
+from wsflask import App, Config, HTTPResponse, Reject, Request, WebSocket
 
 #: heartbeat pings every 5 s, so the dashboard's RTT chart fills up quickly
 app = App(ping_interval=5.0)
@@ -72,7 +70,7 @@ def asset(name: str) -> HTTPResponse:
     path = STATIC / name
     kind = CONTENT_TYPES.get(path.suffix)
     if kind is None or "/" in name or name.startswith(".") or not path.is_file():
-        raise NotFound(f"no such file: {name}")
+        raise Reject(404, f"no such file: {name}")
     return HTTPResponse(200, path.read_bytes(), content_type=kind, headers=PAGE_HEADERS)
 
 

@@ -40,8 +40,7 @@ from flask.sessions import SecureCookieSessionInterface
 from itsdangerous import BadSignature
 from werkzeug.wrappers import Response
 
-from wsflask import App, Reject, WebSocket
-from wsflask.protocol import Request
+from wsflask import App, Reject, Request, WebSocket
 
 flask_app = Flask(__name__)
 flask_app.secret_key = os.environ.get("FLASK_SECRET_KEY") or secrets.token_hex(32)
@@ -156,7 +155,7 @@ def joined(ws: WebSocket) -> None:
 def said(ws: WebSocket, text: str | bytes) -> None:
     if isinstance(text, str) and text.strip():
         message = {"user": ws.session["user"], "text": text.strip()[:2000]}
-        ws_app.emit(json.dumps(message), to=ROOM)
+        ws_app.send(json.dumps(message), to=ROOM)
 
 
 flask_app.wsgi_app = ws_app.wsgi_middleware(flask_app.wsgi_app)  # type: ignore[method-assign]

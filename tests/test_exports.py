@@ -37,10 +37,39 @@ def test_every_exported_name_exists() -> None:
 
 
 def test_the_user_facing_api_is_exported() -> None:
-    for name in ("App", "Route", "WebSocket", "Config", "Reject", "SetupError",
-                 "ConnectionClosed", "Rooms", "BroadcastResult", "Metrics", "Heartbeat",
-                 "TestClient", "connect"):
+    for name in (
+        "App",
+        "Route",
+        "WebSocket",
+        "Config",
+        "Reject",
+        "SetupError",
+        "ConnectionClosed",
+        "Rooms",
+        "BroadcastResult",
+        "TestClient",
+        "connect",
+        "Request",
+        "HandshakeError",
+    ):
         assert name in wsflask.__all__
+
+
+def test_internals_users_reach_through_the_app_are_not_exported() -> None:
+    # app.metrics and app.heartbeat are built by App; users never construct them
+    for name in ("Heartbeat", "Metrics"):
+        assert name not in wsflask.__all__
+        assert not hasattr(wsflask, name)
+
+
+def test_examples_import_only_the_public_surface() -> None:
+    examples = Path(__file__).resolve().parent.parent / "examples"
+    for path in examples.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("wsflask."):
+                assert node.module in ("wsflask.logs", "wsflask.wsgi"), (
+                    f"{path.name}:{node.lineno} imports from {node.module}: use `from wsflask`"
+                )
 
 
 def test_import_has_no_side_effects() -> None:

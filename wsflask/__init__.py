@@ -14,13 +14,13 @@ from .client import connect as connect
 from .config import Config as Config
 from .errors import ConfigError as ConfigError
 from .errors import ConnectionClosed as ConnectionClosed
+from .errors import HandshakeError as HandshakeError
 from .errors import HandshakeRejected as HandshakeRejected
 from .errors import Reject as Reject
 from .errors import SetupError as SetupError
 from .errors import WsflaskError as WsflaskError
-from .heartbeat import Heartbeat as Heartbeat
-from .metrics import Metrics as Metrics
 from .protocol import CloseCode as CloseCode
+from .protocol import Request as Request
 from .rooms import BroadcastResult as BroadcastResult
 from .rooms import Rooms as Rooms
 from .server import Server as Server
@@ -39,10 +39,10 @@ __all__ = [
     "ConfigError",
     "ConnectionClosed",
     "HTTPResponse",
+    "HandshakeError",
     "HandshakeRejected",
-    "Heartbeat",
-    "Metrics",
     "Reject",
+    "Request",
     "Rooms",
     "Route",
     "Server",

@@ -1,30 +1,16 @@
-"""JSON event envelopes: decode one, call its handler, answer with an ack or an error envelope.
+"""The JSON event-envelope codec: ``{"event": name, "data": ..., "id": ...}`` as text messages.
 
-What it does: ``dispatch()`` handles one message of a ``json=True`` route: parses
-``{"event": name, "data": ..., "id": ...}``, calls the route's handler for ``name`` (or its
-``"*"`` catch-all), and sends ``{"event": "ack", "data": result, "id": id}`` when the message
-had an ``id``; malformed JSON, a non-object, a missing or reserved event name, or an unknown
-event get an ``{"event": "error", ...}`` envelope and the connection stays open; a binary
-message closes with 1003. ``envelope()`` encodes ``{"event", "data"[, "id"]}`` compactly
-(``App.emit()`` uses it too).
-
-What it does not do: no routing, no handler registration, no connect/disconnect lifecycle, no
-exception handling (``app.py`` does all of that), no socket I/O beyond ``ws.send``/``ws.close``.
+``encode`` and ``decode`` are the one place the format is written and read (``App``, the
+emitter, the bridge, ``TestClient`` and ``wsflask.locust`` use them); ``error`` builds a
+bounded error reply. No dispatch, no handlers, no I/O: running events is ``dispatch.py``'s.
 """
 
 from __future__ import annotations
 
 import json as jsonlib
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:
-    from .websocket import WebSocket
-
-__all__ = ["LIFECYCLE", "decode", "dispatch", "encode", "envelope"]
-
-#: events a client may not send: the framework runs them itself
-LIFECYCLE = ("connect", "disconnect")
+__all__ = ["QUOTE_LIMIT", "decode", "encode", "error", "quote"]
 
 
 def encode(event: str, data: Any = None, id: Any = None) -> str:
@@ -54,57 +40,26 @@ def decode(message: str | bytes) -> dict[str, Any] | None:
     return None
 
 
-def envelope(event: str, data: Any, msg_id: Any = None) -> str:
-    """Encode ``{"event", "data"[, "id"]}`` compactly; send the result as a text message."""
-    body: dict[str, Any] = {"event": event, "data": data}
-    if msg_id is not None:
-        body["id"] = msg_id
-    return jsonlib.dumps(body, separators=(",", ":"))
+#: the most characters of any client input (an event name, an id) an error reply carries
+QUOTE_LIMIT = 64
+#: a safety cap on an error reply's whole message (server text plus quoted input)
+_MESSAGE_LIMIT = 4 * QUOTE_LIMIT
 
 
-def dispatch(
-    ws: WebSocket,
-    message: str | bytes,
-    handlers: dict[str, list[Callable[..., Any]]],
-    params: dict[str, Any],
-) -> None:
-    """Decode one envelope, call its handler, send the ack or an error envelope.
+def quote(text: str) -> str:
+    """``text`` as an error reply may show it: at most ``QUOTE_LIMIT`` characters."""
+    return text if len(text) <= QUOTE_LIMIT else text[:QUOTE_LIMIT] + "..."
 
-    Args:
-        ws: the connection the message came from (acks and errors go back to it).
-        message: the message as ``ws.receive()`` returned it.
-        handlers: the route's event name -> handlers table (``Route.handlers``).
-        params: the route's path parameters, passed to the handler as keywords.
 
-    Handler exceptions propagate to the caller (``Route.serve`` hands them to
-    ``App.handle_exception``); read the next message after this returns.
+def error(type: str, message: str, id: Any = None) -> str:
+    """Encode ``{"event": "error", "data": {"type", "message"}[, "id"]}``, bounded.
+
+    ``message`` is the server's text (quote client input in it with ``quote()``); ``id``
+    is the request's id, echoed only when it is short (a str cut by ``quote()``, an int of
+    at most 64 bits); anything else is left out. So a reply never grows with the input.
     """
-    if isinstance(message, bytes):
-        ws.close(1003, "binary messages are not accepted on this route")
-        return
-    try:
-        decoded = jsonlib.loads(message)
-    except ValueError:
-        ws.send(envelope("error", {"message": "malformed JSON"}))
-        return
-    event = decoded.get("event") if isinstance(decoded, dict) else None
-    if not isinstance(event, str) or event in LIFECYCLE:
-        ws.send(
-            envelope(
-                "error",
-                {"message": 'expected {"event": name, "data": ...}'},
-                decoded.get("id") if isinstance(decoded, dict) else None,
-            )
-        )
-        return
-    data, msg_id = decoded.get("data"), decoded.get("id")
-    found = handlers.get(event)
-    if found:
-        result = found[0](ws, data, **params)
-    elif "*" in handlers:
-        result = handlers["*"][0](ws, event, data, **params)
-    else:
-        ws.send(envelope("error", {"message": f"unknown event {event!r}"}, msg_id))
-        return
-    if msg_id is not None:
-        ws.send(envelope("ack", result, msg_id))
+    if isinstance(id, str):
+        id = quote(id)
+    elif not isinstance(id, int) or not -(2**63) <= id < 2**63:
+        id = None
+    return encode("error", {"type": type, "message": message[:_MESSAGE_LIMIT]}, id)

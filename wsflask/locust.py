@@ -1,32 +1,14 @@
 """Locust integration: WebSocket users whose connects, sends and round trips show real timings.
 
-What it does: ``WebSocketClient`` wraps ``wsflask.client.connect`` and fires locust's
-``request`` event (``request_type="WS"``) for the connect (``"connect"``, timed with
-``events.request.measure``), every ``send()``, every ``receive()`` (time spent waiting) and
-every ``request()``: a JSON envelope ``{"event", "data", "id"}`` whose ack ``{"event": "ack",
-"id", "data"}`` (or ``{"event": "error", "id", ...}``, a failure) is matched by id, so the
-response time runs from ``perf_counter()`` at send to the ack's arrival. ``round_trip()`` does
-the same for plain routes (echo). Fan-out latency: ``stamp()`` puts the sender's wall-clock
-time into a payload, and each receiver that ``track_fanout(event)`` reports ``now - sent_at``
-(wall clock, so senders and receivers may live in different locust processes on one host).
-A reader greenlet per connection takes every message: acks wake their ``request()``, tracked
-fan-out events are timed, the rest wait in a bounded inbox for ``receive()``.
-
-``WebSocketUser`` is an abstract ``locust.User`` that connects to ``host + path`` in
-``on_start`` and closes in ``on_stop``; subclasses write ``@task`` methods on ``self.client``.
-
-Importing this module imports locust, and locust calls ``gevent.monkey.patch_all`` on
-import (unless ``LOCUST_SKIP_MONKEY_PATCH`` is set): import it only from locustfiles (the
-``locust`` command has imported locust already). Nothing else in wsflask imports it.
-
-What it does not do: no HTTP user, no reconnection policy beyond connecting again on the next
-call after a drop, no clock synchronisation between hosts for fan-out latency.
+``WebSocketClient`` reports every connect, send, receive and acked ``request()`` to locust as
+``request_type="WS"``; ``WebSocketUser`` connects in ``on_start``. Importing it imports locust,
+which monkey-patches: import it only from locustfiles (nothing else in wsflask does). No HTTP
+user, no reconnection policy, no clock synchronisation between hosts for fan-out latency.
 """
 
 from __future__ import annotations
 
 import itertools
-import json
 import re
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -39,6 +21,7 @@ from locust import User
 from locust.env import Environment
 
 from .client import connect
+from .envelopes import decode, encode
 from .errors import ConnectionClosed
 from .websocket import WebSocket
 
@@ -80,7 +63,12 @@ class WebSocketClient:
         inbox_size: messages kept for ``receive()``; the oldest is dropped beyond it.
 
     Call ``connect()``, then ``send()``/``request()``/``round_trip()``/``receive()``, and
-    ``close()`` at the end.
+    ``close()`` at the end. ``request()`` sends an event envelope with an ``id`` and times it
+    until the ``ack`` (or ``error``) with that id. ``round_trip()`` does the same for echo
+    routes. For fan-out latency, ``stamp()`` puts the sender's wall-clock time into a payload
+    and ``track_fanout(event)`` reports ``now - sent_at`` on each receiver. A reader greenlet
+    takes every message: acks wake their ``request()``, tracked events are timed, the rest
+    wait in a bounded inbox for ``receive()``.
     """
 
     def __init__(
@@ -151,7 +139,7 @@ class WebSocketClient:
 
     def emit(self, event: str, data: Any = None, name: str | None = None) -> None:
         """Send the envelope ``{"event", "data"}`` (no ack expected), timed as a send."""
-        self.send(_encode(event, data, None), name or event)
+        self.send(encode(event, data, None), name or event)
 
     def request(
         self, event: str, data: Any = None, *, name: str | None = None, timeout: float | None = None
@@ -165,7 +153,7 @@ class WebSocketClient:
         msg_id = next(self._ids)
         waiter: AsyncResult = AsyncResult()
         self._pending[msg_id] = waiter
-        text = _encode(event, data, msg_id)
+        text = encode(event, data, msg_id)
         started = time.perf_counter()
         exception: Exception | None = None
         answer: Any = None
@@ -328,19 +316,8 @@ class WebSocketUser(User):
         self.client.close()
 
 
-def _encode(event: str, data: Any, msg_id: int | None) -> str:
-    body: dict[str, Any] = {"event": event, "data": data}
-    if msg_id is not None:
-        body["id"] = msg_id
-    return json.dumps(body, separators=(",", ":"))
-
-
 def _decode(message: str | bytes) -> dict[str, Any] | None:
     """The JSON envelope in ``message``, or None for anything else (cheap check first)."""
     if not isinstance(message, str) or not message.startswith(_ENVELOPE_START):
         return None
-    try:
-        value = json.loads(message)
-    except ValueError:
-        return None
-    return value if isinstance(value, dict) else None
+    return decode(message)
