@@ -46,7 +46,7 @@ def room_echo(ws: Any, room: str) -> None:
     """Join ``room``; broadcast every message to it (the sender included)."""
     app.rooms.join(room, ws)
     for message in ws:
-        app.emit(message, to=room)
+        app.send(message, to=room)
 
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -22,7 +22,7 @@ def chat(ws: Any, room: str) -> None:
     app.rooms.join(room, ws)
     ws.send(json.dumps({"hello": ws.id, "pid": os.getpid()}))
     for message in ws:
-        app.emit(message, to=room)
+        app.send(message, to=room)
 
 
 @app.get("/count/<room>")

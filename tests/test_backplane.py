@@ -54,9 +54,9 @@ def cluster() -> Iterator[Callable[..., tuple[App, Any]]]:
             ws.send(json.dumps({"hello": ws.id}))
             for message in ws:
                 if message == "skipme":
-                    app.emit("skipped", to=room, skip=ws)
+                    app.send("skipped", to=room, skip=ws)
                 else:
-                    app.emit(message, to=room)
+                    app.send(message, to=room)
 
         client = app.test_client(timeout=10)
         clients.append(client)
@@ -183,13 +183,13 @@ def test_exclude_personal_rooms_and_everyone_across_nodes(cluster: Any) -> None:
     started(a, b)
     wa.send("skipme")  # skip=ws: the sender on A is left out, B's member gets it
     assert cb.receive(wb) == "skipped"
-    a.emit("to you", to=idb)  # a personal room on the other node
+    a.send("to you", to=idb)  # a personal room on the other node
     assert cb.receive(wb) == "to you"
-    b.emit("everyone")
+    b.send("everyone")
     assert ca.receive(wa) == "everyone" and cb.receive(wb) == "everyone"
-    b.emit("both rooms once", to=["t", ida])  # a member reached twice gets it once
+    b.send("both rooms once", to=["t", ida])  # a member reached twice gets it once
     assert ca.receive(wa) == "both rooms once" and cb.receive(wb) == "both rooms once"
-    b.emit("skip by id", to="t", skip=[ida])  # exclusion by id from another node
+    b.send("skip by id", to="t", skip=[ida])  # exclusion by id from another node
     assert cb.receive(wb) == "skip by id"
     with pytest.raises(TimeoutError):
         wa.receive(timeout=0.3)

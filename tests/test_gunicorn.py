@@ -45,7 +45,7 @@ def joined(ws):
 
 @room.on("message")
 def said(ws, data):
-    ws_app.emit(data, to="room")
+    ws_app.send(data, to="room")
 
 
 flask_app.wsgi_app = ws_app.wsgi_middleware(flask_app.wsgi_app)

@@ -59,7 +59,7 @@ def nodes() -> Iterator[Callable[[str], tuple[App, Any]]]:
             app.rooms.join(room, ws)
             ws.send(json.dumps({"hello": ws.id}))
             for message in ws:
-                app.emit(message, to=room)
+                app.send(message, to=room)
 
         client = app.test_client(timeout=10)
         clients.append(client)
