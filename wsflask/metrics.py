@@ -29,12 +29,12 @@ import time
 from bisect import bisect_left
 from collections import deque
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
     from .protocol import PerMessageDeflate
 
-__all__ = ["Histogram", "Metrics"]
+__all__ = ["Histogram", "Metrics", "MetricsSink"]
 
 #: Round-trip time buckets, in seconds (loopback is ~0.0001 s, a slow mobile link ~1 s).
 RTT_BUCKETS: tuple[float, ...] = (0.0005, 0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
@@ -95,6 +95,23 @@ class Histogram:
         lines.append(f"{name}_sum {_fmt(self.sum)}")
         lines.append(f"{name}_count {self.count}")
         return lines
+
+
+class MetricsSink(Protocol):
+    """The counters a connection (``WebSocket``) and ``Rooms`` bump; ``Metrics`` is one.
+
+    Hand-written stand-ins in tests type against it. Every call must return at once.
+    """
+
+    def connection_opened(self, deflate: PerMessageDeflate | None = None) -> None: ...
+    def connection_closed(self, code: int, duration: float,
+                          deflate: PerMessageDeflate | None = None) -> None: ...
+    def message_in(self, nbytes: int) -> None: ...
+    def message_out(self, nbytes: int) -> None: ...
+    def frame_parse(self, seconds: float) -> None: ...
+    def compress_time(self, seconds: float) -> None: ...
+    def dropped(self, reason: str) -> None: ...
+    def slow_consumer_closed(self) -> None: ...
 
 
 class Metrics:

@@ -153,8 +153,7 @@ class Bridge:
         self._bus = self._given if self._given is not None else open_backplane(url)
         self.node = secrets.token_hex(6)
         self._running, self._failed, self._presence_dirty = True, False, True
-        self.rooms.node = self.node
-        self.rooms.bus = self
+        self.rooms.attach(self, self.node)
         for channel in (self.router.node(self.node), self.router.everyone):
             self._subscribe(channel)
         for room in self.rooms.rooms():
@@ -172,7 +171,7 @@ class Bridge:
         if not self._running:
             return
         self._running = False
-        self.rooms.bus = None
+        self.rooms.detach()
         bus = self._bus
         with Timeout(timeout, False):
             while self._queue and self._session_up:
