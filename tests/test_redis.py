@@ -22,8 +22,8 @@ import gevent
 import pytest
 
 from wsflask import App
+from wsflask.backplane import Emitter
 from wsflask.client import connect
-from wsflask.emitter import Emitter
 
 FAST = {
     "backplane_interval": 1.0,

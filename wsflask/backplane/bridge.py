@@ -1,43 +1,16 @@
-"""The bridge between one App's rooms and a backplane: one node of a cluster.
+"""The bridge between one App's rooms and a backplane: it makes the App a node of a cluster.
 
-What it does, once ``start()`` ran (the server's start does it, in the worker process):
-
-* gives this node a random 12-hex id; connections tracked from then on get ids
-  ``<node>.<n>``, unique across nodes, so ``to=ws.id`` and ``skip=ws`` work cluster-wide;
-* subscribes the node channel, the "everyone" channel and one channel per room with local
-  members (subscribe on the first local member, unsubscribe on the last: ``Rooms`` calls
-  ``room_changed()``); the backplane subscribes them all again after each reconnect;
-* ``publish()`` (called by ``Rooms.broadcast`` after the local delivery) never blocks: it
-  queues one envelope per target channel for the publisher greenlet, which sends them in
-  order and in batches. While the bus is down, or past ``backplane_queue`` queued items,
-  each publish is counted in ``websocket_dropped_messages_total{reason="backplane"}``;
-* the listener greenlet delivers remote envelopes with ``Rooms.deliver`` (the one local
-  delivery path, same ``exclude`` semantics, by connection id), drops this node's own echoes,
-  and handles an envelope once even when it arrives on several channels (per-origin sequence
-  numbers). A lost session is retried with capped exponential backoff and jitter;
-* a probe: every ``backplane_interval`` seconds the node publishes to its own channel; no
-  echo within two intervals -> an error in the log, ``ready`` goes false (``/readyz`` 503)
-  and the session is torn down and reconnected (a silent, starved subscriber counts as down);
-* gap notices (battery RD-01): after a session comes back from a failure, every local member
-  of every local room gets ``gap_message(room)`` (default: the JSON envelope
-  ``{"event":"_gap","data":{"room":...}}``; set ``app.cluster.gap_message`` to change it, or to
-  a function returning None to send nothing), and for each channel whose publishes were
-  dropped a gap envelope goes out so the members on other nodes get the notice too;
-* presence: every interval (and shortly after membership changes) the node writes its
-  memberships with a TTL of three intervals; ``Rooms.count(room, cluster=True)`` adds the
-  other live nodes' counts. A dead node's presence expires with its TTL.
-
-What it does not do: no message history or replay (a gap notice tells clients to resync),
-no acknowledgements, no delivery guarantee across an outage beyond "counted, then notified".
+``start()`` joins the bus and ``stop()`` leaves it; broadcasts are queued, never blocking, and
+remote ones are delivered once through ``Rooms.deliver``. A probe checks the link, presence
+feeds cluster counts, and an outage ends in counted drops and gap notices. No message
+history, replay or acknowledgements: a gap notice tells clients to resync.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import random
-import secrets
 from collections import deque
 from collections.abc import Callable, Iterable
 from time import monotonic
@@ -47,9 +20,12 @@ import gevent
 from gevent import Timeout
 from gevent.event import Event
 
+from .. import envelopes, ids
 from ..protocol import Opcode, encode_frame
-from .base import Backplane, BackplaneDown, open_backplane
-from .envelope import BadEnvelope, Envelope, Router, decode, encode
+from ..rooms import encode_message
+from .base import Backplane, BackplaneDown
+from .factory import open_backplane
+from .wire import BadEnvelope, Envelope, Router, decode, encode
 
 if TYPE_CHECKING:
     from ..config import Config
@@ -74,7 +50,7 @@ _Item = tuple[str, bytes, bool]  # (channel, payload, counts as a message)
 
 def default_gap_message(room: str) -> str:
     """The default gap notice: ``{"event":"_gap","data":{"room":room}}``."""
-    return json.dumps({"event": "_gap", "data": {"room": room}}, separators=(",", ":"))
+    return envelopes.encode("_gap", {"room": room})
 
 
 def backoff(failures: int, cap: float) -> float:
@@ -84,17 +60,22 @@ def backoff(failures: int, cap: float) -> float:
 
 
 class Bridge:
-    """Connects ``rooms`` to the backplane ``config.backplane``.
+    """Connects ``rooms`` to the backplane ``config.backplane``: a ``Service`` of the server.
 
     Args:
-        rooms: the app's room index.
+        rooms: the app's room index (``start()`` attaches to it, ``stop()`` detaches).
         config: ``backplane`` (URL), ``backplane_interval``, ``backplane_backoff_max``,
             ``backplane_queue``.
-        metrics: where drops are counted.
+        metrics: where drops are counted (``reason="backplane"``: the bus was down, refused
+            or the queue was full; ``"backplane_invalid"``: a malformed envelope arrived).
         backplane: a ready-made backplane instead of opening ``config.backplane``.
 
-    The app makes it; ``start()``/``stop()`` run with the server (``NodeLifecycle``). Query
-    ``ready``, ``node``; ``cluster_members(room)`` asks the bus.
+    The node subscribes its own channel, "everyone" and one channel per room with local
+    members. Every ``backplane_interval`` it publishes a probe to itself (no echo within two
+    intervals: ``ready`` goes false and the session is rebuilt) and writes its presence with
+    a TTL of three intervals. After a session comes back from a failure, local members get
+    ``gap_message(room)`` and the other nodes get a gap envelope for what was dropped.
+    Query ``ready`` and ``node``; ``cluster_members(room)`` asks the bus.
     """
 
     def __init__(
@@ -130,12 +111,14 @@ class Bridge:
         self._dropped: dict[str, list[str] | None] = {}
         self._wake = Event()
         self._tick = Event()
+        self._flushed = Event()  # set when the publisher has ended (stop() waits on it)
         self._presence_dirty = True
         self._greenlets: list[gevent.Greenlet] = []
         self._listener: gevent.Greenlet | None = None
 
     @property
     def interval(self) -> float:
+        """Seconds between probes and presence writes (``Config.backplane_interval``)."""
         return float(self.config.backplane_interval)
 
     @property
@@ -151,8 +134,9 @@ class Bridge:
             return
         url = self.config.backplane or "memory://"
         self._bus = self._given if self._given is not None else open_backplane(url)
-        self.node = secrets.token_hex(6)
+        self.node = ids.new_node_id()
         self._running, self._failed, self._presence_dirty = True, False, True
+        self._flushed.clear()
         self.rooms.attach(self, self.node)
         for channel in (self.router.node(self.node), self.router.everyone):
             self._subscribe(channel)
@@ -173,10 +157,9 @@ class Bridge:
         self._running = False
         self.rooms.detach()
         bus = self._bus
-        with Timeout(timeout, False):
-            while self._queue and self._session_up:
-                self._wake.set()
-                gevent.sleep(0.01)
+        self._wake.set()  # the publisher sends what is queued, then ends
+        if self._session_up:
+            self._flushed.wait(timeout)
         gevent.killall(self._greenlets, block=True, timeout=timeout)
         if bus is not None:
             with Timeout(timeout, False), contextlib.suppress(BackplaneDown):
@@ -211,9 +194,8 @@ class Bridge:
             for channel in channels:
                 self._drop(channel)
             return
-        kind, body = ("t", data.encode()) if isinstance(data, str) else ("b", bytes(data))
         self._seq += 1
-        payload = encode(Envelope(self.node, kind, body, self._seq, names, list(exclude)))
+        payload = encode(Envelope.message(self.node, self._seq, data, names, exclude))
         for channel in channels:
             self._queue.append((channel, payload, True))
         self._wake.set()
@@ -334,8 +316,6 @@ class Bridge:
         seen[origin] = seq
 
     def _notify_gap(self, rooms: list[str] | None) -> None:
-        from ..rooms import encode_message
-
         for room in self.rooms.rooms() if rooms is None else rooms:
             message = self.gap_message(room)
             if message is not None and self.rooms.count(room):
@@ -355,21 +335,28 @@ class Bridge:
     # -- internals: publisher and maintenance ----------------------------------------------------
 
     def _publish_loop(self) -> None:
-        while self._running:
-            self._wake.wait()
-            self._wake.clear()
-            while self._queue and self._bus is not None:
-                batch = [self._queue.popleft() for _ in range(min(BATCH, len(self._queue)))]
-                try:
-                    self._bus.publish_many([(channel, payload) for channel, payload, _ in batch])
-                except BackplaneDown as exc:
-                    logger.warning("backplane publish failed on node %s: %s", self.node, exc)
-                    for channel, _, counted in batch:
-                        if counted:
-                            self._drop(channel)
-                    continue
-                if self._dropped and self._session_up:
-                    self._flush_gaps()
+        try:
+            while self._running:
+                self._wake.wait()
+                self._wake.clear()
+                self._publish_queued()
+        finally:
+            self._flushed.set()
+
+    def _publish_queued(self) -> None:
+        """Send the queue in batches until it is empty (failed batches are dropped, counted)."""
+        while self._queue and self._bus is not None:
+            batch = [self._queue.popleft() for _ in range(min(BATCH, len(self._queue)))]
+            try:
+                self._bus.publish_many([(channel, payload) for channel, payload, _ in batch])
+            except BackplaneDown as exc:
+                logger.warning("backplane publish failed on node %s: %s", self.node, exc)
+                for channel, _, counted in batch:
+                    if counted:
+                        self._drop(channel)
+                continue
+            if self._dropped and self._session_up:
+                self._flush_gaps()
 
     def _send_probe(self) -> None:
         self._probe_sent = monotonic()
@@ -423,7 +410,7 @@ class Bridge:
             logger.warning("backplane presence write failed on node %s: %s", self.node, exc)
 
 
-class NodeLifecycle:
+class NodeLifecycle:  # removed at merge: Server(services=(heartbeat, bridge))
     """Runs the bridge with the server: a ``HeartbeatLike`` the server starts and stops.
 
     ``Server.start()`` starts the heartbeat then the bridge; ``Server.stop()`` stops them

@@ -32,7 +32,7 @@ from gevent.event import Event
 
 from ..errors import ConfigError
 from .base import READY, BackplaneDown
-from .envelope import Router
+from .wire import Router
 
 try:
     import redis as _redis
