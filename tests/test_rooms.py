@@ -14,6 +14,7 @@ import gevent
 import gevent.event
 import pytest
 
+from wsflask import ids
 from wsflask.config import Backpressure
 from wsflask.errors import ConfigError
 from wsflask.protocol import Opcode, PerMessageDeflate, encode_frame
@@ -301,3 +302,48 @@ def test_automatic_leave_on_close(app_factory: Any) -> None:
         assert left.wait(5)
         assert app.rooms.count("r") == 0
         assert app.rooms.rooms(personal=True) == []
+
+
+# -- defect 1: personal rooms are reserved ------------------------------------------------------
+
+
+def test_defect1_no_one_can_join_another_connections_personal_room(app_factory: Any) -> None:
+    from wsflask import App
+
+    app: App = app_factory()
+
+    @app.route("/chat/<room>")  # the README pattern: the room name comes from the client
+    def chat(ws: Any, room: str) -> None:
+        try:
+            app.rooms.join(room, ws)
+        except ValueError as exc:
+            ws.send(f"refused: {exc}")
+        else:
+            ws.send(f"joined as {ws.id}")
+        for _ in ws:
+            pass
+
+    with app.test_client() as client:
+        victim = client.connect("/chat/lobby")
+        victim_id = str(victim.receive(timeout=5)).removeprefix("joined as ")
+        attacker = client.connect(f"/chat/{victim_id}")
+        assert attacker.receive(timeout=5) == (
+            f"refused: room {victim_id!r} is reserved: it is a connection's personal room")
+        assert app.rooms.member_ids(victim_id) == [victim_id]
+        app.emit("secret", to=victim_id)
+        app.emit("public")  # to everyone, after the secret
+        assert victim.receive(timeout=5) == "secret"
+        assert victim.receive(timeout=5) == "public"
+        assert attacker.receive(timeout=5) == "public"  # the secret never reached it
+
+
+def test_defect1_names_shaped_like_connection_ids_are_refused_even_untracked() -> None:
+    rooms: Rooms[StubWS] = Rooms()
+    ws = StubWS()
+    for name in (ids.new_id(), ids.new_id(ids.new_node_id())):
+        with pytest.raises(ValueError, match="reserved"):
+            rooms.join(name, ws)
+    assert rooms.rooms() == [] and ws.rooms == {ws.id}
+    rooms.join(ws.id, ws)  # its own personal room: already a member, allowed
+    rooms.join("0123456789abcdef-lobby", ws)  # looks close, is not an id
+    assert rooms.rooms() == ["0123456789abcdef-lobby"]

@@ -1,9 +1,9 @@
 """Rooms: the index between room names and connections, and broadcast over it.
 
-Every tracked connection is in its personal room ``ws.id``; ``broadcast()`` encodes a frame
-once and hands it to every member without blocking (slow members get the room's
-``Backpressure`` policy). With a backplane ``attach()``-ed, broadcasts and membership changes
-also go to the bus. No I/O and no locks: callers share one thread and nothing here yields.
+Each tracked connection is in its personal room ``ws.id``, which no other may join.
+``broadcast()`` encodes a frame once and hands it to every member without blocking (slow
+members get the room's ``Backpressure`` policy); with a backplane ``attach()``-ed it also
+goes to the bus. No I/O and no locks: callers share one thread and nothing here yields.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from time import perf_counter
 from typing import TYPE_CHECKING, Generic, Protocol, cast
 
+from . import ids
 from .config import Backpressure
 from .errors import ConfigError
 from .protocol import Opcode, encode_frame, frame_info, shared_frame
@@ -158,10 +159,18 @@ class Rooms(Generic[M]):
         self._connections.pop(ws.id, None)
 
     def join(self, room: str, ws: M) -> None:
-        """Add ``ws`` to ``room`` (created on first join). Closed connections are ignored."""
+        """Add ``ws`` to ``room`` (created on first join). Closed connections are ignored.
+
+        Raises:
+            ValueError: ``room`` is reserved: it has the form of a connection id, or it is
+                the id of another tracked connection (its personal room, which only
+                ``to=ws.id`` may reach).
+        """
         if not ws.is_open:
             return
         self.track(ws)
+        if room != ws.id and (room in self._connections or ids.is_connection_id(room)):
+            raise ValueError(f"room {room!r} is reserved: it is a connection's personal room")
         self._add(room, ws)
 
     def leave(self, room: str, ws: M) -> None:
