@@ -328,3 +328,27 @@ def test_stop_sends_what_is_queued_before_leaving_the_bus(cluster: Any) -> None:
     assert a.rooms.bus is None and not a.cluster.ready
     assert [cb.receive(wb) for _ in range(300)] == [f"m{i}" for i in range(300)]
     assert not a.metrics.drops
+
+
+def test_defect3_an_envelope_behind_its_origins_sequence_is_dropped_and_counted(
+    cluster: Any,
+) -> None:
+    bus = f"b{next(_names)}"
+    a, ca = cluster(bus)
+    wa, _ = join(ca, "t")
+    started(a)
+    wait_until(lambda: a.cluster is not None and a.cluster.ready)
+    sender = MemoryBackplane(bus)
+
+    def send(seq: int, text: str, channels: tuple[str, ...] = ("wsflask:room:t",)) -> None:
+        payload = encode(Envelope.message("emitter-x", seq, text, ["t"]))
+        for channel in channels:
+            assert sender.publish(channel, payload) == 1
+
+    send(5, "five", ("wsflask:room:t", "wsflask:all"))  # one envelope on two channels
+    send(3, "three")  # behind 5: dropped, and counted as a loss
+    send(6, "six")
+    assert [ca.receive(wa), ca.receive(wa)] == ["five", "six"]
+    assert a.metrics.drops == {"backplane_order": 1}  # the second copy of 5 is no loss
+    assert 'websocket_dropped_messages_total{reason="backplane_order"} 1' in ca.get(
+        "/metrics").text

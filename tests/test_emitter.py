@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import threading
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -81,3 +82,33 @@ def test_emitter_reaches_members_on_every_node(node: Any) -> None:
         emitter.send("last", to=None)
     assert cb.receive(wb) == "last"  # "skip b" never reached B's member
     assert ca.receive(wa) == "last"
+
+
+# -- defect 3: one Emitter shared by threads ----------------------------------------------------
+
+
+def test_defect3_an_emitter_shared_by_threads_loses_no_message(redis_server: Any,
+                                                                node: Any) -> None:
+    app, client = node(redis_server.url)
+    ws, _ = join(client, "r")
+    ready(app)
+    redis = redis_server.client()
+    wait_until(lambda: dict(redis.pubsub_numsub("wsflask:room:r"))[b"wsflask:room:r"] == 1)
+    threads, sends = 8, 200
+    with Emitter(redis_server.url) as emitter:
+
+        def sender(n: int) -> None:
+            for i in range(sends):
+                emitter.send(f"{n}:{i}", to="r")
+
+        workers = [threading.Thread(target=sender, args=(n,)) for n in range(threads)]
+        for worker in workers:
+            worker.start()
+        try:
+            got = [str(ws.receive(timeout=5)) for _ in range(threads * sends)]
+        finally:
+            for worker in workers:
+                worker.join(30)
+    for n in range(threads):  # every message, each thread's in the order it sent them
+        assert [m for m in got if m.startswith(f"{n}:")] == [f"{n}:{i}" for i in range(sends)]
+    assert not app.metrics.drops

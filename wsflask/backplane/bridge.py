@@ -67,7 +67,8 @@ class Bridge:
         config: ``backplane`` (URL), ``backplane_interval``, ``backplane_backoff_max``,
             ``backplane_queue``.
         metrics: where drops are counted (``reason="backplane"``: the bus was down, refused
-            or the queue was full; ``"backplane_invalid"``: a malformed envelope arrived).
+            or the queue was full; ``"backplane_invalid"``: a malformed envelope arrived;
+            ``"backplane_order"``: an envelope numbered below its origin's last one).
         backplane: a ready-made backplane instead of opening ``config.backplane``.
 
     The node subscribes its own channel, "everyone" and one channel per room with local
@@ -298,8 +299,14 @@ class Bridge:
             if envelope.kind == "p":
                 self._probe_ok, self._probe_sent = True, None
             return
-        if envelope.seq <= self._seen.get(envelope.origin, 0):
-            return  # already handled on another channel
+        last = self._seen.get(envelope.origin, 0)
+        if envelope.seq <= last:
+            # An origin publishes in sequence order and one envelope to all its channels
+            # before the next, so an equal number is a copy from another channel (handled);
+            # a lower one arrived out of order and is lost: counted.
+            if envelope.seq < last and self.metrics is not None:
+                self.metrics.dropped("backplane_order")
+            return
         self._remember(envelope.origin, envelope.seq)
         if envelope.kind == "g":
             self._notify_gap(envelope.rooms)

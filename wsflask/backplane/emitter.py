@@ -1,13 +1,14 @@
 """Emit to rooms from processes that run no server: a Flask view, a cron job, a worker queue.
 
 ``Emitter(url)`` publishes the envelopes a node's ``broadcast()`` publishes, so every node
-with members in the target rooms delivers them. Plain blocking sockets, no
+with members in the target rooms delivers them. Thread-safe; plain blocking sockets, no
 gevent needed. No server, no subscription, no retries (``BackplaneDown`` means not sent).
 """
 
 from __future__ import annotations
 
 import secrets
+import threading
 from collections.abc import Iterable
 from types import TracebackType
 from typing import Any
@@ -25,7 +26,7 @@ class Emitter:
     Args:
         url: the nodes' ``backplane`` URL (``redis://...``, or ``memory://name`` in tests).
 
-    Call ``emit()`` / ``send()``; ``close()`` (or a ``with`` block) releases
+    Call ``emit()`` / ``send()`` from any thread; ``close()`` (or a ``with`` block) releases
     the connection. Typical use::
 
         emitter = Emitter(os.environ["WSFLASK_BACKPLANE"])
@@ -42,6 +43,9 @@ class Emitter:
         self._bus = open_backplane(url, cooperative=False)
         self._router = Router()
         self._seq = 0
+        # Nodes drop an envelope numbered below one they have handled (bridge.py), so the
+        # number and the publish happen together, one sending thread at a time.
+        self._lock = threading.Lock()
 
     def emit(
         self,
@@ -77,9 +81,10 @@ class Emitter:
         """
         channels, names = self._router.route(to)
         excluded = [skip] if isinstance(skip, str) else list(skip)
-        self._seq += 1
-        payload = encode(Envelope.message(self.origin, self._seq, message, names, excluded))
-        return sum(self._bus.publish(channel, payload) for channel in channels)
+        with self._lock:
+            self._seq += 1
+            payload = encode(Envelope.message(self.origin, self._seq, message, names, excluded))
+            return sum(self._bus.publish(channel, payload) for channel in channels)
 
     def close(self) -> None:
         """Release the connection to the bus (idempotent)."""
