@@ -98,6 +98,8 @@ class Bridge:
         #: sessions lost or refused, and probes that timed out (for logs and tests)
         self.failures_total = 0
         self.probe_timeouts = 0
+        #: presence writes the bus refused (retried every interval)
+        self.presence_failures = 0
         self._given = backplane
         self._bus: Backplane | None = None
         self._running = False
@@ -351,19 +353,33 @@ class Bridge:
             self._flushed.set()
 
     def _publish_queued(self) -> None:
-        """Send the queue in batches until it is empty (failed batches are dropped, counted)."""
+        """Send the queue in batches until it is empty.
+
+        A batch the bus refuses (down, or an error reply such as NOPERM) is dropped and
+        counted, and the next one waits a capped exponential backoff.
+        """
+        failures = 0
         while self._queue and self._bus is not None:
             batch = [self._queue.popleft() for _ in range(min(BATCH, len(self._queue)))]
             try:
                 self._bus.publish_many([(channel, payload) for channel, payload, _ in batch])
-            except BackplaneDown as exc:
-                logger.warning("backplane publish failed on node %s: %s", self.node, exc)
-                for channel, _, counted in batch:
-                    if counted:
-                        self._drop(channel)
+            except Exception as exc:  # BackplaneDown, or a bug: never end the publisher
+                failures += 1
+                self._publish_failed(exc, batch)
+                gevent.sleep(backoff(failures, self.config.backplane_backoff_max))
                 continue
+            failures = 0
             if self._dropped and self._session_up:
                 self._flush_gaps()
+
+    def _publish_failed(self, exc: Exception, batch: list[_Item]) -> None:
+        if isinstance(exc, BackplaneDown):
+            logger.warning("backplane publish failed on node %s: %s", self.node, exc)
+        else:
+            logger.exception("backplane publisher failed on node %s", self.node)
+        for channel, _, counted in batch:
+            if counted:
+                self._drop(channel)
 
     def _send_probe(self) -> None:
         self._probe_sent = monotonic()
@@ -384,7 +400,7 @@ class Bridge:
                 self._check_probe()
                 self._presence_dirty = True
             if self._presence_dirty and self._session_up:
-                self._write_presence()
+                self._write_presence()  # a failure is retried at the next interval
 
     def _check_probe(self) -> None:
         if not self._session_up:
@@ -412,9 +428,13 @@ class Bridge:
         self._presence_dirty = False
         try:
             self._bus.presence_write(self.node, rooms, 3 * self.interval)
-        except BackplaneDown as exc:
+        except Exception as exc:  # BackplaneDown (down, OOM...), or a bug: retried, never fatal
             self._presence_dirty = True
-            logger.warning("backplane presence write failed on node %s: %s", self.node, exc)
+            self.presence_failures += 1
+            if isinstance(exc, BackplaneDown):
+                logger.warning("backplane presence write failed on node %s: %s", self.node, exc)
+            else:
+                logger.exception("backplane presence write failed on node %s", self.node)
 
 
 class NodeLifecycle:  # removed at merge: Server(services=(heartbeat, bridge))

@@ -11,8 +11,8 @@ set ``wsflask:nodes``; a dead node's hash expires and readers prune it from the 
 
 Inside a server the sockets are gevent sockets (``cooperative=True``), so Redis I/O never
 blocks the event loop and the library still never monkey-patches; ``Emitter`` uses plain
-sockets. Every Redis or socket failure surfaces as ``BackplaneDown``; redis-py's own retries
-are off (the bridge owns the backoff).
+sockets. Every Redis or socket failure, error replies included, surfaces as ``BackplaneDown``;
+redis-py's own retries are off (the bridge owns the backoff).
 
 What it does not do: no Sentinel or Cluster discovery, no TLS (``rediss://``), no reconnection
 policy (``bridge.py``). The ``redis`` package is imported only when this module is: install
@@ -48,7 +48,14 @@ __all__ = ["RedisBackplane"]
 #: Seconds to connect to Redis, and to wait for a command's answer (not for pub/sub reads).
 CONNECT_TIMEOUT = 2.0
 COMMAND_TIMEOUT = 5.0
-_ERRORS = (_redis.exceptions.ConnectionError, _redis.exceptions.TimeoutError, OSError)
+#: Failures reported as ``BackplaneDown``: the link, and error replies (OOM, NOPERM,
+#: READONLY...), which the bridge handles the same way: counted, logged, retried.
+_ERRORS = (
+    _redis.exceptions.ConnectionError,
+    _redis.exceptions.TimeoutError,
+    _redis.exceptions.ResponseError,
+    OSError,
+)
 
 
 class _GeventConnection(_redis.connection.Connection):
