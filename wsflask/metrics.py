@@ -1,26 +1,9 @@
-"""Server metrics: counters, gauges and histograms rendered as Prometheus text.
+"""Server metrics: counters, gauges and histograms rendered as Prometheus text (``/metrics``).
 
-What it does: keeps plain ``int``/``float`` attributes and small dicts that the driver
-(``websocket.py``), the server, the heartbeat and the rooms bump on every event, and renders
-them in the Prometheus text exposition format (version 0.0.4) at ``GET /metrics``. An
-increment is an attribute add: no locks, because every caller runs in a greenlet of one
-thread and none of these methods yields.
-
-What it does not do: no ``prometheus_client`` dependency, no push gateway, no per-connection
-or per-room label (label cardinality stays bounded: status codes, close codes and a handful of
-drop reasons). The message rate ``websocket_message_rate_per_second`` is computed at render
-time from the message counters over a sliding window of ``rate_window`` seconds, measured
-with ``time.monotonic`` (never the wall clock, ARCHITECTURE.md §4). permessage-deflate bytes
-are read from the codecs' own counters at render time (open connections' codecs, plus the
-totals of closed ones folded in at close), so a message costs metrics nothing extra; only
-the time spent compressing is added per compressed send (two clock reads).
-
-Typical use::
-
-    metrics = Metrics()
-    server = Server(listener, app.resolve, config, metrics=metrics)
-    ...
-    text = metrics.render()          # what /metrics serves
+Increments are plain attribute adds (one thread, nothing yields, no locks); deflate bytes and
+the message rate are computed at render time. Labels stay bounded: statuses, registered close
+codes (any other is ``code="other"``) and a few drop reasons; never per connection or room.
+No ``prometheus_client`` dependency, no push gateway.
 """
 
 from __future__ import annotations
@@ -28,8 +11,10 @@ from __future__ import annotations
 import time
 from bisect import bisect_left
 from collections import deque
-from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING, Protocol
+from collections.abc import Callable, Iterable, Mapping
+from typing import TYPE_CHECKING, Any, Protocol
+
+from .protocol import CloseCode
 
 if TYPE_CHECKING:
     from .protocol import PerMessageDeflate
@@ -42,6 +27,9 @@ RTT_BUCKETS: tuple[float, ...] = (0.0005, 0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 
 #: Frame-parse buckets, in milliseconds (one ``receive_data`` call for one wake-up).
 PARSE_BUCKETS_MS: tuple[float, ...] = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
                                        10.0, 50.0)
+#: Close codes counted under their own label; any other (3000-4999, chosen by apps and peers)
+#: is counted as ``code="other"``, so peers cannot add series by closing with new codes.
+LABELLED_CLOSE_CODES = frozenset(int(code) for code in CloseCode)
 #: Connection lifetime buckets, in seconds.
 DURATION_BUCKETS: tuple[float, ...] = (1.0, 10.0, 60.0, 300.0, 1800.0, 3600.0, 21600.0, 86400.0)
 
@@ -142,8 +130,8 @@ class Metrics:
         self.messages_out = 0
         self.bytes_in = 0
         self.bytes_out = 0
-        #: closed connections by close code
-        self.close_codes: dict[int, int] = {}
+        #: closed connections by close code (``"other"``: codes not in LABELLED_CLOSE_CODES)
+        self.close_codes: dict[int | str, int] = {}
         #: messages or publishes dropped, by reason ("backpressure", "backplane", ...)
         self.drops: dict[str, int] = {}
         self.slow_consumers_closed = 0
@@ -176,7 +164,8 @@ class Metrics:
                           deflate: PerMessageDeflate | None = None) -> None:
         """An open connection ended with close ``code`` after ``duration`` seconds."""
         self.connections_current -= 1
-        self.close_codes[code] = self.close_codes.get(code, 0) + 1
+        label: int | str = code if code in LABELLED_CLOSE_CODES else "other"
+        self.close_codes[label] = self.close_codes.get(label, 0) + 1
         self.connection_duration.observe(duration)
         if deflate is not None and deflate in self._codecs:
             self._codecs.discard(deflate)
@@ -328,8 +317,7 @@ def _single(name: str, kind: str, help_text: str, value: float) -> _Family:
     return name, kind, help_text, [f"{name} {_fmt(value)}"]
 
 
-def _labelled(name: str, help_text: str, label: str,
-              values: dict[int, int] | dict[str, int]) -> _Family:
+def _labelled(name: str, help_text: str, label: str, values: Mapping[Any, int]) -> _Family:
     ordered = sorted(values.items(), key=lambda kv: str(kv[0]))
     samples = [f"{name}{_labels([(label, str(key))])} {count}" for key, count in ordered]
     return name, "counter", help_text, samples
