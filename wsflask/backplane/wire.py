@@ -110,11 +110,12 @@ def _strings(value: object) -> bool:
 
 def node_of(connection_id: str) -> str | None:
     """The node id inside a node-prefixed connection id, else None (a plain room name)."""
-    node = ids.node_of(connection_id)
-    if node is None:  # removed at merge: old ids <node>.<hex counter>
-        match = _OLD_CONNECTION_ID.fullmatch(connection_id)
-        node = match.group(1) if match else None
-    return node
+    return ids.node_of(connection_id) or _old_node_of(connection_id)
+
+
+def _old_node_of(name: str) -> str | None:  # removed at merge: old <node>.<counter> ids
+    match = _OLD_CONNECTION_ID.fullmatch(name)
+    return match.group(1) if match else None
 
 
 class Router:
@@ -156,16 +157,18 @@ class Router:
     ) -> tuple[list[str], list[str] | None]:
         """``(channels, room names)`` for a broadcast to ``rooms`` (``None``: everyone).
 
-        A room that is a connection id of ``local_node`` needs no channel (it is local).
+        A connection id is a personal room, reserved (``Rooms.join`` refuses it), so it goes
+        to its node's channel only, and needs none when it is one of ``local_node``'s.
         """
         if rooms is None:
             return [self.everyone], None
         names = [rooms] if isinstance(rooms, str) else list(dict.fromkeys(rooms))
         channels: list[str] = []
         for name in names:
-            node = node_of(name)
+            node = ids.node_of(name)
             if node is None:
                 channels.append(self.room(name))
-            elif node != local_node:
+                node = _old_node_of(name)  # removed at merge: also a joinable room name
+            if node is not None and node != local_node:
                 channels.append(self.node(node))
         return list(dict.fromkeys(channels)), names
