@@ -26,7 +26,7 @@ from wsflask.backplane.wire import BadEnvelope, Envelope, Router, decode, encode
 from wsflask.workers import check_workers
 
 _names = itertools.count(1)
-FAST = {
+FAST: dict[str, Any] = {
     "backplane_interval": 0.2,
     "backplane_backoff_max": 0.3,
     "shutdown_grace": 1.0,

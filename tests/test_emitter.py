@@ -20,8 +20,12 @@ from wsflask import App
 from wsflask.backplane import Emitter
 
 _names = itertools.count(1)
-FAST = {"backplane_interval": 0.2, "backplane_backoff_max": 0.3, "shutdown_grace": 1.0,
-        "close_timeout": 1.0}
+FAST: dict[str, Any] = {
+    "backplane_interval": 0.2,
+    "backplane_backoff_max": 0.3,
+    "shutdown_grace": 1.0,
+    "close_timeout": 1.0,
+}
 
 
 def wait_until(predicate: Callable[[], bool], timeout: float = 10.0) -> None:

@@ -16,6 +16,7 @@ import gevent.event
 import pytest
 from gevent import socket as gsocket
 
+from wsflask import App
 from wsflask.backplane import Bridge
 from wsflask.config import Config
 from wsflask.heartbeat import Heartbeat, Pingable, Service, Watcher
@@ -249,7 +250,7 @@ def read_frames(sock: gsocket.socket, buf: bytearray) -> list[tuple[int, bytes]]
 
 
 def hb_app(app_factory: Any, **settings: Any) -> tuple[Any, list[Any]]:
-    app = app_factory(ping_interval=0.3, pong_timeout=0.3, **settings)
+    app: App = app_factory(ping_interval=0.3, pong_timeout=0.3, **settings)
     seen: list[Any] = []
 
     @app.route("/")

@@ -8,6 +8,7 @@ from typing import Any
 import gevent.event
 import pytest
 
+from wsflask import App
 from wsflask.metrics import Histogram, Metrics
 
 LABEL = r'[a-zA-Z_]+="(?:[^"\\]|\\.)*"'
@@ -185,7 +186,7 @@ def test_close_codes_outside_the_registry_share_one_label() -> None:
 
 
 def test_peers_cannot_grow_metrics_with_distinct_close_codes(app_factory: Any) -> None:
-    app = app_factory()
+    app: App = app_factory()
     peers = 40
     gone: list[int] = []
     all_gone = gevent.event.Event()

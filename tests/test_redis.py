@@ -25,7 +25,7 @@ from wsflask import App
 from wsflask.backplane import Emitter
 from wsflask.client import connect
 
-FAST = {
+FAST: dict[str, Any] = {
     "backplane_interval": 1.0,
     "backplane_backoff_max": 0.5,
     "shutdown_grace": 2.0,
