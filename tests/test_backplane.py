@@ -124,7 +124,9 @@ def test_router_maps_rooms_personal_ids_and_everyone() -> None:
     assert names == ["a", own, other]
     # removed at merge: an old-form id is also a joinable room name, so it goes to both
     assert router.route("ffffffffffff.3", node)[0] == [
-        "wsflask:room:ffffffffffff.3", "wsflask:node:ffffffffffff"]
+        "wsflask:room:ffffffffffff.3",
+        "wsflask:node:ffffffffffff",
+    ]
 
 
 def test_config_and_factory_validate_the_url() -> None:
@@ -159,7 +161,9 @@ def test_base_is_a_leaf_and_the_backplane_package_has_no_import_cycle() -> None:
 def test_the_gap_notice_is_an_event_envelope() -> None:
     assert default_gap_message("lobby") == envelopes.encode("_gap", {"room": "lobby"})
     assert envelopes.decode(default_gap_message("lobby")) == {
-        "event": "_gap", "data": {"room": "lobby"}}
+        "event": "_gap",
+        "data": {"room": "lobby"},
+    }
 
 
 def test_workers_refuse_to_split_rooms() -> None:
@@ -354,8 +358,7 @@ def test_defect3_an_envelope_behind_its_origins_sequence_is_dropped_and_counted(
     send(6, "six")
     assert [ca.receive(wa), ca.receive(wa)] == ["five", "six"]
     assert a.metrics.drops == {"backplane_order": 1}  # the second copy of 5 is no loss
-    assert 'websocket_dropped_messages_total{reason="backplane_order"} 1' in ca.get(
-        "/metrics").text
+    assert 'websocket_dropped_messages_total{reason="backplane_order"} 1' in ca.get("/metrics").text
 
 
 def test_a_room_named_like_an_old_node_prefixed_id_reaches_every_node(cluster: Any) -> None:

@@ -91,8 +91,9 @@ def test_emitter_reaches_members_on_every_node(node: Any) -> None:
 # -- defect 3: one Emitter shared by threads ----------------------------------------------------
 
 
-def test_defect3_an_emitter_shared_by_threads_loses_no_message(redis_server: Any,
-                                                                node: Any) -> None:
+def test_defect3_an_emitter_shared_by_threads_loses_no_message(
+    redis_server: Any, node: Any
+) -> None:
     app, client = node(redis_server.url)
     ws, _ = join(client, "r")
     ready(app)

@@ -221,9 +221,13 @@ def raw_connect(port: int, path: str = "/") -> gsocket.socket:
     """Handshake by hand; the returned socket answers nothing unless the test does."""
     sock = gsocket.create_connection(("127.0.0.1", port))
     key = "dGhlIHNhbXBsZSBub25jZQ=="
-    sock.sendall((f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n"
-                  f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
-                  "Sec-WebSocket-Version: 13\r\n\r\n").encode())
+    sock.sendall(
+        (
+            f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n"
+            f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+            "Sec-WebSocket-Version: 13\r\n\r\n"
+        ).encode()
+    )
     head = b""
     with gevent.Timeout(5):
         while b"\r\n\r\n" not in head:
@@ -244,8 +248,8 @@ def read_frames(sock: gsocket.socket, buf: bytearray) -> list[tuple[int, bytes]]
     while len(buf) >= 2 and len(buf) >= 2 + (buf[1] & 0x7F):
         length = buf[1] & 0x7F
         assert length < 126
-        frames.append((buf[0] & 0x0F, bytes(buf[2:2 + length])))
-        del buf[:2 + length]
+        frames.append((buf[0] & 0x0F, bytes(buf[2 : 2 + length])))
+        del buf[: 2 + length]
     return frames
 
 

@@ -193,8 +193,9 @@ class RecordingBus:
     def room_changed(self, room: str, count: int) -> None:
         self.changes.append((room, count))
 
-    def publish(self, rooms: str | Iterable[str] | None, data: str | bytes,
-                exclude: Iterable[str] = ()) -> None:
+    def publish(
+        self, rooms: str | Iterable[str] | None, data: str | bytes, exclude: Iterable[str] = ()
+    ) -> None:
         target = rooms if rooms is None or isinstance(rooms, str) else list(rooms)
         self.published.append((target, data, sorted(exclude)))
 
@@ -328,7 +329,8 @@ def test_defect1_no_one_can_join_another_connections_personal_room(app_factory: 
         victim_id = str(victim.receive(timeout=5)).removeprefix("joined as ")
         attacker = client.connect(f"/chat/{victim_id}")
         assert attacker.receive(timeout=5) == (
-            f"refused: room {victim_id!r} is reserved: it is a connection's personal room")
+            f"refused: room {victim_id!r} is reserved: it is a connection's personal room"
+        )
         assert app.rooms.member_ids(victim_id) == [victim_id]
         app.emit("secret", to=victim_id)
         app.emit("public")  # to everyone, after the secret

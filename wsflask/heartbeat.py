@@ -74,8 +74,8 @@ class _Entry:
 
     def __init__(self, ws: Pingable, next_ping: float) -> None:
         self.ws: Pingable | None = ws  #: None once removed (the heap may still hold the entry)
-        self.next_ping = next_ping      #: monotonic time of the next heartbeat ping
-        self.pinged = False             #: a ping we sent is not yet recorded as answered
+        self.next_ping = next_ping  #: monotonic time of the next heartbeat ping
+        self.pinged = False  #: a ping we sent is not yet recorded as answered
 
 
 class Heartbeat:
@@ -103,8 +103,15 @@ class Heartbeat:
     ``remove(ws)`` when it closes (the driver's cleanup does), ``stop()`` at shutdown.
     """
 
-    def __init__(self, interval: float, timeout: float, *, metrics: Metrics | None = None,
-                 max_tick: float = 1.0, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        interval: float,
+        timeout: float,
+        *,
+        metrics: Metrics | None = None,
+        max_tick: float = 1.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.interval = interval
         self.timeout = timeout
         self.metrics = metrics

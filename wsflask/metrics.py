@@ -22,11 +22,35 @@ if TYPE_CHECKING:
 __all__ = ["Histogram", "Metrics", "MetricsSink"]
 
 #: Round-trip time buckets, in seconds (loopback is ~0.0001 s, a slow mobile link ~1 s).
-RTT_BUCKETS: tuple[float, ...] = (0.0005, 0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
-                                  2.5, 5.0)
+RTT_BUCKETS: tuple[float, ...] = (
+    0.0005,
+    0.001,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+)
 #: Frame-parse buckets, in milliseconds (one ``receive_data`` call for one wake-up).
-PARSE_BUCKETS_MS: tuple[float, ...] = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
-                                       10.0, 50.0)
+PARSE_BUCKETS_MS: tuple[float, ...] = (
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    50.0,
+)
 #: Close codes counted under their own label; any other (3000-4999, chosen by apps and peers)
 #: is counted as ``code="other"``, so peers cannot add series by closing with new codes.
 LABELLED_CLOSE_CODES = frozenset(int(code) for code in CloseCode)
@@ -92,8 +116,9 @@ class MetricsSink(Protocol):
     """
 
     def connection_opened(self, deflate: PerMessageDeflate | None = None) -> None: ...
-    def connection_closed(self, code: int, duration: float,
-                          deflate: PerMessageDeflate | None = None) -> None: ...
+    def connection_closed(
+        self, code: int, duration: float, deflate: PerMessageDeflate | None = None
+    ) -> None: ...
     def message_in(self, nbytes: int) -> None: ...
     def message_out(self, nbytes: int) -> None: ...
     def frame_parse(self, seconds: float) -> None: ...
@@ -116,8 +141,9 @@ class Metrics:
     ``render()``.
     """
 
-    def __init__(self, *, rate_window: float = 60.0,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self, *, rate_window: float = 60.0, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self._clock = clock
         self.rate_window = rate_window
         #: open WebSocket connections right now (gauge)
@@ -160,8 +186,9 @@ class Metrics:
         if deflate is not None:
             self._codecs.add(deflate)
 
-    def connection_closed(self, code: int, duration: float,
-                          deflate: PerMessageDeflate | None = None) -> None:
+    def connection_closed(
+        self, code: int, duration: float, deflate: PerMessageDeflate | None = None
+    ) -> None:
         """An open connection ended with close ``code`` after ``duration`` seconds."""
         self.connections_current -= 1
         label: int | str = code if code in LABELLED_CLOSE_CODES else "other"
@@ -258,51 +285,111 @@ class Metrics:
         zin, raw_in, raw_out, zout = self.deflate_bytes()
         ratio = (zin + zout) / (raw_in + raw_out) if raw_in + raw_out else 0.0
         name = "websocket_deflate_bytes_total"
-        samples = [f'{name}{{direction="{d}",form="{f}"}} {v}' for d, f, v in (
-            ("in", "compressed", zin), ("in", "uncompressed", raw_in),
-            ("out", "compressed", zout), ("out", "uncompressed", raw_out))]
+        samples = [
+            f'{name}{{direction="{d}",form="{f}"}} {v}'
+            for d, f, v in (
+                ("in", "compressed", zin),
+                ("in", "uncompressed", raw_in),
+                ("out", "compressed", zout),
+                ("out", "uncompressed", raw_out),
+            )
+        ]
         return [
-            (name, "counter", "Payload bytes of permessage-deflate messages, as sent on the "
-             "wire (compressed) and as the application sees them (uncompressed).", samples),
-            _single("websocket_deflate_ratio", "gauge", "Compressed over uncompressed bytes of "
-                    "compressed messages, both directions (lower is better; 0: none yet).",
-                    ratio),
-            _single("websocket_deflate_compress_seconds_total", "counter",
-                    "Time spent compressing outbound messages.", self.compress_seconds),
+            (
+                name,
+                "counter",
+                "Payload bytes of permessage-deflate messages, as sent on the "
+                "wire (compressed) and as the application sees them (uncompressed).",
+                samples,
+            ),
+            _single(
+                "websocket_deflate_ratio",
+                "gauge",
+                "Compressed over uncompressed bytes of "
+                "compressed messages, both directions (lower is better; 0: none yet).",
+                ratio,
+            ),
+            _single(
+                "websocket_deflate_compress_seconds_total",
+                "counter",
+                "Time spent compressing outbound messages.",
+                self.compress_seconds,
+            ),
         ]
 
     def _core_families(self, window: str) -> list[_Family]:
         return [
-            _single("websocket_connections_current", "gauge", "Open WebSocket connections.",
-                    self.connections_current),
-            _single("websocket_connections_total", "counter", "WebSocket connections opened.",
-                    self.connections_total),
-            _labelled("websocket_handshakes_total", "Opening handshakes answered, by HTTP "
-                      "status.", "status", self.handshakes),
-            _single("websocket_messages_received_total", "counter", "Messages received.",
-                    self.messages_in),
-            _single("websocket_messages_sent_total", "counter", "Messages sent.",
-                    self.messages_out),
-            _single("websocket_received_bytes_total", "counter", "Payload bytes received.",
-                    self.bytes_in),
+            _single(
+                "websocket_connections_current",
+                "gauge",
+                "Open WebSocket connections.",
+                self.connections_current,
+            ),
+            _single(
+                "websocket_connections_total",
+                "counter",
+                "WebSocket connections opened.",
+                self.connections_total,
+            ),
+            _labelled(
+                "websocket_handshakes_total",
+                "Opening handshakes answered, by HTTP status.",
+                "status",
+                self.handshakes,
+            ),
+            _single(
+                "websocket_messages_received_total",
+                "counter",
+                "Messages received.",
+                self.messages_in,
+            ),
+            _single(
+                "websocket_messages_sent_total", "counter", "Messages sent.", self.messages_out
+            ),
+            _single(
+                "websocket_received_bytes_total",
+                "counter",
+                "Payload bytes received.",
+                self.bytes_in,
+            ),
             _single("websocket_sent_bytes_total", "counter", "Bytes sent.", self.bytes_out),
-            _single("websocket_message_rate_per_second", "gauge",
-                    f"Messages in and out per second over the last {window} s.",
-                    self.message_rate()),
-            _labelled("websocket_closes_total", "Closed connections, by close code.", "code",
-                      self.close_codes),
-            _labelled("websocket_dropped_messages_total", "Messages dropped, by reason.",
-                      "reason", self.drops),
-            _single("websocket_slow_consumers_closed_total", "counter",
-                    "Connections closed with 1013 for exceeding max_backpressure.",
-                    self.slow_consumers_closed),
-            _histogram("websocket_rtt_seconds", "Heartbeat ping round-trip time.",
-                       self.rtt_seconds),
-            _histogram("websocket_frame_parsing_duration_ms",
-                       "Time to parse the frames of one read, in milliseconds.",
-                       self.frame_parse_ms),
-            _histogram("websocket_connection_duration_seconds",
-                       "Lifetime of closed connections.", self.connection_duration),
+            _single(
+                "websocket_message_rate_per_second",
+                "gauge",
+                f"Messages in and out per second over the last {window} s.",
+                self.message_rate(),
+            ),
+            _labelled(
+                "websocket_closes_total",
+                "Closed connections, by close code.",
+                "code",
+                self.close_codes,
+            ),
+            _labelled(
+                "websocket_dropped_messages_total",
+                "Messages dropped, by reason.",
+                "reason",
+                self.drops,
+            ),
+            _single(
+                "websocket_slow_consumers_closed_total",
+                "counter",
+                "Connections closed with 1013 for exceeding max_backpressure.",
+                self.slow_consumers_closed,
+            ),
+            _histogram(
+                "websocket_rtt_seconds", "Heartbeat ping round-trip time.", self.rtt_seconds
+            ),
+            _histogram(
+                "websocket_frame_parsing_duration_ms",
+                "Time to parse the frames of one read, in milliseconds.",
+                self.frame_parse_ms,
+            ),
+            _histogram(
+                "websocket_connection_duration_seconds",
+                "Lifetime of closed connections.",
+                self.connection_duration,
+            ),
         ]
 
 

@@ -71,8 +71,9 @@ class Bus(Protocol):
     """What rooms need from a backplane bridge (``wsflask.backplane.Bridge``)."""
 
     def room_changed(self, room: str, count: int) -> None: ...
-    def publish(self, rooms: str | Iterable[str] | None, data: str | bytes,
-                exclude: Iterable[str] = ()) -> None: ...
+    def publish(
+        self, rooms: str | Iterable[str] | None, data: str | bytes, exclude: Iterable[str] = ()
+    ) -> None: ...
     def cluster_members(self, room: str) -> dict[str, list[str]]: ...
 
 
@@ -96,8 +97,9 @@ class Rooms(Generic[M]):
     ``rooms()`` and ``ws.rooms``. A backplane bridge calls ``attach()``/``detach()``.
     """
 
-    def __init__(self, *, policy: Backpressure | str = Backpressure.CLOSE,
-                 metrics: MetricsSink | None = None) -> None:
+    def __init__(
+        self, *, policy: Backpressure | str = Backpressure.CLOSE, metrics: MetricsSink | None = None
+    ) -> None:
         self._policy = _policy(policy)
         self.metrics = metrics
         self._rooms: dict[str, dict[str, M]] = {}
@@ -242,8 +244,13 @@ class Rooms(Generic[M]):
 
     # -- delivery -------------------------------------------------------------------------------
 
-    def broadcast(self, room: str | Iterable[str] | None, data: str | bytes, *,
-                  exclude: M | Iterable[M] | None = None) -> BroadcastResult:
+    def broadcast(
+        self,
+        room: str | Iterable[str] | None,
+        data: str | bytes,
+        *,
+        exclude: M | Iterable[M] | None = None,
+    ) -> BroadcastResult:
         """Send ``data`` to every member of ``room`` (or of each room given; ``None``: everyone).
 
         The frame is encoded once; no member can block the caller. Returns the local counts;
@@ -254,9 +261,14 @@ class Rooms(Generic[M]):
             self._bus.publish(room, data, _excluded_ids(exclude))
         return result
 
-    def deliver(self, room: str | Iterable[str] | None, frame: bytes, *,
-                exclude: M | Iterable[M | str] | str | None = None,
-                data: str | bytes | None = None) -> BroadcastResult:
+    def deliver(
+        self,
+        room: str | Iterable[str] | None,
+        frame: bytes,
+        *,
+        exclude: M | Iterable[M | str] | str | None = None,
+        data: str | bytes | None = None,
+    ) -> BroadcastResult:
         """Hand an encoded ``frame`` to the local members of ``room``: the one delivery path.
 
         A connection reached through several rooms gets it once, under the policy of the
@@ -329,7 +341,7 @@ class Rooms(Generic[M]):
 def _message_of(frame: bytes) -> str | bytes:
     """The message an unmasked, unfragmented text or binary frame holds."""
     info = frame_info(frame)
-    payload = frame[info.header_length:]
+    payload = frame[info.header_length :]
     return payload.decode("utf-8") if info.opcode == Opcode.TEXT else payload
 
 
@@ -341,8 +353,10 @@ def _excluded_ids(exclude: Member | Iterable[Member | str] | str | None) -> froz
     one = getattr(exclude, "id", None)
     if isinstance(one, str):  # a single connection
         return frozenset((one,))
-    return frozenset(item if isinstance(item, str) else item.id
-                     for item in cast("Iterable[Member | str]", exclude))
+    return frozenset(
+        item if isinstance(item, str) else item.id
+        for item in cast("Iterable[Member | str]", exclude)
+    )
 
 
 def _policy(policy: Backpressure | str) -> Backpressure:
@@ -351,5 +365,6 @@ def _policy(policy: Backpressure | str) -> Backpressure:
         return Backpressure(policy)
     except ValueError:
         choices = ", ".join(member.value for member in Backpressure)
-        raise ConfigError(f"backpressure_policy={policy!r} is invalid: expected one of "
-                          f"{choices}") from None
+        raise ConfigError(
+            f"backpressure_policy={policy!r} is invalid: expected one of {choices}"
+        ) from None

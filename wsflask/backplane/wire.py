@@ -51,8 +51,14 @@ class Envelope:
     exclude: list[str] = field(default_factory=list)
 
     @classmethod
-    def message(cls, origin: str, seq: int, data: str | bytes, rooms: list[str] | None,
-                exclude: Iterable[str] = ()) -> Envelope:
+    def message(
+        cls,
+        origin: str,
+        seq: int,
+        data: str | bytes,
+        rooms: list[str] | None,
+        exclude: Iterable[str] = (),
+    ) -> Envelope:
         """A text (``str``) or binary message from ``origin`` for ``rooms``."""
         if isinstance(data, str):
             return cls(origin, "t", data.encode("utf-8"), seq, rooms, list(exclude))
