@@ -29,7 +29,7 @@ from .wire import BadEnvelope, Envelope, Router, decode, encode
 
 if TYPE_CHECKING:
     from ..config import Config
-    from ..metrics import Metrics
+    from ..metrics import MetricsSink
     from ..rooms import Rooms
     from ..websocket import HeartbeatLike, WebSocket
 
@@ -83,7 +83,7 @@ class Bridge:
         self,
         rooms: Rooms,
         config: Config,
-        metrics: Metrics | None = None,
+        metrics: MetricsSink | None = None,
         *,
         backplane: Backplane | None = None,
     ) -> None:
