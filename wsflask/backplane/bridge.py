@@ -366,7 +366,8 @@ class Bridge:
             except Exception as exc:  # BackplaneDown, or a bug: never end the publisher
                 failures += 1
                 self._publish_failed(exc, batch)
-                gevent.sleep(backoff(failures, self.config.backplane_backoff_max))
+                if self._running:  # stopping: drop (and count) the rest without waiting
+                    gevent.sleep(backoff(failures, self.config.backplane_backoff_max))
                 continue
             failures = 0
             if self._dropped and self._session_up:
