@@ -195,10 +195,11 @@ def test_defect4_presence_refused_with_oom_is_retried_after_memory_frees(
     redis.config_set("maxmemory", 1)  # every write is refused with OOM from now on
     redis.flushall()  # the presence written so far is gone
     wait_until(lambda: b.rooms.count("t", cluster=True) == 1)
-    wait_until(lambda: _errors(redis, "OOM") >= 4)  # both nodes' presence writes refused
+    wait_until(lambda: _errors(redis, "OOM") >= 1)
+    # both nodes had a presence write refused (each retries every interval)
+    wait_until(lambda: all(n.cluster is not None and n.cluster.presence_failures for n in (a, b)))
     redis.config_set("maxmemory", 0)
     wait_until(lambda: a.rooms.count("t", cluster=True) == b.rooms.count("t", cluster=True) == 2)
-    assert a.cluster is not None and a.cluster.presence_failures >= 1
     assert ca.get("/readyz").status == 200
 
 
