@@ -16,9 +16,13 @@ import gevent.event
 import pytest
 from gevent import socket as gsocket
 
-from wsflask.heartbeat import Heartbeat
+from wsflask import App
+from wsflask.backplane import Bridge
+from wsflask.config import Config
+from wsflask.heartbeat import Heartbeat, Pingable, Service, Watcher
 from wsflask.metrics import Metrics
 from wsflask.protocol import Opcode, encode_frame
+from wsflask.rooms import Rooms
 
 _ids = itertools.count(1)
 
@@ -32,7 +36,7 @@ class Clock:
 
 
 class StubWS:
-    """The slice of ``WebSocket`` the heartbeat uses, on the fake clock."""
+    """A ``Pingable`` (the slice of ``WebSocket`` the heartbeat uses), on the fake clock."""
 
     def __init__(self, clock: Clock) -> None:
         self.id = f"hb{next(_ids)}"
@@ -59,6 +63,26 @@ class StubWS:
         self.is_open = False
 
 
+def test_heartbeat_is_a_service_and_a_watcher_and_the_bridge_a_service() -> None:
+    clock = Clock()
+    hb = Heartbeat(1.0, 1.0, clock=clock)
+    services: list[Service] = [hb, Bridge(Rooms(), Config(backplane="memory://svc"))]
+    watcher: Watcher = hb
+    stub: Pingable = StubWS(clock)
+    hb.add(stub)
+    assert stub in hb and watcher is hb
+    for service in services:
+        service.start()
+    try:
+        assert hb._greenlet is not None and not hb._greenlet.dead
+    finally:
+        for service in reversed(services):
+            service.stop()
+    assert hb._greenlet is None
+    hb.remove(stub)
+    assert stub not in hb
+
+
 def advance(hb: Heartbeat, clock: Clock, seconds: float, step: float = 0.25) -> None:
     end = clock.now + seconds
     while clock.now < end:
@@ -71,8 +95,8 @@ def test_first_pings_are_spread_over_the_interval() -> None:
     hb = Heartbeat(10.0, 5.0, clock=clock)
     conns = [StubWS(clock) for _ in range(100)]
     for ws in conns:
-        hb.add(ws)  # type: ignore[arg-type]
-    first = []
+        hb.add(ws)
+    first: list[int] = []
     for _ in range(10):  # ten one-second steps through one interval
         clock.now += 1.0
         hb.run_due()
@@ -86,7 +110,7 @@ def test_answered_pings_repeat_every_interval_and_record_rtt() -> None:
     metrics = Metrics()
     hb = Heartbeat(2.0, 1.0, metrics=metrics, clock=clock)
     ws = StubWS(clock)
-    hb.add(ws)  # type: ignore[arg-type]
+    hb.add(ws)
     for _ in range(40):
         clock.now += 0.25
         hb.run_due()
@@ -103,7 +127,7 @@ def test_silence_after_a_ping_aborts_with_1011() -> None:
     clock = Clock()
     hb = Heartbeat(2.0, 1.0, clock=clock)
     ws = StubWS(clock)
-    hb.add(ws)  # type: ignore[arg-type]
+    hb.add(ws)
     advance(hb, clock, 2.0)
     assert len(ws.pings) == 1 and ws.aborted is None
     sent = ws.pings[0]
@@ -118,7 +142,7 @@ def test_any_frame_after_the_ping_counts_as_liveness() -> None:
     clock = Clock()
     hb = Heartbeat(2.0, 1.0, clock=clock)
     ws = StubWS(clock)
-    hb.add(ws)  # type: ignore[arg-type]
+    hb.add(ws)
     advance(hb, clock, 2.0)
     clock.now += 0.1
     ws.last_received = clock.now  # a data frame, not the pong
@@ -133,7 +157,7 @@ def test_timeout_longer_than_interval_does_not_reset_the_deadline() -> None:
     clock = Clock()
     hb = Heartbeat(1.0, 3.0, clock=clock)
     ws = StubWS(clock)
-    hb.add(ws)  # type: ignore[arg-type]
+    hb.add(ws)
     advance(hb, clock, 1.0)
     first = ws.pings[0]
     advance(hb, clock, 4.0)
@@ -145,12 +169,12 @@ def test_remove_and_closed_connections() -> None:
     clock = Clock()
     hb = Heartbeat(1.0, 1.0, clock=clock)
     a, b = StubWS(clock), StubWS(clock)
-    hb.add(a)  # type: ignore[arg-type]
-    hb.add(b)  # type: ignore[arg-type]
-    hb.add(a)  # type: ignore[arg-type]  # no-op
+    hb.add(a)
+    hb.add(b)
+    hb.add(a)  # no-op
     assert len(hb) == 2
-    hb.remove(a)  # type: ignore[arg-type]
-    hb.remove(a)  # type: ignore[arg-type]  # idempotent
+    hb.remove(a)
+    hb.remove(a)  # idempotent
     b.is_open = False
     advance(hb, clock, 3.0)
     assert a.pings == [] and b.pings == []
@@ -159,7 +183,7 @@ def test_remove_and_closed_connections() -> None:
 
 def test_disabled_heartbeat_watches_nothing() -> None:
     hb = Heartbeat(0, 10.0)
-    hb.add(StubWS(Clock()))  # type: ignore[arg-type]
+    hb.add(StubWS(Clock()))
     hb.start()
     assert len(hb) == 0 and not hb.enabled
     hb.stop()
@@ -174,8 +198,8 @@ def test_a_failing_connection_does_not_stop_the_others() -> None:
         raise OSError("broken")
 
     bad.send_heartbeat_ping = boom  # type: ignore[method-assign]
-    hb.add(bad)  # type: ignore[arg-type]
-    hb.add(good)  # type: ignore[arg-type]
+    hb.add(bad)
+    hb.add(good)
     advance(hb, clock, 1.5)
     assert good.pings and bad not in hb
 
@@ -197,9 +221,13 @@ def raw_connect(port: int, path: str = "/") -> gsocket.socket:
     """Handshake by hand; the returned socket answers nothing unless the test does."""
     sock = gsocket.create_connection(("127.0.0.1", port))
     key = "dGhlIHNhbXBsZSBub25jZQ=="
-    sock.sendall((f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n"
-                  f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
-                  "Sec-WebSocket-Version: 13\r\n\r\n").encode())
+    sock.sendall(
+        (
+            f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n"
+            f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+            "Sec-WebSocket-Version: 13\r\n\r\n"
+        ).encode()
+    )
     head = b""
     with gevent.Timeout(5):
         while b"\r\n\r\n" not in head:
@@ -220,13 +248,13 @@ def read_frames(sock: gsocket.socket, buf: bytearray) -> list[tuple[int, bytes]]
     while len(buf) >= 2 and len(buf) >= 2 + (buf[1] & 0x7F):
         length = buf[1] & 0x7F
         assert length < 126
-        frames.append((buf[0] & 0x0F, bytes(buf[2:2 + length])))
-        del buf[:2 + length]
+        frames.append((buf[0] & 0x0F, bytes(buf[2 : 2 + length])))
+        del buf[: 2 + length]
     return frames
 
 
 def hb_app(app_factory: Any, **settings: Any) -> tuple[Any, list[Any]]:
-    app = app_factory(ping_interval=0.3, pong_timeout=0.3, **settings)
+    app: App = app_factory(ping_interval=0.3, pong_timeout=0.3, **settings)
     seen: list[Any] = []
 
     @app.route("/")

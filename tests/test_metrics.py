@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import re
+from typing import Any
 
+import gevent.event
 import pytest
 
+from wsflask import App
 from wsflask.metrics import Histogram, Metrics
 
 LABEL = r'[a-zA-Z_]+="(?:[^"\\]|\\.)*"'
@@ -168,3 +171,37 @@ def test_same_instant_rate_is_zero_not_a_division_error() -> None:
     metrics = Metrics(clock=clock)
     metrics.message_in(1)
     assert metrics.message_rate() == 0.0
+
+
+def test_close_codes_outside_the_registry_share_one_label() -> None:
+    metrics = Metrics()
+    for code in (1000, 1001, 1011, 3000, 3999, 4000, 4999, 1006):
+        metrics.connection_opened()
+        metrics.connection_closed(code, 0.1)
+    assert metrics.close_codes == {1000: 1, 1001: 1, 1011: 1, 1006: 1, "other": 4}
+    text = metrics.render()
+    assert 'websocket_closes_total{code="other"} 4' in text
+    assert 'websocket_closes_total{code="1011"} 1' in text
+    assert 'code="4000"' not in text
+
+
+def test_peers_cannot_grow_metrics_with_distinct_close_codes(app_factory: Any) -> None:
+    app: App = app_factory()
+    peers = 40
+    gone: list[int] = []
+    all_gone = gevent.event.Event()
+
+    @app.on("disconnect")
+    def left(ws: Any) -> None:
+        gone.append(ws.close_code)
+        if len(gone) == peers:
+            all_gone.set()
+
+    with app.test_client() as client:
+        for code in range(4000, 4000 + peers):
+            client.connect("/").close(code)
+        assert all_gone.wait(10)
+        text = client.get("/metrics").text
+    assert sorted(gone) == list(range(4000, 4000 + peers))  # the app still sees each code
+    series = [line for line in text.splitlines() if line.startswith("websocket_closes_total{")]
+    assert series == [f'websocket_closes_total{{code="other"}} {peers}']

@@ -22,10 +22,10 @@ import gevent
 import pytest
 
 from wsflask import App
+from wsflask.backplane import Emitter
 from wsflask.client import connect
-from wsflask.emitter import Emitter
 
-FAST = {
+FAST: dict[str, Any] = {
     "backplane_interval": 1.0,
     "backplane_backoff_max": 0.5,
     "shutdown_grace": 2.0,
@@ -176,6 +176,54 @@ def _got_gap(client: Any, ws: Any) -> bool:
     except TimeoutError:
         return False
     return message.startswith('{"event":"_gap"')
+
+
+def _errors(redis: Any, kind: str) -> int:
+    """How many error replies of ``kind`` (``OOM``, ``NOPERM``) Redis has sent so far."""
+    return int(redis.info("errorstats").get(f"errorstat_{kind}", {}).get("count", 0))
+
+
+def test_defect4_presence_refused_with_oom_is_retried_after_memory_frees(
+    redis_server: Any, nodes: Any
+) -> None:
+    (a, ca), (b, cb) = nodes(redis_server.url), nodes(redis_server.url)
+    join(ca), join(cb)
+    ready(ca, cb)
+    wait_until(lambda: b.rooms.count("t", cluster=True) == 2)
+    redis = redis_server.client()
+    redis.config_set("maxmemory-policy", "noeviction")
+    redis.config_set("maxmemory", 1)  # every write is refused with OOM from now on
+    redis.flushall()  # the presence written so far is gone
+    wait_until(lambda: b.rooms.count("t", cluster=True) == 1)
+    wait_until(lambda: _errors(redis, "OOM") >= 1)
+    # both nodes had a presence write refused (each retries every interval)
+    wait_until(lambda: all(n.cluster is not None and n.cluster.presence_failures for n in (a, b)))
+    redis.config_set("maxmemory", 0)
+    wait_until(lambda: a.rooms.count("t", cluster=True) == b.rooms.count("t", cluster=True) == 2)
+    assert ca.get("/readyz").status == 200
+
+
+def test_defect4_publish_refused_with_noperm_is_counted_and_recovers(
+    redis_server: Any, nodes: Any
+) -> None:
+    (a, ca), (_, cb) = nodes(redis_server.url), nodes(redis_server.url)
+    wa, wb = join(ca), join(cb)
+    ready(ca, cb)
+    wait_until(lambda: numsub(redis_server) == 2)
+    redis = redis_server.client()
+    redis.execute_command("ACL", "SETUSER", "default", "-publish")
+    try:
+        wa.send("refused")
+        assert ca.receive(wa) == "refused"  # local delivery is unaffected
+        wait_until(lambda: _errors(redis, "NOPERM") >= 1)
+        wait_until(lambda: a.metrics.drops.get("backplane", 0) >= 1)
+        wait_until(lambda: ca.get("/readyz").status == 503)  # no probe echo comes back
+    finally:
+        redis.execute_command("ACL", "SETUSER", "default", "+publish")
+    ready(ca, cb)
+    wa.send("after")
+    assert drain_gaps(cb, wb) == "after"  # broadcasts leave the node again
+    assert ca.get("/readyz").status == 200
 
 
 def test_rd02_restart_redis_nodes_resubscribe(redis_server: Any, nodes: Any) -> None:

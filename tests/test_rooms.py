@@ -7,30 +7,33 @@ go through real sockets with the app's test client.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import gevent
 import gevent.event
 import pytest
 
-from wsflask.protocol import Opcode, encode_frame
+from wsflask import ids
+from wsflask.config import Backpressure
+from wsflask.errors import ConfigError
+from wsflask.protocol import Opcode, PerMessageDeflate, encode_frame
 from wsflask.rooms import BroadcastResult, Rooms
 
 _ids = itertools.count(1)
 
 
 class StubWS:
-    """The slice of ``WebSocket`` that rooms use."""
+    """A ``rooms.Member`` (``Rooms[StubWS]`` makes mypy check it) that records its frames."""
 
     def __init__(self, *, accept: bool = True) -> None:
         self.id = f"c{next(_ids)}"
         self.rooms: set[str] = set()
         self.is_open = True
-        self.deflate = None  # no permessage-deflate: the plain frame
+        self.deflate: PerMessageDeflate | None = None  # no permessage-deflate: the plain frame
         self.accept = accept
         self.frames: list[tuple[bytes, str | None]] = []
-        self.callbacks: list[Callable[[Any], None]] = []
+        self.callbacks: list[Callable[[StubWS], None]] = []
 
     def send_prepared(self, frame: bytes, *, policy: str | None = None) -> bool:
         if not self.accept or not self.is_open:
@@ -38,7 +41,10 @@ class StubWS:
         self.frames.append((frame, policy))
         return True
 
-    def add_close_callback(self, callback: Callable[[Any], None]) -> None:
+    def send_nowait(self, data: str | bytes, *, policy: str | None = None) -> bool:
+        raise AssertionError("only members with context takeover are sent to this way")
+
+    def add_close_callback(self, callback: Callable[[StubWS], None]) -> None:
         self.callbacks.append(callback)
 
     def close_now(self) -> None:
@@ -48,55 +54,55 @@ class StubWS:
 
 
 def test_join_leave_members_count() -> None:
-    rooms = Rooms()
+    rooms: Rooms[StubWS] = Rooms()
     a, b = StubWS(), StubWS()
-    rooms.join("lobby", a)  # type: ignore[arg-type]
-    rooms.join("lobby", b)  # type: ignore[arg-type]
-    rooms.join("lobby", b)  # type: ignore[arg-type]  # idempotent
+    rooms.join("lobby", a)
+    rooms.join("lobby", b)
+    rooms.join("lobby", b)  # idempotent
     assert rooms.count("lobby") == 2
     assert set(rooms.members("lobby")) == {a, b}
     assert rooms.rooms() == ["lobby"]
     assert a.rooms == {"lobby", a.id}  # the personal room too
-    rooms.leave("lobby", a)  # type: ignore[arg-type]
-    rooms.leave("lobby", a)  # type: ignore[arg-type]
+    rooms.leave("lobby", a)
+    rooms.leave("lobby", a)
     assert rooms.members("lobby") == [b]
-    rooms.leave("lobby", b)  # type: ignore[arg-type]
+    rooms.leave("lobby", b)
     assert rooms.rooms() == []  # emptied rooms disappear
     assert rooms.count("nowhere") == 0 and rooms.members("nowhere") == []
 
 
 def test_personal_room_and_track_is_idempotent() -> None:
-    rooms = Rooms()
+    rooms: Rooms[StubWS] = Rooms()
     ws = StubWS()
-    rooms.track(ws)  # type: ignore[arg-type]
-    rooms.track(ws)  # type: ignore[arg-type]
+    rooms.track(ws)
+    rooms.track(ws)
     assert len(ws.callbacks) == 1
     assert rooms.members(ws.id) == [ws]
     assert rooms.rooms(personal=True) == [ws.id]
-    rooms.leave(ws.id, ws)  # type: ignore[arg-type]  # the personal room cannot be left
+    rooms.leave(ws.id, ws)  # the personal room cannot be left
     assert rooms.count(ws.id) == 1
 
 
 def test_closed_connection_leaves_everything_and_cannot_join() -> None:
-    rooms = Rooms()
+    rooms: Rooms[StubWS] = Rooms()
     ws = StubWS()
-    rooms.join("a", ws)  # type: ignore[arg-type]
-    rooms.join("b", ws)  # type: ignore[arg-type]
+    rooms.join("a", ws)
+    rooms.join("b", ws)
     ws.close_now()
     assert rooms.rooms(personal=True) == []
     assert ws.rooms == set()
     assert rooms.connections() == []
-    rooms.join("a", ws)  # type: ignore[arg-type]
+    rooms.join("a", ws)
     assert rooms.count("a") == 0
 
 
 def test_broadcast_encodes_once_and_counts() -> None:
-    rooms = Rooms()
+    rooms: Rooms[StubWS] = Rooms()
     members = [StubWS() for _ in range(5)]
     slow = StubWS(accept=False)
     for ws in [*members, slow]:
-        rooms.join("r", ws)  # type: ignore[arg-type]
-    result = rooms.broadcast("r", "hi", exclude=members[0])  # type: ignore[arg-type]
+        rooms.join("r", ws)
+    result = rooms.broadcast("r", "hi", exclude=members[0])
     assert result == BroadcastResult(sent=4, dropped=1, skipped=1)
     frames = [ws.frames[0][0] for ws in members[1:]]
     assert frames[0] == encode_frame(Opcode.TEXT, b"hi")
@@ -105,10 +111,10 @@ def test_broadcast_encodes_once_and_counts() -> None:
 
 
 def test_binary_broadcast_and_closed_members_are_skipped() -> None:
-    rooms = Rooms()
+    rooms: Rooms[StubWS] = Rooms()
     a, b = StubWS(), StubWS()
-    rooms.join("r", a)  # type: ignore[arg-type]
-    rooms.join("r", b)  # type: ignore[arg-type]
+    rooms.join("r", a)
+    rooms.join("r", b)
     b.is_open = False  # closing, callbacks not run yet
     result = rooms.broadcast("r", b"\x00\x01")
     assert result == BroadcastResult(sent=1, dropped=0, skipped=1)
@@ -116,45 +122,45 @@ def test_binary_broadcast_and_closed_members_are_skipped() -> None:
 
 
 def test_multi_room_broadcast_delivers_once_per_connection() -> None:
-    rooms = Rooms()
+    rooms: Rooms[StubWS] = Rooms()
     both, only_a, only_b = StubWS(), StubWS(), StubWS()
     for ws in (both, only_a):
-        rooms.join("a", ws)  # type: ignore[arg-type]
+        rooms.join("a", ws)
     for ws in (both, only_b):
-        rooms.join("b", ws)  # type: ignore[arg-type]
+        rooms.join("b", ws)
     result = rooms.broadcast(["a", "b", "missing"], "x")
     assert result.sent == 3
     assert [len(ws.frames) for ws in (both, only_a, only_b)] == [1, 1, 1]
 
 
 def test_exclude_accepts_several_connections() -> None:
-    rooms = Rooms()
+    rooms: Rooms[StubWS] = Rooms()
     conns = [StubWS() for _ in range(3)]
     for ws in conns:
-        rooms.join("r", ws)  # type: ignore[arg-type]
-    result = rooms.broadcast("r", "x", exclude=conns[:2])  # type: ignore[arg-type]
+        rooms.join("r", ws)
+    result = rooms.broadcast("r", "x", exclude=conns[:2])
     assert result == BroadcastResult(sent=1, dropped=0, skipped=2)
 
 
 def test_broadcast_to_everyone() -> None:
-    rooms = Rooms()
+    rooms: Rooms[StubWS] = Rooms()
     conns = [StubWS() for _ in range(3)]
     for ws in conns:
-        rooms.track(ws)  # type: ignore[arg-type]
+        rooms.track(ws)
     assert rooms.broadcast(None, "all").sent == 3
 
 
 def test_per_room_policy_overrides_the_default() -> None:
-    rooms = Rooms(policy="close")
+    rooms: Rooms[StubWS] = Rooms(policy="close")
     ws, other = StubWS(), StubWS()
-    rooms.join("ticker", ws)  # type: ignore[arg-type]
-    rooms.join("chat", other)  # type: ignore[arg-type]
+    rooms.join("ticker", ws)
+    rooms.join("chat", other)
     rooms.set_policy("ticker", "drop")
     rooms.broadcast("ticker", "1")
     rooms.broadcast("chat", "2")
     assert ws.frames[0][1] == "drop"
     assert other.frames[0][1] == "close"
-    rooms.join("chat", ws)  # type: ignore[arg-type]
+    rooms.join("chat", ws)
     rooms.broadcast(["ticker", "chat"], "3")  # the first room that reaches it decides
     assert ws.frames[-1][1] == "drop"
     with pytest.raises(ValueError, match="policy"):
@@ -163,11 +169,70 @@ def test_per_room_policy_overrides_the_default() -> None:
         Rooms(policy="nope")
 
 
+def test_policies_are_backpressure_members_and_equal_strings_are_accepted() -> None:
+    rooms: Rooms[StubWS] = Rooms(policy=Backpressure.DROP)
+    assert rooms.policy is Backpressure.DROP
+    assert Rooms(policy="drop").policy is Backpressure.DROP
+    rooms.policy = "close"  # what App.configure does with Config.backpressure_policy
+    assert rooms.policy is Backpressure.CLOSE
+    rooms.set_policy("ticker", "drop")
+    assert rooms.policy_for("ticker") is Backpressure.DROP
+    assert rooms.policy_for("other") is Backpressure.CLOSE
+    with pytest.raises(ConfigError, match="expected one of close, drop"):
+        rooms.policy = "block"
+    assert rooms.policy is Backpressure.CLOSE
+
+
+class RecordingBus:
+    """A ``Bus`` that records what rooms hand it."""
+
+    def __init__(self) -> None:
+        self.changes: list[tuple[str, int]] = []
+        self.published: list[tuple[str | list[str] | None, str | bytes, list[str]]] = []
+
+    def room_changed(self, room: str, count: int) -> None:
+        self.changes.append((room, count))
+
+    def publish(
+        self, rooms: str | Iterable[str] | None, data: str | bytes, exclude: Iterable[str] = ()
+    ) -> None:
+        target = rooms if rooms is None or isinstance(rooms, str) else list(rooms)
+        self.published.append((target, data, sorted(exclude)))
+
+    def cluster_members(self, room: str) -> dict[str, list[str]]:
+        return {"other": ["other.1", "other.2"]}
+
+
+def test_attach_hands_changes_and_broadcasts_to_the_bus_until_detach() -> None:
+    rooms: Rooms[StubWS] = Rooms()
+    bus = RecordingBus()
+    a, b = StubWS(), StubWS()
+    rooms.attach(bus, "0123456789ab")
+    assert rooms.bus is bus and rooms.node == "0123456789ab"
+    rooms.join("r", a)
+    rooms.join("r", b)
+    assert a.id == f"0123456789ab.{a.id.partition('.')[2]}"  # removed at merge
+    assert bus.changes == [("r", 1), ("r", 2)]  # personal rooms are never reported
+    assert rooms.broadcast("r", "hi", exclude=a).sent == 1
+    assert bus.published == [("r", "hi", [a.id])]
+    assert rooms.count("r", cluster=True) == 4
+    assert rooms.member_ids("r", cluster=True) == [a.id, b.id, "other.1", "other.2"]
+    rooms.leave("r", a)
+    assert bus.changes[-1] == ("r", 1)
+    rooms.detach()
+    rooms.detach()  # idempotent
+    assert rooms.bus is None and rooms.node == ""
+    rooms.broadcast("r", "local")
+    rooms.leave("r", b)
+    assert len(bus.published) == 1 and bus.changes[-1] == ("r", 1)
+    assert rooms.count("r", cluster=True) == 0
+
+
 def test_a_member_closing_during_broadcast_does_not_break_the_loop() -> None:
-    rooms = Rooms()
+    rooms: Rooms[StubWS] = Rooms()
     conns = [StubWS() for _ in range(4)]
     for ws in conns:
-        rooms.join("r", ws)  # type: ignore[arg-type]
+        rooms.join("r", ws)
 
     def closing_send(frame: bytes, *, policy: str | None = None) -> bool:
         conns[1].close_now()  # e.g. policy "close" closing it synchronously
@@ -238,3 +303,49 @@ def test_automatic_leave_on_close(app_factory: Any) -> None:
         assert left.wait(5)
         assert app.rooms.count("r") == 0
         assert app.rooms.rooms(personal=True) == []
+
+
+# -- defect 1: personal rooms are reserved ------------------------------------------------------
+
+
+def test_defect1_no_one_can_join_another_connections_personal_room(app_factory: Any) -> None:
+    from wsflask import App
+
+    app: App = app_factory()
+
+    @app.route("/chat/<room>")  # the README pattern: the room name comes from the client
+    def chat(ws: Any, room: str) -> None:
+        try:
+            app.rooms.join(room, ws)
+        except ValueError as exc:
+            ws.send(f"refused: {exc}")
+        else:
+            ws.send(f"joined as {ws.id}")
+        for _ in ws:
+            pass
+
+    with app.test_client() as client:
+        victim = client.connect("/chat/lobby")
+        victim_id = str(victim.receive(timeout=5)).removeprefix("joined as ")
+        attacker = client.connect(f"/chat/{victim_id}")
+        assert attacker.receive(timeout=5) == (
+            f"refused: room {victim_id!r} is reserved: it is a connection's personal room"
+        )
+        assert app.rooms.member_ids(victim_id) == [victim_id]
+        app.emit("secret", to=victim_id)
+        app.emit("public")  # to everyone, after the secret
+        assert victim.receive(timeout=5) == "secret"
+        assert victim.receive(timeout=5) == "public"
+        assert attacker.receive(timeout=5) == "public"  # the secret never reached it
+
+
+def test_defect1_names_shaped_like_connection_ids_are_refused_even_untracked() -> None:
+    rooms: Rooms[StubWS] = Rooms()
+    ws = StubWS()
+    for name in (ids.new_id(), ids.new_id(ids.new_node_id())):
+        with pytest.raises(ValueError, match="reserved"):
+            rooms.join(name, ws)
+    assert rooms.rooms() == [] and ws.rooms == {ws.id}
+    rooms.join(ws.id, ws)  # its own personal room: already a member, allowed
+    rooms.join("0123456789abcdef-lobby", ws)  # looks close, is not an id
+    assert rooms.rooms() == ["0123456789abcdef-lobby"]

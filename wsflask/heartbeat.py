@@ -1,25 +1,9 @@
-"""One heartbeat greenlet for all connections: pings, pong deadlines, round-trip times.
+"""The heartbeat (one greenlet pings every connection), and the two roles a server runs.
 
-What it does (ARCHITECTURE.md §3 rule 5, §4):
-
-* every connection handed to ``add()`` is pinged every ``interval`` seconds; the first ping of
-  each connection lands at its own phase inside the interval (a golden-ratio sequence), so
-  10,000 connections accepted in one burst are not all pinged on the same tick;
-* a connection with a heartbeat ping outstanding (``ws.ping_sent_at``) that has received no
-  frame since (``ws.last_received < ws.ping_sent_at``: any frame counts as liveness, AMB-1) for
-  ``timeout`` seconds is failed with ``ws.abort(1011, "ping timeout")``; a pong with the wrong
-  payload does not count (HB-03), the driver does not move ``last_received`` for it;
-* a matched pong sets ``ws.latency`` (the driver does that); the heartbeat records it in the
-  ``websocket_rtt_seconds`` histogram the next time it visits the connection.
-
-How: a heap of ``(due, seq, entry)`` deadlines, one live entry per connection, processed on a
-coarse tick (at most ``max_tick`` seconds, default 1 s). The greenlet waits on an ``Event`` with
-a timeout (STYLE.md rule 7), so ``stop()`` wakes it at once. ``remove()`` is O(1): it marks the
-entry dead and drops the reference to the connection; the heap entry is discarded when it
-comes up. Clocks are ``time.monotonic`` only (AMB-22).
-
-What it does not do: no timer or greenlet per connection, no ping per message, no close on
-idleness while pongs arrive (HB-02: idle is not dead).
+``Service`` is what a server starts and stops with itself (the heartbeat, a backplane
+bridge); ``Watcher`` is told as each connection opens and closes. ``Heartbeat`` is both:
+it pings each connection every interval and fails one that stops answering with 1011.
+No timer or greenlet per connection, no ping per message, no close on mere idleness.
 """
 
 from __future__ import annotations
@@ -29,16 +13,18 @@ import itertools
 import logging
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import gevent
 from gevent.event import Event
+
+from .protocol import CloseCode
 
 if TYPE_CHECKING:
     from .metrics import Metrics
     from .websocket import WebSocket
 
-__all__ = ["Heartbeat"]
+__all__ = ["Heartbeat", "Pingable", "Service", "Watcher"]
 
 logger = logging.getLogger("wsflask.heartbeat")
 
@@ -46,19 +32,62 @@ logger = logging.getLogger("wsflask.heartbeat")
 _PHI = 0.6180339887498949
 
 
+class Service(Protocol):
+    """Runs alongside a server: started with it, stopped after its connections drained."""
+
+    def start(self) -> None: ...
+    def stop(self) -> None: ...
+
+
+class Watcher(Protocol):
+    """Told about every connection: ``add`` when it opens, ``remove`` when it closes."""
+
+    def add(self, ws: WebSocket) -> None: ...
+    def remove(self, ws: WebSocket) -> None: ...
+
+
+class Pingable(Protocol):
+    """What the heartbeat needs of a connection (``WebSocket`` is one; tests write stand-ins).
+
+    The driver stamps ``last_received`` on every frame and ``ping_sent_at`` on a heartbeat
+    ping, clears ``ping_sent_at`` and sets ``latency`` when the matching pong arrives.
+    """
+
+    @property
+    def id(self) -> str: ...
+    @property
+    def is_open(self) -> bool: ...
+    @property
+    def last_received(self) -> float: ...
+    @property
+    def ping_sent_at(self) -> float | None: ...
+    @property
+    def latency(self) -> float | None: ...
+    def send_heartbeat_ping(self) -> None: ...
+    def abort(self, code: int = ..., reason: str = "") -> None: ...
+
+
 class _Entry:
     """The heartbeat's bookkeeping for one connection."""
 
     __slots__ = ("next_ping", "pinged", "ws")
 
-    def __init__(self, ws: WebSocket, next_ping: float) -> None:
-        self.ws: WebSocket | None = ws  #: None once removed (the heap may still hold the entry)
-        self.next_ping = next_ping      #: monotonic time of the next heartbeat ping
-        self.pinged = False             #: a ping we sent is not yet recorded as answered
+    def __init__(self, ws: Pingable, next_ping: float) -> None:
+        self.ws: Pingable | None = ws  #: None once removed (the heap may still hold the entry)
+        self.next_ping = next_ping  #: monotonic time of the next heartbeat ping
+        self.pinged = False  #: a ping we sent is not yet recorded as answered
 
 
 class Heartbeat:
     """Pings every registered connection and fails the ones that stop answering.
+
+    A ``Service`` and a ``Watcher``. Each connection's first ping lands at its own phase
+    inside the interval (a golden-ratio sequence), so a burst of accepts is not pinged on
+    one tick. A connection with a ping outstanding that has received no frame since (any
+    frame counts as liveness; a pong with the wrong payload does not) for ``timeout``
+    seconds is aborted with 1011 "ping timeout"; a matched pong's ``latency`` goes to the
+    ``websocket_rtt_seconds`` histogram. Deadlines live in a heap processed every tick;
+    ``remove()`` is O(1) (the heap entry is discarded when it comes up). Monotonic clock only.
 
     Args:
         interval: seconds between pings of one connection (``Config.ping_interval``);
@@ -74,15 +103,22 @@ class Heartbeat:
     ``remove(ws)`` when it closes (the driver's cleanup does), ``stop()`` at shutdown.
     """
 
-    def __init__(self, interval: float, timeout: float, *, metrics: Metrics | None = None,
-                 max_tick: float = 1.0, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        interval: float,
+        timeout: float,
+        *,
+        metrics: Metrics | None = None,
+        max_tick: float = 1.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.interval = interval
         self.timeout = timeout
         self.metrics = metrics
         self._clock = clock
         #: wake-up period: a tenth of the shorter timer, at most max_tick, at least 10 ms
         self.tick = max(0.01, min(max_tick, interval / 10, timeout / 4)) if interval > 0 else 0
-        self._entries: dict[WebSocket, _Entry] = {}
+        self._entries: dict[Pingable, _Entry] = {}
         self._heap: list[tuple[float, int, _Entry]] = []
         self._seq = itertools.count()
         self._added = 0
@@ -101,7 +137,7 @@ class Heartbeat:
     def __contains__(self, ws: object) -> bool:
         return ws in self._entries
 
-    def add(self, ws: WebSocket) -> None:
+    def add(self, ws: Pingable) -> None:
         """Watch ``ws`` (an open connection); its first ping comes within one interval.
 
         Call ``remove(ws)`` when it closes. Adding twice is a no-op.
@@ -114,7 +150,7 @@ class Heartbeat:
         self._entries[ws] = entry
         self._push(entry.next_ping, entry)
 
-    def remove(self, ws: WebSocket) -> None:
+    def remove(self, ws: Pingable) -> None:
         """Stop watching ``ws`` at once; idempotent. The driver calls it on close."""
         entry = self._entries.pop(ws, None)
         if entry is not None:
@@ -171,7 +207,7 @@ class Heartbeat:
                 self._push(due, entry)
         return visited
 
-    def _visit(self, entry: _Entry, ws: WebSocket, now: float) -> float | None:
+    def _visit(self, entry: _Entry, ws: Pingable, now: float) -> float | None:
         """Ping, time out or reschedule one connection; return its next due time or None."""
         if not ws.is_open:
             return None
@@ -181,7 +217,7 @@ class Heartbeat:
             # A ping is outstanding and nothing arrived since: dead once timeout passes.
             deadline = sent_at + self.timeout
             if now >= deadline:
-                ws.abort(1011, "ping timeout")
+                ws.abort(CloseCode.INTERNAL_ERROR, "ping timeout")
                 return None
             return deadline if entry.next_ping <= now else min(deadline, entry.next_ping)
         if now >= entry.next_ping:
@@ -191,7 +227,7 @@ class Heartbeat:
             return min(entry.next_ping, now + self.timeout)
         return entry.next_ping
 
-    def _record_rtt(self, entry: _Entry, ws: WebSocket) -> None:
+    def _record_rtt(self, entry: _Entry, ws: Pingable) -> None:
         """Record the latency of our last ping once the driver has matched its pong."""
         if entry.pinged and ws.ping_sent_at is None and ws.latency is not None:
             entry.pinged = False

@@ -1,26 +1,9 @@
-"""Server metrics: counters, gauges and histograms rendered as Prometheus text.
+"""Server metrics: counters, gauges and histograms rendered as Prometheus text (``/metrics``).
 
-What it does: keeps plain ``int``/``float`` attributes and small dicts that the driver
-(``websocket.py``), the server, the heartbeat and the rooms bump on every event, and renders
-them in the Prometheus text exposition format (version 0.0.4) at ``GET /metrics``. An
-increment is an attribute add: no locks, because every caller runs in a greenlet of one
-thread and none of these methods yields.
-
-What it does not do: no ``prometheus_client`` dependency, no push gateway, no per-connection
-or per-room label (label cardinality stays bounded: status codes, close codes and a handful of
-drop reasons). The message rate ``websocket_message_rate_per_second`` is computed at render
-time from the message counters over a sliding window of ``rate_window`` seconds, measured
-with ``time.monotonic`` (never the wall clock, ARCHITECTURE.md §4). permessage-deflate bytes
-are read from the codecs' own counters at render time (open connections' codecs, plus the
-totals of closed ones folded in at close), so a message costs metrics nothing extra; only
-the time spent compressing is added per compressed send (two clock reads).
-
-Typical use::
-
-    metrics = Metrics()
-    server = Server(listener, app.resolve, config, metrics=metrics)
-    ...
-    text = metrics.render()          # what /metrics serves
+Increments are plain attribute adds (one thread, nothing yields, no locks); deflate bytes and
+the message rate are computed at render time. Labels stay bounded: statuses, registered close
+codes (any other is ``code="other"``) and a few drop reasons; never per connection or room.
+No ``prometheus_client`` dependency, no push gateway.
 """
 
 from __future__ import annotations
@@ -28,20 +11,49 @@ from __future__ import annotations
 import time
 from bisect import bisect_left
 from collections import deque
-from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Iterable, Mapping
+from typing import TYPE_CHECKING, Any, Protocol
+
+from .protocol import CloseCode
 
 if TYPE_CHECKING:
     from .protocol import PerMessageDeflate
 
-__all__ = ["Histogram", "Metrics"]
+__all__ = ["Histogram", "Metrics", "MetricsSink"]
 
 #: Round-trip time buckets, in seconds (loopback is ~0.0001 s, a slow mobile link ~1 s).
-RTT_BUCKETS: tuple[float, ...] = (0.0005, 0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
-                                  2.5, 5.0)
+RTT_BUCKETS: tuple[float, ...] = (
+    0.0005,
+    0.001,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+)
 #: Frame-parse buckets, in milliseconds (one ``receive_data`` call for one wake-up).
-PARSE_BUCKETS_MS: tuple[float, ...] = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
-                                       10.0, 50.0)
+PARSE_BUCKETS_MS: tuple[float, ...] = (
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    50.0,
+)
+#: Close codes counted under their own label; any other (3000-4999, chosen by apps and peers)
+#: is counted as ``code="other"``, so peers cannot add series by closing with new codes.
+LABELLED_CLOSE_CODES = frozenset(int(code) for code in CloseCode)
 #: Connection lifetime buckets, in seconds.
 DURATION_BUCKETS: tuple[float, ...] = (1.0, 10.0, 60.0, 300.0, 1800.0, 3600.0, 21600.0, 86400.0)
 
@@ -97,6 +109,24 @@ class Histogram:
         return lines
 
 
+class MetricsSink(Protocol):
+    """The counters a connection (``WebSocket``) and ``Rooms`` bump; ``Metrics`` is one.
+
+    Hand-written stand-ins in tests type against it. Every call must return at once.
+    """
+
+    def connection_opened(self, deflate: PerMessageDeflate | None = None) -> None: ...
+    def connection_closed(
+        self, code: int, duration: float, deflate: PerMessageDeflate | None = None
+    ) -> None: ...
+    def message_in(self, nbytes: int) -> None: ...
+    def message_out(self, nbytes: int) -> None: ...
+    def frame_parse(self, seconds: float) -> None: ...
+    def compress_time(self, seconds: float) -> None: ...
+    def dropped(self, reason: str) -> None: ...
+    def slow_consumer_closed(self) -> None: ...
+
+
 class Metrics:
     """Every counter the framework keeps, and their Prometheus rendering.
 
@@ -111,8 +141,9 @@ class Metrics:
     ``render()``.
     """
 
-    def __init__(self, *, rate_window: float = 60.0,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self, *, rate_window: float = 60.0, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self._clock = clock
         self.rate_window = rate_window
         #: open WebSocket connections right now (gauge)
@@ -125,8 +156,8 @@ class Metrics:
         self.messages_out = 0
         self.bytes_in = 0
         self.bytes_out = 0
-        #: closed connections by close code
-        self.close_codes: dict[int, int] = {}
+        #: closed connections by close code (``"other"``: codes not in LABELLED_CLOSE_CODES)
+        self.close_codes: dict[int | str, int] = {}
         #: messages or publishes dropped, by reason ("backpressure", "backplane", ...)
         self.drops: dict[str, int] = {}
         self.slow_consumers_closed = 0
@@ -155,11 +186,13 @@ class Metrics:
         if deflate is not None:
             self._codecs.add(deflate)
 
-    def connection_closed(self, code: int, duration: float,
-                          deflate: PerMessageDeflate | None = None) -> None:
+    def connection_closed(
+        self, code: int, duration: float, deflate: PerMessageDeflate | None = None
+    ) -> None:
         """An open connection ended with close ``code`` after ``duration`` seconds."""
         self.connections_current -= 1
-        self.close_codes[code] = self.close_codes.get(code, 0) + 1
+        label: int | str = code if code in LABELLED_CLOSE_CODES else "other"
+        self.close_codes[label] = self.close_codes.get(label, 0) + 1
         self.connection_duration.observe(duration)
         if deflate is not None and deflate in self._codecs:
             self._codecs.discard(deflate)
@@ -252,51 +285,111 @@ class Metrics:
         zin, raw_in, raw_out, zout = self.deflate_bytes()
         ratio = (zin + zout) / (raw_in + raw_out) if raw_in + raw_out else 0.0
         name = "websocket_deflate_bytes_total"
-        samples = [f'{name}{{direction="{d}",form="{f}"}} {v}' for d, f, v in (
-            ("in", "compressed", zin), ("in", "uncompressed", raw_in),
-            ("out", "compressed", zout), ("out", "uncompressed", raw_out))]
+        samples = [
+            f'{name}{{direction="{d}",form="{f}"}} {v}'
+            for d, f, v in (
+                ("in", "compressed", zin),
+                ("in", "uncompressed", raw_in),
+                ("out", "compressed", zout),
+                ("out", "uncompressed", raw_out),
+            )
+        ]
         return [
-            (name, "counter", "Payload bytes of permessage-deflate messages, as sent on the "
-             "wire (compressed) and as the application sees them (uncompressed).", samples),
-            _single("websocket_deflate_ratio", "gauge", "Compressed over uncompressed bytes of "
-                    "compressed messages, both directions (lower is better; 0: none yet).",
-                    ratio),
-            _single("websocket_deflate_compress_seconds_total", "counter",
-                    "Time spent compressing outbound messages.", self.compress_seconds),
+            (
+                name,
+                "counter",
+                "Payload bytes of permessage-deflate messages, as sent on the "
+                "wire (compressed) and as the application sees them (uncompressed).",
+                samples,
+            ),
+            _single(
+                "websocket_deflate_ratio",
+                "gauge",
+                "Compressed over uncompressed bytes of "
+                "compressed messages, both directions (lower is better; 0: none yet).",
+                ratio,
+            ),
+            _single(
+                "websocket_deflate_compress_seconds_total",
+                "counter",
+                "Time spent compressing outbound messages.",
+                self.compress_seconds,
+            ),
         ]
 
     def _core_families(self, window: str) -> list[_Family]:
         return [
-            _single("websocket_connections_current", "gauge", "Open WebSocket connections.",
-                    self.connections_current),
-            _single("websocket_connections_total", "counter", "WebSocket connections opened.",
-                    self.connections_total),
-            _labelled("websocket_handshakes_total", "Opening handshakes answered, by HTTP "
-                      "status.", "status", self.handshakes),
-            _single("websocket_messages_received_total", "counter", "Messages received.",
-                    self.messages_in),
-            _single("websocket_messages_sent_total", "counter", "Messages sent.",
-                    self.messages_out),
-            _single("websocket_received_bytes_total", "counter", "Payload bytes received.",
-                    self.bytes_in),
+            _single(
+                "websocket_connections_current",
+                "gauge",
+                "Open WebSocket connections.",
+                self.connections_current,
+            ),
+            _single(
+                "websocket_connections_total",
+                "counter",
+                "WebSocket connections opened.",
+                self.connections_total,
+            ),
+            _labelled(
+                "websocket_handshakes_total",
+                "Opening handshakes answered, by HTTP status.",
+                "status",
+                self.handshakes,
+            ),
+            _single(
+                "websocket_messages_received_total",
+                "counter",
+                "Messages received.",
+                self.messages_in,
+            ),
+            _single(
+                "websocket_messages_sent_total", "counter", "Messages sent.", self.messages_out
+            ),
+            _single(
+                "websocket_received_bytes_total",
+                "counter",
+                "Payload bytes received.",
+                self.bytes_in,
+            ),
             _single("websocket_sent_bytes_total", "counter", "Bytes sent.", self.bytes_out),
-            _single("websocket_message_rate_per_second", "gauge",
-                    f"Messages in and out per second over the last {window} s.",
-                    self.message_rate()),
-            _labelled("websocket_closes_total", "Closed connections, by close code.", "code",
-                      self.close_codes),
-            _labelled("websocket_dropped_messages_total", "Messages dropped, by reason.",
-                      "reason", self.drops),
-            _single("websocket_slow_consumers_closed_total", "counter",
-                    "Connections closed with 1013 for exceeding max_backpressure.",
-                    self.slow_consumers_closed),
-            _histogram("websocket_rtt_seconds", "Heartbeat ping round-trip time.",
-                       self.rtt_seconds),
-            _histogram("websocket_frame_parsing_duration_ms",
-                       "Time to parse the frames of one read, in milliseconds.",
-                       self.frame_parse_ms),
-            _histogram("websocket_connection_duration_seconds",
-                       "Lifetime of closed connections.", self.connection_duration),
+            _single(
+                "websocket_message_rate_per_second",
+                "gauge",
+                f"Messages in and out per second over the last {window} s.",
+                self.message_rate(),
+            ),
+            _labelled(
+                "websocket_closes_total",
+                "Closed connections, by close code.",
+                "code",
+                self.close_codes,
+            ),
+            _labelled(
+                "websocket_dropped_messages_total",
+                "Messages dropped, by reason.",
+                "reason",
+                self.drops,
+            ),
+            _single(
+                "websocket_slow_consumers_closed_total",
+                "counter",
+                "Connections closed with 1013 for exceeding max_backpressure.",
+                self.slow_consumers_closed,
+            ),
+            _histogram(
+                "websocket_rtt_seconds", "Heartbeat ping round-trip time.", self.rtt_seconds
+            ),
+            _histogram(
+                "websocket_frame_parsing_duration_ms",
+                "Time to parse the frames of one read, in milliseconds.",
+                self.frame_parse_ms,
+            ),
+            _histogram(
+                "websocket_connection_duration_seconds",
+                "Lifetime of closed connections.",
+                self.connection_duration,
+            ),
         ]
 
 
@@ -311,8 +404,7 @@ def _single(name: str, kind: str, help_text: str, value: float) -> _Family:
     return name, kind, help_text, [f"{name} {_fmt(value)}"]
 
 
-def _labelled(name: str, help_text: str, label: str,
-              values: dict[int, int] | dict[str, int]) -> _Family:
+def _labelled(name: str, help_text: str, label: str, values: Mapping[Any, int]) -> _Family:
     ordered = sorted(values.items(), key=lambda kv: str(kv[0]))
     samples = [f"{name}{_labels([(label, str(key))])} {count}" for key, count in ordered]
     return name, "counter", help_text, samples

@@ -1,53 +1,39 @@
 """Rooms: the index between room names and connections, and broadcast over it.
 
-What it does:
-
-* keeps ``room -> {ws.id: ws}`` and, on each connection, ``ws.rooms`` (the names it is in);
-* gives every tracked connection a personal room named ``ws.id``, so ``app.emit(..., to=ws.id)``
-  reaches one client the way ``to=room`` reaches many (python-socketio's ``sid`` rooms);
-* leaves every room automatically when the connection closes (a close callback registered
-  by ``track()``, which runs before the app's disconnect handlers, ARCHITECTURE.md §4);
-* ``broadcast()`` encodes the frame **once** with ``protocol.encode_frame`` and hands the same
-  bytes to every member with ``ws.send_prepared()``, which never blocks: a slow member's frame
-  goes to its bounded outbox or, past ``max_backpressure``, is handled by the room's
-  slow-consumer policy (``"close"``: 1013, or ``"drop"``), both counted by the driver.
-  A connection in several of the target rooms gets the message once.
-* permessage-deflate (RFC 7692): members without it get that frame; members whose server
-  side has no context takeover get one compressed frame per distinct ``share_key`` (one
-  compression per broadcast, ``protocol.shared_frame``); members with context takeover get
-  a frame compressed in their own stream (``ws.send_nowait()``: one compression each).
-  ``Config.deflate_no_context_takeover`` makes every member share.
-
-Cross-process delivery is the backplane's (``backplane/bridge.py``): when one is attached
-(``rooms.bus``), ``broadcast()`` also hands the message to it, rooms gaining their first or
-losing their last member are reported to it (``room_changed``), tracked connections get
-node-prefixed ids (``<node>.<n>``), and ``count()``/``member_ids()`` can ask it for the whole
-cluster. Messages from other nodes come back through ``deliver()``, the single local-delivery
-path. Without a backplane ``bus`` is None and none of this costs anything.
-
-What it does not do: no I/O of its own. No locks: callers share one thread, and no method
-yields between reading and updating the index (``cluster=True`` queries yield, for I/O).
+Each tracked connection is in its personal room ``ws.id``, which no other may join.
+``broadcast()`` encodes a frame once and hands it to every member without blocking (slow
+members get the room's ``Backpressure`` policy); with a backplane ``attach()``-ed it also
+goes to the bus. No I/O and no locks: callers share one thread and nothing here yields.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from time import perf_counter
-from typing import TYPE_CHECKING, Protocol, cast
+from typing import TYPE_CHECKING, Generic, Protocol, cast
 
+from . import ids
+from .config import Backpressure
 from .errors import ConfigError
-from .protocol import Opcode, encode_frame, shared_frame
+from .protocol import Opcode, encode_frame, frame_info, shared_frame
 
 if TYPE_CHECKING:
-    from .metrics import Metrics
+    from typing_extensions import Self, TypeVar
+
+    from .metrics import MetricsSink
+    from .protocol import PerMessageDeflate
     from .protocol.deflate import ShareKey
     from .websocket import WebSocket
 
-__all__ = ["POLICIES", "BroadcastResult", "Bus", "Rooms"]
+    #: the connection type a ``Rooms`` holds (``WebSocket`` unless a test says otherwise)
+    M = TypeVar("M", bound="Member", default=WebSocket)
+else:
+    from typing import TypeVar
 
-#: Slow-consumer policies: close the member with 1013 "try again later", or drop the message.
-POLICIES = ("close", "drop")
+    M = TypeVar("M", bound="Member")
+
+__all__ = ["BroadcastResult", "Bus", "Member", "Rooms", "encode_message"]
 
 
 @dataclass(slots=True)
@@ -65,12 +51,29 @@ class BroadcastResult:
     skipped: int = 0
 
 
+class Member(Protocol):
+    """What ``Rooms`` needs of a connection (``WebSocket`` is one; tests write stand-ins)."""
+
+    @property
+    def id(self) -> str: ...
+    @property
+    def rooms(self) -> set[str]: ...
+    @property
+    def is_open(self) -> bool: ...
+    @property
+    def deflate(self) -> PerMessageDeflate | None: ...
+    def add_close_callback(self, callback: Callable[[Self], None]) -> None: ...
+    def send_prepared(self, frame: bytes, *, policy: str | None = None) -> bool: ...
+    def send_nowait(self, data: str | bytes, *, policy: str | None = None) -> bool: ...
+
+
 class Bus(Protocol):
-    """What rooms need from a backplane bridge (``wsflask.backplane.bridge.Bridge``)."""
+    """What rooms need from a backplane bridge (``wsflask.backplane.Bridge``)."""
 
     def room_changed(self, room: str, count: int) -> None: ...
-    def publish(self, rooms: str | Iterable[str] | None, data: str | bytes,
-                exclude: Iterable[str] = ()) -> None: ...
+    def publish(
+        self, rooms: str | Iterable[str] | None, data: str | bytes, exclude: Iterable[str] = ()
+    ) -> None: ...
     def cluster_members(self, room: str) -> dict[str, list[str]]: ...
 
 
@@ -81,88 +84,124 @@ def encode_message(data: str | bytes) -> bytes:
     return encode_frame(Opcode.BINARY, bytes(data))
 
 
-class Rooms:
+class Rooms(Generic[M]):
     """The room index of one app (one process).
 
     Args:
         policy: the app-wide slow-consumer policy (``Config.backpressure_policy``);
             ``set_policy()`` overrides it per room.
+        metrics: where the time spent compressing broadcasts is recorded (optional).
 
     Call ``track(ws)`` when a connection opens (the app does it for every route), then
     ``join()`` / ``leave()``, ``broadcast()``; queries are ``members()``, ``count()``,
-    ``rooms()`` and ``ws.rooms``.
+    ``rooms()`` and ``ws.rooms``. A backplane bridge calls ``attach()``/``detach()``.
     """
 
-    def __init__(self, *, policy: str = "close") -> None:
-        _check_policy(policy)
-        #: the default slow-consumer policy
-        self.policy = policy
-        self._rooms: dict[str, dict[str, WebSocket]] = {}
-        self._connections: dict[str, WebSocket] = {}
-        self._policies: dict[str, str] = {}
-        #: the backplane bridge, while one is attached (its ``start()`` sets it)
-        self.bus: Bus | None = None
-        #: this node's id with a backplane: tracked connections get ids ``<node>.<n>``
-        self.node = ""
-        #: the app's metrics, for the time spent compressing broadcasts (optional)
-        self.metrics: Metrics | None = None
+    def __init__(
+        self, *, policy: Backpressure | str = Backpressure.CLOSE, metrics: MetricsSink | None = None
+    ) -> None:
+        self._policy = _policy(policy)
+        self.metrics = metrics
+        self._rooms: dict[str, dict[str, M]] = {}
+        self._connections: dict[str, M] = {}
+        self._policies: dict[str, Backpressure] = {}
+        self._bus: Bus | None = None
+        self._node = ""
+
+    @property
+    def policy(self) -> Backpressure:
+        """The default slow-consumer policy (settable; ``"close"``/``"drop"`` accepted)."""
+        return self._policy
+
+    @policy.setter
+    def policy(self, policy: Backpressure | str) -> None:
+        self._policy = _policy(policy)
+
+    # -- the backplane -------------------------------------------------------------------------
+
+    def attach(self, bus: Bus, node: str) -> None:
+        """Hand broadcasts and membership changes to ``bus`` from now on; ``node`` is ours."""
+        self._bus, self._node = bus, node
+
+    def detach(self) -> None:
+        """Stop using the bus (idempotent): rooms are local again."""
+        self._bus, self._node = None, ""
+
+    @property
+    def bus(self) -> Bus | None:
+        """The attached backplane bridge, else None."""
+        return self._bus
+
+    @property
+    def node(self) -> str:
+        """This node's id while a bus is attached, else ``""``."""
+        return self._node
 
     # -- membership -----------------------------------------------------------------------------
 
-    def track(self, ws: WebSocket) -> None:
+    def track(self, ws: M) -> None:
         """Register ``ws``: join its personal room ``ws.id``; leave all rooms when it closes.
 
         Idempotent; ``join()`` calls it for connections not tracked yet.
         """
         if ws.id in self._connections:
             return
-        if self.node and "." not in ws.id:
-            ws.id = f"{self.node}.{ws.id}"  # unique across nodes (ARCHITECTURE.md AMB-21)
+        # removed at merge: ids come from Server(new_id=...)
+        if self._node and "." not in ws.id:
+            ws.id = f"{self._node}.{ws.id}"  # type: ignore[misc]
         self._connections[ws.id] = ws
         self._add(ws.id, ws)
         ws.add_close_callback(self.forget)
 
-    def forget(self, ws: WebSocket) -> None:
+    def forget(self, ws: M) -> None:
         """Leave every room, personal one included (the close callback; idempotent)."""
         for room in list(ws.rooms):
             self._remove(room, ws)
         self._remove(ws.id, ws)
         self._connections.pop(ws.id, None)
 
-    def join(self, room: str, ws: WebSocket) -> None:
-        """Add ``ws`` to ``room`` (created on first join). Closed connections are ignored."""
+    def join(self, room: str, ws: M) -> None:
+        """Add ``ws`` to ``room`` (created on first join). Closed connections are ignored.
+
+        Raises:
+            ValueError: ``room`` is reserved: it has the form of a connection id, or it is
+                the id of another tracked connection (its personal room, which only
+                ``to=ws.id`` may reach).
+        """
         if not ws.is_open:
             return
         self.track(ws)
+        if room != ws.id and (room in self._connections or ids.is_connection_id(room)):
+            raise ValueError(f"room {room!r} is reserved: it is a connection's personal room")
         self._add(room, ws)
 
-    def leave(self, room: str, ws: WebSocket) -> None:
+    def leave(self, room: str, ws: M) -> None:
         """Remove ``ws`` from ``room`` (idempotent); an emptied room disappears."""
         if room != ws.id:
             self._remove(room, ws)
 
-    def _add(self, room: str, ws: WebSocket) -> None:
+    def _add(self, room: str, ws: M) -> None:
         members = self._rooms.get(room)
         if members is None:
             members = self._rooms[room] = {}
-        if self.bus is not None and ws.id not in members and room != ws.id:
+        if self._bus is not None and ws.id not in members and room != ws.id:
             members[ws.id] = ws
-            self.bus.room_changed(room, len(members))
+            self._bus.room_changed(room, len(members))
         members[ws.id] = ws
         ws.rooms.add(room)
 
-    def _remove(self, room: str, ws: WebSocket) -> None:
+    def _remove(self, room: str, ws: M) -> None:
         ws.rooms.discard(room)
         members = self._rooms.get(room)
         if members is not None and members.pop(ws.id, None) is not None:
             if not members:
                 del self._rooms[room]
-            if self.bus is not None and room != ws.id:
-                self.bus.room_changed(room, len(members))
+            if self._bus is not None and room != ws.id:
+                self._bus.room_changed(room, len(members))
 
     # -- queries --------------------------------------------------------------------------------
 
-    def members(self, room: str) -> list[WebSocket]:
+    def members(self, room: str) -> list[M]:
         """The connections in ``room`` (a copy; empty for unknown rooms)."""
         return list(self._rooms.get(room, {}).values())
 
@@ -173,15 +212,15 @@ class Rooms:
         when the bus is unreachable); without a backplane it is the local count.
         """
         local = len(self._rooms.get(room, ()))
-        if cluster and self.bus is not None:
-            return local + sum(len(ids) for ids in self.bus.cluster_members(room).values())
+        if cluster and self._bus is not None:
+            return local + sum(len(ids) for ids in self._bus.cluster_members(room).values())
         return local
 
     def member_ids(self, room: str, *, cluster: bool = False) -> list[str]:
         """Connection ids in ``room``, local first; with ``cluster=True`` from every node."""
         ids = list(self._rooms.get(room, {}))
-        if cluster and self.bus is not None:
-            for node_ids in self.bus.cluster_members(room).values():
+        if cluster and self._bus is not None:
+            for node_ids in self._bus.cluster_members(room).values():
                 ids.extend(node_ids)
         return ids
 
@@ -191,42 +230,52 @@ class Rooms:
             return sorted(self._rooms)
         return sorted(name for name in self._rooms if name not in self._connections)
 
-    def connections(self) -> list[WebSocket]:
+    def connections(self) -> list[M]:
         """Every tracked (open) connection."""
         return list(self._connections.values())
 
-    def set_policy(self, room: str, policy: str) -> None:
-        """Use slow-consumer ``policy`` (``"close"`` or ``"drop"``) for broadcasts to ``room``."""
-        _check_policy(policy)
-        self._policies[room] = policy
+    def set_policy(self, room: str, policy: Backpressure | str) -> None:
+        """Use slow-consumer ``policy`` for broadcasts to ``room``."""
+        self._policies[room] = _policy(policy)
 
-    def policy_for(self, room: str) -> str:
+    def policy_for(self, room: str) -> Backpressure:
         """The slow-consumer policy that applies to ``room``."""
-        return self._policies.get(room, self.policy)
+        return self._policies.get(room, self._policy)
 
     # -- delivery -------------------------------------------------------------------------------
 
-    def broadcast(self, room: str | Iterable[str] | None, data: str | bytes, *,
-                  exclude: WebSocket | Iterable[WebSocket] | None = None) -> BroadcastResult:
+    def broadcast(
+        self,
+        room: str | Iterable[str] | None,
+        data: str | bytes,
+        *,
+        exclude: M | Iterable[M] | None = None,
+    ) -> BroadcastResult:
         """Send ``data`` to every member of ``room`` (or of each room given; ``None``: everyone).
 
         The frame is encoded once; no member can block the caller. Returns the local counts;
         with a backplane the message is also queued for the other nodes (never blocking).
         """
         result = self.deliver(room, encode_message(data), exclude=exclude, data=data)
-        if self.bus is not None:
-            self.bus.publish(room, data, _excluded_ids(exclude))
+        if self._bus is not None:
+            self._bus.publish(room, data, _excluded_ids(exclude))
         return result
 
-    def deliver(self, room: str | Iterable[str] | None, frame: bytes, *,
-                exclude: WebSocket | Iterable[WebSocket | str] | None = None,
-                data: str | bytes | None = None) -> BroadcastResult:
+    def deliver(
+        self,
+        room: str | Iterable[str] | None,
+        frame: bytes,
+        *,
+        exclude: M | Iterable[M | str] | str | None = None,
+        data: str | bytes | None = None,
+    ) -> BroadcastResult:
         """Hand an encoded ``frame`` to the local members of ``room``: the one delivery path.
 
         A connection reached through several rooms gets it once, under the policy of the
         first room (in the order given) that reached it. ``exclude`` takes connections or
         connection ids (the backplane excludes by id). Members with permessage-deflate get
-        the message compressed (module docstring); ``data`` is the message ``frame`` holds,
+        the message compressed: one shared compression per ``share_key``, or in their own
+        stream with context takeover (RFC 7692). ``data`` is the message ``frame`` holds,
         read back from the frame when not given.
         """
         excluded = _excluded_ids(exclude)
@@ -263,23 +312,24 @@ class Rooms:
         frame = shared_frame(data, key)
         if self.metrics is not None:
             self.metrics.compress_time(perf_counter() - started)
-        if not frame[0] & 0x40:  # under the threshold: sent uncompressed
+        info = frame_info(frame)
+        if not info.compressed:  # under the threshold: sent uncompressed
             return frame, 0, 0
         raw = len(data.encode("utf-8")) if isinstance(data, str) else len(data)
-        return frame, raw, _payload_length(frame)
+        return frame, raw, info.payload_length
 
-    def _targets(self, room: str | Iterable[str] | None) -> Iterator[tuple[WebSocket, str]]:
+    def _targets(self, room: str | Iterable[str] | None) -> Iterator[tuple[M, Backpressure]]:
         """Yield ``(ws, policy)`` once per member, from a snapshot of the index."""
         if room is None:
             for ws in list(self._connections.values()):
-                yield ws, self.policy
+                yield ws, self._policy
             return
         if isinstance(room, str):
             policy = self.policy_for(room)
             for ws in list(self._rooms.get(room, {}).values()):
                 yield ws, policy
             return
-        seen: dict[str, tuple[WebSocket, str]] = {}
+        seen: dict[str, tuple[M, Backpressure]] = {}
         for name in room:
             policy = self.policy_for(name)
             for ws_id, ws in self._rooms.get(name, {}).items():
@@ -288,19 +338,14 @@ class Rooms:
         yield from seen.values()
 
 
-def _payload_length(frame: bytes) -> int:
-    """Payload bytes of an unmasked frame (RFC 6455 §5.2)."""
-    size = frame[1] & 0x7F
-    return len(frame) - (2 + (2 if size == 126 else 8 if size == 127 else 0))
-
-
 def _message_of(frame: bytes) -> str | bytes:
     """The message an unmasked, unfragmented text or binary frame holds."""
-    payload = frame[len(frame) - _payload_length(frame):]
-    return payload.decode("utf-8") if frame[0] & 0x0F == Opcode.TEXT else payload
+    info = frame_info(frame)
+    payload = frame[info.header_length :]
+    return payload.decode("utf-8") if info.opcode == Opcode.TEXT else payload
 
 
-def _excluded_ids(exclude: WebSocket | Iterable[WebSocket | str] | None) -> frozenset[str]:
+def _excluded_ids(exclude: Member | Iterable[Member | str] | str | None) -> frozenset[str]:
     if exclude is None:
         return frozenset()
     if isinstance(exclude, str):  # one connection id
@@ -308,11 +353,18 @@ def _excluded_ids(exclude: WebSocket | Iterable[WebSocket | str] | None) -> froz
     one = getattr(exclude, "id", None)
     if isinstance(one, str):  # a single connection
         return frozenset((one,))
-    return frozenset(item if isinstance(item, str) else item.id
-                     for item in cast("Iterable[WebSocket | str]", exclude))
+    return frozenset(
+        item if isinstance(item, str) else item.id
+        for item in cast("Iterable[Member | str]", exclude)
+    )
 
 
-def _check_policy(policy: str) -> None:
-    if policy not in POLICIES:
-        raise ConfigError(f"backpressure_policy={policy!r} is invalid: expected one of "
-                          f"{', '.join(POLICIES)}")
+def _policy(policy: Backpressure | str) -> Backpressure:
+    """``policy`` as a ``Backpressure`` member; ``ConfigError`` for anything else."""
+    try:
+        return Backpressure(policy)
+    except ValueError:
+        choices = ", ".join(member.value for member in Backpressure)
+        raise ConfigError(
+            f"backpressure_policy={policy!r} is invalid: expected one of {choices}"
+        ) from None

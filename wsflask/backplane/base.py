@@ -1,13 +1,8 @@
-"""The ``Backplane`` protocol: what a message bus between nodes must offer, and its factory.
+"""The ``Backplane`` protocol: what a message bus between nodes must offer.
 
-What it does: defines ``Backplane`` (a ``typing.Protocol``: ``publish``, ``publish_many``,
-``subscribe``, ``unsubscribe``, ``listen``, ``close`` and three presence calls),
-``BackplaneDown`` (the one error a bus raises when it is unreachable), the ``READY`` marker
-``listen()`` yields when a subscription session is up, and ``open_backplane(url)``, which picks
-the implementation from the URL scheme and imports ``redis`` only for ``redis://`` URLs.
-
-What it does not do: no envelopes (``envelope.py``), no reconnection policy, probes or
-delivery into rooms (``bridge.py`` does those, the same way for every implementation).
+Also ``BackplaneDown`` (the one error a bus raises when it is unreachable or refuses) and the
+``READY`` marker ``listen()`` yields once a session is subscribed. A leaf: it imports no
+implementation; no envelopes (``wire.py``), reconnection or delivery (``bridge.py``).
 """
 
 from __future__ import annotations
@@ -15,18 +10,17 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Protocol, runtime_checkable
 
-from ..errors import ConfigError, WsflaskError
+from ..errors import WsflaskError
 
-__all__ = ["READY", "SCHEMES", "Backplane", "BackplaneDown", "open_backplane"]
+__all__ = ["READY", "Backplane", "BackplaneDown"]
 
 #: What ``listen()`` yields first in each session, once every channel is subscribed.
 READY: tuple[str, bytes] = ("", b"")
-#: URL schemes ``open_backplane`` understands.
-SCHEMES = ("memory://", "redis://", "unix://")
 
 
 class BackplaneDown(WsflaskError, ConnectionError):
-    """The bus is unreachable (refused, reset, timed out, or closed under us)."""
+    """The bus is unreachable (refused, reset, timed out, closed under us) or refused a
+    command (an error reply such as Redis' OOM or NOPERM); callers back off and retry."""
 
 
 @runtime_checkable
@@ -77,27 +71,3 @@ class Backplane(Protocol):
     def close(self) -> None:
         """Release connections; a running ``listen()`` returns. Idempotent."""
         ...
-
-
-def open_backplane(url: str, *, cooperative: bool = True) -> Backplane:
-    """Build the backplane for ``url``: ``memory://[name]`` or ``redis://host:port/db``.
-
-    Args:
-        url: the bus address (``Config.backplane``, ``WSFLASK_BACKPLANE``).
-        cooperative: Redis only: use gevent sockets (True, inside a server) or plain ones
-            (False, for an ``Emitter`` in a process without gevent).
-
-    Raises:
-        ConfigError: an unknown scheme, or ``redis`` is not installed (with the install hint).
-    """
-    if url.startswith("memory://"):
-        from .memory import MemoryBackplane
-
-        return MemoryBackplane(url[len("memory://") :] or "default")
-    if url.startswith(("redis://", "unix://")):
-        from .redis import RedisBackplane
-
-        return RedisBackplane(url, cooperative=cooperative)
-    raise ConfigError(
-        f"backplane={url!r} is invalid: expected a URL starting with {', '.join(SCHEMES)}"
-    )

@@ -1,43 +1,16 @@
-"""The bridge between one App's rooms and a backplane: one node of a cluster.
+"""The bridge between one App's rooms and a backplane: it makes the App a node of a cluster.
 
-What it does, once ``start()`` ran (the server's start does it, in the worker process):
-
-* gives this node a random 12-hex id; connections tracked from then on get ids
-  ``<node>.<n>``, unique across nodes, so ``to=ws.id`` and ``skip=ws`` work cluster-wide;
-* subscribes the node channel, the "everyone" channel and one channel per room with local
-  members (subscribe on the first local member, unsubscribe on the last: ``Rooms`` calls
-  ``room_changed()``); the backplane subscribes them all again after each reconnect;
-* ``publish()`` (called by ``Rooms.broadcast`` after the local delivery) never blocks: it
-  queues one envelope per target channel for the publisher greenlet, which sends them in
-  order and in batches. While the bus is down, or past ``backplane_queue`` queued items,
-  each publish is counted in ``websocket_dropped_messages_total{reason="backplane"}``;
-* the listener greenlet delivers remote envelopes with ``Rooms.deliver`` (the one local
-  delivery path, same ``exclude`` semantics, by connection id), drops this node's own echoes,
-  and handles an envelope once even when it arrives on several channels (per-origin sequence
-  numbers). A lost session is retried with capped exponential backoff and jitter;
-* a probe: every ``backplane_interval`` seconds the node publishes to its own channel; no
-  echo within two intervals -> an error in the log, ``ready`` goes false (``/readyz`` 503)
-  and the session is torn down and reconnected (a silent, starved subscriber counts as down);
-* gap notices (battery RD-01): after a session comes back from a failure, every local member
-  of every local room gets ``gap_message(room)`` (default: the JSON envelope
-  ``{"event":"_gap","data":{"room":...}}``; set ``app.cluster.gap_message`` to change it, or to
-  a function returning None to send nothing), and for each channel whose publishes were
-  dropped a gap envelope goes out so the members on other nodes get the notice too;
-* presence: every interval (and shortly after membership changes) the node writes its
-  memberships with a TTL of three intervals; ``Rooms.count(room, cluster=True)`` adds the
-  other live nodes' counts. A dead node's presence expires with its TTL.
-
-What it does not do: no message history or replay (a gap notice tells clients to resync),
-no acknowledgements, no delivery guarantee across an outage beyond "counted, then notified".
+``start()`` joins the bus and ``stop()`` leaves it; broadcasts are queued, never blocking, and
+remote ones are delivered once through ``Rooms.deliver``. A probe checks the link, presence
+feeds cluster counts, and an outage ends in counted drops and gap notices. No message
+history, replay or acknowledgements: a gap notice tells clients to resync.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import random
-import secrets
 from collections import deque
 from collections.abc import Callable, Iterable
 from time import monotonic
@@ -47,13 +20,16 @@ import gevent
 from gevent import Timeout
 from gevent.event import Event
 
+from .. import envelopes, ids
 from ..protocol import Opcode, encode_frame
-from .base import Backplane, BackplaneDown, open_backplane
-from .envelope import BadEnvelope, Envelope, Router, decode, encode
+from ..rooms import encode_message
+from .base import Backplane, BackplaneDown
+from .factory import open_backplane
+from .wire import BadEnvelope, Envelope, Router, decode, encode
 
 if TYPE_CHECKING:
     from ..config import Config
-    from ..metrics import Metrics
+    from ..metrics import MetricsSink
     from ..rooms import Rooms
     from ..websocket import HeartbeatLike, WebSocket
 
@@ -74,7 +50,7 @@ _Item = tuple[str, bytes, bool]  # (channel, payload, counts as a message)
 
 def default_gap_message(room: str) -> str:
     """The default gap notice: ``{"event":"_gap","data":{"room":room}}``."""
-    return json.dumps({"event": "_gap", "data": {"room": room}}, separators=(",", ":"))
+    return envelopes.encode("_gap", {"room": room})
 
 
 def backoff(failures: int, cap: float) -> float:
@@ -84,24 +60,30 @@ def backoff(failures: int, cap: float) -> float:
 
 
 class Bridge:
-    """Connects ``rooms`` to the backplane ``config.backplane``.
+    """Connects ``rooms`` to the backplane ``config.backplane``: a ``Service`` of the server.
 
     Args:
-        rooms: the app's room index.
+        rooms: the app's room index (``start()`` attaches to it, ``stop()`` detaches).
         config: ``backplane`` (URL), ``backplane_interval``, ``backplane_backoff_max``,
             ``backplane_queue``.
-        metrics: where drops are counted.
+        metrics: where drops are counted (``reason="backplane"``: the bus was down, refused
+            or the queue was full; ``"backplane_invalid"``: a malformed envelope arrived;
+            ``"backplane_order"``: an envelope numbered below its origin's last one).
         backplane: a ready-made backplane instead of opening ``config.backplane``.
 
-    The app makes it; ``start()``/``stop()`` run with the server (``NodeLifecycle``). Query
-    ``ready``, ``node``; ``cluster_members(room)`` asks the bus.
+    The node subscribes its own channel, "everyone" and one channel per room with local
+    members. Every ``backplane_interval`` it publishes a probe to itself (no echo within two
+    intervals: ``ready`` goes false and the session is rebuilt) and writes its presence with
+    a TTL of three intervals. After a session comes back from a failure, local members get
+    ``gap_message(room)`` and the other nodes get a gap envelope for what was dropped.
+    Query ``ready`` and ``node``; ``cluster_members(room)`` asks the bus.
     """
 
     def __init__(
         self,
         rooms: Rooms,
         config: Config,
-        metrics: Metrics | None = None,
+        metrics: MetricsSink | None = None,
         *,
         backplane: Backplane | None = None,
     ) -> None:
@@ -116,6 +98,8 @@ class Bridge:
         #: sessions lost or refused, and probes that timed out (for logs and tests)
         self.failures_total = 0
         self.probe_timeouts = 0
+        #: presence writes the bus refused (retried every interval)
+        self.presence_failures = 0
         self._given = backplane
         self._bus: Backplane | None = None
         self._running = False
@@ -130,12 +114,14 @@ class Bridge:
         self._dropped: dict[str, list[str] | None] = {}
         self._wake = Event()
         self._tick = Event()
+        self._flushed = Event()  # set when the publisher has ended (stop() waits on it)
         self._presence_dirty = True
         self._greenlets: list[gevent.Greenlet] = []
         self._listener: gevent.Greenlet | None = None
 
     @property
     def interval(self) -> float:
+        """Seconds between probes and presence writes (``Config.backplane_interval``)."""
         return float(self.config.backplane_interval)
 
     @property
@@ -151,10 +137,10 @@ class Bridge:
             return
         url = self.config.backplane or "memory://"
         self._bus = self._given if self._given is not None else open_backplane(url)
-        self.node = secrets.token_hex(6)
+        self.node = ids.new_node_id()
         self._running, self._failed, self._presence_dirty = True, False, True
-        self.rooms.node = self.node
-        self.rooms.bus = self
+        self._flushed.clear()
+        self.rooms.attach(self, self.node)
         for channel in (self.router.node(self.node), self.router.everyone):
             self._subscribe(channel)
         for room in self.rooms.rooms():
@@ -172,12 +158,11 @@ class Bridge:
         if not self._running:
             return
         self._running = False
-        self.rooms.bus = None
+        self.rooms.detach()
         bus = self._bus
-        with Timeout(timeout, False):
-            while self._queue and self._session_up:
-                self._wake.set()
-                gevent.sleep(0.01)
+        self._wake.set()  # the publisher sends what is queued, then ends
+        if self._session_up:
+            self._flushed.wait(timeout)
         gevent.killall(self._greenlets, block=True, timeout=timeout)
         if bus is not None:
             with Timeout(timeout, False), contextlib.suppress(BackplaneDown):
@@ -212,9 +197,8 @@ class Bridge:
             for channel in channels:
                 self._drop(channel)
             return
-        kind, body = ("t", data.encode()) if isinstance(data, str) else ("b", bytes(data))
         self._seq += 1
-        payload = encode(Envelope(self.node, kind, body, self._seq, names, list(exclude)))
+        payload = encode(Envelope.message(self.node, self._seq, data, names, exclude))
         for channel in channels:
             self._queue.append((channel, payload, True))
         self._wake.set()
@@ -317,8 +301,14 @@ class Bridge:
             if envelope.kind == "p":
                 self._probe_ok, self._probe_sent = True, None
             return
-        if envelope.seq <= self._seen.get(envelope.origin, 0):
-            return  # already handled on another channel
+        last = self._seen.get(envelope.origin, 0)
+        if envelope.seq <= last:
+            # An origin publishes in sequence order and one envelope to all its channels
+            # before the next, so an equal number is a copy from another channel (handled);
+            # a lower one arrived out of order and is lost: counted.
+            if envelope.seq < last and self.metrics is not None:
+                self.metrics.dropped("backplane_order")
+            return
         self._remember(envelope.origin, envelope.seq)
         if envelope.kind == "g":
             self._notify_gap(envelope.rooms)
@@ -335,8 +325,6 @@ class Bridge:
         seen[origin] = seq
 
     def _notify_gap(self, rooms: list[str] | None) -> None:
-        from ..rooms import encode_message
-
         for room in self.rooms.rooms() if rooms is None else rooms:
             message = self.gap_message(room)
             if message is not None and self.rooms.count(room):
@@ -356,21 +344,43 @@ class Bridge:
     # -- internals: publisher and maintenance ----------------------------------------------------
 
     def _publish_loop(self) -> None:
-        while self._running:
-            self._wake.wait()
-            self._wake.clear()
-            while self._queue and self._bus is not None:
-                batch = [self._queue.popleft() for _ in range(min(BATCH, len(self._queue)))]
-                try:
-                    self._bus.publish_many([(channel, payload) for channel, payload, _ in batch])
-                except BackplaneDown as exc:
-                    logger.warning("backplane publish failed on node %s: %s", self.node, exc)
-                    for channel, _, counted in batch:
-                        if counted:
-                            self._drop(channel)
-                    continue
-                if self._dropped and self._session_up:
-                    self._flush_gaps()
+        try:
+            while self._running:
+                self._wake.wait()
+                self._wake.clear()
+                self._publish_queued()
+        finally:
+            self._flushed.set()
+
+    def _publish_queued(self) -> None:
+        """Send the queue in batches until it is empty.
+
+        A batch the bus refuses (down, or an error reply such as NOPERM) is dropped and
+        counted, and the next one waits a capped exponential backoff.
+        """
+        failures = 0
+        while self._queue and self._bus is not None:
+            batch = [self._queue.popleft() for _ in range(min(BATCH, len(self._queue)))]
+            try:
+                self._bus.publish_many([(channel, payload) for channel, payload, _ in batch])
+            except Exception as exc:  # BackplaneDown, or a bug: never end the publisher
+                failures += 1
+                self._publish_failed(exc, batch)
+                if self._running:  # stopping: drop (and count) the rest without waiting
+                    gevent.sleep(backoff(failures, self.config.backplane_backoff_max))
+                continue
+            failures = 0
+            if self._dropped and self._session_up:
+                self._flush_gaps()
+
+    def _publish_failed(self, exc: Exception, batch: list[_Item]) -> None:
+        if isinstance(exc, BackplaneDown):
+            logger.warning("backplane publish failed on node %s: %s", self.node, exc)
+        else:
+            logger.exception("backplane publisher failed on node %s", self.node)
+        for channel, _, counted in batch:
+            if counted:
+                self._drop(channel)
 
     def _send_probe(self) -> None:
         self._probe_sent = monotonic()
@@ -391,7 +401,7 @@ class Bridge:
                 self._check_probe()
                 self._presence_dirty = True
             if self._presence_dirty and self._session_up:
-                self._write_presence()
+                self._write_presence()  # a failure is retried at the next interval
 
     def _check_probe(self) -> None:
         if not self._session_up:
@@ -419,12 +429,16 @@ class Bridge:
         self._presence_dirty = False
         try:
             self._bus.presence_write(self.node, rooms, 3 * self.interval)
-        except BackplaneDown as exc:
+        except Exception as exc:  # BackplaneDown (down, OOM...), or a bug: retried, never fatal
             self._presence_dirty = True
-            logger.warning("backplane presence write failed on node %s: %s", self.node, exc)
+            self.presence_failures += 1
+            if isinstance(exc, BackplaneDown):
+                logger.warning("backplane presence write failed on node %s: %s", self.node, exc)
+            else:
+                logger.exception("backplane presence write failed on node %s", self.node)
 
 
-class NodeLifecycle:
+class NodeLifecycle:  # removed at merge: Server(services=(heartbeat, bridge))
     """Runs the bridge with the server: a ``HeartbeatLike`` the server starts and stops.
 
     ``Server.start()`` starts the heartbeat then the bridge; ``Server.stop()`` stops them

@@ -1,16 +1,8 @@
 """The in-process backplane: a named hub that Apps of one process share as a bus.
 
-What it does: ``MemoryBackplane(name)`` joins the hub ``name`` (``memory://name``); a publish
-puts the payload in the inbox of every instance of that hub subscribed to the channel, and
-``listen()`` yields from its own inbox, so two ``App(backplane="memory://t")`` in one test
-behave as two nodes. Presence is a dict per hub with monotonic expiry times. ``Hub.cut()`` /
-``Hub.restore()`` simulate an outage (every session ends with ``BackplaneDown``, publishes
-raise) so the bridge's failure handling is testable without Redis.
-
-What it does not do: no cross-process delivery (``--workers`` needs Redis), no persistence,
-no blocking: a publish never waits (inboxes are unbounded gevent queues, drained at once).
-Without ``backplane=`` an App has no bus at all: this module is for tests and for code that
-wants the bridge's behaviour in one process.
+``memory://name``: two Apps on one hub behave as two nodes (tests, single-process code that
+wants the bridge's behaviour); ``Hub.cut()``/``restore()`` simulate an outage. No
+cross-process delivery (``--workers`` needs Redis), no persistence, and a publish never waits.
 """
 
 from __future__ import annotations
@@ -65,7 +57,12 @@ def hub(name: str = "default") -> Hub:
 
 
 class MemoryBackplane:
-    """One node's handle on the hub ``name``; see ``Backplane`` for the method contracts."""
+    """One node's handle on the hub ``name``; see ``Backplane`` for the method contracts.
+
+    A publish puts the payload in the inbox (an unbounded gevent queue, drained at once) of
+    every instance of the hub subscribed to the channel; ``listen()`` yields from its own
+    inbox. Presence is a dict per hub with monotonic expiry times.
+    """
 
     def __init__(self, name: str = "default") -> None:
         self.hub = hub(name)

@@ -1,22 +1,9 @@
 """The Redis backplane: Redis pub/sub as the bus, expiring hashes for cluster presence.
 
-What it does: ``RedisBackplane("redis://host:6379/0")`` keeps one subscriber connection per
-node (so ``PUBSUB NUMSUB <room channel>`` shows one subscription per node that has members
-in the room), applies ``subscribe``/``unsubscribe`` to it from a small sync greenlet (batched
-``SUBSCRIBE``/``UNSUBSCRIBE``), subscribes every wanted channel in one command at the start of
-each session, and publishes through a second, pooled connection (``publish_many`` is one
-pipelined round trip). Presence is one hash per node, ``wsflask:presence:<node>`` (room ->
-JSON list of connection ids), written in one ``MULTI`` with a ``PEXPIRE`` of the TTL, plus the
-set ``wsflask:nodes``; a dead node's hash expires and readers prune it from the set.
-
-Inside a server the sockets are gevent sockets (``cooperative=True``), so Redis I/O never
-blocks the event loop and the library still never monkey-patches; ``Emitter`` uses plain
-sockets. Every Redis or socket failure surfaces as ``BackplaneDown``; redis-py's own retries
-are off (the bridge owns the backoff).
-
-What it does not do: no Sentinel or Cluster discovery, no TLS (``rediss://``), no reconnection
-policy (``bridge.py``). The ``redis`` package is imported only when this module is: install
-it with ``pip install wsflask[redis]``.
+Gevent sockets inside a server (cooperative, never monkey-patching), plain ones for an
+``Emitter``; every failure, error replies included, is ``BackplaneDown`` (redis-py retries are
+off: the bridge owns the backoff). No Sentinel, Cluster or TLS. Imported only for a
+``redis://`` URL: ``pip install wsflask[redis]``.
 """
 
 from __future__ import annotations
@@ -32,7 +19,7 @@ from gevent.event import Event
 
 from ..errors import ConfigError
 from .base import READY, BackplaneDown
-from .envelope import Router
+from .wire import Router
 
 try:
     import redis as _redis
@@ -48,7 +35,14 @@ __all__ = ["RedisBackplane"]
 #: Seconds to connect to Redis, and to wait for a command's answer (not for pub/sub reads).
 CONNECT_TIMEOUT = 2.0
 COMMAND_TIMEOUT = 5.0
-_ERRORS = (_redis.exceptions.ConnectionError, _redis.exceptions.TimeoutError, OSError)
+#: Failures reported as ``BackplaneDown``: the link, and error replies (OOM, NOPERM,
+#: READONLY...), which the bridge handles the same way: counted, logged, retried.
+_ERRORS = (
+    _redis.exceptions.ConnectionError,
+    _redis.exceptions.TimeoutError,
+    _redis.exceptions.ResponseError,
+    OSError,
+)
 
 
 class _GeventConnection(_redis.connection.Connection):
@@ -80,6 +74,13 @@ class _GeventUnixConnection(_redis.connection.UnixDomainSocketConnection):
 
 class RedisBackplane:
     """One node's (or one emitter's) handle on Redis; see ``Backplane`` for the contracts.
+
+    One subscriber connection per node (``PUBSUB NUMSUB <room channel>`` counts nodes), its
+    subscriptions changed by a small greenlet in batches and all renewed in one command per
+    session; publishes go through a second, pooled connection (``publish_many``: one
+    pipelined round trip). Presence is a hash per node, ``wsflask:presence:<node>`` (room ->
+    JSON list of ids), written in one ``MULTI`` with a ``PEXPIRE``, plus the set
+    ``wsflask:nodes``; readers prune nodes whose hash expired.
 
     Args:
         url: ``redis://[:password@]host:port/db`` or ``unix:///path/redis.sock?db=0``.

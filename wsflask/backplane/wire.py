@@ -1,21 +1,8 @@
-"""Bus envelopes and channel names: what one node publishes for another, never pickle.
+"""The bus wire format and channel names: what one node publishes for another, never pickle.
 
-What it does: encodes a message for the bus as ``b"WSF1"``, a 4-byte big-endian header
-length, a compact JSON header and the raw message body (text as UTF-8, binary as is), and
-decodes it again with strict checks (``BadEnvelope``). Nothing on the bus is ever unpickled
-or evaluated: python-socketio's CVE-2025-61765 was a pickle on its message queue. It also
-names the channels: one per room (``wsflask:room:<name>``), one per node
-(``wsflask:node:<id>``, for personal rooms and probes) and one for "everyone"
-(``wsflask:all``), and routes a ``broadcast()`` target to them.
-
-Header keys: ``o`` origin id (a node, or an emitter); ``k`` kind (``t`` text, ``b`` binary,
-``g`` gap notice, ``p`` probe); ``s`` the origin's sequence number, increasing by one per
-envelope (an envelope published to several channels carries one number, so a node that
-receives it on two channels handles it once: a member of several target rooms gets it once);
-``r`` the target room names (``null``: every connection); ``x`` connection ids to leave out
-(ids are node-prefixed, so they are unique across nodes).
-
-What it does not do: no I/O, no delivery (``bridge.py``), no compression.
+An ``Envelope`` is ``b"WSF1"``, a 4-byte header length, a compact JSON header and the raw
+message body; ``decode()`` checks it strictly. ``Router`` names the channels (one per room,
+per node, and "everyone") and routes a broadcast target to them. No I/O, no delivery.
 """
 
 from __future__ import annotations
@@ -26,6 +13,8 @@ import struct
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+from .. import ids
+
 __all__ = ["PREFIX", "BadEnvelope", "Envelope", "Router", "decode", "encode", "node_of"]
 
 #: Channel name prefix shared by nodes and emitters.
@@ -35,8 +24,9 @@ KINDS = ("t", "b", "g", "p")
 _HEAD = struct.Struct(">I")
 #: A header larger than this is refused (a header holds names and ids, not messages).
 MAX_HEADER = 1 << 20
-#: Connection ids with a backplane: ``<12 hex node id>.<hex counter>``.
-CONNECTION_ID = re.compile(r"^([0-9a-f]{12})\.[0-9a-f]+$")
+#: Connection ids of the old form ``<12 hex node id>.<hex counter>`` (removed at merge:
+#: ids come from Server(new_id=...) as ``ids.new_id(node)``).
+_OLD_CONNECTION_ID = re.compile(r"([0-9a-f]{12})\.[0-9a-f]+")
 
 
 class BadEnvelope(ValueError):
@@ -45,7 +35,13 @@ class BadEnvelope(ValueError):
 
 @dataclass(slots=True)
 class Envelope:
-    """One message on the bus (see the module docstring for the header keys)."""
+    """One message on the bus.
+
+    Header keys on the wire: ``o`` origin (a node or an emitter), ``k`` kind (``t`` text,
+    ``b`` binary, ``g`` gap notice, ``p`` probe), ``s`` the origin's sequence number (one per
+    envelope, however many channels carry it, so a node handles it once), ``r`` the target
+    rooms (``null``: everyone), ``x`` connection ids to leave out.
+    """
 
     origin: str
     kind: str
@@ -53,6 +49,20 @@ class Envelope:
     seq: int = 0
     rooms: list[str] | None = None
     exclude: list[str] = field(default_factory=list)
+
+    @classmethod
+    def message(
+        cls,
+        origin: str,
+        seq: int,
+        data: str | bytes,
+        rooms: list[str] | None,
+        exclude: Iterable[str] = (),
+    ) -> Envelope:
+        """A text (``str``) or binary message from ``origin`` for ``rooms``."""
+        if isinstance(data, str):
+            return cls(origin, "t", data.encode("utf-8"), seq, rooms, list(exclude))
+        return cls(origin, "b", bytes(data), seq, rooms, list(exclude))
 
 
 def encode(envelope: Envelope) -> bytes:
@@ -106,7 +116,11 @@ def _strings(value: object) -> bool:
 
 def node_of(connection_id: str) -> str | None:
     """The node id inside a node-prefixed connection id, else None (a plain room name)."""
-    match = CONNECTION_ID.match(connection_id)
+    return ids.node_of(connection_id) or _old_node_of(connection_id)
+
+
+def _old_node_of(name: str) -> str | None:  # removed at merge: old <node>.<counter> ids
+    match = _OLD_CONNECTION_ID.fullmatch(name)
     return match.group(1) if match else None
 
 
@@ -149,16 +163,18 @@ class Router:
     ) -> tuple[list[str], list[str] | None]:
         """``(channels, room names)`` for a broadcast to ``rooms`` (``None``: everyone).
 
-        A room that is a connection id of ``local_node`` needs no channel (it is local).
+        A connection id is a personal room, reserved (``Rooms.join`` refuses it), so it goes
+        to its node's channel only, and needs none when it is one of ``local_node``'s.
         """
         if rooms is None:
             return [self.everyone], None
         names = [rooms] if isinstance(rooms, str) else list(dict.fromkeys(rooms))
         channels: list[str] = []
         for name in names:
-            node = node_of(name)
+            node = ids.node_of(name)
             if node is None:
                 channels.append(self.room(name))
-            elif node != local_node:
+                node = _old_node_of(name)  # removed at merge: also a joinable room name
+            if node is not None and node != local_node:
                 channels.append(self.node(node))
         return list(dict.fromkeys(channels)), names
