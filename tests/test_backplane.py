@@ -369,7 +369,7 @@ def test_a_room_named_like_an_old_node_prefixed_id_reaches_every_node(cluster: A
     ca.start()
     started(a, b)
     wait_until(lambda: a.rooms.count(room, cluster=True) == 1)
-    a.emit("to the room", to=room)
-    a.emit("to everyone")
+    a.send("to the room", to=room)
+    a.send("to everyone")
     assert cb.receive(wb) == "to the room"
     assert cb.receive(wb) == "to everyone"

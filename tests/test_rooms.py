@@ -332,8 +332,8 @@ def test_defect1_no_one_can_join_another_connections_personal_room(app_factory: 
             f"refused: room {victim_id!r} is reserved: it is a connection's personal room"
         )
         assert app.rooms.member_ids(victim_id) == [victim_id]
-        app.emit("secret", to=victim_id)
-        app.emit("public")  # to everyone, after the secret
+        app.send("secret", to=victim_id)
+        app.send("public")  # to everyone, after the secret
         assert victim.receive(timeout=5) == "secret"
         assert victim.receive(timeout=5) == "public"
         assert attacker.receive(timeout=5) == "public"  # the secret never reached it
