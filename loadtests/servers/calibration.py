@@ -108,4 +108,7 @@ def serve(sock: Any, buf: bytearray, room: bool) -> None:
 
 
 if __name__ == "__main__":
-    StreamServer(("127.0.0.1", int(sys.argv[1])), handle).serve_forever()
+    server = StreamServer(("127.0.0.1", int(sys.argv[1])), handle)
+    server.start()
+    print("calibration", server.server_port, flush=True)  # port 0: the one the kernel chose
+    server.serve_forever()
