@@ -32,7 +32,7 @@ SOURCE = ROOT / "loadtests" / "wsload.c"
 CALIBRATION = ROOT / "loadtests" / "servers" / "calibration.py"
 RIVALS = ROOT / "loadtests" / "rivals.py"
 
-SERVER = r'''
+SERVER = r"""
 import sys
 
 try:
@@ -107,7 +107,7 @@ except ImportError:  # the framework is not there yet: the protocol core alone
     server.start()
     print("protocol", server.server_port, flush=True)
     server.serve_forever()
-'''
+"""
 
 
 @pytest.fixture(scope="module")
@@ -116,8 +116,9 @@ def wsload(tmp_path_factory: pytest.TempPathFactory) -> Path:
     if gcc is None:
         pytest.skip("gcc is not installed: the C load generator cannot be built")
     binary = tmp_path_factory.mktemp("wsload") / "wsload"
-    subprocess.run([gcc, "-O2", "-o", str(binary), str(SOURCE)], check=True, timeout=120,
-                   capture_output=True)
+    subprocess.run(
+        [gcc, "-O2", "-o", str(binary), str(SOURCE)], check=True, timeout=120, capture_output=True
+    )
     return binary
 
 
@@ -137,8 +138,14 @@ def serve(script: Path, *args: str) -> Iterator[int]:
     """Run a server script that prints "<name> <port>" once listening; yield the port."""
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH", "")) if p)
-    proc = subprocess.Popen([sys.executable, str(script), *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.DEVNULL, text=True, env=env, cwd=str(ROOT))
+    proc = subprocess.Popen(
+        [sys.executable, str(script), *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        env=env,
+        cwd=str(ROOT),
+    )
     try:
         lines: queue.Queue[str] = queue.Queue()
         assert proc.stdout is not None
@@ -165,7 +172,11 @@ def serve(script: Path, *args: str) -> Iterator[int]:
 def run_wsload(wsload: Path, port: int, *args: str) -> dict[str, Any]:
     result = subprocess.run(
         [str(wsload), "--port", str(port), "-d", "1", "--warmup", "0.2", *args],
-        capture_output=True, text=True, timeout=60, check=False)
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert result.returncode == 0, result.stderr
     lines = [line for line in result.stdout.splitlines() if line.startswith("{")]
     assert len(lines) == 1, result.stdout
@@ -176,15 +187,16 @@ def run_wsload(wsload: Path, port: int, *args: str) -> dict[str, Any]:
 @pytest.mark.parametrize(
     "args",
     [
-        ("-c", "4", "-s", "20"),                          # 7-bit length, text
-        ("-c", "2", "-s", "16384", "--binary"),           # 16-bit length
-        ("-c", "1", "-s", "70000", "--binary"),           # 64-bit length
-        ("-c", "1", "-s", "1048576", "--binary"),         # the echo1m row: 1 MiB, the limit
+        ("-c", "4", "-s", "20"),  # 7-bit length, text
+        ("-c", "2", "-s", "16384", "--binary"),  # 16-bit length
+        ("-c", "1", "-s", "70000", "--binary"),  # 64-bit length
+        ("-c", "1", "-s", "1048576", "--binary"),  # the echo1m row: 1 MiB, the limit
     ],
     ids=["20B-text", "16KiB-binary", "70000B-binary", "1MiB-binary"],
 )
-def test_echo_round_trips_without_errors(wsload: Path, echo_port: int,
-                                         args: tuple[str, ...]) -> None:
+def test_echo_round_trips_without_errors(
+    wsload: Path, echo_port: int, args: tuple[str, ...]
+) -> None:
     result = run_wsload(wsload, echo_port, *args)
     assert result["mode"] == "echo"
     assert result["errors"] == 0, result["error_detail"]
@@ -197,8 +209,9 @@ def test_echo_round_trips_without_errors(wsload: Path, echo_port: int,
 
 @pytest.mark.parametrize("mode", ["broadcast", "fanout"])
 def test_room_modes_count_deliveries(wsload: Path, echo_port: int, mode: str) -> None:
-    result = run_wsload(wsload, echo_port, "--mode", mode, "-c", "5", "--path", "/room",
-                        "--settle", "0.3")
+    result = run_wsload(
+        wsload, echo_port, "--mode", mode, "-c", "5", "--path", "/room", "--settle", "0.3"
+    )
     assert result["errors"] == 0, result["error_detail"]
     assert result["sent"] > 0
     assert result["received"] > 0
@@ -222,8 +235,13 @@ def test_handshake_mode_completes_handshakes(wsload: Path, echo_port: int) -> No
 
 
 def test_refuses_a_non_loopback_target(wsload: Path) -> None:
-    result = subprocess.run([str(wsload), "--host", "192.0.2.1", "--port", "80", "-d", "1"],
-                            capture_output=True, text=True, timeout=30, check=False)
+    result = subprocess.run(
+        [str(wsload), "--host", "192.0.2.1", "--port", "80", "-d", "1"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
     assert result.returncode == 2
     assert "loopback" in result.stderr
 
@@ -233,6 +251,7 @@ def test_refuses_a_non_loopback_target(wsload: Path) -> None:
 
 def read_frame(sock: socket.socket) -> tuple[int, bytes]:
     """One unmasked server frame: (first byte, payload)."""
+
     def exactly(n: int) -> bytes:
         data = b""
         while len(data) < n:
@@ -266,12 +285,14 @@ def client_frame(b0: int, payload: bytes) -> bytes:
 
 def test_calibration_server_answers_an_echo(calibration_port: int) -> None:
     key = base64.b64encode(os.urandom(16))
-    accept = base64.b64encode(hashlib.sha1(key + b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11")
-                              .digest())
+    accept = base64.b64encode(hashlib.sha1(key + b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11").digest())
     with socket.create_connection(("127.0.0.1", calibration_port), timeout=10) as sock:
-        sock.sendall(b"GET /echo HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
-                     b"Connection: Upgrade\r\nSec-WebSocket-Key: " + key +
-                     b"\r\nSec-WebSocket-Version: 13\r\n\r\n")
+        sock.sendall(
+            b"GET /echo HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
+            b"Connection: Upgrade\r\nSec-WebSocket-Key: "
+            + key
+            + b"\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        )
         head = b""
         while b"\r\n\r\n" not in head:
             chunk = sock.recv(4096)
@@ -280,8 +301,9 @@ def test_calibration_server_answers_an_echo(calibration_port: int) -> None:
         assert head.startswith(b"HTTP/1.1 101 ")
         assert b"Sec-WebSocket-Accept: " + accept + b"\r\n" in head
         big = os.urandom(70000)  # 64-bit length form, every mask offset
-        sock.sendall(client_frame(0x81, b"hello") + client_frame(0x82, big)
-                     + client_frame(0x89, b"ping!"))
+        sock.sendall(
+            client_frame(0x81, b"hello") + client_frame(0x82, big) + client_frame(0x89, b"ping!")
+        )
         assert read_frame(sock) == (0x81, b"hello")
         assert read_frame(sock) == (0x82, big)
         assert read_frame(sock) == (0x8A, b"ping!")
@@ -291,8 +313,9 @@ def test_calibration_server_answers_an_echo(calibration_port: int) -> None:
         assert sock.recv(1) == b""  # then it closes the TCP connection
 
 
-def test_wsload_echoes_1mib_through_the_calibration_server(wsload: Path,
-                                                          calibration_port: int) -> None:
+def test_wsload_echoes_1mib_through_the_calibration_server(
+    wsload: Path, calibration_port: int
+) -> None:
     result = run_wsload(wsload, calibration_port, "-c", "2", "-s", "1048576", "--binary")
     assert result["errors"] == 0, result["error_detail"]
     assert result["received"] > 0
@@ -313,21 +336,47 @@ def rivals() -> ModuleType:
 
 
 def cell(server: str, scenario: str, value: float, **result: Any) -> dict[str, Any]:
-    return {"server": server, "scenario": scenario, "ok": True, "value": value, "note": "",
-            "server_cpu_pct": 99.0, "generator_cpu_pct": 40.0, "server_rss_kib": 30000,
-            "result": result}
+    return {
+        "server": server,
+        "scenario": scenario,
+        "ok": True,
+        "value": value,
+        "note": "",
+        "server_cpu_pct": 99.0,
+        "generator_cpu_pct": 40.0,
+        "server_rss_kib": 30000,
+        "result": result,
+    }
 
 
 def run_file(cells: list[dict[str, Any]]) -> dict[str, Any]:
-    return {"config": {"quick": False, "duration": 5.0, "warmup": 1.0, "server_cpu": 0,
-                       "generator_cpu": 1, "idle_connections": 15000, "window": None,
-                       "when": "synthetic"},
-            "versions": {}, "notes": [], "cells": cells}
+    return {
+        "config": {
+            "quick": False,
+            "duration": 5.0,
+            "warmup": 1.0,
+            "server_cpu": 0,
+            "generator_cpu": 1,
+            "idle_connections": 15000,
+            "window": None,
+            "when": "synthetic",
+        },
+        "versions": {},
+        "notes": [],
+        "cells": cells,
+    }
 
 
 def baseline() -> list[dict[str, Any]]:
-    handshake_latency = {"count": 9000, "mean": 1500.0, "p50": 1200.0, "p90": 2500.0,
-                         "p99": 12000.0, "p999": 20000.0, "max": 28000.0}
+    handshake_latency = {
+        "count": 9000,
+        "mean": 1500.0,
+        "p50": 1200.0,
+        "p90": 2500.0,
+        "p99": 12000.0,
+        "p999": 20000.0,
+        "max": 28000.0,
+    }
     return [
         cell("wsflask", "echo20", 50000.0),
         cell("calibration", "echo20", 60000.0),
@@ -337,8 +386,12 @@ def baseline() -> list[dict[str, Any]]:
     ]
 
 
-def compare(rivals: ModuleType, tmp_path: Path, new: list[dict[str, Any]],
-            capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
+def compare(
+    rivals: ModuleType,
+    tmp_path: Path,
+    new: list[dict[str, Any]],
+    capsys: pytest.CaptureFixture[str],
+) -> tuple[int, str]:
     old_path, new_path = tmp_path / "old.json", tmp_path / "new.json"
     old_path.write_text(json.dumps(run_file(baseline())))
     new_path.write_text(json.dumps(run_file(new)))
@@ -347,8 +400,9 @@ def compare(rivals: ModuleType, tmp_path: Path, new: list[dict[str, Any]],
     return code, capsys.readouterr().out
 
 
-def test_compare_passes_an_unchanged_run(rivals: ModuleType, tmp_path: Path,
-                                         capsys: pytest.CaptureFixture[str]) -> None:
+def test_compare_passes_an_unchanged_run(
+    rivals: ModuleType, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     code, out = compare(rivals, tmp_path, baseline(), capsys)
     assert code == 0, out
     assert "ok        echo 100 x 20 B [wsflask]: 50,000 -> 50,000 msg/s +0.0%" in out
@@ -356,8 +410,9 @@ def test_compare_passes_an_unchanged_run(rivals: ModuleType, tmp_path: Path,
     assert "0 regression(s) in wsflask" in out
 
 
-def changed(server: str, scenario: str, factor: float, stat: str | None = None
-            ) -> list[dict[str, Any]]:
+def changed(
+    server: str, scenario: str, factor: float, stat: str | None = None
+) -> list[dict[str, Any]]:
     cells = baseline()
     for c in cells:
         if (c["server"], c["scenario"]) == (server, scenario):
@@ -371,34 +426,75 @@ def changed(server: str, scenario: str, factor: float, stat: str | None = None
 @pytest.mark.parametrize(
     ("server", "scenario", "factor", "stat", "code", "line"),
     [
-        ("wsflask", "echo20", 0.70, None, 1, "REGRESSED echo 100 x 20 B [wsflask]: 50,000 -> "
-                                             "35,000 msg/s -30.0%"),
+        (
+            "wsflask",
+            "echo20",
+            0.70,
+            None,
+            1,
+            "REGRESSED echo 100 x 20 B [wsflask]: 50,000 -> 35,000 msg/s -30.0%",
+        ),
         ("wsflask", "echo20", 0.80, None, 0, "ok        echo 100 x 20 B [wsflask]"),
-        ("wsflask", "idle", 1.60, None, 1, "REGRESSED idle connections: RSS each [wsflask]: "
-                                           "12.5 -> 20.0 KiB +60.0%"),
+        (
+            "wsflask",
+            "idle",
+            1.60,
+            None,
+            1,
+            "REGRESSED idle connections: RSS each [wsflask]: 12.5 -> 20.0 KiB +60.0%",
+        ),
         ("wsflask", "idle", 1.40, None, 0, "ok        idle connections: RSS each [wsflask]"),
-        ("wsflask", "handshake", 1.60, "p99", 1,
-         "REGRESSED handshakes: latency p99 (connect to 101) [wsflask]: 12,000 -> 19,200 us"),
+        (
+            "wsflask",
+            "handshake",
+            1.60,
+            "p99",
+            1,
+            "REGRESSED handshakes: latency p99 (connect to 101) [wsflask]: 12,000 -> 19,200 us",
+        ),
         ("wsflask", "handshake", 0.60, None, 1, "REGRESSED handshakes [wsflask]"),
-        ("aiohttp", "echo20", 0.50, None, 0,
-         "REGRESSED echo 100 x 20 B [aiohttp]: 55,000 -> 27,500 msg/s -50.0% (context, not "
-         "gating)"),
+        (
+            "aiohttp",
+            "echo20",
+            0.50,
+            None,
+            0,
+            "REGRESSED echo 100 x 20 B [aiohttp]: 55,000 -> 27,500 msg/s -50.0% (context, not "
+            "gating)",
+        ),
         ("wsflask", "echo20", 1.50, None, 0, "improved  echo 100 x 20 B [wsflask]"),
     ],
-    ids=["throughput-30%", "throughput-20%", "memory+60%", "memory+40%", "latency+60%",
-         "handshakes-40%", "rival-only", "faster"],
+    ids=[
+        "throughput-30%",
+        "throughput-20%",
+        "memory+60%",
+        "memory+40%",
+        "latency+60%",
+        "handshakes-40%",
+        "rival-only",
+        "faster",
+    ],
 )
 def test_compare_flags_only_moves_past_the_band(
-        rivals: ModuleType, tmp_path: Path, capsys: pytest.CaptureFixture[str], server: str,
-        scenario: str, factor: float, stat: str | None, code: int, line: str) -> None:
+    rivals: ModuleType,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    server: str,
+    scenario: str,
+    factor: float,
+    stat: str | None,
+    code: int,
+    line: str,
+) -> None:
     got, out = compare(rivals, tmp_path, changed(server, scenario, factor, stat), capsys)
     assert got == code, out
     assert line in out
     assert f"{code} regression(s) in wsflask" in out
 
 
-def test_compare_counts_a_row_that_now_fails(rivals: ModuleType, tmp_path: Path,
-                                             capsys: pytest.CaptureFixture[str]) -> None:
+def test_compare_counts_a_row_that_now_fails(
+    rivals: ModuleType, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     cells = baseline()
     cells[0].update(ok=False, value=None, note="server did not start")
     code, out = compare(rivals, tmp_path, cells, capsys)
@@ -407,7 +503,8 @@ def test_compare_counts_a_row_that_now_fails(rivals: ModuleType, tmp_path: Path,
 
 
 def test_compare_hints_at_the_machine_when_calibration_moves_too(
-        rivals: ModuleType, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    rivals: ModuleType, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     cells = changed("wsflask", "echo20", 0.6)
     cells[1]["value"] *= 0.6  # calibration, same row
     code, out = compare(rivals, tmp_path, cells, capsys)
@@ -416,7 +513,8 @@ def test_compare_hints_at_the_machine_when_calibration_moves_too(
 
 
 def test_compare_refuses_a_file_that_is_not_a_results_json(
-        rivals: ModuleType, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    rivals: ModuleType, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     bad = tmp_path / "old.json"
     bad.write_text('{"cells": [{"server": "wsflask"}]}')
     with pytest.raises(SystemExit) as exc:
@@ -431,7 +529,10 @@ def test_tables_show_handshake_latency_next_to_the_rate(rivals: ModuleType) -> N
     rows = rivals.table_rows(results, ["wsflask"], scenarios)
     assert [r[1] for r in rows[1:]] == ["1,800", "1,500", "12,000", "28,000"]
     assert [r[0].split(" (")[0] for r in rows[1:]] == [
-        "handshakes", "handshakes: latency mean", "handshakes: latency p99",
-        "handshakes: latency max"]
+        "handshakes",
+        "handshakes: latency mean",
+        "handshakes: latency p99",
+        "handshakes: latency max",
+    ]
     keys = [sc.key for sc in rivals.SCENARIOS]
     assert {"idle", "echo1m", "handshake"} <= set(keys)  # all in the default run

@@ -17,8 +17,10 @@ from typing import Any
 from gevent.server import StreamServer
 
 GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
-RESPONSE = (b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
-            b"Connection: Upgrade\r\nSec-WebSocket-Accept: %s\r\n\r\n")
+RESPONSE = (
+    b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+    b"Connection: Upgrade\r\nSec-WebSocket-Accept: %s\r\n\r\n"
+)
 members: set[Any] = set()
 
 
@@ -43,7 +45,7 @@ def upgrade(sock: Any) -> tuple[bytes, bytearray] | None:
     start = head.lower().index(b"sec-websocket-key:") + 18
     key = head[start:].split(b"\r\n", 1)[0].strip()
     sock.sendall(RESPONSE % b64encode(sha1(key + GUID).digest()))
-    return head.split(b" ", 2)[1], buf[end + 4:]
+    return head.split(b" ", 2)[1], buf[end + 4 :]
 
 
 def handle(sock: Any, address: Any) -> None:
@@ -72,15 +74,16 @@ def serve(sock: Any, buf: bytearray, room: bool) -> None:
             b0, n = buf[pos], buf[pos + 1] & 127
             at = pos + 2
             if n == 126:
-                n, at = from_bytes(buf[at:at + 2], "big"), at + 2
+                n, at = from_bytes(buf[at : at + 2], "big"), at + 2
             elif n == 127:
-                n, at = from_bytes(buf[at:at + 8], "big"), at + 8
+                n, at = from_bytes(buf[at : at + 8], "big"), at + 8
             if len(buf) < at + 4 + n:
                 break
-            mask = bytes(buf[at:at + 4]) * ((n >> 2) + 1)
+            mask = bytes(buf[at : at + 4]) * ((n >> 2) + 1)
             at += 4
-            data = (from_bytes(buf[at:at + n], "little")
-                    ^ from_bytes(mask[:n], "little")).to_bytes(n, "little")
+            data = (
+                from_bytes(buf[at : at + n], "little") ^ from_bytes(mask[:n], "little")
+            ).to_bytes(n, "little")
             pos = at + n
             opcode = b0 & 15
             if opcode == 8:
