@@ -24,6 +24,7 @@
  *              for --duration seconds (answering pings), report
  *   handshake  --concurrency C at a time: connect, upgrade (101), close frame, wait for
  *              the server's close or EOF; reports handshakes/s
+ * Every mode also reports handshake_latency_us: connect() to a validated 101, per handshake.
  */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
@@ -159,9 +160,13 @@ static inline uint64_t now_ns(void) {
 #define SUB_BITS 7
 #define SUB (1 << SUB_BITS)
 #define NBUCKETS (64 * SUB)
-static uint64_t g_hist[NBUCKETS];
-static uint64_t g_hist_n = 0, g_hist_max = 0;
-static long double g_hist_sum = 0;
+typedef struct hist {
+    uint64_t b[NBUCKETS];
+    uint64_t n, max;
+    long double sum;
+} hist_t;
+static hist_t g_lat;                /* message / delivery latency in the measured window */
+static hist_t g_hs_lat;             /* connect() to a validated 101, every handshake */
 
 static inline int hidx(uint64_t v) {
     if (v < SUB) return (int)v;
@@ -175,26 +180,26 @@ static inline uint64_t hval(int idx) { /* midpoint of the bucket */
     uint64_t lo = ((uint64_t)((idx & (SUB - 1)) + SUB)) << shift;
     return lo + ((1ull << shift) >> 1);
 }
-static inline void hrecord(uint64_t v) {
-    g_hist[hidx(v)]++;
-    g_hist_n++;
-    g_hist_sum += v;
-    if (v > g_hist_max) g_hist_max = v;
+static inline void hrecord(hist_t *h, uint64_t v) {
+    h->b[hidx(v)]++;
+    h->n++;
+    h->sum += v;
+    if (v > h->max) h->max = v;
 }
-static double hpct(double p) { /* microseconds */
-    if (!g_hist_n) return 0;
-    uint64_t rank = (uint64_t)(p / 100.0 * (double)g_hist_n + 0.5);
+static double hpct(const hist_t *h, double p) { /* microseconds */
+    if (!h->n) return 0;
+    uint64_t rank = (uint64_t)(p / 100.0 * (double)h->n + 0.5);
     if (rank < 1) rank = 1;
     uint64_t acc = 0;
     for (int i = 0; i < NBUCKETS; i++) {
-        acc += g_hist[i];
+        acc += h->b[i];
         if (acc >= rank) {
             uint64_t v = hval(i);
-            if (v > g_hist_max) v = g_hist_max;
+            if (v > h->max) v = h->max;
             return v / 1000.0;
         }
     }
-    return g_hist_max / 1000.0;
+    return h->max / 1000.0;
 }
 
 /* ------------------------------------------------------------------ helpers */
@@ -277,7 +282,9 @@ static int conn_flush(conn_t *c) {
         return -1;
     }
     c->out_len = c->out_off = 0;
-    if (c->out_cap > (1u << 16)) { /* do not keep big idle buffers */
+    /* do not keep big idle buffers, except one the next message needs anyway (1 MiB echo:
+     * freeing it would cost a fresh mmap and its page faults per message) */
+    if (c->out_cap > (1u << 16) && c->out_cap > 2 * g_frame_len + 4096) {
         free(c->outq);
         c->outq = NULL;
         c->out_cap = 0;
@@ -414,7 +421,7 @@ static void on_message(conn_t *c, uint64_t t) {
         if (g_measuring && sent) {
             g_recv++;
             g_recv_bytes += c->msg_len;
-            hrecord(t - sent);
+            hrecord(&g_lat, t - sent);
         }
         if (g_rate <= 0 && !g_stop && c->state == C_OPEN) {
             c->sent_ns = now_ns();
@@ -434,7 +441,7 @@ static void on_message(conn_t *c, uint64_t t) {
     if (g_measuring && counts) {
         g_recv++;
         g_recv_bytes += c->msg_len;
-        if (t > ns) hrecord(t - ns);
+        if (t > ns) hrecord(&g_lat, t - ns);
     }
     /* closed loop: my own message came back -> the room may send the next one */
     if (g_rate <= 0 && id == (uint32_t)c->idx && c->inflight > 0) {
@@ -614,6 +621,7 @@ static int open_one(conn_t *c) {
 }
 
 static void on_open(conn_t *c, uint64_t t) {
+    hrecord(&g_hs_lat, t - c->started_ns);
     c->state = C_OPEN;
     g_connecting--;
     g_open_now++;
@@ -885,6 +893,19 @@ static void json_str(FILE *f, const char *s) {
     fputc('"', f);
 }
 
+/* "name":{count, mean, p50, p90, p99, p999, max} in microseconds, or "name":null */
+static void json_hist(FILE *f, const char *name, const hist_t *h) {
+    if (!h->n) {
+        fprintf(f, "\"%s\":null,", name);
+        return;
+    }
+    fprintf(f,
+            "\"%s\":{\"count\":%llu,\"mean\":%.1f,\"p50\":%.1f,\"p90\":%.1f,\"p99\":%.1f,"
+            "\"p999\":%.1f,\"max\":%.1f},",
+            name, (unsigned long long)h->n, (double)(h->sum / h->n) / 1000.0, hpct(h, 50),
+            hpct(h, 90), hpct(h, 99), hpct(h, 99.9), h->max / 1000.0);
+}
+
 static const char *mode_name(void) {
     static const char *names[] = {"echo", "broadcast", "fanout", "idle", "handshake"};
     return names[g_mode];
@@ -918,14 +939,8 @@ static void report(void) {
             (unsigned long long)g_sent_all, (unsigned long long)g_recv_all);
     fprintf(f, "\"handshakes\":%llu,\"handshakes_per_s\":%.1f,",
             (unsigned long long)g_hs_window, win ? g_hs_window / win : 0);
-    if (g_hist_n)
-        fprintf(f,
-                "\"latency_us\":{\"count\":%llu,\"mean\":%.1f,\"p50\":%.1f,\"p90\":%.1f,"
-                "\"p99\":%.1f,\"p999\":%.1f,\"max\":%.1f},",
-                (unsigned long long)g_hist_n, (double)(g_hist_sum / g_hist_n) / 1000.0,
-                hpct(50), hpct(90), hpct(99), hpct(99.9), g_hist_max / 1000.0);
-    else
-        fprintf(f, "\"latency_us\":null,");
+    json_hist(f, "latency_us", &g_lat);
+    json_hist(f, "handshake_latency_us", &g_hs_lat);
     fprintf(f,
             "\"errors\":%llu,\"error_detail\":{\"connect\":%llu,\"handshake\":%llu,"
             "\"protocol\":%llu,\"closed\":%llu,\"timeout\":%llu,\"mismatch\":%llu},"
