@@ -1,13 +1,105 @@
-"""Shared fixtures. Engineers append their own sections; nothing here monkey-patches."""
+"""Shared fixtures, by concept: safety nets, apps, servers and peers, subprocesses, redis and proxy.
+
+Nothing here monkey-patches. Helpers that tests call directly (``wait_until``,
+``require_tool``) live in ``helpers.py``.
+"""
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers import require_tool
 
-# -- F2 fixtures: apps and their test clients (app, rooms, heartbeat, testing tests) ---------
+# -- safety nets: a deadline per test, and no greenlet outlives the test that started it ------
+
+#: How long a greenlet that is already ending gets to finish before it counts as leaked.
+LEAK_GRACE = 0.05
+#: Every gevent Greenlet that has run in this session (filled by the greenlet switch tracer,
+#: which is far cheaper than scanning ``gc.get_objects()`` around every test).
+_seen: weakref.WeakSet[Any] = weakref.WeakSet()
+
+
+@pytest.fixture(autouse=True, scope="session")
+def greenlet_registry() -> Iterator[None]:
+    """Record every gevent Greenlet the hub switches into, for ``no_leaked_greenlets``."""
+    import greenlet
+    from gevent import Greenlet
+
+    previous = greenlet.gettrace()
+
+    def trace(event: str, args: Any) -> None:
+        if event in ("switch", "throw") and isinstance(args[1], Greenlet):
+            _seen.add(args[1])
+        if previous is not None:
+            previous(event, args)
+
+    greenlet.settrace(trace)
+    yield
+    greenlet.settrace(previous)
+
+
+def _describe(greenlet: Any) -> str:
+    """The greenlet's function and the first wsflask or test frame that spawned it."""
+    run = getattr(greenlet, "_run", None)
+    name = getattr(run, "__qualname__", None) or repr(run)
+    module = getattr(run, "__module__", "?")
+    frame, where = getattr(greenlet, "spawning_stack", None), ""
+    while frame is not None and not where:
+        path = frame.f_code.co_filename
+        if "/wsflask/" in path or "/tests/" in path:
+            where = f" spawned at {'/'.join(path.split('/')[-2:])}:{frame.f_lineno}"
+        frame = frame.f_back
+    return f"{module}.{name}{where}"
+
+
+@pytest.fixture(autouse=True)
+def no_leaked_greenlets(
+    request: pytest.FixtureRequest, greenlet_registry: None
+) -> Iterator[None]:
+    """Fail a test that leaves a greenlet it started running (after a short grace join).
+
+    Leaked greenlets are killed so they cannot disturb later tests. A test that knowingly
+    leaks carries ``@pytest.mark.leaks_greenlets(reason)``. Blind spot: a greenlet scheduled
+    with ``spawn_later`` whose timer has not fired by the end of the test was never switched
+    into, so the tracer has not seen it.
+    """
+    import gevent
+
+    before = [g for g in list(_seen) if g]
+    yield
+    gevent.sleep(0)  # greenlets spawned but not yet run start now, so the tracer sees them
+    known = set(map(id, before))
+    leaked = [g for g in list(_seen) if g and id(g) not in known]
+    if not leaked:
+        return
+    gevent.joinall(leaked, timeout=LEAK_GRACE)
+    leaked = [g for g in leaked if g]
+    if not leaked:
+        return
+    names = sorted(_describe(g) for g in leaked)
+    gevent.killall(leaked, timeout=1)
+    if request.node.get_closest_marker("leaks_greenlets") is None:
+        pytest.fail(
+            f"{len(names)} greenlet(s) still running after the test: {names}", pytrace=False
+        )
+
+
+@pytest.fixture
+def test_deadline() -> Iterator[None]:
+    """A gevent.Timeout over the whole test, so no wait can hang the suite."""
+    import gevent
+
+    timer = gevent.Timeout(60)
+    timer.start()
+    yield
+    timer.close()
+
+
+# -- apps: App instances and their test clients -----------------------------------------
 
 
 @pytest.fixture
@@ -29,7 +121,7 @@ def app_factory() -> Iterator[Callable[..., Any]]:
         app.heartbeat.stop()
 
 
-# -- F1 fixtures: servers on 127.0.0.1:0 and a raw-socket peer (server/websocket/client tests) -
+# -- servers and peers: a Server on 127.0.0.1:0 and a raw-socket client -------------------
 
 
 class RawPeer:
@@ -168,25 +260,14 @@ def serve() -> Iterator[Callable[..., Any]]:
         server.stop(timeout=1)
 
 
-@pytest.fixture
-def test_deadline() -> Iterator[None]:
-    """A gevent.Timeout over the whole test, so no wait can hang the suite."""
-    import gevent
-
-    timer = gevent.Timeout(60)
-    timer.start()
-    yield
-    timer.close()
-
-
-# -- CLI fixtures: `python -m wsflask run ...` in a subprocess (cli, browser tests) -----------
+# -- subprocesses: `python -m wsflask run ...` or an example script as a child ----------
 
 
 class WsflaskProcess:
     """A server child (``python -m wsflask run ...`` or ``python examples/x.py``); its output
     goes to a file read by polling."""
 
-    def __init__(self, argv: list[str], cwd: str, env: dict[str, str], log_path: Any) -> None:
+    def __init__(self, argv: list[str], cwd: str, env: dict[str, str], log_path: Path) -> None:
         import subprocess
 
         self.log_path = log_path
@@ -241,13 +322,12 @@ class WsflaskProcess:
 
 
 @pytest.fixture
-def wsflask_run(tmp_path: Any) -> Iterator[Callable[..., WsflaskProcess]]:
+def wsflask_run(tmp_path: Path) -> Iterator[Callable[..., WsflaskProcess]]:
     """``wsflask_run(*args, env={...})`` starts ``python -m wsflask run *args`` from the repo
     root (a fresh environment without ``WSFLASK_*`` variables unless given); every process is
     stopped after the test, also when it fails. ``script=`` runs ``python <script> *args``."""
     import os
     import sys
-    from pathlib import Path
 
     root = str(Path(__file__).resolve().parent.parent)
     procs: list[WsflaskProcess] = []
@@ -270,13 +350,13 @@ def wsflask_run(tmp_path: Any) -> Iterator[Callable[..., WsflaskProcess]]:
             continue
 
 
-# -- Backplane fixtures: a real redis-server per test, and a cuttable TCP proxy (issue 8) ------
+# -- redis and proxy: a real redis-server per test, and a cuttable TCP proxy ---------------
 
 
 class RedisServer:
     """A ``redis-server`` child on 127.0.0.1 (no persistence, a temp dir), restartable."""
 
-    def __init__(self, directory: Any, port: int = 0) -> None:
+    def __init__(self, directory: Path, port: int = 0) -> None:
         self.directory = directory
         self.port = port or _free_port()
         self.proc: Any = None
@@ -343,12 +423,9 @@ def _free_port() -> int:
 
 
 @pytest.fixture
-def redis_server(tmp_path: Any) -> Iterator[RedisServer]:
-    """A started ``RedisServer``; skipped (with the reason) only if redis-server is missing."""
-    import shutil
-
-    if shutil.which("redis-server") is None:
-        pytest.skip("redis-server is not installed (apt-get install redis-server)")
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    """A started ``RedisServer``; a missing redis-server skips locally and fails under CI."""
+    require_tool("redis-server", "apt-get install -y redis-server")
     server = RedisServer(tmp_path)
     server.start()
     try:
@@ -437,12 +514,3 @@ def tcp_proxy() -> Iterator[Callable[[int], TCPProxy]]:
     yield make
     for proxy in proxies:
         proxy.close()
-
-
-# -- conformance: the Autobahn run (tests/test_autobahn.py) can be deselected by marker --------
-
-
-def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line(
-        "markers", 'autobahn: the Autobahn TestSuite run (deselect: -m "not autobahn")'
-    )
