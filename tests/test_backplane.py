@@ -254,8 +254,9 @@ def test_a_silent_bus_fails_the_probe_and_reconnects(cluster: Any) -> None:
     assert a.cluster is not None
     backplane: Any = a.cluster._bus
     backplane.live = False  # starved: the session delivers nothing any more (RD-03)
-    wait_until(lambda: a.cluster is not None and a.cluster.probe_timeouts >= 1)
-    assert ca.get("/readyz").status in (200, 503)
+    # red (what /readyz serves) from the probe timeout until the new session's probe echoes
+    wait_until(lambda: a.cluster is not None and not a.cluster.ready, interval=0.005)
+    assert a.cluster.probe_timeouts >= 1
     wait_until(lambda: a.cluster is not None and a.cluster.ready)  # resubscribed, probe back
 
 
