@@ -26,7 +26,7 @@ _seen: weakref.WeakSet[Any] = weakref.WeakSet()
 @pytest.fixture(autouse=True, scope="session")
 def greenlet_registry() -> Iterator[None]:
     """Record every gevent Greenlet the hub switches into, for ``no_leaked_greenlets``."""
-    import greenlet
+    import greenlet  # type: ignore[import-untyped]  # ships no annotations
     from gevent import Greenlet
 
     previous = greenlet.gettrace()
@@ -57,9 +57,7 @@ def _describe(greenlet: Any) -> str:
 
 
 @pytest.fixture(autouse=True)
-def no_leaked_greenlets(
-    request: pytest.FixtureRequest, greenlet_registry: None
-) -> Iterator[None]:
+def no_leaked_greenlets(request: pytest.FixtureRequest, greenlet_registry: None) -> Iterator[None]:
     """Fail a test that leaves a greenlet it started running (after a short grace join).
 
     Leaked greenlets are killed so they cannot disturb later tests. A test that knowingly
@@ -88,9 +86,10 @@ def no_leaked_greenlets(
         )
 
 
-@pytest.fixture
+@pytest.fixture(autouse=True)
 def test_deadline() -> Iterator[None]:
-    """A gevent.Timeout over the whole test, so no wait can hang the suite."""
+    """A gevent.Timeout over every test and its teardown, so no gevent wait can hang the
+    suite (pytest-timeout's 120 s still covers blocking calls outside gevent)."""
     import gevent
 
     timer = gevent.Timeout(60)
@@ -193,8 +192,8 @@ class RawPeer:
             size, pos = int.from_bytes(buf[2:10], "big"), 10
         if len(buf) < pos + size:
             return None
-        self.buffer = buf[pos + size:]
-        return buf[0] & 0x0F, buf[pos:pos + size]
+        self.buffer = buf[pos + size :]
+        return buf[0] & 0x0F, buf[pos : pos + size]
 
     def read_until_eof(self, timeout: float = 5.0) -> bytes:
         """Read until the server closes TCP (EOF or reset); return what came."""
@@ -243,13 +242,17 @@ def serve() -> Iterator[Callable[..., Any]]:
 
     servers: list[Any] = []
 
-    def start(handler: Any = None, *, resolve: Any = None, config: Any = None,
-              **kwargs: Any) -> Any:
+    def start(
+        handler: Any = None, *, resolve: Any = None, config: Any = None, **kwargs: Any
+    ) -> Any:
         if resolve is None:
+
             def resolve(request: Any, address: Any) -> Upgrade:
                 return Upgrade(handler)
-        config = config or Config(port=0, close_timeout=1.0, handshake_timeout=2.0,
-                                  shutdown_grace=1.0)
+
+        config = config or Config(
+            port=0, close_timeout=1.0, handshake_timeout=2.0, shutdown_grace=1.0
+        )
         server = Server(("127.0.0.1", 0), resolve, config, **kwargs)
         server.start()
         servers.append(server)
@@ -272,8 +275,14 @@ class WsflaskProcess:
 
         self.log_path = log_path
         self._log = open(log_path, "wb")  # noqa: SIM115 - closed by stop()
-        self.proc = subprocess.Popen(argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL,
-                                     stdout=self._log, stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen(
+            argv,
+            cwd=cwd,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+        )
         self.port = 0
 
     @property
@@ -332,13 +341,15 @@ def wsflask_run(tmp_path: Path) -> Iterator[Callable[..., WsflaskProcess]]:
     root = str(Path(__file__).resolve().parent.parent)
     procs: list[WsflaskProcess] = []
 
-    def start(*args: str, env: dict[str, str] | None = None,
-              script: str | None = None) -> WsflaskProcess:
+    def start(
+        *args: str, env: dict[str, str] | None = None, script: str | None = None
+    ) -> WsflaskProcess:
         base = {k: v for k, v in os.environ.items() if not k.startswith("WSFLASK_")}
         base["PYTHONUNBUFFERED"] = "1"
         head = [sys.executable, script] if script else [sys.executable, "-m", "wsflask", "run"]
-        proc = WsflaskProcess([*head, *args], root, {**base, **(env or {})},
-                              tmp_path / f"wsflask-{len(procs)}.log")
+        proc = WsflaskProcess(
+            [*head, *args], root, {**base, **(env or {})}, tmp_path / f"wsflask-{len(procs)}.log"
+        )
         procs.append(proc)
         return proc
 
@@ -374,9 +385,25 @@ class RedisServer:
         exe = shutil.which("redis-server")
         assert exe is not None
         self.proc = subprocess.Popen(
-            [exe, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--dir", str(self.directory), "--loglevel", "warning"],
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            [
+                exe,
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(self.directory),
+                "--loglevel",
+                "warning",
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         deadline = time.monotonic() + timeout
         while not self.ping():
             assert self.proc.poll() is None, f"redis-server exited with {self.proc.returncode}"

@@ -153,9 +153,13 @@ def _outside_protocol() -> list[object]:
             continue
         marks = []
         if path.name in DRIVEN_ELSEWHERE_TODAY:
-            marks.append(pytest.mark.xfail(
-                strict=True, reason="the driver branch moves this into websocket.py; "
-                "lead removes the xfail at merge"))
+            marks.append(
+                pytest.mark.xfail(
+                    strict=True,
+                    reason="the driver branch moves this into websocket.py; "
+                    "lead removes the xfail at merge",
+                )
+            )
         params.append(pytest.param(path, id=str(path.relative_to(PACKAGE)), marks=marks))
     return params
 

@@ -26,8 +26,9 @@ MISTAKE = "    ws.send(1)  # planted: send takes str | bytes\n"
 
 def _run(argv: list[str], cwd: Path, timeout: float = 120) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if k not in ("MYPYPATH", "PYTHONPATH")}
-    return subprocess.run(argv, cwd=cwd, env=env, capture_output=True, text=True,
-                          timeout=timeout, check=False)
+    return subprocess.run(
+        argv, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout, check=False
+    )
 
 
 def _build_isolation_flag() -> list[str]:
@@ -46,13 +47,27 @@ def _build_isolation_flag() -> list[str]:
 def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The wsflask wheel, built from a copy of the tree (the work tree gets no build/)."""
     source = tmp_path_factory.mktemp("source")
-    shutil.copytree(ROOT / "wsflask", source / "wsflask",
-                    ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(
+        ROOT / "wsflask", source / "wsflask", ignore=shutil.ignore_patterns("__pycache__")
+    )
     for name in ("pyproject.toml", "README.md"):
         shutil.copy2(ROOT / name, source / name)
     out = tmp_path_factory.mktemp("wheel")
-    built = _run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps",
-                  *_build_isolation_flag(), str(source), "-w", str(out)], source)
+    built = _run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "-q",
+            "--no-deps",
+            *_build_isolation_flag(),
+            str(source),
+            "-w",
+            str(out),
+        ],
+        source,
+    )
     assert built.returncode == 0, built.stdout + built.stderr
     (path,) = out.glob("wsflask-*.whl")
     return path
@@ -65,8 +80,10 @@ def installed(wheel: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     venv.create(env_dir, with_pip=False, system_site_packages=False)
     python = env_dir / "bin" / "python"
     pins = [f"{name}=={metadata.version(name)}" for name in ("gevent", "greenlet")]
-    done = _run([sys.executable, "-m", "pip", "--python", str(python), "install", "-q",
-                 str(wheel), *pins], env_dir)
+    done = _run(
+        [sys.executable, "-m", "pip", "--python", str(python), "install", "-q", str(wheel), *pins],
+        env_dir,
+    )
     assert done.returncode == 0, done.stdout + done.stderr
     return python
 
@@ -74,9 +91,22 @@ def installed(wheel: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 def _mypy(python: Path, workdir: Path) -> subprocess.CompletedProcess[str]:
     """``mypy --strict`` on ``workdir``'s copy of type_check/, seeing only ``python``'s
     site-packages (no config file, so the repo's settings cannot leak in)."""
-    return _run([sys.executable, "-m", "mypy", "--strict", "--config-file", os.devnull,
-                 "--python-executable", str(python), "--cache-dir", str(workdir / ".cache"),
-                 "type_check"], workdir)
+    return _run(
+        [
+            sys.executable,
+            "-m",
+            "mypy",
+            "--strict",
+            "--config-file",
+            os.devnull,
+            "--python-executable",
+            str(python),
+            "--cache-dir",
+            str(workdir / ".cache"),
+            "type_check",
+        ],
+        workdir,
+    )
 
 
 def test_wheel_ships_py_typed(wheel: Path) -> None:
@@ -106,5 +136,7 @@ def test_a_planted_mistake_fails_mypy_naming_its_line(installed: Path, tmp_path:
     assert done.returncode == 1, done.stdout + done.stderr
     errors = [line for line in done.stdout.splitlines() if ": error:" in line]
     assert len(errors) == 1, done.stdout
-    assert errors[0].startswith(f"type_check/app_typing.py:{anchor + 2}: error: Argument 1 to "
-                                '"send" of "WebSocket" has incompatible type "int"'), errors[0]
+    assert errors[0].startswith(
+        f"type_check/app_typing.py:{anchor + 2}: error: Argument 1 to "
+        '"send" of "WebSocket" has incompatible type "int"'
+    ), errors[0]
