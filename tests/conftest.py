@@ -9,10 +9,13 @@ from __future__ import annotations
 import weakref
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 from helpers import require_tool
+
+if TYPE_CHECKING:
+    from wsflask.app import App
 
 # -- safety nets: a deadline per test, and no greenlet outlives the test that started it ------
 
@@ -102,7 +105,7 @@ def test_deadline() -> Iterator[None]:
 
 
 @pytest.fixture
-def app_factory() -> Iterator[Callable[..., Any]]:
+def app_factory() -> Iterator[Callable[..., App]]:
     """Make ``App(**settings)``; every server an app started is stopped after the test."""
     from wsflask.app import App
 
