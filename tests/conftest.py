@@ -90,12 +90,14 @@ def no_leaked_greenlets(request: pytest.FixtureRequest, greenlet_registry: None)
 
 
 @pytest.fixture(autouse=True)
-def test_deadline() -> Iterator[None]:
+def test_deadline(request: pytest.FixtureRequest) -> Iterator[None]:
     """A gevent.Timeout over every test and its teardown, so no gevent wait can hang the
-    suite (pytest-timeout's 120 s still covers blocking calls outside gevent)."""
+    suite: 60 s, or the test's own ``pytest.mark.timeout`` (pytest-timeout's limit, which
+    also covers blocking calls outside gevent)."""
     import gevent
 
-    timer = gevent.Timeout(60)
+    marker = request.node.get_closest_marker("timeout")
+    timer = gevent.Timeout(float(marker.args[0]) if marker and marker.args else 60.0)
     timer.start()
     yield
     timer.close()
