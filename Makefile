@@ -17,9 +17,13 @@ $(STAMP): $(BIN)/python pyproject.toml
 run: $(STAMP)
 	$(BIN)/python examples/chat.py
 
+# The formatter is the style: a file `ruff format` would change fails the lint.
 lint: $(STAMP)
 	$(BIN)/ruff check wsflask tests loadtests examples
+	$(BIN)/ruff format --check wsflask tests loadtests examples
 
+# tests/ joins once `mypy --strict tests` is clean; tests/test_typing.py already checks
+# tests/type_check/ against the built wheel.
 typecheck: $(STAMP)
 	$(BIN)/mypy --strict wsflask
 

@@ -1,17 +1,113 @@
-"""Shared fixtures. Engineers append their own sections; nothing here monkey-patches."""
+"""Shared fixtures, by concept: safety nets, apps, servers and peers, subprocesses, redis and proxy.
+
+Nothing here monkey-patches. Helpers that tests call directly (``wait_until``,
+``require_tool``) live in ``helpers.py``.
+"""
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable, Iterator
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import pytest
+from helpers import require_tool
 
-# -- F2 fixtures: apps and their test clients (app, rooms, heartbeat, testing tests) ---------
+if TYPE_CHECKING:
+    from wsflask.app import App
+
+# -- safety nets: a deadline per test, and no greenlet outlives the test that started it ------
+
+#: How long a greenlet that is already ending gets to finish before it counts as leaked.
+LEAK_GRACE = 0.05
+#: Every gevent Greenlet that has run in this session (filled by the greenlet switch tracer,
+#: which is far cheaper than scanning ``gc.get_objects()`` around every test).
+_seen: weakref.WeakSet[Any] = weakref.WeakSet()
+
+
+@pytest.fixture(autouse=True, scope="session")
+def greenlet_registry() -> Iterator[None]:
+    """Record every gevent Greenlet the hub switches into, for ``no_leaked_greenlets``."""
+    import greenlet  # type: ignore[import-untyped]  # ships no annotations
+    from gevent import Greenlet
+
+    previous = greenlet.gettrace()
+
+    def trace(event: str, args: Any) -> None:
+        if event in ("switch", "throw") and isinstance(args[1], Greenlet):
+            _seen.add(args[1])
+        if previous is not None:
+            previous(event, args)
+
+    greenlet.settrace(trace)
+    yield
+    greenlet.settrace(previous)
+
+
+def _describe(greenlet: Any) -> str:
+    """The greenlet's function and the first wsflask or test frame that spawned it."""
+    run = getattr(greenlet, "_run", None)
+    name = getattr(run, "__qualname__", None) or repr(run)
+    module = getattr(run, "__module__", "?")
+    frame, where = getattr(greenlet, "spawning_stack", None), ""
+    while frame is not None and not where:
+        path = frame.f_code.co_filename
+        if "/wsflask/" in path or "/tests/" in path:
+            where = f" spawned at {'/'.join(path.split('/')[-2:])}:{frame.f_lineno}"
+        frame = frame.f_back
+    return f"{module}.{name}{where}"
+
+
+@pytest.fixture(autouse=True)
+def no_leaked_greenlets(request: pytest.FixtureRequest, greenlet_registry: None) -> Iterator[None]:
+    """Fail a test that leaves a greenlet it started running (after a short grace join).
+
+    Leaked greenlets are killed so they cannot disturb later tests. A test that knowingly
+    leaks carries ``@pytest.mark.leaks_greenlets(reason)``. Blind spot: a greenlet scheduled
+    with ``spawn_later`` whose timer has not fired by the end of the test was never switched
+    into, so the tracer has not seen it.
+    """
+    import gevent
+
+    before = [g for g in list(_seen) if g]
+    yield
+    gevent.sleep(0)  # greenlets spawned but not yet run start now, so the tracer sees them
+    known = set(map(id, before))
+    leaked = [g for g in list(_seen) if g and id(g) not in known]
+    if not leaked:
+        return
+    gevent.joinall(leaked, timeout=LEAK_GRACE)
+    leaked = [g for g in leaked if g]
+    if not leaked:
+        return
+    names = sorted(_describe(g) for g in leaked)
+    gevent.killall(leaked, timeout=1)
+    if request.node.get_closest_marker("leaks_greenlets") is None:
+        pytest.fail(
+            f"{len(names)} greenlet(s) still running after the test: {names}", pytrace=False
+        )
+
+
+@pytest.fixture(autouse=True)
+def test_deadline(request: pytest.FixtureRequest) -> Iterator[None]:
+    """A gevent.Timeout over every test and its teardown, so no gevent wait can hang the
+    suite: 60 s, or the test's own ``pytest.mark.timeout`` (pytest-timeout's limit, which
+    also covers blocking calls outside gevent)."""
+    import gevent
+
+    marker = request.node.get_closest_marker("timeout")
+    timer = gevent.Timeout(float(marker.args[0]) if marker and marker.args else 60.0)
+    timer.start()
+    yield
+    timer.close()
+
+
+# -- apps: App instances and their test clients -----------------------------------------
 
 
 @pytest.fixture
-def app_factory() -> Iterator[Callable[..., Any]]:
+def app_factory() -> Iterator[Callable[..., App]]:
     """Make ``App(**settings)``; every server an app started is stopped after the test."""
     from wsflask.app import App
 
@@ -29,7 +125,7 @@ def app_factory() -> Iterator[Callable[..., Any]]:
         app.heartbeat.stop()
 
 
-# -- F1 fixtures: servers on 127.0.0.1:0 and a raw-socket peer (server/websocket/client tests) -
+# -- servers and peers: a Server on 127.0.0.1:0 and a raw-socket client -------------------
 
 
 class RawPeer:
@@ -101,8 +197,8 @@ class RawPeer:
             size, pos = int.from_bytes(buf[2:10], "big"), 10
         if len(buf) < pos + size:
             return None
-        self.buffer = buf[pos + size:]
-        return buf[0] & 0x0F, buf[pos:pos + size]
+        self.buffer = buf[pos + size :]
+        return buf[0] & 0x0F, buf[pos : pos + size]
 
     def read_until_eof(self, timeout: float = 5.0) -> bytes:
         """Read until the server closes TCP (EOF or reset); return what came."""
@@ -151,13 +247,17 @@ def serve() -> Iterator[Callable[..., Any]]:
 
     servers: list[Any] = []
 
-    def start(handler: Any = None, *, resolve: Any = None, config: Any = None,
-              **kwargs: Any) -> Any:
+    def start(
+        handler: Any = None, *, resolve: Any = None, config: Any = None, **kwargs: Any
+    ) -> Any:
         if resolve is None:
+
             def resolve(request: Any, address: Any) -> Upgrade:
                 return Upgrade(handler)
-        config = config or Config(port=0, close_timeout=1.0, handshake_timeout=2.0,
-                                  shutdown_grace=1.0)
+
+        config = config or Config(
+            port=0, close_timeout=1.0, handshake_timeout=2.0, shutdown_grace=1.0
+        )
         server = Server(("127.0.0.1", 0), resolve, config, **kwargs)
         server.start()
         servers.append(server)
@@ -168,31 +268,26 @@ def serve() -> Iterator[Callable[..., Any]]:
         server.stop(timeout=1)
 
 
-@pytest.fixture
-def test_deadline() -> Iterator[None]:
-    """A gevent.Timeout over the whole test, so no wait can hang the suite."""
-    import gevent
-
-    timer = gevent.Timeout(60)
-    timer.start()
-    yield
-    timer.close()
-
-
-# -- CLI fixtures: `python -m wsflask run ...` in a subprocess (cli, browser tests) -----------
+# -- subprocesses: `python -m wsflask run ...` or an example script as a child ----------
 
 
 class WsflaskProcess:
     """A server child (``python -m wsflask run ...`` or ``python examples/x.py``); its output
     goes to a file read by polling."""
 
-    def __init__(self, argv: list[str], cwd: str, env: dict[str, str], log_path: Any) -> None:
+    def __init__(self, argv: list[str], cwd: str, env: dict[str, str], log_path: Path) -> None:
         import subprocess
 
         self.log_path = log_path
         self._log = open(log_path, "wb")  # noqa: SIM115 - closed by stop()
-        self.proc = subprocess.Popen(argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL,
-                                     stdout=self._log, stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen(
+            argv,
+            cwd=cwd,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+        )
         self.port = 0
 
     @property
@@ -241,24 +336,25 @@ class WsflaskProcess:
 
 
 @pytest.fixture
-def wsflask_run(tmp_path: Any) -> Iterator[Callable[..., WsflaskProcess]]:
+def wsflask_run(tmp_path: Path) -> Iterator[Callable[..., WsflaskProcess]]:
     """``wsflask_run(*args, env={...})`` starts ``python -m wsflask run *args`` from the repo
     root (a fresh environment without ``WSFLASK_*`` variables unless given); every process is
     stopped after the test, also when it fails. ``script=`` runs ``python <script> *args``."""
     import os
     import sys
-    from pathlib import Path
 
     root = str(Path(__file__).resolve().parent.parent)
     procs: list[WsflaskProcess] = []
 
-    def start(*args: str, env: dict[str, str] | None = None,
-              script: str | None = None) -> WsflaskProcess:
+    def start(
+        *args: str, env: dict[str, str] | None = None, script: str | None = None
+    ) -> WsflaskProcess:
         base = {k: v for k, v in os.environ.items() if not k.startswith("WSFLASK_")}
         base["PYTHONUNBUFFERED"] = "1"
         head = [sys.executable, script] if script else [sys.executable, "-m", "wsflask", "run"]
-        proc = WsflaskProcess([*head, *args], root, {**base, **(env or {})},
-                              tmp_path / f"wsflask-{len(procs)}.log")
+        proc = WsflaskProcess(
+            [*head, *args], root, {**base, **(env or {})}, tmp_path / f"wsflask-{len(procs)}.log"
+        )
         procs.append(proc)
         return proc
 
@@ -270,13 +366,13 @@ def wsflask_run(tmp_path: Any) -> Iterator[Callable[..., WsflaskProcess]]:
             continue
 
 
-# -- Backplane fixtures: a real redis-server per test, and a cuttable TCP proxy (issue 8) ------
+# -- redis and proxy: a real redis-server per test, and a cuttable TCP proxy ---------------
 
 
 class RedisServer:
     """A ``redis-server`` child on 127.0.0.1 (no persistence, a temp dir), restartable."""
 
-    def __init__(self, directory: Any, port: int = 0) -> None:
+    def __init__(self, directory: Path, port: int = 0) -> None:
         self.directory = directory
         self.port = port or _free_port()
         self.proc: Any = None
@@ -294,9 +390,25 @@ class RedisServer:
         exe = shutil.which("redis-server")
         assert exe is not None
         self.proc = subprocess.Popen(
-            [exe, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--dir", str(self.directory), "--loglevel", "warning"],
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            [
+                exe,
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(self.directory),
+                "--loglevel",
+                "warning",
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         deadline = time.monotonic() + timeout
         while not self.ping():
             assert self.proc.poll() is None, f"redis-server exited with {self.proc.returncode}"
@@ -343,12 +455,9 @@ def _free_port() -> int:
 
 
 @pytest.fixture
-def redis_server(tmp_path: Any) -> Iterator[RedisServer]:
-    """A started ``RedisServer``; skipped (with the reason) only if redis-server is missing."""
-    import shutil
-
-    if shutil.which("redis-server") is None:
-        pytest.skip("redis-server is not installed (apt-get install redis-server)")
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    """A started ``RedisServer``; a missing redis-server skips locally and fails under CI."""
+    require_tool("redis-server", "apt-get install -y redis-server")
     server = RedisServer(tmp_path)
     server.start()
     try:
@@ -437,12 +546,3 @@ def tcp_proxy() -> Iterator[Callable[[int], TCPProxy]]:
     yield make
     for proxy in proxies:
         proxy.close()
-
-
-# -- conformance: the Autobahn run (tests/test_autobahn.py) can be deselected by marker --------
-
-
-def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line(
-        "markers", 'autobahn: the Autobahn TestSuite run (deselect: -m "not autobahn")'
-    )

@@ -10,13 +10,13 @@ from __future__ import annotations
 import ast
 import itertools
 import json
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import gevent
 import pytest
+from helpers import wait_until
 
 import wsflask.backplane
 from wsflask import App, Config, ConfigError, envelopes, ids
@@ -32,14 +32,6 @@ FAST: dict[str, Any] = {
     "shutdown_grace": 1.0,
     "close_timeout": 1.0,
 }
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
-    """Poll ``predicate`` until true; fail after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        gevent.sleep(0.01)
 
 
 @pytest.fixture
@@ -304,8 +296,9 @@ def test_a_silent_bus_fails_the_probe_and_reconnects(cluster: Any) -> None:
     assert a.cluster is not None
     backplane: Any = a.cluster._bus
     backplane.live = False  # starved: the session delivers nothing any more (RD-03)
-    wait_until(lambda: a.cluster is not None and a.cluster.probe_timeouts >= 1)
-    assert ca.get("/readyz").status in (200, 503)
+    # red (what /readyz serves) from the probe timeout until the new session's probe echoes
+    wait_until(lambda: a.cluster is not None and not a.cluster.ready, interval=0.005)
+    assert a.cluster.probe_timeouts >= 1
     wait_until(lambda: a.cluster is not None and a.cluster.ready)  # resubscribed, probe back
 
 

@@ -3,7 +3,7 @@
 ``wsflask run examples.chat:app`` serves on 127.0.0.1:<ephemeral>; ``tests/browser/chat.mjs``
 opens two pages in one room (one sends, the other must show it) and the dashboard (its canvas
 must hold drawn series), saves screenshots under ``build/screenshots/`` and prints what it saw
-as JSON. Skipped only when ``node`` or ``/usr/bin/chromium`` is missing; playwright-core is
+as JSON. Needs ``node`` and ``/usr/bin/chromium`` (``require_tool``); playwright-core is
 installed from ``tests/browser/package-lock.json`` (``npm ci``) when ``node_modules`` is absent.
 """
 
@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers import require_tool
 
 ROOT = Path(__file__).resolve().parent.parent
 DRIVER = ROOT / "tests" / "browser"
@@ -23,17 +24,12 @@ SHOTS = ROOT / "build" / "screenshots"
 CHROMIUM = Path("/usr/bin/chromium")
 NODE = shutil.which("node")
 
-pytestmark = [
-    pytest.mark.skipif(NODE is None, reason="node is missing: apt-get install -y nodejs npm"),
-    pytest.mark.skipif(
-        not CHROMIUM.exists(), reason="/usr/bin/chromium is missing: apt-get install -y chromium"
-    ),
-]
-
 
 @pytest.fixture(scope="module")
 def playwright_core() -> Path:
     """tests/browser/node_modules with the pinned playwright-core (``npm ci`` if needed)."""
+    require_tool("node", "apt-get install -y nodejs npm")
+    require_tool(str(CHROMIUM), "apt-get install -y chromium")
     if not (DRIVER / "node_modules" / "playwright-core").is_dir():
         npm = shutil.which("npm")
         assert npm, "npm is missing: apt-get install -y npm (needed once for playwright-core)"

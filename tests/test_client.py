@@ -83,18 +83,20 @@ def _fake_server(reply: bool, frames: list[bytes]) -> tuple[Any, Any]:
 
     def run() -> None:
         sock, _ = listener.accept()
-        data = b""
-        while b"\r\n\r\n" not in data:
-            data += sock.recv(4096)
-        if not reply:
-            gevent.sleep(30)
-        key = next(line.split(b":", 1)[1].strip() for line in data.split(b"\r\n")
-                   if line.lower().startswith(b"sec-websocket-key:"))
-        accept = base64.b64encode(hashlib.sha1(key + GUID.encode()).digest())
-        sock.sendall(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
-                     b"Connection: Upgrade\r\nSec-WebSocket-Accept: " + accept + b"\r\n\r\n")
-        while chunk := sock.recv(4096):
-            frames.append(chunk)
+        with sock:  # closed also when the test kills this greenlet
+            data = b""
+            while b"\r\n\r\n" not in data:
+                data += sock.recv(4096)
+            if not reply:
+                gevent.sleep(30)
+            key = next(line.split(b":", 1)[1].strip() for line in data.split(b"\r\n")
+                       if line.lower().startswith(b"sec-websocket-key:"))
+            accept = base64.b64encode(hashlib.sha1(key + GUID.encode()).digest())
+            sock.sendall(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+                         b"Connection: Upgrade\r\nSec-WebSocket-Accept: " + accept
+                         + b"\r\n\r\n")
+            while chunk := sock.recv(4096):
+                frames.append(chunk)
 
     return listener, gevent.spawn(run)
 
@@ -114,6 +116,7 @@ def test_client_frames_are_masked_with_fresh_keys() -> None:
     assert first[2:6] != second[2:6] and first[6:] != b"same payload"
     job.kill()
     listener.close()
+    ws.close()  # the peer is gone: ends at its EOF, no close_timeout wait
 
 
 def test_handshake_timeout_raises_timeout_error() -> None:

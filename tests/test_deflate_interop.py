@@ -6,7 +6,7 @@ message is compressed both ways, the empty one included (RFC 7692 §7.2.3.6). Ea
 offers permessage-deflate, sends text and binary messages of 0 B, 1 B, 1 KiB and 1 MiB and
 checks every echo byte for byte; the test asserts the negotiated ``Sec-WebSocket-Extensions``
 answer, and the server's ``/metrics`` (its codecs' byte counters) proves that messages did go
-compressed in both directions. Skipped only when ``node`` is missing (Node test); the pinned
+compressed in both directions. The Node test needs ``node`` (``require_tool``); the pinned
 ``ws`` package is installed from ``tests/browser/package-lock.json`` when absent.
 """
 
@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers import require_tool
 
 ROOT = Path(__file__).resolve().parent.parent
 DRIVER = ROOT / "tests" / "browser"
@@ -91,6 +92,7 @@ def test_python_websockets_client(wsflask_run: Any) -> None:
 @pytest.fixture(scope="module")
 def node_ws() -> Path:
     """tests/browser/node_modules with the pinned ``ws`` (``npm ci`` if it is missing)."""
+    require_tool("node", "apt-get install -y nodejs npm")
     if not (DRIVER / "node_modules" / "ws").is_dir():
         npm = shutil.which("npm")
         assert npm, "npm is missing: apt-get install -y npm (needed once for the ws package)"
@@ -98,7 +100,6 @@ def node_ws() -> Path:
     return DRIVER / "node_modules"
 
 
-@pytest.mark.skipif(NODE is None, reason="node is missing: apt-get install -y nodejs npm")
 def test_node_ws_client(node_ws: Path, wsflask_run: Any) -> None:
     assert NODE is not None
     port = echo_server(wsflask_run)

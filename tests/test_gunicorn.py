@@ -15,12 +15,11 @@ from pathlib import Path
 from typing import Any
 
 import gevent
+import gunicorn as _gunicorn  # type: ignore[import-untyped]  # noqa: F401 - needed, never skipped
 import pytest
 from gevent import subprocess
 
 from wsflask import connect
-
-pytest.importorskip("gunicorn")
 
 WAIT = 20.0
 

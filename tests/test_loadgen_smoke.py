@@ -26,6 +26,7 @@ from types import ModuleType
 from typing import Any
 
 import pytest
+from helpers import require_tool
 
 ROOT = Path(__file__).resolve().parent.parent
 SOURCE = ROOT / "loadtests" / "wsload.c"
@@ -112,9 +113,7 @@ except ImportError:  # the framework is not there yet: the protocol core alone
 
 @pytest.fixture(scope="module")
 def wsload(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    gcc = shutil.which("gcc")
-    if gcc is None:
-        pytest.skip("gcc is not installed: the C load generator cannot be built")
+    gcc = require_tool("gcc", "apt-get install -y gcc")
     binary = tmp_path_factory.mktemp("wsload") / "wsload"
     subprocess.run(
         [gcc, "-O2", "-o", str(binary), str(SOURCE)], check=True, timeout=120, capture_output=True

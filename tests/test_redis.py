@@ -14,12 +14,12 @@ from __future__ import annotations
 import json
 import os
 import signal
-import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import gevent
 import pytest
+from helpers import wait_until
 
 from wsflask import App
 from wsflask.backplane import Emitter
@@ -32,14 +32,6 @@ FAST: dict[str, Any] = {
     "close_timeout": 1.0,
 }
 ROOM = "wsflask:room:t"
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float = 20.0) -> None:
-    """Poll ``predicate`` until true; fail after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        gevent.sleep(0.02)
 
 
 def numsub(redis_server: Any, channel: str = ROOM) -> int:

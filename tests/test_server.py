@@ -8,7 +8,6 @@ certificate), plus 100 concurrent echo clients and a canary connection through h
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import ssl
 import subprocess
@@ -22,6 +21,7 @@ from typing import Any
 import gevent
 import gevent.subprocess
 import pytest
+from helpers import require_tool
 
 from wsflask.client import connect
 from wsflask.config import Config
@@ -198,6 +198,7 @@ def test_cn01_full_pool_answers_503_and_recovers(serve: Any, raw_peer: Any) -> N
             except HandshakeRejected:
                 gevent.sleep(0.05)
     assert metrics.statuses.count(503) >= 2
+    second.close()
 
 
 def test_cn01_per_ip_cap_answers_429(serve: Any) -> None:
@@ -344,8 +345,7 @@ def test_cn02_accept_backs_off_at_the_fd_limit_and_recovers(raw_peer: Any) -> No
 
 @pytest.fixture
 def certificate(tmp_path: Path) -> tuple[str, str]:
-    if shutil.which("openssl") is None:
-        pytest.skip("openssl is not installed")
+    require_tool("openssl", "apt-get install -y openssl")
     cert, key = str(tmp_path / "cert.pem"), str(tmp_path / "key.pem")
     subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", key,
                     "-out", cert, "-days", "1", "-subj", "/CN=127.0.0.1",

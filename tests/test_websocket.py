@@ -332,6 +332,7 @@ def test_bp01_stalled_reader_is_bounded_and_others_keep_receiving(
         assert stalled.is_open and metrics.dropped_reasons["backpressure"] > 100
     assert other.is_open
     assert_canary(server)
+    canary.close()
 
 
 def test_bp03_flood_at_slow_handler_server_stops_reading(serve: Any, raw_peer: Any) -> None:

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers import wait_until
 
 from wsflask.client import connect
 
@@ -29,13 +30,6 @@ ENV = {
     "WSFLASK_SHUTDOWN_GRACE": "3",
     "WSFLASK_CLOSE_TIMEOUT": "1",
 }
-
-
-def wait_until(predicate: Any, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        time.sleep(0.02)
 
 
 def member(port: int) -> tuple[Any, int]:
@@ -76,7 +70,7 @@ def test_two_workers_one_port_share_rooms_restart_and_drain(
     members = [ws for group in by_pid.values() for ws in group]
     numsub = redis_server.client().pubsub_numsub
 
-    wait_until(lambda: dict(numsub("wsflask:room:t"))[b"wsflask:room:t"] == len(by_pid))
+    wait_until(lambda: dict(numsub("wsflask:room:t"))[b"wsflask:room:t"] == len(by_pid), 30)
     senders = [group[0] for group in by_pid.values()][:2]
     for i in range(30):
         for n, ws in enumerate(senders):
@@ -91,7 +85,7 @@ def test_two_workers_one_port_share_rooms_restart_and_drain(
     victim = next(iter(by_pid))  # kill -9 one worker: the supervisor restarts it
     os.kill(victim, signal.SIGKILL)
     proc.wait_for_log(rf"worker \d \(pid {victim}\) exited with signal 9")
-    wait_until(lambda: proc.log.count("started (pid") >= 3)
+    wait_until(lambda: proc.log.count("started (pid") >= 3, 30)
     for ws in by_pid[victim]:
         assert ws.receive(timeout=10) is None and ws.close_code == 1006, proc.log
     survivors = [ws for pid, group in by_pid.items() if pid != victim for ws in group]

@@ -87,6 +87,7 @@ def flask_pages() -> Flask:
 # -- one port: WSGI pages and App routes ---------------------------------------------------------
 
 
+@pytest.mark.leaks_greenlets("the App heartbeat a WSGI upgrade starts is stopped by nobody")
 def test_pages_and_websocket_routes_share_one_port(wsgi_serve: Any) -> None:
     ws_app = echo_app()
     server = wsgi_serve(flask_pages(), ws_app.handler_class, pywsgi.WSGIServer)
@@ -105,6 +106,7 @@ def test_pages_and_websocket_routes_share_one_port(wsgi_serve: Any) -> None:
     assert http_get(server.server_port, "/")[0] == 200  # the server still serves pages
 
 
+@pytest.mark.leaks_greenlets("the App heartbeat a WSGI upgrade starts is stopped by nobody")
 def test_middleware_routes_upgrades_under_the_plain_handler(wsgi_serve: Any) -> None:
     ws_app = echo_app()
     flask_app = flask_pages()
@@ -132,6 +134,7 @@ def test_middleware_without_the_handler_answers_501(wsgi_serve: Any) -> None:
 # -- the App's rules apply: core validation, limits, Origin, hooks, subprotocols, heartbeat --
 
 
+@pytest.mark.leaks_greenlets("the App heartbeat a WSGI upgrade starts is stopped by nobody")
 def test_the_head_is_validated_by_the_protocol_core(wsgi_serve: Any, raw_peer: Any) -> None:
     server = wsgi_serve(flask_pages(), echo_app().handler_class)
     peer = raw_peer(server.server_port)
@@ -145,6 +148,7 @@ def test_the_head_is_validated_by_the_protocol_core(wsgi_serve: Any, raw_peer: A
     peer.read_until_eof(timeout=WAIT)  # and the socket is closed
 
 
+@pytest.mark.leaks_greenlets("the App heartbeat a WSGI upgrade starts is stopped by nobody")
 def test_bytes_sent_right_after_the_head_reach_the_app(wsgi_serve: Any, raw_peer: Any) -> None:
     server = wsgi_serve(flask_pages(), echo_app().handler_class)
     peer = raw_peer(server.server_port)
@@ -157,6 +161,7 @@ def test_bytes_sent_right_after_the_head_reach_the_app(wsgi_serve: Any, raw_peer
     assert peer.read_frame(timeout=WAIT) == (0x1, b"early")
 
 
+@pytest.mark.leaks_greenlets("the App heartbeat a WSGI upgrade starts is stopped by nobody")
 def test_limits_origin_hooks_and_subprotocols_apply(wsgi_serve: Any) -> None:
     ws_app = echo_app(max_message_size=1024)
     chosen = ws_app.route("/proto", subprotocols=("v2", "v1"))

@@ -1,0 +1,61 @@
+"""Helpers the test modules import: bounded waits and the external-tool gate.
+
+``wait_until`` polls a condition under a deadline (never a blind sleep). ``require_tool`` finds
+an executable the test needs; a missing one skips locally, naming the install command, and
+fails under ``CI=true``, so a CI run cannot pass with a battery silently skipped. Fixtures
+live in ``conftest.py``; this module holds only what tests call directly.
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+import shutil
+import time
+from collections.abc import Callable
+
+import gevent
+import pytest
+
+FALSE_VALUES = {"", "0", "false", "no", "off"}
+
+
+def wait_until(
+    predicate: Callable[[], object], timeout: float = 20.0, interval: float = 0.01
+) -> None:
+    """Poll ``predicate`` every ``interval`` seconds (yielding to gevent) until it is true.
+
+    Fails, quoting the predicate's source, if it is still false after ``timeout`` seconds.
+    """
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() >= deadline:
+            pytest.fail(f"not true after {timeout} s: {_source(predicate)}", pytrace=True)
+        gevent.sleep(interval)
+
+
+def _source(predicate: Callable[[], object]) -> str:
+    try:
+        return inspect.getsource(predicate).strip()
+    except (OSError, TypeError):
+        return repr(predicate)
+
+
+def in_ci() -> bool:
+    """True when the ``CI`` environment variable is set to a true value (``CI=true``)."""
+    return os.environ.get("CI", "").strip().lower() not in FALSE_VALUES
+
+
+def require_tool(name: str, install_hint: str) -> str:
+    """Return the path of the executable ``name`` (a name on ``PATH`` or an absolute path).
+
+    If it is missing: under ``CI=true`` the test fails; otherwise it is skipped. Both messages
+    name the tool and ``install_hint``, the command that installs it.
+    """
+    path = shutil.which(name)
+    if path is not None:
+        return path
+    message = f"{name} is not installed (install it with: {install_hint})"
+    if in_ci():
+        pytest.fail(f"{message}; CI=true requires every tool", pytrace=False)
+    pytest.skip(message)
