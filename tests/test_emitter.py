@@ -9,12 +9,11 @@ from __future__ import annotations
 import itertools
 import json
 import threading
-import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
-import gevent
 import pytest
+from helpers import wait_until
 
 from wsflask import App
 from wsflask.backplane import Emitter
@@ -26,14 +25,6 @@ FAST: dict[str, Any] = {
     "shutdown_grace": 1.0,
     "close_timeout": 1.0,
 }
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
-    """Poll ``predicate`` until true; fail after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        gevent.sleep(0.01)
 
 
 @pytest.fixture

@@ -14,7 +14,6 @@ import importlib.util
 import json
 import os
 import queue
-import shutil
 import socket
 import struct
 import subprocess
