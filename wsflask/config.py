@@ -140,6 +140,9 @@ class Config:
     deflate_window_bits: int = field(default=12, metadata=_rng(9, 15))
     deflate_mem_level: int = field(default=5, metadata=_rng(1, 9))
     deflate_no_context_takeover: bool = False
+    # -- events and the app API (issue 15): add fields below this line --
+    # -- operability (issue 16): add fields below this line --
+    # -- bounds and admission (issue 18): add fields below this line --
 
     def __post_init__(self) -> None:
         for spec in dataclasses.fields(self):
