@@ -4,13 +4,15 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint typecheck pytest micro sysdeps clean
+.PHONY: run test lint typecheck pytest micro asan sysdeps clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 
-$(STAMP): $(BIN)/python pyproject.toml
+# The editable install compiles the optional C speedups in place (setup.py); a change to
+# the C source reinstalls.
+$(STAMP): $(BIN)/python pyproject.toml setup.py wsflask/protocol/_speedups.c
 	$(BIN)/python -m pip install -q -e '.[dev]'
 	touch $(STAMP)
 
@@ -32,8 +34,11 @@ pytest: $(STAMP) sysdeps
 
 test: lint typecheck pytest
 
+# Pinned to CPU 1 when taskset exists; PYTHONPATH makes it measure this checkout's code.
+# `WSFLASK_NO_EXTENSIONS=1 make micro` measures the pure-Python path.
+TASKSET := $(shell command -v taskset >/dev/null 2>&1 && echo taskset -c 1)
 micro: $(STAMP)
-	$(BIN)/python loadtests/micro.py
+	PYTHONPATH=$(CURDIR) $(TASKSET) $(BIN)/python loadtests/micro.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache
