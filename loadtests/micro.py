@@ -17,6 +17,7 @@ import timeit
 from collections.abc import Callable
 
 from wsflask.protocol import Connection, Side, encode_frame, speedups
+from wsflask.protocol.frames import encode_frame_python
 from wsflask.protocol.mask import apply_mask_int, apply_mask_reference, apply_mask_translate
 from wsflask.protocol.utf8 import decode_text
 
@@ -84,8 +85,20 @@ def bench_decode() -> list[Row]:
 
 
 def bench_encode() -> list[Row]:
-    payload = b"x" * 20
-    t = best(lambda: encode_frame(0x1, payload), 500_000)
+    rows = []
+    key = os.urandom(4)
+    encoders = [("python", encode_frame_python)]
+    if speedups.compiled is not None:
+        encoders.append(("compiled", speedups.compiled.encode_frame))
+    for size, number in ((20, 500_000), (16384, 20_000)):
+        payload = b"x" * size
+        for name, fn in encoders:
+            t = best(lambda fn=fn, payload=payload: fn(0x1, payload), number)
+            rows.append((f"encode_frame {size} B ({name})", t * 1e6, f"{1 / t:,.0f} frames/s"))
+            t = best(lambda fn=fn, payload=payload: fn(0x1, payload, mask=key), number)
+            rows.append(
+                (f"encode_frame {size} B masked ({name})", t * 1e6, f"{1 / t:,.0f} frames/s")
+            )
     conn = _server()
 
     def send() -> None:
@@ -93,10 +106,8 @@ def bench_encode() -> list[Row]:
         conn.data_to_send()
 
     t2 = best(send, 200_000)
-    return [
-        ("encode_frame 20 B", t * 1e6, f"{1 / t:,.0f} frames/s"),
-        ("Connection.send_text 20 B + data_to_send", t2 * 1e6, f"{1 / t2:,.0f} frames/s"),
-    ]
+    rows.append(("Connection.send_text 20 B + data_to_send", t2 * 1e6, f"{1 / t2:,.0f} frames/s"))
+    return rows
 
 
 def main() -> None:

@@ -16,7 +16,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from wsflask.protocol import speedups
+from wsflask.protocol import Opcode, frame_info, speedups
+from wsflask.protocol.frames import encode_frame_python
 from wsflask.protocol.mask import (
     apply_mask_inplace_python,
     apply_mask_int,
@@ -116,3 +117,82 @@ def test_mask_inplace_refuses_read_only_buffers(c: ModuleType) -> None:
         c.apply_mask_inplace(b"immutable", b"\x01\x02\x03\x04")
     with pytest.raises(TypeError):
         apply_mask_inplace_python(b"immutable", b"\x01\x02\x03\x04")  # type: ignore[arg-type]
+
+
+# ------------------------------------------------------------------ (c) encoding
+
+BOUNDARIES = [0, 1, 2, 3, 4, 5, 125, 126, 127, 65535, 65536, 65537]
+KEYS = [None, b"\x37\xfa\x21\x3d", bytearray(b"\x00\x00\x00\x00")]
+
+
+@pytest.mark.parametrize("size", BOUNDARIES)
+@pytest.mark.parametrize("key", KEYS)
+@pytest.mark.parametrize(("opcode", "fin", "rsv"), [(0x1, True, 0), (0x0, False, 0x40),
+                                                     (0x2, False, 0x70), (0xA, True, 0)])
+def test_encode_every_length_boundary(
+    c: ModuleType, size: int, key: bytes | None, opcode: int, fin: bool, rsv: int
+) -> None:
+    payload = bytes(i & 0xFF for i in range(size))
+    frame = c.encode_frame(opcode, payload, fin=fin, rsv=rsv, mask=key)
+    assert frame == encode_frame_python(opcode, payload, fin=fin, rsv=rsv, mask=key)
+    info = frame_info(frame)
+    assert (info.fin, info.opcode, info.payload_length, info.masked) == (
+        fin, opcode, size, key is not None
+    )
+    assert frame[:1] == bytes(((0x80 if fin else 0) | rsv | opcode,))
+
+
+@given(
+    st.integers(0, 15),
+    st.binary(max_size=400) | st.sampled_from([b"x" * 125, b"y" * 126, b"z" * 65536]),
+    st.booleans(),
+    st.sampled_from([0, 0x10, 0x20, 0x40, 0x70]),
+    st.none() | st.binary(min_size=4, max_size=4),
+    st.sampled_from([bytes, bytearray, memoryview]),
+)
+def test_encode_matches_twin(
+    c: ModuleType, opcode: int, payload: bytes, fin: bool, rsv: int, key: bytes | None,
+    kind: type,
+) -> None:
+    data = kind(payload)
+    mine = c.encode_frame(opcode, data, fin=fin, rsv=rsv, mask=key)
+    assert type(mine) is bytes
+    assert mine == encode_frame_python(opcode, data, fin=fin, rsv=rsv, mask=key)
+
+
+def test_encode_defaults_and_keywords(c: ModuleType) -> None:
+    assert c.encode_frame(0x9) == encode_frame_python(0x9) == b"\x89\x00"
+    assert c.encode_frame(opcode=Opcode.TEXT, payload=b"hi") == b"\x81\x02hi"
+    assert c.encode_frame(0x1, b"hi", mask=None) == b"\x81\x02hi"
+    assert c.encode_frame(0x1, b"Hello", mask=bytes.fromhex("37fa213d")) == bytes.fromhex(
+        "818537fa213d7f9f4d5158"  # RFC 6455 §5.7
+    )
+
+
+@pytest.mark.parametrize(
+    ("args", "kwargs"),
+    [
+        ((300, b""), {}),  # first byte out of range
+        ((-1, b""), {}),
+        ((0x1, b""), {"rsv": 2**70}),
+        ((0x1, b""), {"rsv": -(2**70)}),
+        (("1", b""), {}),
+        ((1.0, b""), {}),
+        ((0x1, "text"), {}),  # payload that has a len() but is not bytes
+        ((0x1, 12), {}),
+        ((0x1, b"abc"), {"mask": b"\x01\x02\x03"}),
+        ((0x1, b"abc"), {"mask": "abcd"}),
+        ((0x1, "text"), {"mask": b"\x01\x02\x03"}),
+        ((300, "text"), {}),
+        ((0x1, 12), {"rsv": "x"}),
+        ((0x1, b"", True), {}),  # fin is keyword-only
+        ((0x1, b""), {"final": True}),
+        ((), {"payload": b""}),
+    ],
+)
+def test_encode_rejects_what_the_twin_rejects(
+    c: ModuleType, args: tuple[object, ...], kwargs: dict[str, object]
+) -> None:
+    theirs = outcome(encode_frame_python, *args, **kwargs)
+    assert theirs[0] == "raise"
+    assert outcome(c.encode_frame, *args, **kwargs) == theirs
