@@ -17,7 +17,7 @@ import timeit
 from collections.abc import Callable
 
 from wsflask.protocol import Connection, Side, encode_frame, speedups
-from wsflask.protocol.frames import encode_frame_python
+from wsflask.protocol.frames import FrameDecoder, encode_frame_python
 from wsflask.protocol.mask import apply_mask_int, apply_mask_reference, apply_mask_translate
 from wsflask.protocol.utf8 import decode_text
 
@@ -72,16 +72,30 @@ def _server() -> Connection:
 
 
 def bench_decode() -> list[Row]:
-    frame = encode_frame(0x1, b"x" * 20, mask=os.urandom(4))
-    batch = frame * 1000  # what one 64 KiB-ish recv holds under load
-    conn = _server()
+    key = os.urandom(4)
+    rows = []
+    for size, count, number in ((20, 1000, 200), (20, 1, 200_000), (16384, 4, 5_000)):
+        batch = encode_frame(0x1, b"x" * size, mask=key) * count  # what one recv holds
+        conn = _server()
 
-    def run() -> None:
-        conn.receive_data(batch)
-        conn.events_received()
+        def run(conn: Connection = conn, batch: bytes = batch) -> None:
+            conn.receive_data(batch)
+            conn.events_received()
 
-    t = best(run, 200) / 1000
-    return [("decode 20 B masked text frame", t * 1e6, f"{1 / t:,.0f} frames/s")]
+        t = best(run, number) / count
+        name = f"decode {size} B masked text, {count}/recv"
+        rows.append((name, t * 1e6, f"{1 / t:,.0f} frames/s"))
+        decoders = [("python", "feed_python")]
+        if speedups.compiled is not None:
+            decoders.append(("compiled", "feed_compiled"))
+        for path, method in decoders:
+            decoder = FrameDecoder(expect_mask=True, max_payload=1 << 20)
+            feed = getattr(decoder, method)
+            t = best(lambda feed=feed, batch=batch: list(feed(batch)), number) / count
+            rows.append(
+                (f"FrameDecoder {size} B, {count}/recv ({path})", t * 1e6, f"{1 / t:,.0f} frames/s")
+            )
+    return rows
 
 
 def bench_encode() -> list[Row]:

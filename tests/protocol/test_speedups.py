@@ -10,19 +10,23 @@ from __future__ import annotations
 
 import importlib
 import os
+from collections.abc import Callable, Iterator
+from itertools import pairwise
 from types import ModuleType
 
 import pytest
-from hypothesis import given
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from wsflask.protocol import Opcode, frame_info, speedups
-from wsflask.protocol.frames import encode_frame_python
+from wsflask.protocol import CloseCode, Opcode, ProtocolError, frame_info, speedups
+from wsflask.protocol.frames import Frame, FrameDecoder, encode_frame_python
 from wsflask.protocol.mask import (
     apply_mask_inplace_python,
     apply_mask_int,
     apply_mask_reference,
 )
+
+from .conftest import feed, open_pair, splits
 
 HINT = (
     "wsflask.protocol._speedups is not built: run `.venv/bin/pip install -e .` (or "
@@ -127,8 +131,10 @@ KEYS = [None, b"\x37\xfa\x21\x3d", bytearray(b"\x00\x00\x00\x00")]
 
 @pytest.mark.parametrize("size", BOUNDARIES)
 @pytest.mark.parametrize("key", KEYS)
-@pytest.mark.parametrize(("opcode", "fin", "rsv"), [(0x1, True, 0), (0x0, False, 0x40),
-                                                     (0x2, False, 0x70), (0xA, True, 0)])
+@pytest.mark.parametrize(
+    ("opcode", "fin", "rsv"),
+    [(0x1, True, 0), (0x0, False, 0x40), (0x2, False, 0x70), (0xA, True, 0)],
+)
 def test_encode_every_length_boundary(
     c: ModuleType, size: int, key: bytes | None, opcode: int, fin: bool, rsv: int
 ) -> None:
@@ -137,7 +143,10 @@ def test_encode_every_length_boundary(
     assert frame == encode_frame_python(opcode, payload, fin=fin, rsv=rsv, mask=key)
     info = frame_info(frame)
     assert (info.fin, info.opcode, info.payload_length, info.masked) == (
-        fin, opcode, size, key is not None
+        fin,
+        opcode,
+        size,
+        key is not None,
     )
     assert frame[:1] == bytes(((0x80 if fin else 0) | rsv | opcode,))
 
@@ -151,7 +160,12 @@ def test_encode_every_length_boundary(
     st.sampled_from([bytes, bytearray, memoryview]),
 )
 def test_encode_matches_twin(
-    c: ModuleType, opcode: int, payload: bytes, fin: bool, rsv: int, key: bytes | None,
+    c: ModuleType,
+    opcode: int,
+    payload: bytes,
+    fin: bool,
+    rsv: int,
+    key: bytes | None,
     kind: type,
 ) -> None:
     data = kind(payload)
@@ -196,3 +210,251 @@ def test_encode_rejects_what_the_twin_rejects(
     theirs = outcome(encode_frame_python, *args, **kwargs)
     assert theirs[0] == "raise"
     assert outcome(c.encode_frame, *args, **kwargs) == theirs
+
+
+# ------------------------------------------------------------------ (b) frame scanning
+
+PATTERN = bytes(range(256)) * 257  # payload source: 65,792 bytes
+
+
+Spec = tuple[int, int, int, bool, str, bytes]
+
+
+def raw_frame(spec: Spec, expect_mask: bool) -> bytes:
+    """One frame with any header, hostile ones included (non-minimal or top-bit lengths)."""
+    fin_rsv, opcode, size, flip, encoding, key = spec
+    masked = expect_mask is not flip
+    b0 = fin_rsv | opcode
+    if encoding == "16" and size < 65536:
+        head = bytes((b0, 126)) + size.to_bytes(2, "big")
+    elif encoding == "64":
+        head = bytes((b0, 127)) + size.to_bytes(8, "big")
+    elif encoding == "top":  # a 64-bit length with its most significant bit set
+        head = bytes((b0, 127)) + (size | 1 << 63).to_bytes(8, "big")
+    else:
+        head = encode_frame_python(0, PATTERN[:size])[: -size or None]
+        head = bytes((b0,)) + head[1:]
+    payload = PATTERN[:size]
+    if not masked:
+        return head + payload
+    return head[:1] + bytes((head[1] | 0x80,)) + head[2:] + key + apply_mask_int(payload, key)
+
+
+# Mostly valid frames, so that a stream gets past its first header; then every kind of
+# hostile one: reserved opcodes and RSV bits, the wrong mask bit, non-minimal lengths.
+frame_specs = st.tuples(
+    st.sampled_from([0x80] * 4 + [0x00, 0xC0, 0x40, 0x90, 0xA0, 0xF0]),  # FIN and RSV bits
+    st.sampled_from([0x0, 0x1, 0x1, 0x2, 0x2, 0x8, 0x9, 0xA]) | st.integers(0, 15),
+    st.sampled_from([0, 1, 2, 5, 20, 63, 64, 65, 124, 125, 126, 127, 4096, 4097, 65535, 65536])
+    | st.integers(0, 300),
+    st.sampled_from([False] * 9 + [True]),  # the wrong mask bit for this side
+    st.sampled_from(["minimal"] * 8 + ["16", "64", "top"]),
+    st.binary(min_size=4, max_size=4),
+)
+
+
+def budget_owner(decoder: FrameDecoder, limit: int) -> Callable[[Frame], None]:
+    """Lower and restore ``max_payload`` between frames, as ``MessageAssembler`` does."""
+
+    def after(frame: Frame) -> None:
+        fin, opcode, _, payload = frame
+        if opcode >= 0x8:
+            return
+        if not fin:
+            decoder.max_payload = max(0, decoder.max_payload - len(payload) - 8)
+        elif opcode == 0:
+            decoder.max_payload = limit
+
+    return after
+
+
+def run(
+    decoder: FrameDecoder,
+    feed: Callable[[bytes], Iterator[Frame]],
+    chunks: list[bytes],
+    owner: bool,
+    limit: int,
+) -> list[object]:
+    """Everything a decoder says, chunk by chunk, until its first error."""
+    after = budget_owner(decoder, limit)
+    seen: list[object] = []
+    for chunk in chunks:
+        try:
+            for frame in feed(chunk):
+                seen.append(frame)
+                if owner:
+                    after(frame)
+        except ProtocolError as exc:
+            seen.append((type(exc), str(exc), exc.close_code))
+            return seen
+        seen.append(("buffered", decoder.buffered))
+    return seen
+
+
+def cut(stream: bytes, points: list[int]) -> list[bytes]:
+    edges = sorted({p % (len(stream) + 1) for p in points} | {0, len(stream)})
+    return [stream[a:b] for a, b in pairwise(edges)] or [b""]
+
+
+def both(
+    chunks: list[bytes], expect_mask: bool, limit: int, rsv: int, slack: int, owner: bool
+) -> tuple[list[object], list[object]]:
+    results = []
+    for compiled in (False, True):
+        decoder = FrameDecoder(expect_mask=expect_mask, max_payload=limit, allowed_rsv=rsv)
+        decoder.compressed_slack = slack
+        feed = decoder.feed_compiled if compiled else decoder.feed_python
+        results.append(run(decoder, feed, chunks, owner, limit))
+    return results[0], results[1]
+
+
+LIMITS = st.sampled_from([0, 1, 125, 126, 4096, 65535, 65536, 1 << 20, 1 << 70, -1])
+
+
+@settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    st.lists(frame_specs, max_size=8),
+    st.lists(st.integers(0, 1 << 20), max_size=12),
+    st.booleans(),
+    LIMITS,
+    st.sampled_from([0, 0x40, 0x70]),
+    st.sampled_from([0, 64]),
+    st.booleans(),
+    st.integers(0, 3),
+)
+def test_decoder_matches_twin_on_any_stream(
+    c: ModuleType,
+    specs: list[Spec],
+    points: list[int],
+    expect_mask: bool,
+    limit: int,
+    rsv: int,
+    slack: int,
+    owner: bool,
+    trim: int,
+) -> None:
+    stream = b"".join(raw_frame(spec, expect_mask) for spec in specs)
+    stream = stream[: len(stream) - trim]  # a stream may end inside a frame
+    python, compiled = both(cut(stream, points), expect_mask, limit, rsv, slack, owner)
+    assert compiled == python
+    scan_agrees(c, stream, expect_mask, limit, rsv, slack)
+
+
+def scan_agrees(
+    c: ModuleType, stream: bytes, expect_mask: bool, limit: int, rsv: int, slack: int
+) -> None:
+    """``scan_frames`` itself, not only ``feed_compiled``, whose error path is the twin's."""
+    frames, pos, need, bad = c.scan_frames(stream, 0, expect_mask, limit, limit + slack, rsv)
+    decoder = FrameDecoder(expect_mask=expect_mask, max_payload=limit, allowed_rsv=rsv)
+    decoder.compressed_slack = slack
+    expected: list[Frame] = []
+    failed = False
+    try:
+        expected.extend(decoder.feed_python(stream))
+    except ProtocolError:
+        failed = True
+    assert frames == expected
+    assert bad is failed
+    if not failed:
+        assert decoder.buffered == len(stream) - pos
+        assert need == 0 or need > len(stream)
+
+
+@settings(max_examples=300)
+@given(
+    st.binary(max_size=200),
+    st.lists(st.integers(0, 200), max_size=8),
+    st.booleans(),
+    LIMITS,
+    st.sampled_from([0, 0x40]),
+)
+def test_decoder_matches_twin_on_noise(
+    c: ModuleType, stream: bytes, points: list[int], expect_mask: bool, limit: int, rsv: int
+) -> None:
+    python, compiled = both(cut(stream, points), expect_mask, limit, rsv, 0, True)
+    assert compiled == python
+    scan_agrees(c, stream, expect_mask, limit, rsv, 0)
+
+
+@pytest.mark.parametrize("size", BOUNDARIES)
+@pytest.mark.parametrize("masked", [True, False])
+@pytest.mark.parametrize("mode", ["whole", "bytes", "random"])
+def test_decoder_every_length_boundary(c: ModuleType, size: int, masked: bool, mode: str) -> None:
+    key = b"\x37\xfa\x21\x3d" if masked else None
+    control = PATTERN[: min(size, 125)]
+    stream = b"".join(
+        encode_frame_python(op, PATTERN[:size], mask=key) for op in (0x1, 0x2)
+    ) + encode_frame_python(0x9, control, mask=key)
+    if mode == "bytes" and size > 4096:
+        mode = "random"  # one byte at a time through 130 KiB adds time, not coverage
+    python, compiled = both(list(splits(stream, mode)), masked, 1 << 20, 0, 0, False)
+    assert compiled == python
+    frames = [x for x in compiled if isinstance(x, tuple) and x[0] != "buffered"]
+    assert frames == [
+        (True, 0x1, 0, PATTERN[:size]),
+        (True, 0x2, 0, PATTERN[:size]),
+        (True, 0x9, 0, control),
+    ]
+    assert compiled[-1] == ("buffered", 0)
+
+
+@pytest.mark.parametrize(
+    ("header", "code"),
+    [
+        (b"\x81\x7e\x00\x7d", CloseCode.PROTOCOL_ERROR),  # non-minimal 16-bit length
+        (b"\x81\x7f" + (125).to_bytes(8, "big"), CloseCode.PROTOCOL_ERROR),  # non-minimal 64
+        (b"\x81\x7f" + (1 << 63).to_bytes(8, "big"), CloseCode.PROTOCOL_ERROR),  # top bit
+        (b"\x83\x00", CloseCode.PROTOCOL_ERROR),  # reserved opcode
+        (b"\x09\x00", CloseCode.PROTOCOL_ERROR),  # fragmented ping
+        (b"\x89\x7e\x00\x7e", CloseCode.PROTOCOL_ERROR),  # control frame over 125
+        (b"\xc9\x00", CloseCode.PROTOCOL_ERROR),  # RSV1 on a control frame
+        (b"\xa1\x00", CloseCode.PROTOCOL_ERROR),  # RSV2: no extension defines it
+        (b"\x81\x80\x00\x00\x00\x00", CloseCode.PROTOCOL_ERROR),  # masked frame to a client
+        (b"\x82\x7f" + (1 << 62).to_bytes(8, "big"), CloseCode.TOO_BIG),  # before buffering
+        (b"\x82\x7e\x01\x00", CloseCode.TOO_BIG),  # 256 > 200
+        (b"\xc2\x7e\x01\x09", CloseCode.TOO_BIG),  # compressed: 265 > 200 + 64
+    ],
+)
+def test_hostile_headers_fail_alike(c: ModuleType, header: bytes, code: CloseCode) -> None:
+    python, compiled = both([b"\x81\x02ok" + header], False, 200, 0x40, 64, False)
+    assert compiled == python
+    scan_agrees(c, b"\x81\x02ok" + header, False, 200, 0x40, 64)
+    assert compiled[0] == (True, 0x1, 0, b"ok")  # the frame before the bad one is kept
+    assert isinstance(compiled[-1], tuple) and compiled[-1][2] == code
+
+
+def test_compressed_frames_get_the_slack(c: ModuleType) -> None:
+    stream = encode_frame_python(0x2, b"z" * 264, rsv=0x40) + encode_frame_python(0x2, b"z" * 201)
+    python, compiled = both([stream], False, 200, 0x40, 64, False)
+    assert compiled == python
+    assert compiled[0] == (True, 0x2, 0x40, b"z" * 264)
+    assert compiled[1][2] == CloseCode.TOO_BIG  # type: ignore[index]
+    scan_agrees(c, stream, False, 200, 0x40, 64)
+
+
+def test_scan_reports_where_it_stopped(c: ModuleType) -> None:
+    stream = encode_frame_python(0x2, b"ab") + encode_frame_python(0x2, b"x" * 5000)[:100]
+    frames, pos, need, bad = c.scan_frames(stream, 0, False, 1 << 20, 1 << 20, 0)
+    assert frames == [(True, 0x2, 0, b"ab")]
+    assert (pos, need, bad) == (4, 4 + 4 + 5000, False)
+    frames, pos, need, bad = c.scan_frames(b"\x81", 0, False, 10, 10, 0)
+    assert (frames, pos, need, bad) == ([], 0, 0, False)
+    with pytest.raises(ValueError):
+        c.scan_frames(b"\x81\x00", 3, False, 10, 10, 0)
+
+
+def test_connection_on_both_paths(c: ModuleType) -> None:
+    """A server Connection gives the same events whichever scan its decoder uses."""
+    client, server = open_pair()
+    client.send_text("héllo " * 50, fin=False)
+    client.send_continuation(b"end", fin=True)
+    client.send_binary(b"\x00" * 70000)
+    client.send_ping(b"p")
+    stream = client.data_to_send()
+    decoder = server._decoder
+    assert decoder.feed == (
+        decoder.feed_python if speedups.compiled is None else decoder.feed_compiled
+    )
+    events = feed(server, stream, "random")
+    assert [type(e).__name__ for e in events] == ["TextMessage", "BinaryMessage", "Ping"]
+    assert events[0].data == "héllo " * 50 + "end"  # type: ignore[attr-defined]

@@ -32,7 +32,7 @@ from typing import NamedTuple, NoReturn, Protocol
 
 from .errors import MessageTooBig, ProtocolError
 from .mask import apply_mask_int
-from .speedups import compiled
+from .speedups import built, compiled
 
 __all__ = [
     "CloseCode",
@@ -100,8 +100,14 @@ def frame_info(frame: bytes) -> FrameInfo:
     elif size == 127:
         size, head = int.from_bytes(frame[2:10], "big"), 10
     masked = bool(second & 0x80)
-    return FrameInfo(bool(first & 0x80), first & 0x0F, bool(first & 0x40), masked,
-                     head + 4 if masked else head, size)
+    return FrameInfo(
+        bool(first & 0x80),
+        first & 0x0F,
+        bool(first & 0x40),
+        masked,
+        head + 4 if masked else head,
+        size,
+    )
 
 
 #: A decoded frame: (fin, opcode, rsv bits as 0x70-masked int, unmasked payload).
@@ -170,7 +176,7 @@ def _not_built(*args: object) -> NoReturn:
 
 #: ``_speedups.scan_frames``: (buf, pos, expect_mask, max_payload, max_compressed, allowed_rsv).
 _scan: Callable[[bytes, int, bool, int, int, int], _ScanResult] = (
-    _not_built if compiled is None else compiled.scan_frames
+    _not_built if built is None else built.scan_frames
 )
 
 
@@ -235,9 +241,12 @@ class FrameDecoder:
         frame, the rest of the buffer is scanned again from that frame's end, so every
         header is judged with the limit of its time, as in ``feed_python``.
         """
-        buf = self._take(data)
-        if buf is None:
-            return
+        if self._need or self._buf:
+            buf = self._take(data)
+            if buf is None:
+                return
+        else:  # nothing kept: the common case, without a call
+            buf = data
         pos = 0
         while True:
             limit = self.max_payload

@@ -12,22 +12,23 @@ import importlib
 import os
 from types import ModuleType
 
-__all__ = ["NO_EXTENSIONS_ENV", "compiled", "speedups_active"]
+__all__ = ["NO_EXTENSIONS_ENV", "built", "compiled", "speedups_active"]
 
 #: Set to anything but ``""`` or ``"0"`` to force the pure-Python path.
 NO_EXTENSIONS_ENV = "WSFLASK_NO_EXTENSIONS"
 
 
 def _load() -> ModuleType | None:
-    if os.environ.get(NO_EXTENSIONS_ENV, "") not in ("", "0"):
-        return None
     try:
         return importlib.import_module("._speedups", __package__)
     except ImportError:
         return None
 
 
-compiled = _load()
+#: The C module whenever it was built (``feed_compiled`` and the tests use it directly).
+built = _load()
+#: The C module when the protocol core uses it: built and not switched off.
+compiled = None if os.environ.get(NO_EXTENSIONS_ENV, "") not in ("", "0") else built
 
 
 def speedups_active() -> bool:
