@@ -8,8 +8,10 @@ fail under ``CI=true``, where a missing build is a broken build.
 
 from __future__ import annotations
 
+import gc
 import importlib
 import os
+import tracemalloc
 from collections.abc import Callable, Iterator
 from itertools import pairwise
 from types import ModuleType
@@ -458,3 +460,39 @@ def test_connection_on_both_paths(c: ModuleType) -> None:
     events = feed(server, stream, "random")
     assert [type(e).__name__ for e in events] == ["TextMessage", "BinaryMessage", "Ping"]
     assert events[0].data == "héllo " * 50 + "end"  # type: ignore[attr-defined]
+
+
+def test_no_leak_on_any_path(c: ModuleType) -> None:
+    """Error and success paths free what they allocate (ASan does not track refcounts)."""
+    key = b"\x37\xfa\x21\x3d"
+    good = encode_frame_python(0x1, b"ok", mask=key) + encode_frame_python(
+        0x2, b"x" * 300, mask=key
+    )
+    streams = [good, good[:-3], good + b"\x83\x80", good + b"\x81\xfe\x00\x01" + key]
+
+    def churn() -> None:
+        for _ in range(500):
+            for stream in streams:
+                c.scan_frames(stream, 0, True, 200, 264, 0x40)
+            c.encode_frame(0x1, b"payload", mask=key)
+            for args, kwargs in (
+                ((300, b"x"), {}),
+                ((1, "text"), {"mask": b"abc"}),
+                ((1, b"x"), {"fin": True, "bogus": 1}),
+                ((1, 12), {}),
+            ):
+                outcome(c.encode_frame, *args, **kwargs)
+            outcome(c.apply_mask, b"data", b"abc")
+            outcome(c.apply_mask_inplace, b"read-only", key)
+
+    churn()  # warm caches (interned names, exception machinery)
+    tracemalloc.start()
+    try:
+        gc.collect()
+        before = tracemalloc.get_traced_memory()[0]
+        churn()
+        gc.collect()
+        grown = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert grown < 4096, f"{grown} bytes kept after 500 rounds"
