@@ -7,11 +7,13 @@ headers) the build prints a warning and the install carries on with the pure-Pyt
 from setuptools import Extension, setup
 
 setup(
+    # MANIFEST.in puts the C source in the sdist; the wheel needs only its build product.
+    exclude_package_data={"wsflask.protocol": ["*.c"]},
     ext_modules=[
         Extension(
             "wsflask.protocol._speedups",
             sources=["wsflask/protocol/_speedups.c"],
             optional=True,
         )
-    ]
+    ],
 )
