@@ -112,7 +112,6 @@ def frame_info(frame: bytes) -> FrameInfo:
 
 #: A decoded frame: (fin, opcode, rsv bits as 0x70-masked int, unmasked payload).
 Frame = tuple[bool, int, int, bytes]
-_NO_FRAMES: Iterator[Frame] = iter(())
 
 _DATA_OPCODES = frozenset((0x0, 0x1, 0x2))
 _CONTROL_OPCODES = frozenset((0x8, 0x9, 0xA))
@@ -229,11 +228,6 @@ class FrameDecoder:
         self._buf = b""
         return buf
 
-    def feed_python(self, data: bytes) -> Iterator[Frame]:
-        """``feed`` in pure Python: the twin that defines what the compiled scan does."""
-        buf = self._take(data)
-        return _NO_FRAMES if buf is None else self._frames_python(buf, 0)
-
     def feed_compiled(self, data: bytes) -> Iterator[Frame]:
         """``feed`` through the compiled scan: every complete frame of the buffer in one call.
 
@@ -261,8 +255,9 @@ class FrameDecoder:
             else:
                 break
             pos = self._end_of(frames, len(frames) - length_hint(rest), pos)
-        if bad:  # the twin raises the exact error of the header at ``end``
-            yield from self._frames_python(buf, end)
+        if bad:  # the twin raises the exact error and close code of the header at ``end``
+            self._buf = buf[end:]
+            yield from self.feed_python(b"")
         elif need:
             self._wait_for(buf, end, need)
         elif end < len(buf):
@@ -276,12 +271,15 @@ class FrameDecoder:
             pos += n + extra + (0 if n < 126 else 2 if n < 65536 else 8)
         return pos
 
-    #: Yield every complete frame in the stream so far; keep the incomplete rest.
-    feed = feed_python if compiled is None else feed_compiled
-
-    def _frames_python(self, buf: bytes, pos: int) -> Iterator[Frame]:
-        """Scan ``buf`` from ``pos`` in Python: yield its frames, keep the incomplete rest."""
-        end_of_data = len(buf)
+    def feed_python(self, data: bytes) -> Iterator[Frame]:
+        """``feed`` in pure Python: the twin that defines what the compiled scan does."""
+        if self._need or self._buf:
+            buf = self._take(data)
+            if buf is None:
+                return
+        else:
+            buf = data
+        pos, end_of_data = 0, len(buf)
         fast_mask = 0x80 if self.expect_mask else 0
         max_small = 125 if self.max_payload >= 125 else self.max_payload
         while end_of_data - pos >= 2:
@@ -321,6 +319,9 @@ class FrameDecoder:
             max_small = 125 if self.max_payload >= 125 else self.max_payload
         if pos < end_of_data:
             self._buf = buf[pos:]
+
+    #: Yield every complete frame in the stream so far; keep the incomplete rest.
+    feed = feed_python if compiled is None else feed_compiled
 
     def _wait_for(self, buf: bytes, pos: int, end: int) -> None:
         rest = buf[pos:]
