@@ -4,13 +4,15 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint typecheck pytest micro sysdeps clean
+.PHONY: run test lint typecheck pytest micro asan sysdeps clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 
-$(STAMP): $(BIN)/python pyproject.toml
+# The editable install compiles the optional C speedups in place (setup.py); a change to
+# the C source reinstalls.
+$(STAMP): $(BIN)/python pyproject.toml setup.py wsflask/protocol/_speedups.c
 	$(BIN)/python -m pip install -q -e '.[dev]'
 	touch $(STAMP)
 
@@ -36,8 +38,31 @@ pytest: $(STAMP) sysdeps
 
 test: lint typecheck pytest
 
+# Pinned to CPU 1 when taskset exists; PYTHONPATH makes it measure this checkout's code.
+# `WSFLASK_NO_EXTENSIONS=1 make micro` measures the pure-Python path.
+TASKSET := $(shell command -v taskset >/dev/null 2>&1 && echo taskset -c 1)
 micro: $(STAMP)
-	$(BIN)/python loadtests/micro.py
+	PYTHONPATH=$(CURDIR) $(TASKSET) $(BIN)/python loadtests/micro.py
+
+# The C speedups under AddressSanitizer + UBSan: built into build/asan with a copy of the
+# package and tests/protocol, run with libasan preloaded (CPython is not instrumented) and
+# PYTHONMALLOC=malloc, so every Python buffer is a malloc block ASan can guard. Leak
+# checking is off: CPython keeps memory at exit; test_speedups checks for leaks itself.
+ASAN_DIR := build/asan
+SANITIZE := -fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer
+asan: $(STAMP)
+	rm -rf $(ASAN_DIR) && mkdir -p $(ASAN_DIR)/tests
+	cp -r wsflask $(ASAN_DIR)/ && cp -r tests/conftest.py tests/protocol $(ASAN_DIR)/tests/
+	rm -f $(ASAN_DIR)/wsflask/protocol/_speedups*.so
+	CFLAGS="$(SANITIZE) -O1 -g" LDFLAGS="$(SANITIZE)" $(BIN)/python setup.py -q build_ext \
+		--build-lib $(ASAN_DIR) --build-temp $(ASAN_DIR)/tmp
+	cd $(ASAN_DIR) && LD_PRELOAD="$$(gcc -print-file-name=libasan.so)" PYTHONMALLOC=malloc \
+		ASAN_OPTIONS=detect_leaks=0:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1 \
+		$(CURDIR)/$(BIN)/python -c "import wsflask.protocol._speedups as m, sys; \
+		sys.exit(0 if '/$(ASAN_DIR)/' in m.__file__ else 'not the ASan build: ' + m.__file__)"
+	cd $(ASAN_DIR) && LD_PRELOAD="$$(gcc -print-file-name=libasan.so)" PYTHONMALLOC=malloc \
+		ASAN_OPTIONS=detect_leaks=0:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1 CI=true \
+		$(CURDIR)/$(BIN)/python -m pytest -q -p no:cacheprovider tests/protocol
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache

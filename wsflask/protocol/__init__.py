@@ -2,7 +2,8 @@
 
 ``Connection`` is the state machine; ``encode_frame`` makes a frame once for many sockets,
 ``shared_frame`` a compressed one for connections without context takeover.
-``DeflateSettings`` configures permessage-deflate (``deflate.py``).
+``DeflateSettings`` configures permessage-deflate (``deflate.py``). ``speedups_active()``
+says whether masking and frame coding run in the optional compiled module (``speedups.py``).
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ from .frames import Opcode as Opcode
 from .frames import encode_frame as encode_frame
 from .frames import frame_info as frame_info
 from .handshake import accept_key as accept_key
+from .speedups import speedups_active as speedups_active
 
 __all__ = [
     "BinaryMessage",
@@ -81,4 +83,5 @@ __all__ = [
     "encode_frame",
     "frame_info",
     "shared_frame",
+    "speedups_active",
 ]

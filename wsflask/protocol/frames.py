@@ -17,17 +17,22 @@ tuples and enforces every frame-level rule before it buffers a payload:
   single payload byte is kept; a frame with RSV1 (a compressed message, RFC 7692 §6) may be
   ``compressed_slack`` bytes longer, as DEFLATE expands incompressible data a little.
 
+With the compiled speedups (``speedups.py``), ``encode_frame`` and the decoder's scan of a
+receive buffer run in C; ``encode_frame_python`` and ``FrameDecoder.feed_python`` are their
+pure-Python twins, which define the behaviour (tests/protocol/test_speedups.py).
 Message reassembly, UTF-8 and close codes are ``connection.py``'s; this module does no I/O.
 """
 
 from __future__ import annotations
 
 import enum
-from collections.abc import Iterator
-from typing import NamedTuple
+from collections.abc import Callable, Iterator
+from operator import length_hint
+from typing import NamedTuple, NoReturn, Protocol
 
 from .errors import MessageTooBig, ProtocolError
-from .mask import apply_mask
+from .mask import apply_mask_int
+from .speedups import built, compiled
 
 __all__ = [
     "CloseCode",
@@ -36,6 +41,7 @@ __all__ = [
     "FrameInfo",
     "Opcode",
     "encode_frame",
+    "encode_frame_python",
     "frame_info",
 ]
 
@@ -94,8 +100,14 @@ def frame_info(frame: bytes) -> FrameInfo:
     elif size == 127:
         size, head = int.from_bytes(frame[2:10], "big"), 10
     masked = bool(second & 0x80)
-    return FrameInfo(bool(first & 0x80), first & 0x0F, bool(first & 0x40), masked,
-                     head + 4 if masked else head, size)
+    return FrameInfo(
+        bool(first & 0x80),
+        first & 0x0F,
+        bool(first & 0x40),
+        masked,
+        head + 4 if masked else head,
+        size,
+    )
 
 
 #: A decoded frame: (fin, opcode, rsv bits as 0x70-masked int, unmasked payload).
@@ -105,7 +117,19 @@ _DATA_OPCODES = frozenset((0x0, 0x1, 0x2))
 _CONTROL_OPCODES = frozenset((0x8, 0x9, 0xA))
 
 
-def encode_frame(
+class _Encoder(Protocol):
+    def __call__(
+        self,
+        opcode: int,
+        payload: bytes = b"",
+        *,
+        fin: bool = True,
+        rsv: int = 0,
+        mask: bytes | None = None,
+    ) -> bytes: ...
+
+
+def encode_frame_python(
     opcode: int,
     payload: bytes = b"",
     *,
@@ -113,7 +137,7 @@ def encode_frame(
     rsv: int = 0,
     mask: bytes | None = None,
 ) -> bytes:
-    """Return one complete frame.
+    """Return one complete frame (``encode_frame``; this is its pure-Python twin).
 
     Args:
         opcode: an ``Opcode``.
@@ -136,7 +160,23 @@ def encode_frame(
         head = bytes((first, mask_bit | 127)) + length.to_bytes(8, "big")
     if mask is None:
         return head + payload
-    return head + mask + apply_mask(payload, mask)
+    return head + mask + apply_mask_int(payload, mask)
+
+
+#: Encode one frame: the compiled twin when built, else ``encode_frame_python``.
+encode_frame: _Encoder = encode_frame_python if compiled is None else compiled.encode_frame
+
+_ScanResult = tuple[list[Frame], int, int, bool]
+
+
+def _not_built(*args: object) -> NoReturn:
+    raise RuntimeError("wsflask.protocol._speedups is not built")
+
+
+#: ``_speedups.scan_frames``: (buf, pos, expect_mask, max_payload, max_compressed, allowed_rsv).
+_scan: Callable[[bytes, int, bool, int, int, int], _ScanResult] = (
+    _not_built if built is None else built.scan_frames
+)
 
 
 class FrameDecoder:
@@ -174,18 +214,71 @@ class FrameDecoder:
         """Bytes held for the incomplete frame at the end of the stream."""
         return len(self._buf) + self._pending
 
-    def feed(self, data: bytes) -> Iterator[Frame]:
-        """Yield every complete frame in the stream so far; keep the incomplete rest."""
+    def _take(self, data: bytes) -> bytes | None:
+        """The bytes to scan: ``data`` after the kept incomplete frame; None while short."""
         if self._need:
             self._parts.append(data)
             self._pending += len(data)
             if self._pending < self._need:
-                return
+                return None
             data = b"".join(self._parts)
             self._parts.clear()
             self._pending = self._need = 0
         buf = self._buf + data if self._buf else data
         self._buf = b""
+        return buf
+
+    def feed_compiled(self, data: bytes) -> Iterator[Frame]:
+        """``feed`` through the compiled scan: every complete frame of the buffer in one call.
+
+        The scan is given ``max_payload`` as it is now; if the owner changes it after a
+        frame, the rest of the buffer is scanned again from that frame's end, so every
+        header is judged with the limit of its time, as in ``feed_python``.
+        """
+        if self._need or self._buf:
+            buf = self._take(data)
+            if buf is None:
+                return
+        else:  # nothing kept: the common case, without a call
+            buf = data
+        pos = 0
+        while True:
+            limit = self.max_payload
+            frames, end, need, bad = _scan(
+                buf, pos, self.expect_mask, limit, limit + self.compressed_slack, self.allowed_rsv
+            )
+            rest = iter(frames)
+            for frame in rest:
+                yield frame
+                if self.max_payload != limit:
+                    break
+            else:
+                break
+            pos = self._end_of(frames, len(frames) - length_hint(rest), pos)
+        if bad:  # the twin raises the exact error and close code of the header at ``end``
+            self._buf = buf[end:]
+            yield from self.feed_python(b"")
+        elif need:
+            self._wait_for(buf, end, need)
+        elif end < len(buf):
+            self._buf = buf[end:]
+
+    def _end_of(self, frames: list[Frame], count: int, pos: int) -> int:
+        """Where the first ``count`` frames, decoded from ``pos``, end (lengths are minimal)."""
+        extra = 6 if self.expect_mask else 2
+        for frame in frames[:count]:
+            n = len(frame[3])
+            pos += n + extra + (0 if n < 126 else 2 if n < 65536 else 8)
+        return pos
+
+    def feed_python(self, data: bytes) -> Iterator[Frame]:
+        """``feed`` in pure Python: the twin that defines what the compiled scan does."""
+        if self._need or self._buf:
+            buf = self._take(data)
+            if buf is None:
+                return
+        else:
+            buf = data
         pos, end_of_data = 0, len(buf)
         fast_mask = 0x80 if self.expect_mask else 0
         max_small = 125 if self.max_payload >= 125 else self.max_payload
@@ -220,12 +313,15 @@ class FrameDecoder:
                 return
             payload = buf[start:end]
             if masked:
-                payload = apply_mask(payload, buf[start - 4 : start])
+                payload = apply_mask_int(payload, buf[start - 4 : start])
             pos = end
             yield fin_op >= 0x80, fin_op & 0x0F, rsv, payload
             max_small = 125 if self.max_payload >= 125 else self.max_payload
         if pos < end_of_data:
             self._buf = buf[pos:]
+
+    #: Yield every complete frame in the stream so far; keep the incomplete rest.
+    feed = feed_python if compiled is None else feed_compiled
 
     def _wait_for(self, buf: bytes, pos: int, end: int) -> None:
         rest = buf[pos:]

@@ -1,0 +1,19 @@
+"""Build the optional C speedups; every other setting lives in pyproject.toml.
+
+``wsflask.protocol._speedups`` is an optional extension: without a compiler (or Python's
+headers) the build prints a warning and the install carries on with the pure-Python twins.
+"""
+
+from setuptools import Extension, setup
+
+setup(
+    # MANIFEST.in puts the C source in the sdist; the wheel needs only its build product.
+    exclude_package_data={"wsflask.protocol": ["*.c"]},
+    ext_modules=[
+        Extension(
+            "wsflask.protocol._speedups",
+            sources=["wsflask/protocol/_speedups.c"],
+            optional=True,
+        )
+    ],
+)
