@@ -31,6 +31,7 @@ from .protocol.errors import (
     CompressionError,
     Forbidden,
     HandshakeError,
+    HandshakeRejected,
     HeadersTooLarge,
     InvalidHandshakeResponse,
     InvalidPayloadData,
@@ -101,41 +102,6 @@ class Reject(HandshakeError):
         self.status = status
         self.message = message
         self.headers = tuple(headers)
-
-
-class HandshakeRejected(InvalidHandshakeResponse):
-    """Client side: the server answered the opening handshake with a non-101 status.
-
-    Attributes:
-        status: the HTTP status code (e.g. 403, 429, 503).
-        headers: the response headers, names lower-cased, in arrival order.
-        body: the part of the response body that arrived with the head.
-    """
-
-    def __init__(self, status: int, headers: Iterable[tuple[str, str]] = (),
-                 body: bytes = b"") -> None:
-        super().__init__(f"server rejected the WebSocket handshake with status {status}")
-        self.status = status
-        self.headers = tuple(headers)
-        self.body = body
-
-
-    @classmethod
-    def from_response(cls, head: bytes) -> HandshakeRejected | None:
-        """Parse the bytes of a non-101 answer; ``None`` when they are not one."""
-        lines = head.split(b"\r\n\r\n", 1)[0].split(b"\r\n")
-        parts = lines[0].split(b" ", 2)
-        if len(parts) < 2 or not parts[0].startswith(b"HTTP/") or not parts[1].isdigit():
-            return None
-        if int(parts[1]) == 101:
-            return None
-        headers = []
-        for line in lines[1:]:
-            name, _, value = line.partition(b":")
-            headers.append((name.strip().lower().decode("latin-1"),
-                            value.strip().decode("latin-1")))
-        body = head.split(b"\r\n\r\n", 1)[1] if b"\r\n\r\n" in head else b""
-        return cls(int(parts[1]), headers, body)
 
 
 class ConfigError(WsflaskError, ValueError):

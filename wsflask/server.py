@@ -41,8 +41,9 @@ from .config import Config
 from .errors import ConfigError
 from .protocol import Connection, HandshakeError, Request, Side, State
 from .protocol.handshake import build_response
+from .transport import wrap_tls
 from .upgrade import HTTPResponse, Resolver, Upgrade
-from .websocket import HeartbeatLike, WebSocket, wrap_tls
+from .websocket import HeartbeatLike, WebSocket
 
 if TYPE_CHECKING:
     from .metrics import Metrics

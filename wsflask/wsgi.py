@@ -44,7 +44,7 @@ from .config import Config
 from .errors import ConnectionClosed
 from .protocol import Connection, HandshakeError, Request, Side
 from .upgrade import HTTPResponse, Upgrade
-from .websocket import HeartbeatLike, WebSocket
+from .websocket import HeartbeatLike, WebSocket, ending
 
 if TYPE_CHECKING:
     from .metrics import Metrics
@@ -241,49 +241,28 @@ class WebSocketHandler(pywsgi.WSGIHandler):  # type: ignore[misc]
         self._count(metrics, 101)
         # This greenlet reads the connection from now on, as ws.run() would have said: a
         # close() from another greenlet (server shutdown) must not read it too.
-        ws._owner = gevent.getcurrent()
+        ws.claim_reader()
         if isinstance(self.server, WSGIServer):
             self.server.track(ws)
         return ws
 
     def _run_wsgi(self, compat: GeventWebSocket) -> None:
-        """Call the WSGI app; once it upgraded, drop its response and close the WebSocket."""
-        code, killed = 1000, True
+        """Call the WSGI app; once it upgraded, drop its response and end the WebSocket as
+        ``ws.run()`` would (exceptions before the upgrade are pywsgi's to answer)."""
         try:
-            self.result = self.application(self.environ, self.start_response)
-            if not self.upgraded:
-                self.process_result()
-            killed = False
-        except ConnectionClosed:
-            if not self.upgraded:
-                raise
-            killed = False
-        except Exception:
-            if not self.upgraded:
-                raise
-            logger.exception("WSGI app failed on WebSocket %s", self.path)
-            code, killed = 1011, False
+            with ending(lambda: compat.websocket):
+                try:
+                    self.result = self.application(self.environ, self.start_response)
+                    if not self.upgraded:
+                        self.process_result()
+                finally:
+                    result, self.result = self.result, None
+                    close = getattr(result, "close", None)
+                    if close is not None:
+                        close()
         finally:
-            result, self.result = self.result, None
-            close = getattr(result, "close", None)
-            try:
-                if close is not None:
-                    close()
-            finally:
-                if compat.websocket is not None:
-                    self._end_compat(compat.websocket, code, killed)
-
-    def _end_compat(self, ws: WebSocket, code: int, killed: bool) -> None:
-        """Finish as ``ws.run()`` does: 1000 on return, 1011 on error, 1001 when killed."""
-        try:
-            if killed:
-                ws.abort(1001, "going away")
-            elif ws.is_open:
-                ws.close(code)
-            ws.run(_noop)  # completes the closing handshake and the cleanup
-        finally:
-            if isinstance(self.server, WSGIServer):
-                self.server.untrack(ws)
+            if compat.websocket is not None and isinstance(self.server, WSGIServer):
+                self.server.untrack(compat.websocket)
 
 
 class GeventWebSocket:
@@ -494,7 +473,3 @@ def _address(address: Any) -> tuple[str, int] | None:
 
 def _going_away(ws: WebSocket) -> None:
     ws.close(1001, "going away")
-
-
-def _noop(ws: WebSocket) -> None:
-    """The handler that ends a connection the WSGI app already served."""

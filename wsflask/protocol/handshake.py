@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterable, Sequence
 
 from .errors import (
     HandshakeError,
+    HandshakeRejected,
     HeadersTooLarge,
     InvalidHandshakeResponse,
     InvalidState,
@@ -401,12 +402,15 @@ def parse_response(
         raise InvalidHandshakeResponse("Malformed status line in handshake response")
     # 4.1 step 1: "If the status code received from the server is not 101, the client
     # handles the response per HTTP procedures": for us, the handshake failed.
-    if (status := int(match[1])) != 101:
-        raise InvalidHandshakeResponse(f"Server rejected the handshake with status {status}")
+    error: HandshakeError | None = None
     try:
         _, fields, index = _parse_head(head)
     except HandshakeError as exc:
-        raise InvalidHandshakeResponse(f"Malformed handshake response: {exc}") from None
+        fields, index, error = (), {}, exc
+    if (status := int(match[1])) != 101:
+        raise HandshakeRejected(status, fields)  # its headers when they parse
+    if error is not None:
+        raise InvalidHandshakeResponse(f"Malformed handshake response: {error}")
     return (*_check_response_headers(index, key, subprotocols), fields)
 
 
