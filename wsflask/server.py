@@ -28,6 +28,7 @@ import signal
 import socket
 import ssl
 from collections.abc import Callable
+from http import HTTPStatus
 from time import monotonic
 from typing import TYPE_CHECKING, Any
 
@@ -41,8 +42,8 @@ from .config import Config
 from .errors import ConfigError
 from .protocol import Connection, HandshakeError, Request, Side, State
 from .protocol.handshake import build_response
-from .transport import wrap_tls
-from .upgrade import HTTPResponse, Resolver, Upgrade
+from .transport import Transport, wrap_tls
+from .upgrade import HTTPResponse, Resolver, Upgrade, answer, going_away, read_request
 from .websocket import HeartbeatLike, WebSocket
 
 if TYPE_CHECKING:
@@ -158,21 +159,18 @@ class Server(StreamServer):  # type: ignore[misc]
         """Answer ``status`` without reading the request; wait briefly for the peer's FIN."""
         self._count(status)
         extra = (("Retry-After", "1"),) if status in (429, 503) else ()
-        body = f"{status} {_REASONS.get(status, '')}\n".encode()
-        timer = Timeout(min(1.0, self.config.close_timeout))
+        body = f"{status} {HTTPStatus(status).phrase}\n".encode()
+        limit = min(1.0, self.config.close_timeout)
+        transport = Transport(sock, limit=self.config.max_backpressure)
+        timer = Timeout(limit)
         try:
             with timer:
-                sock.sendall(build_response(status, body, headers=extra))
-                getattr(sock, "_sock", sock).shutdown(socket.SHUT_WR)
-                while sock.recv(4096):  # so that our answer is not destroyed by a RST
-                    pass
+                transport.write(build_response(status, body, headers=extra))
         except Timeout as exc:
             if exc is not timer:
                 raise
-        except OSError:
-            pass
         finally:
-            _abort_socket(sock)
+            transport.close(limit)  # so that our answer is not destroyed by a RST
 
     def do_read(self) -> Any:
         """Accept one connection; on EMFILE/ENFILE back off and keep serving (battery CN-02)."""
@@ -229,9 +227,9 @@ class Server(StreamServer):  # type: ignore[misc]
                 conn = Connection(Side.SERVER, limits=self.config.limits(), http=True,
                                   deflate=self.config.deflate_settings())
                 ws = WebSocket(sock, conn, config=self.config, metrics=self.metrics,
-                               heartbeat=self.heartbeat, remote_address=_address(address))
+                               heartbeat=self.heartbeat, remote_address=address)
                 self._handshaking[me] = ws
-                outcome = ws.read_request()
+                outcome = read_request(ws)
         except Timeout as exc:
             if exc is not timer:
                 raise
@@ -243,7 +241,9 @@ class Server(StreamServer):  # type: ignore[misc]
         finally:
             self._handshaking.pop(me, None)
         if isinstance(outcome, Request) and ws is not None:
-            return self._decide(ws, outcome, address)
+            upgrade = answer(ws, outcome, self.resolve, stopping=self._stopping,
+                             metrics=self.metrics)
+            return None if upgrade is None else (ws, upgrade)
         self._give_up(ws, sock, outcome)
         return None
 
@@ -263,39 +263,6 @@ class Server(StreamServer):  # type: ignore[misc]
             return
         _abort_socket(sock if ws is None else ws.transport)
 
-    def _decide(self, ws: WebSocket, request: Request,
-                address: Any) -> tuple[WebSocket, Upgrade] | None:
-        """Ask the resolver; answer HTTP, refuse, or accept with 101."""
-        if self._stopping:
-            return self._reply(ws, 503, "server shutting down", (("Retry-After", "1"),))
-        try:
-            result = self.resolve(request, _address(address) or ("", 0))
-        except HandshakeError as exc:
-            return self._reply(ws, exc.status, str(exc), exc.headers)
-        except Exception:
-            logger.exception("resolver failed for %s", request.path)
-            return self._reply(ws, 500, "internal server error", ())
-        if isinstance(result, HTTPResponse):
-            self._count(result.status)
-            ws.respond(result.status, result.body, content_type=result.content_type,
-                       headers=result.headers)
-            return None
-        if not request.key:  # a plain GET for a WebSocket route (RFC 7231 §6.5.15)
-            return self._reply(ws, 426, "this resource needs a WebSocket upgrade",
-                               (("Upgrade", "websocket"), ("Sec-WebSocket-Version", "13")))
-        ws.session.update(result.session)
-        ws.path_params.update(result.path_params)
-        ws.accept(subprotocol=result.subprotocol, headers=result.headers)
-        self._count(101)
-        return ws, result
-
-    def _reply(self, ws: WebSocket, status: int, message: str,
-               headers: tuple[tuple[str, str], ...]) -> tuple[WebSocket, Upgrade] | None:
-        """Refuse with ``status``; returns None (nothing to serve)."""
-        self._count(status)
-        ws.reject(status, message, headers=headers)
-        return None
-
     def _serve(self, ws: WebSocket, handler: Callable[[WebSocket], None]) -> None:
         self.connections.add(ws)
         # The access log: one check per connection, no logging work when it is disabled.
@@ -304,7 +271,7 @@ class Server(StreamServer):  # type: ignore[misc]
             _log_access("open", ws)
         try:
             # stop() may have begun while we were accepting: then 1001 instead of the handler
-            ws.run(_going_away if self._stopping else handler)
+            ws.run(going_away if self._stopping else handler)
         finally:
             self.connections.discard(ws)
             if opened:
@@ -379,13 +346,6 @@ def _serve_and_close(handle: Callable[[Any, Any], None], close: Callable[[Any, A
         close(sock, address)
 
 
-def _going_away(ws: WebSocket) -> None:
-    ws.close(1001, "going away")
-
-
-_REASONS = {408: "Request Timeout", 429: "Too Many Requests", 503: "Service Unavailable"}
-
-
 def _make_ssl_context(config: Config) -> ssl.SSLContext | None:
     """TLS 1.2+ server context from ``certfile``/``keyfile``; None without a certificate."""
     if not config.certfile:
@@ -402,12 +362,6 @@ def _make_ssl_context(config: Config) -> ssl.SSLContext | None:
 
 def _ip(address: Any) -> str:
     return str(address[0]) if isinstance(address, tuple) and address else str(address)
-
-
-def _address(address: Any) -> tuple[str, int] | None:
-    if isinstance(address, tuple) and len(address) >= 2:
-        return str(address[0]), int(address[1])
-    return None
 
 
 def _abort_socket(sock: Any) -> None:

@@ -13,7 +13,7 @@ import itertools
 import logging
 import os
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from time import monotonic, perf_counter
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -28,7 +28,6 @@ from .protocol import (
     Closed,
     Connection,
     Event,
-    HandshakeError,
     Opened,
     PerMessageDeflate,
     Ping,
@@ -106,11 +105,11 @@ class WebSocket:
 
     def __init__(self, sock: Any, connection: Connection, *, config: Config | None = None,
                  metrics: Metrics | None = None, heartbeat: HeartbeatLike | None = None,
-                 remote_address: tuple[str, int] | None = None,
+                 remote_address: Any = None,
                  connection_id: str | None = None, initial: bytes = b"") -> None:
         self.id = connection_id or format(next(_ids), "x")
         self.request: Request | None = connection.request
-        self.remote_address = remote_address
+        self.remote_address = _address(remote_address)
         self.subprotocol: str | None = connection.subprotocol
         self.extensions = ""
         self.deflate: PerMessageDeflate | None = None
@@ -222,34 +221,6 @@ class WebSocket:
                     if exc is not timer:
                         raise
         self._dispatch(conn.events_received())
-
-    def read_request(self) -> Request | HandshakeError | None:
-        """Server side: read the request head (temporary; moves to ``upgrade.py``)."""
-        self.read_handshake()
-        if self.request is not None:
-            return self.request
-        return self.close_cause if isinstance(self.close_cause, HandshakeError) else None
-
-    def accept(self, *, subprotocol: str | None = None,
-               headers: Iterable[tuple[str, str]] = ()) -> None:
-        """Server side: 101 (temporary; moves to ``upgrade.py``)."""
-        if self.request is None:
-            raise RuntimeError("accept() before read_request() returned a Request")
-        self._conn.accept(self.request, subprotocol=subprotocol, headers=headers)
-        self.flush()
-
-    def reject(self, status: int, body: str = "", *,
-               headers: Iterable[tuple[str, str]] = ()) -> None:
-        """Server side: refuse (temporary; moves to ``upgrade.py``)."""
-        self._conn.reject(status, body, headers=headers)
-        self.flush()
-
-    def respond(self, status: int, body: bytes = b"", *,
-                content_type: str = "text/plain; charset=utf-8",
-                headers: Iterable[tuple[str, str]] = ()) -> None:
-        """Server side: plain HTTP (temporary; moves to ``upgrade.py``)."""
-        self._conn.respond(status, body, content_type=content_type, headers=headers)
-        self.flush()
 
     def claim_reader(self) -> None:
         """Make this greenlet the connection's reader, as ``run()`` does: ``close()`` from
@@ -706,6 +677,13 @@ def _wait_readable(sock: Any) -> None:
         sock.hub.switch()
     finally:
         watcher.stop()
+
+
+def _address(address: Any) -> tuple[str, int] | None:
+    """``(host, port)`` of a socket address; None for other kinds (a UNIX socket)."""
+    if isinstance(address, tuple) and len(address) >= 2:
+        return str(address[0]), int(address[1])
+    return None
 
 
 def _nbytes(data: str | bytes) -> int:
