@@ -388,3 +388,95 @@ def test_tl04_unloadable_certificate_fails_at_construction(tmp_path: Path) -> No
     missing = str(tmp_path / "nope.pem")
     with pytest.raises(ConfigError, match="certfile="):
         Server(("127.0.0.1", 0), resolver, Config(port=0, certfile=missing))
+
+
+# -- wiring: services, heartbeat watcher, ids, wait_drained ------------------------------------
+
+
+class Recorder:
+    """A service and a watcher at once: records what the server calls, in order."""
+
+    def __init__(self, name: str, log: list[str]) -> None:
+        self.name, self.log = name, log
+
+    def start(self) -> None:
+        self.log.append(f"{self.name}.start")
+
+    def stop(self) -> None:
+        self.log.append(f"{self.name}.stop")
+
+
+class Watcher:
+    def __init__(self, log: list[str]) -> None:
+        self.log = log
+
+    def add(self, ws: WebSocket) -> None:
+        self.log.append(f"add {ws.id}")
+
+    def remove(self, ws: WebSocket) -> None:
+        self.log.append(f"remove {ws.id}")
+
+
+def test_services_start_in_order_and_stop_in_reverse_after_the_drain(serve: Any) -> None:
+    log: list[str] = []
+    server = serve(echo, services=(Recorder("a", log), Recorder("b", log)))
+    assert log == ["a.start", "b.start"]
+    ws = connect(url(server))
+    ws.send("x")
+    assert ws.receive(timeout=5) == "x"
+    server.stop(timeout=2)
+    assert ws.receive(timeout=5) is None and ws.close_code == 1001
+    assert log == ["a.start", "b.start", "b.stop", "a.stop"]
+    assert not server.connections
+
+
+def test_heartbeat_watcher_sees_open_and_close_with_ids_from_new_id(serve: Any) -> None:
+    log: list[str] = []
+    ids = iter(["c1", "c2"])
+
+    def handler(ws: WebSocket) -> None:
+        ws.send(ws.id)
+        echo(ws)
+
+    server = serve(handler, heartbeat=Watcher(log), new_id=lambda: next(ids))
+    ws = connect(url(server))
+    assert ws.receive(timeout=5) == "c1"
+    assert log == ["add c1"]
+    ws.close()
+    assert server.wait_drained(5)
+    assert log == ["add c1", "remove c1"]
+
+
+def test_legacy_heartbeat_with_start_stop_is_run_as_a_service(serve: Any) -> None:
+    log: list[str] = []
+
+    class Legacy(Watcher, Recorder):
+        def __init__(self) -> None:
+            Watcher.__init__(self, log)
+            Recorder.__init__(self, "hb", log)
+
+    server = serve(echo, heartbeat=Legacy(), services=(Recorder("bridge", log),))
+    server.stop(timeout=1)
+    assert log == ["hb.start", "bridge.start", "bridge.stop", "hb.stop"]
+
+
+def test_default_ids_are_unguessable_and_distinct(serve: Any) -> None:
+    from wsflask.ids import is_connection_id
+
+    server = serve(lambda ws: ws.send(ws.id))
+    clients = [connect(url(server)) for _ in range(3)]
+    seen = {ws.receive(timeout=5) for ws in clients}
+    for ws in clients:
+        ws.close()
+    assert len(seen) == 3 and all(isinstance(i, str) and is_connection_id(i) for i in seen)
+
+
+def test_wait_drained_reports_false_while_a_connection_is_open(serve: Any) -> None:
+    server = serve(echo)
+    assert server.wait_drained(0)
+    ws = connect(url(server))
+    ws.send("x")
+    assert ws.receive(timeout=5) == "x"
+    assert not server.wait_drained(0.05)
+    ws.close()
+    assert server.wait_drained(5)

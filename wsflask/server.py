@@ -1,22 +1,9 @@
 """Server: a gevent ``StreamServer`` that admits, handshakes and runs WebSocket connections.
 
-What it does: accepts TCP connections and spawns one greenlet each through a bounded
-``gevent.pool.Pool`` (``max_connections``); over capacity it answers a real ``503`` (and
-``429`` over the optional per-IP cap) on a small separate path instead of leaving clients in
-the listen backlog; wraps TLS (1.2+) inside the connection greenlet; enforces one absolute
-``handshake_timeout`` over TLS and the whole HTTP request (``408`` when a partial request came);
-hands the ``Request`` to a ``resolve(request, addr)`` callable that returns ``Upgrade`` (run a
-handler) or ``HTTPResponse`` (plain HTTP, e.g. ``/metrics``); backs off when ``accept()`` runs
-out of descriptors; and stops in documented steps (``stop()``), also on SIGTERM/SIGINT.
-
-What it does not do: no routing, no Origin or subprotocol policy (the resolver decides: see
-``app.py``), no frame handling (``websocket.py`` drives every connection), no monkey-patching.
-
-Typical use::
-
-    server = Server(("127.0.0.1", 8080), resolve, Config(), metrics=Metrics())
-    server.start()              # binds synchronously: server.server_port is known now
-    server.serve_forever()      # or, in tests, server.stop() when done
+Admission through a bounded pool (a real 503/429 past it), TLS and the HTTP request under one
+``handshake_timeout``, the decision by ``upgrade.answer()``, services started and stopped with
+it, and a documented drain (``stop()``). No routing, Origin or subprotocol policy (the
+resolver decides), no frame handling (``websocket.py``), no monkey-patching.
 """
 
 from __future__ import annotations
@@ -27,10 +14,10 @@ import logging
 import signal
 import socket
 import ssl
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from http import HTTPStatus
 from time import monotonic
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import gevent
 from gevent import Timeout
@@ -38,18 +25,19 @@ from gevent.event import Event
 from gevent.pool import Pool
 from gevent.server import StreamServer
 
+from . import ids
 from .config import Config
 from .errors import ConfigError
 from .protocol import Connection, HandshakeError, Request, Side, State
 from .protocol.handshake import build_response
 from .transport import Transport, wrap_tls
 from .upgrade import HTTPResponse, Resolver, Upgrade, answer, going_away, read_request
-from .websocket import HeartbeatLike, WebSocket
+from .websocket import Watcher, WebSocket
 
 if TYPE_CHECKING:
     from .metrics import Metrics
 
-__all__ = ["HTTPResponse", "Resolver", "Server", "Upgrade"]
+__all__ = ["HTTPResponse", "Resolver", "Server", "Service", "Upgrade"]
 
 logger = logging.getLogger("wsflask")
 #: one line per connection open and close (``wsflask.logs.ACCESS_LOGGER``)
@@ -70,6 +58,14 @@ class _Draining(Exception):
 _TIMED_OUT = object()
 
 
+class Service(Protocol):
+    """Runs alongside the server (heartbeat, backplane bridge): started by ``start()`` in
+    order, stopped by ``stop()`` in reverse once the connections drained."""
+
+    def start(self) -> None: ...
+    def stop(self) -> None: ...
+
+
 class Server(StreamServer):  # type: ignore[misc]
     """Serve WebSocket (and plain HTTP) connections with ``resolve`` deciding each request.
 
@@ -79,8 +75,10 @@ class Server(StreamServer):  # type: ignore[misc]
             ``HandshakeError`` (or ``Reject``) to refuse with its status and headers.
         config: limits and timeouts (``Config``).
         metrics: counters to bump (handshakes by status, connections, messages...).
-        heartbeat: started by ``start()``, stopped by ``stop()``; every open connection is
-            added to it.
+        heartbeat: told of every connection's open and close (``Watcher``). Temporarily, one
+            with ``start``/``stop`` that is not in ``services`` is started and stopped too.
+        services: started in order by ``start()``, stopped in reverse by ``stop()``.
+        new_id: gives each connection its id, once, at construction.
         ssl_context: an ``ssl.SSLContext`` to use instead of ``config.certfile``.
 
     Raises:
@@ -88,12 +86,15 @@ class Server(StreamServer):  # type: ignore[misc]
     """
 
     def __init__(self, listener: Any, resolve: Resolver, config: Config | None = None, *,
-                 metrics: Metrics | None = None, heartbeat: HeartbeatLike | None = None,
+                 metrics: Metrics | None = None, heartbeat: Watcher | None = None,
+                 services: Sequence[Service] = (), new_id: Callable[[], str] = ids.new_id,
                  ssl_context: ssl.SSLContext | None = None) -> None:
         self.config = config or Config()
         self.resolve = resolve
         self.metrics = metrics
         self.heartbeat = heartbeat
+        self.services = tuple(services)
+        self.new_id = new_id
         #: False until start() and again from the first step of stop(): what /readyz reports.
         self.is_ready = False
         #: Open connections (handshake complete), for stop() and introspection.
@@ -106,6 +107,8 @@ class Server(StreamServer):  # type: ignore[misc]
         self._accept_delay = 0.0
         self._stopping = False
         self._stopped = Event()
+        self._drained = Event()
+        self._drained.set()
         super().__init__(listener, self.handle, spawn=self._admit)
         #: The bounded pool every connection greenlet runs in (max_connections).
         self.pool = Pool(self.config.connection_limit())
@@ -115,11 +118,24 @@ class Server(StreamServer):  # type: ignore[misc]
         return False
 
     def start(self) -> None:
-        """Bind (if needed) and start accepting; start the heartbeat. Returns at once."""
+        """Bind (if needed) and start accepting; start the services. Returns at once."""
         super().start()
         self.is_ready = True
-        if self.heartbeat is not None:
-            self.heartbeat.start()
+        for service in self._all_services():
+            service.start()
+
+    def _all_services(self) -> tuple[Service, ...]:
+        """The services, after a heartbeat passed as one (compatibility, until callers pass
+        it in ``services``)."""
+        heartbeat: Any = self.heartbeat
+        if (hasattr(heartbeat, "start") and hasattr(heartbeat, "stop")
+                and all(service is not heartbeat for service in self.services)):  # fmt: skip
+            return (heartbeat, *self.services)
+        return self.services
+
+    def wait_drained(self, timeout: float | None = None) -> bool:
+        """Wait until no connection is open; False when ``timeout`` passed first."""
+        return bool(self._drained.wait(timeout))
 
     # ------------------------------------------------------------------ admission
 
@@ -227,7 +243,8 @@ class Server(StreamServer):  # type: ignore[misc]
                 conn = Connection(Side.SERVER, limits=self.config.limits(), http=True,
                                   deflate=self.config.deflate_settings())
                 ws = WebSocket(sock, conn, config=self.config, metrics=self.metrics,
-                               heartbeat=self.heartbeat, remote_address=address)
+                               heartbeat=self.heartbeat, remote_address=address,
+                               connection_id=self.new_id())
                 self._handshaking[me] = ws
                 outcome = read_request(ws)
         except Timeout as exc:
@@ -265,6 +282,7 @@ class Server(StreamServer):  # type: ignore[misc]
 
     def _serve(self, ws: WebSocket, handler: Callable[[WebSocket], None]) -> None:
         self.connections.add(ws)
+        self._drained.clear()
         # The access log: one check per connection, no logging work when it is disabled.
         opened = monotonic() if access_log.isEnabledFor(logging.INFO) else 0.0
         if opened:
@@ -274,6 +292,8 @@ class Server(StreamServer):  # type: ignore[misc]
             ws.run(going_away if self._stopping else handler)
         finally:
             self.connections.discard(ws)
+            if not self.connections:
+                self._drained.set()
             if opened:
                 _log_access("close", ws, monotonic() - opened)
 
@@ -292,7 +312,8 @@ class Server(StreamServer):  # type: ignore[misc]
         * Close ``1001`` "going away" to every open connection;
         * wait up to ``timeout`` seconds (default ``config.shutdown_grace``) for the
           connection greenlets to finish their closing handshakes;
-        * kill what is left (TCP dropped, close callbacks still run); stop the heartbeat.
+        * kill what is left (TCP dropped, close callbacks still run);
+        * stop the services, in reverse order.
         """
         if self._stopping:
             self._stopped.wait()
@@ -311,8 +332,8 @@ class Server(StreamServer):  # type: ignore[misc]
             self.pool.join(timeout=grace)
             self.pool.kill(block=True, timeout=1.0)  # killed handlers drop TCP: no waits
             self._shed_pool.kill(block=True, timeout=1.0)
-            if self.heartbeat is not None:
-                self.heartbeat.stop()
+            for service in reversed(self._all_services()):
+                service.stop()
         finally:
             self._stopped.set()
 

@@ -9,7 +9,6 @@ routing, no reader greenlet: a handler that does not read leaves the bytes in th
 from __future__ import annotations
 
 import contextlib
-import itertools
 import logging
 import os
 from collections import deque
@@ -22,6 +21,7 @@ from gevent import Timeout, getcurrent
 
 from .config import Backpressure, Config
 from .errors import ConnectionClosed
+from .ids import new_id
 from .protocol import (
     BinaryMessage,
     CloseCode,
@@ -45,19 +45,23 @@ if TYPE_CHECKING:
 
     from .metrics import Metrics
 
-__all__ = ["HeartbeatLike", "WebSocket"]
+__all__ = ["HeartbeatLike", "Watcher", "WebSocket", "ending"]
 
 logger = logging.getLogger("wsflask")
 
-_ids = itertools.count(1)
 _DEFAULT_CONFIG = Config()
 
 
-class HeartbeatLike(Protocol):
-    """What the driver and the server need from ``wsflask.heartbeat.Heartbeat``."""
+class Watcher(Protocol):
+    """Told of each connection's open and close (the heartbeat): ``heartbeat=`` below."""
 
     def add(self, ws: WebSocket) -> None: ...
     def remove(self, ws: WebSocket) -> None: ...
+
+
+class HeartbeatLike(Watcher, Protocol):
+    """Deprecated: a ``Watcher`` the server also starts and stops; use ``Server(services=)``."""
+
     def start(self) -> None: ...
     def stop(self) -> None: ...
 
@@ -75,7 +79,8 @@ class WebSocket:
     ``flush()``), then ``run(handler)``.
 
     Attributes:
-        id: unique per process.
+        id: unguessable and unique, assigned once (``ids.new_id()`` unless the driver gives
+            one: ``Server(new_id=...)``).
         request: server side, the handshake ``Request`` (path, query, headers).
         remote_address: the peer's ``(host, port)``.
         subprotocol: the negotiated subprotocol, or ``None``.
@@ -104,10 +109,10 @@ class WebSocket:
     )  # fmt: skip
 
     def __init__(self, sock: Any, connection: Connection, *, config: Config | None = None,
-                 metrics: Metrics | None = None, heartbeat: HeartbeatLike | None = None,
+                 metrics: Metrics | None = None, heartbeat: Watcher | None = None,
                  remote_address: Any = None,
                  connection_id: str | None = None, initial: bytes = b"") -> None:
-        self.id = connection_id or format(next(_ids), "x")
+        self.id = connection_id or new_id()
         self.request: Request | None = connection.request
         self.remote_address = _address(remote_address)
         self.subprotocol: str | None = connection.subprotocol

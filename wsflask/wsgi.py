@@ -21,7 +21,7 @@ from .config import Config
 from .errors import ConnectionClosed
 from .protocol import Connection, HandshakeError, Request, Side
 from .upgrade import HTTPResponse, Upgrade, answer, going_away, read_request
-from .websocket import HeartbeatLike, WebSocket, ending
+from .websocket import Watcher, WebSocket, ending
 
 if TYPE_CHECKING:
     from .metrics import Metrics
@@ -36,6 +36,12 @@ _DEFAULT_CONFIG = Config()
 _NEEDS_HANDLER = b"needs wsflask.wsgi.WebSocketHandler (pywsgi) or wsflask.wsgi.GeventWorker\n"
 
 
+class AppHeartbeat(Watcher, Protocol):
+    """The App's heartbeat as pywsgi needs it: told of connections, started on first use."""
+
+    def start(self) -> None: ...
+
+
 class WebSocketApp(Protocol):
     """What the handler needs from a wsflask ``App``."""
 
@@ -44,7 +50,7 @@ class WebSocketApp(Protocol):
     @property
     def metrics(self) -> Metrics | None: ...
     @property
-    def heartbeat(self) -> HeartbeatLike | None: ...
+    def heartbeat(self) -> AppHeartbeat | None: ...
     def match(self, path: str) -> object | None: ...
     def resolve(self, request: Request, addr: tuple[str, int]) -> Upgrade | HTTPResponse: ...
 
@@ -99,7 +105,7 @@ class WebSocketHandler(pywsgi.WSGIHandler):  # type: ignore[misc]
     # -- the takeover --------------------------------------------------------------------------
 
     def _take_over(
-        self, config: Config, status: _StatusLog, heartbeat: HeartbeatLike | None
+        self, config: Config, status: _StatusLog, heartbeat: AppHeartbeat | None
     ) -> tuple[WebSocket, Request | None]:
         """Hand the socket and the head pywsgi read to a WebSocket. pywsgi keeps no
         reference to the socket afterwards, so only the WebSocket closes it."""
