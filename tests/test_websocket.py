@@ -431,3 +431,10 @@ def test_abort_from_another_greenlet_wakes_the_reader(serve: Any) -> None:
     assert client.close_code in (1011, 1006)
     server.stop(timeout=1)
     assert codes == [1011]
+
+
+def test_emit_sends_one_json_event_envelope(serve: Any) -> None:
+    server = serve(lambda ws: ws.emit("hello", {"n": 1}), config=Config(**FAST))
+    ws = connect(f"ws://127.0.0.1:{server.server_port}/")
+    assert ws.receive(timeout=5) == '{"event":"hello","data":{"n":1}}'
+    assert ws.receive(timeout=5) is None and ws.close_code == 1000

@@ -1,26 +1,9 @@
-"""The public error tree of wsflask, with the protocol core's errors re-exported.
+"""The public error tree: wsflask's own errors, and the protocol core's re-exported.
 
-What it does: defines the exceptions users catch or raise, each carrying its wire mapping as
-a class or instance attribute (STYLE.md rule 3). What it does not do: no lookup tables from
-exceptions to codes elsewhere, no logging. The tree::
-
-    Exception
-    ├── WsflaskError
-    │   ├── ConnectionClosed          send()/receive() on a closed connection; code, reason
-    │   ├── ConfigError (ValueError)  a setting out of range; names key, value and range
-    │   └── SetupError (RuntimeError) e.g. registering a route after run()
-    ├── ProtocolError                 close_code 1002 (peer broke RFC 6455)
-    │   ├── InvalidPayloadData        close_code 1007
-    │   ├── PolicyViolation           close_code 1008
-    │   ├── MessageTooBig             close_code 1009
-    │   └── CompressionError          close_code 1007
-    ├── HandshakeError                status 400 (server refuses the opening handshake)
-    │   ├── NotFound 404, Forbidden 403, MethodNotAllowed 405, UpgradeRequired 426,
-    │   │   HeadersTooLarge 431, TooManyRequests 429, ServiceUnavailable 503
-    │   └── Reject                    any status, raised by before_upgrade hooks
-    ├── InvalidHandshakeResponse      client side: the answer is not a valid 101
-    │   └── HandshakeRejected         client side: a well-formed refusal; status, headers, body
-    └── InvalidState                  a command the connection's state does not allow
+Each carries its wire mapping (STYLE.md rule 3); the core's tree (``ProtocolError`` with close
+codes, ``HandshakeError`` with statuses, ``InvalidHandshakeResponse`` and ``HandshakeRejected``)
+is drawn in ``protocol/errors.py``. Defined here: ``WsflaskError`` (``ConnectionClosed``,
+``ConfigError``, ``SetupError``) and ``Reject``, a ``HandshakeError`` with any status.
 """
 
 from __future__ import annotations
@@ -45,6 +28,7 @@ from .protocol.errors import (
     TooManyRequests,
     UpgradeRequired,
 )
+from .protocol.frames import CloseCode
 
 __all__ = [
     "CompressionError",
@@ -83,7 +67,7 @@ class ConnectionClosed(WsflaskError):
         reason: the close reason that goes with ``code``.
     """
 
-    def __init__(self, code: int = 1006, reason: str = "") -> None:
+    def __init__(self, code: int = CloseCode.ABNORMAL, reason: str = "") -> None:
         super().__init__(f"connection closed: {code} {reason}".rstrip())
         self.code = code
         self.reason = reason

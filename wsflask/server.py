@@ -28,7 +28,7 @@ from gevent.server import StreamServer
 from . import ids
 from .config import Config
 from .errors import ConfigError
-from .protocol import Connection, HandshakeError, Request, Side, State
+from .protocol import CloseCode, Connection, HandshakeError, Request, Side, State
 from .protocol.handshake import build_response
 from .transport import Transport, wrap_tls
 from .upgrade import HTTPResponse, Resolver, Upgrade, answer, going_away, read_request
@@ -327,7 +327,7 @@ class Server(StreamServer):  # type: ignore[misc]
                 if ws is None or ws.state is State.CONNECTING:  # not while it answers an error
                     greenlet.kill(_Draining, block=False)
             for ws in list(self.connections):
-                ws.close(1001, "going away")
+                ws.close(CloseCode.GOING_AWAY, "going away")
             grace = self.config.shutdown_grace if timeout is None else timeout
             self.pool.join(timeout=grace)
             self.pool.kill(block=True, timeout=1.0)  # killed handlers drop TCP: no waits
@@ -354,7 +354,7 @@ def _log_access(event: str, ws: WebSocket, duration: float | None = None) -> Non
                               "route": ws.request.path if ws.request else "-"}
     if duration is not None:
         fields["duration"] = round(duration, 3)
-        fields["close_code"] = 1006 if ws.close_code is None else ws.close_code
+        fields["close_code"] = CloseCode.ABNORMAL if ws.close_code is None else ws.close_code
     access_log.info("connection %s", event, extra=fields)
 
 

@@ -1,16 +1,9 @@
 """A test client for users' own tests: a real server on 127.0.0.1:0 and real client sockets.
 
-What it does: ``app.test_client()`` returns a ``TestClient`` that, on first use, asks the app
-for a server bound to an ephemeral loopback port and starts it in the background (gevent's
-``start()`` binds synchronously, so nothing sleeps waiting for startup). It connects clients
-with ``wsflask.client.connect``, sends and receives JSON envelopes, asserts refusals and close
-codes, and fetches plain HTTP pages (``/metrics``). Every wait is bounded by a gevent
-``Timeout`` (``timeout=`` per call, else the client's default). ``close()`` (or leaving the
-``with`` block) closes the clients it made and stops the server.
-
-What it does not do: no monkey-patching, no in-process fake transport (the bytes cross a real
-socket, as in production), no dependency on pytest. It never imports ``wsflask.app``: it
-takes anything with ``make_server(host, port)``.
+``app.test_client()`` starts the app's server on first use (``start()`` binds synchronously),
+connects clients with ``wsflask.client.connect``, exchanges JSON envelopes, asserts refusals
+and close codes, and fetches plain pages; every wait is bounded. No monkey-patching, no fake
+transport, no pytest dependency; it never imports ``wsflask.app``.
 """
 
 from __future__ import annotations
@@ -24,7 +17,9 @@ import gevent
 from gevent import socket as gsocket
 
 from .client import connect
+from .envelopes import encode
 from .errors import HandshakeRejected
+from .protocol.handshake import parse_response_head
 from .server import Server
 from .websocket import WebSocket
 
@@ -142,10 +137,7 @@ class TestClient:
 
     def emit(self, ws: WebSocket, event: str, data: Any = None, *, id: Any = None) -> None:
         """Send the JSON envelope ``{"event": event, "data": data[, "id": id]}`` on ``ws``."""
-        envelope: dict[str, Any] = {"event": event, "data": data}
-        if id is not None:
-            envelope["id"] = id
-        ws.send(json.dumps(envelope))
+        ws.send(encode(event, data, id))
 
     def receive_json(self, ws: WebSocket, timeout: float | None = None) -> Any:
         """Receive one text message and decode it; raises ``AssertionError`` when closed."""
@@ -181,17 +173,9 @@ class TestClient:
             chunks = []
             while chunk := sock.recv(65536):
                 chunks.append(chunk)
-        return _parse_http(b"".join(chunks))
-
-
-def _parse_http(raw: bytes) -> HTTPResult:
-    head, _, body = raw.partition(b"\r\n\r\n")
-    status_line, *header_lines = head.decode("latin-1").split("\r\n")
-    headers = {}
-    for line in header_lines:
-        name, _, value = line.partition(":")
-        headers[name.strip().lower()] = value.strip()
-    length = headers.get("content-length")
-    if length is not None:
-        body = body[: int(length)]
-    return HTTPResult(int(status_line.split()[1]), headers, body)
+        head, _, body = b"".join(chunks).partition(b"\r\n\r\n")
+        status, fields = parse_response_head(head)
+        by_name = dict(fields)
+        if "content-length" in by_name:
+            body = body[: int(by_name["content-length"])]
+        return HTTPResult(status, by_name, body)

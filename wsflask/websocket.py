@@ -20,6 +20,7 @@ import gevent
 from gevent import Timeout, getcurrent
 
 from .config import Backpressure, Config
+from .envelopes import encode
 from .errors import ConnectionClosed
 from .ids import new_id
 from .protocol import (
@@ -443,6 +444,11 @@ class WebSocket:
             raise self._closed_error()
         if self._metrics is not None:
             self._metrics.message_out(_nbytes(data))
+
+    def emit(self, event: str, data: Any = None) -> None:
+        """Send the JSON event envelope ``{"event": event, "data": data}`` as text; blocks
+        like ``send()``. Raises ``ConnectionClosed`` once closing or closed."""
+        self.send(encode(event, data))
 
     def send_prepared(self, frame: bytes, *, policy: str | None = None) -> bool:
         """Queue a frame from ``protocol.encode_frame()`` without ever blocking.

@@ -19,7 +19,7 @@ from gevent import pywsgi
 
 from .config import Config
 from .errors import ConnectionClosed
-from .protocol import Connection, HandshakeError, Request, Side
+from .protocol import CloseCode, Connection, HandshakeError, Request, Side
 from .upgrade import HTTPResponse, Upgrade, answer, going_away, read_request
 from .websocket import Watcher, WebSocket, ending
 
@@ -261,14 +261,14 @@ class GeventWebSocket:
     def send(self, message: str | bytes, binary: bool | None = None) -> None:
         """Send ``message``; ``binary`` forces the frame type as in gevent-websocket."""
         if not self.accept() or self.websocket is None:
-            raise ConnectionClosed(1006, "the WebSocket handshake was refused")
+            raise ConnectionClosed(CloseCode.ABNORMAL, "the WebSocket handshake was refused")
         if binary and isinstance(message, str):
             message = message.encode("utf-8")
         elif binary is False and isinstance(message, bytes):
             message = message.decode("utf-8")
         self.websocket.send(message)
 
-    def close(self, code: int = 1000, message: bytes | str = b"") -> None:
+    def close(self, code: int = CloseCode.NORMAL, message: bytes | str = b"") -> None:
         """Start the closing handshake (waits for the peer's Close, bounded)."""
         if self.websocket is not None:
             reason = message.decode("utf-8") if isinstance(message, bytes) else message
@@ -326,7 +326,7 @@ class WSGIServer(pywsgi.WSGIServer):  # type: ignore[misc]
         """Register an open WebSocket (the handler calls it); ``untrack()`` when it ends."""
         self.websockets[ws] = gevent.getcurrent()
         if self.stopping:
-            ws.close(1001, "going away")
+            ws.close(CloseCode.GOING_AWAY, "going away")
 
     def untrack(self, ws: WebSocket) -> None:
         self.websockets.pop(ws, None)
@@ -337,7 +337,7 @@ class WSGIServer(pywsgi.WSGIServer):  # type: ignore[misc]
         if not self.closed:
             super().close()
         for ws in list(self.websockets):
-            ws.close(1001, "going away")
+            ws.close(CloseCode.GOING_AWAY, "going away")
 
     def stop(self, timeout: float | None = None) -> None:
         """``close()``, wait for the WebSockets (then the pool), kill what is left."""

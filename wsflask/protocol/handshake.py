@@ -1,14 +1,9 @@
 """The HTTP/1.1 opening handshake of RFC 6455 (§4, §9.1, §11.3), both sides, without I/O.
 
-``HeadReader`` collects a head up to the empty line in linear time, bounded in bytes and in
-header count (431), and returns the bytes after it untouched: they start the frame stream.
-``parse_request`` validates a client handshake (§4.2.1) and raises the ``HandshakeError``
-subclass whose ``status``/``headers`` the server answers with; ``build_accept`` writes the
-101 (§4.2.2), ``build_response`` any other answer. ``make_key``, ``build_request`` and
-``parse_response`` are the client side (§4.1). ``Sec-WebSocket-Extensions`` is parsed to the
-§9.1 grammar only: the meaning of any extension's parameters, Origin policy (§10.2),
-routing, sockets, timers and logging live elsewhere. Header names must be ASCII tokens;
-values are decoded as latin-1.
+``HeadReader`` collects a head (bounded: 431); ``parse_request`` validates a client's (§4.2.1,
+raising the ``HandshakeError`` to answer with), ``build_accept``/``build_response`` answer it;
+``build_request``/``parse_response`` are the client side (§4.1). Extension parameters, Origin
+policy (§10.2), routing, sockets and timers live elsewhere.
 """
 
 from __future__ import annotations
@@ -33,7 +28,8 @@ from .extensions import Extension, parse_extensions
 
 __all__ = [
     "GUID", "HeadReader", "accept_key", "build_accept", "build_request", "build_response",
-    "make_key", "parse_extensions", "parse_request", "parse_response", "select_subprotocol",
+    "make_key", "parse_extensions", "parse_request", "parse_response", "parse_response_head",
+    "select_subprotocol",
 ]  # fmt: skip
 
 GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
@@ -398,20 +394,34 @@ def parse_response(
     Returns ``(subprotocol or None, Sec-WebSocket-Extensions value or "", headers)``. The
     extensions value is syntax-checked only: the caller checks it against its offer (step 5).
     """
-    if not (match := _STATUS_B.fullmatch(head.partition(b"\r\n")[0])):
-        raise InvalidHandshakeResponse("Malformed status line in handshake response")
+    status, fields, index = _parse_response_head(head)
     # 4.1 step 1: "If the status code received from the server is not 101, the client
     # handles the response per HTTP procedures": for us, the handshake failed.
-    error: HandshakeError | None = None
+    if status != 101:
+        raise HandshakeRejected(status, fields)
+    return (*_check_response_headers(index, key, subprotocols), fields)
+
+
+def parse_response_head(head: bytes) -> tuple[int, tuple[tuple[str, str], ...]]:
+    """Return the status and the fields (names lower-cased) of any HTTP/1.1 response head.
+
+    Raises:
+        InvalidHandshakeResponse: a malformed status line or header field.
+    """
+    status, fields, _ = _parse_response_head(head)
+    return status, fields
+
+
+def _parse_response_head(head: bytes) -> tuple[int, tuple[tuple[str, str], ...], Index]:
+    if not (match := _STATUS_B.fullmatch(head.partition(b"\r\n")[0])):
+        raise InvalidHandshakeResponse("Malformed status line in handshake response")
     try:
         _, fields, index = _parse_head(head)
     except HandshakeError as exc:
-        fields, index, error = (), {}, exc
-    if (status := int(match[1])) != 101:
-        raise HandshakeRejected(status, fields)  # its headers when they parse
-    if error is not None:
-        raise InvalidHandshakeResponse(f"Malformed handshake response: {error}")
-    return (*_check_response_headers(index, key, subprotocols), fields)
+        if int(match[1]) != 101:  # a refusal with unreadable headers is still a refusal
+            return int(match[1]), (), {}
+        raise InvalidHandshakeResponse(f"Malformed handshake response: {exc}") from None
+    return int(match[1]), fields, index
 
 
 def _check_response_headers(index: Index, key: str, offered: Sequence[str]) -> Negotiated:
