@@ -438,3 +438,32 @@ def test_emit_sends_one_json_event_envelope(serve: Any) -> None:
     ws = connect(f"ws://127.0.0.1:{server.server_port}/")
     assert ws.receive(timeout=5) == '{"event":"hello","data":{"n":1}}'
     assert ws.receive(timeout=5) is None and ws.close_code == 1000
+
+
+def test_defect2_two_sending_greenlets_both_wait_for_the_outbox(serve: Any, raw_peer: Any) -> None:
+    """send() blocks while the outbox is full, whichever greenlet holds the socket."""
+    limit, chunk = 1 << 20, b"x" * 65536
+    peak: list[int] = [0]
+    finished = Event()
+
+    def blast(ws: WebSocket) -> None:
+        try:
+            for _ in range(400):
+                ws.send(chunk)
+                peak[0] = max(peak[0], ws.buffered_amount)
+        except ConnectionClosed:
+            return
+        finished.set()
+
+    def handler(ws: WebSocket) -> None:
+        other = gevent.spawn(blast, ws)
+        try:
+            blast(ws)
+        finally:
+            other.kill()
+
+    server = serve(handler, config=Config(**FAST, max_backpressure=limit))
+    peer = raw_peer(server.server_port, rcvbuf=4096)
+    assert peer.request().startswith(b"HTTP/1.1 101")  # then never reads
+    assert not finished.wait(1.0), "400 x 64 KiB reached a peer that reads nothing"
+    assert peak[0] <= limit + 2 * len(chunk)

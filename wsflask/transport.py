@@ -17,6 +17,7 @@ from typing import Any
 import gevent
 import gevent.ssl
 from gevent import Timeout
+from gevent.event import Event
 
 __all__ = ["Transport", "os_socket", "wrap_tls"]
 
@@ -37,8 +38,8 @@ class Transport:
         broken: True once TCP was dropped: every write fails, readers see EOF.
     """
 
-    __slots__ = ("_limit", "_outbox", "_outbox_bytes", "_raw", "_read_size", "_writer",
-                 "_writing", "broken", "sock")  # fmt: skip
+    __slots__ = ("_limit", "_outbox", "_outbox_bytes", "_raw", "_read_size", "_turn",
+                 "_writer", "_writing", "broken", "sock")  # fmt: skip
 
     def __init__(self, sock: Any, *, limit: int, read_size: int = 65536) -> None:
         self.sock = sock
@@ -51,6 +52,7 @@ class Transport:
         self._outbox_bytes = 0
         self._writer: gevent.Greenlet | None = None  # the short-lived outbox drainer
         self._writing = False  # a blocking sendall is in progress
+        self._turn: Event | None = None  # set when that sendall ends (made only when awaited)
 
     @property
     def buffered_amount(self) -> int:
@@ -91,14 +93,24 @@ class Transport:
             if not done:  # an error, or a Timeout/kill mid-frame: the stream is unusable
                 self.drop()
             self._start_writer()
+            turn, self._turn = self._turn, None
+            if turn is not None:  # wake the greenlets that queued behind this write
+                turn.set()
         return done
 
     def _wait_below_limit(self) -> None:
-        """Natural backpressure for blocking writers: wait for the writer greenlet."""
-        writer = self._writer
-        while self._outbox_bytes > self._limit and writer is not None:
-            writer.join()
+        """Natural backpressure for blocking writers, whoever holds the socket: the writer
+        greenlet, or another greenlet's sendall (then wait for its end)."""
+        while self._outbox_bytes > self._limit and not self.broken:
             writer = self._writer
+            if writer is not None:
+                writer.join()
+            elif self._writing:
+                if self._turn is None:
+                    self._turn = Event()
+                self._turn.wait()
+            else:
+                self._start_writer()
 
     def write_nowait(self, data: bytes, *, budget: int | None) -> bool:
         """Hand ``data`` to the kernel without blocking; queue what it refuses.
