@@ -467,3 +467,37 @@ def test_defect2_two_sending_greenlets_both_wait_for_the_outbox(serve: Any, raw_
     assert peer.request().startswith(b"HTTP/1.1 101")  # then never reads
     assert not finished.wait(1.0), "400 x 64 KiB reached a peer that reads nothing"
     assert peak[0] <= limit + 2 * len(chunk)
+
+
+def test_defect10_close_from_another_greenlet_is_answered_while_the_handler_sleeps(
+        serve: Any) -> None:
+    """RFC 6455 §7.1.4: the peer's echo completes the close, not the close_timeout."""
+    release, done = Event(), Event()
+    codes: list[int | None] = []
+
+    def handler(ws: WebSocket) -> None:
+        ws.add_close_callback(lambda w: (codes.append(w.close_code), done.set()))
+        gevent.spawn(ws.close, 4001, "bye")
+        release.wait(10)  # a push-only handler: it never reads
+
+    server = serve(handler, config=Config(**{**FAST, "close_timeout": 5.0}))
+    client = connect(url(server))
+    started = time.monotonic()
+    assert client.receive(timeout=5) is None and client.close_code == 4001  # echoes the Close
+    assert done.wait(3), "the server did not read the peer's Close"
+    assert codes == [4001] and time.monotonic() - started < 3
+    release.set()
+    assert server.wait_drained(5)
+
+
+def test_defect10_handler_reading_after_a_background_close_sees_the_end(serve: Any) -> None:
+    holder: Queue = Queue()
+    release = Event()
+    server = serve(holding(holder, release=release), config=Config(**FAST))
+    client = connect(url(server))
+    ws = holder.get(timeout=5)
+    gevent.spawn(ws.close, 4002)
+    assert client.receive(timeout=5) is None and client.close_code == 4002
+    release.set()  # the handler now reads: it waits for the closing greenlet, no RuntimeError
+    assert server.wait_drained(5)
+    assert ws.close_code == 4002

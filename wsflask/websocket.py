@@ -401,7 +401,8 @@ class WebSocket:
             if self._finished:
                 return None
             if self._reading:
-                raise RuntimeError(f"{self!r} is already being read by another greenlet")
+                self._await_closer()
+                continue
             wait = None if deadline is None else deadline - monotonic()
             if wait is not None and wait <= 0:
                 raise TimeoutError(f"no message within {timeout} s")
@@ -537,8 +538,9 @@ class WebSocket:
         """Start the closing handshake; idempotent, callable from any greenlet.
 
         From the greenlet that reads this connection it also waits (up to ``close_timeout``)
-        for the peer's Close and the end of TCP. From other greenlets it returns at once and a
-        timer drops TCP after ``close_timeout`` if the peer never answers.
+        for the peer's Close and the end of TCP. From other greenlets it returns at once; a
+        closing greenlet then reads the peer's Close if nobody else does (RFC 6455 §7.1.4:
+        the handler need not be reading) and drops TCP after ``close_timeout`` without one.
 
         Raises:
             ValueError: a code that may not be sent (RFC 6455 §7.4) or a reason over 123 bytes.
@@ -552,16 +554,35 @@ class WebSocket:
         if not self._reading and self._owner in (None, getcurrent()):
             self._wait_finished()
         elif self._closer is None:
-            self._closer = gevent.spawn_later(self._config.close_timeout, self._close_expired)
+            self._closer = gevent.spawn(self._close_in_background)
 
-    def _close_expired(self) -> None:
-        self._closer = None
-        if not self._finished and self._conn.state is not State.CLOSED:
-            self._transport.drop()  # wakes the reader with EOF -> Closed(1006) -> cleanup
+    def _close_in_background(self) -> None:
+        """The closing greenlet: read until the peer's Close unless the reader does; either
+        way drop TCP once ``close_timeout`` passed (the reader then sees EOF: 1006)."""
+        while not self._finished:
+            if not self._reading:
+                self._pump()
+                continue
+            left = self._close_deadline - monotonic()
+            if left > 0:
+                gevent.sleep(left)  # the reader finishing kills this greenlet first
+                continue
+            self._transport.drop()
+            return
 
     def _wait_finished(self) -> None:
         while not self._finished:
-            self._pump()
+            if self._reading:
+                self._await_closer()
+            else:
+                self._pump()
+
+    def _await_closer(self) -> None:
+        """Another greenlet reads: the closing greenlet (then wait for it), or a misuse."""
+        closer = self._closer
+        if closer is None or closer is getcurrent():
+            raise RuntimeError(f"{self!r} is already being read by another greenlet")
+        closer.join()
 
     def abort(self, code: int = CloseCode.INTERNAL_ERROR, reason: str = "") -> None:
         """Fail the connection now: send Close if the stream allows it, then drop TCP.
@@ -593,9 +614,9 @@ class WebSocket:
         self._finished = True
         if self._heartbeat is not None:
             self._heartbeat.remove(self)
-        if self._closer is not None:
-            self._closer.kill(block=False)
-            self._closer = None
+        closer, self._closer = self._closer, None
+        if closer is not None and closer is not getcurrent():
+            closer.kill(block=False)
         try:
             self._transport.close(self._config.close_timeout)
         finally:
