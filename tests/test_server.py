@@ -480,3 +480,20 @@ def test_wait_drained_reports_false_while_a_connection_is_open(serve: Any) -> No
     assert not server.wait_drained(0.05)
     ws.close()
     assert server.wait_drained(5)
+
+
+def test_defect11_abort_sends_its_close_frame_under_tls_too(serve: Any,
+                                                            certificate: tuple[str, str]) -> None:
+    """RFC 6455 §7.1.7: fail the connection with a Close first, over wss:// as over ws://."""
+    cert, key = certificate
+
+    def slow_consumer(ws: WebSocket) -> None:
+        ws.receive(timeout=5)
+        ws.abort(1013, "try again later")
+
+    server = serve(slow_consumer, config=Config(**FAST, certfile=cert, keyfile=key))
+    context = ssl.create_default_context(cafile=cert)
+    ws = connect(url(server, scheme="wss"), ssl_context=context, timeout=5)
+    ws.send("go")
+    assert ws.receive(timeout=5) is None
+    assert (ws.close_code, ws.close_reason) == (1013, "try again later")

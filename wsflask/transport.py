@@ -138,15 +138,18 @@ class Transport:
     def write_last(self, data: bytes) -> None:
         """Best effort before ``drop()``: ``data`` (a Close) if the kernel takes it now.
 
-        Only when nothing else is queued, so it never cuts into a frame (RFC 6455 §7.1.7:
-        SHOULD send a Close first).
+        Only when nothing else is queued, so it never cuts into a frame; under TLS too
+        (RFC 6455 §7.1.7: SHOULD send a Close first).
         """
         if self.broken or not self.idle:
             return
         try:
             if self._raw is not None:
                 self._raw.send(data)
-        except OSError:
+            elif getattr(self.sock, "_sslobj", None) is not None:
+                # gevent's SSLSocket.send() tries exactly this first, then waits; we never wait
+                self.sock._sslobj.write(data)
+        except OSError:  # includes ssl.SSLWantWriteError: the kernel is full, drop anyway
             pass
 
     def _try_send(self, data: bytes) -> int:
