@@ -501,3 +501,28 @@ def test_defect10_handler_reading_after_a_background_close_sees_the_end(serve: A
     release.set()  # the handler now reads: it waits for the closing greenlet, no RuntimeError
     assert server.wait_drained(5)
     assert ws.close_code == 4002
+
+
+def test_defect16_receive_timeout_zero_reads_what_is_in_the_socket(serve: Any) -> None:
+    sent = Event()
+    results: list[object] = []
+
+    def handler(ws: WebSocket) -> None:
+        ws.send("ready")
+        sent.wait(5)  # the client's message is in our kernel buffer now (loopback)
+        try:
+            results.append(ws.receive(timeout=0))
+        except TimeoutError as exc:
+            results.append(exc)
+        with pytest.raises(TimeoutError):
+            ws.receive(timeout=0)  # nothing more: still a timeout, at once
+        ws.send("done")
+
+    server = serve(handler, config=Config(**FAST))
+    client = connect(url(server))
+    assert client.receive(timeout=5) == "ready"
+    client.send("queued")
+    sent.set()
+    assert client.receive(timeout=5) == "done"
+    assert results == ["queued"]
+    client.close()

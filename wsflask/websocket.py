@@ -252,7 +252,7 @@ class WebSocket:
         wait = timeout
         if closing:  # the close timer: the peer's Close is due by _close_deadline
             left = self._close_deadline - monotonic()
-            wait = left if timeout is None else min(timeout, left)
+            wait = max(0.0, left if timeout is None else min(timeout, left))
         data = self._recv(wait)  # 1.
         if data is None:
             if not closing or monotonic() < self._close_deadline:
@@ -275,9 +275,11 @@ class WebSocket:
         return True
 
     def _recv(self, wait: float | None) -> bytes | None:
-        """Read once; ``b""`` on EOF or a transport error, ``None`` when ``wait`` passed."""
-        if wait is not None and wait <= 0:
-            return None
+        """Read once; ``b""`` on EOF or a transport error, ``None`` when ``wait`` passed.
+
+        ``wait=0`` still reads what the kernel already holds (a ``Timeout(0)`` fires only
+        once this greenlet would block).
+        """
         if wait is None and self._raw is not None:
             return self._recv_raw(self._raw)
         self._reading = True
@@ -403,10 +405,10 @@ class WebSocket:
             if self._reading:
                 self._await_closer()
                 continue
-            wait = None if deadline is None else deadline - monotonic()
-            if wait is not None and wait <= 0:
+            if deadline is None:
+                self._pump()
+            elif not self._pump(max(deadline - monotonic(), 0.0)) and monotonic() >= deadline:
                 raise TimeoutError(f"no message within {timeout} s")
-            self._pump(wait)
 
     def __iter__(self) -> Iterator[str | bytes]:
         """Yield messages until the connection closes (then the loop just ends)."""
