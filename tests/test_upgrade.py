@@ -150,3 +150,25 @@ def test_only_websocket_py_feeds_the_core() -> None:
     feeders = {p.relative_to(PACKAGE).as_posix() for p in PACKAGE.rglob("*.py")
                if "protocol" not in p.parts and _calls_receive_data(p)}
     assert feeders == {"websocket.py"}
+
+
+REFUSED_BY_BUILD_RESPONSE = {
+    "status 999": lambda r, a: (_ for _ in ()).throw(Reject(999, "odd")),
+    "reject sets Content-Length": lambda r, a: (_ for _ in ()).throw(
+        Reject(401, "x", headers=(("Content-Length", "0"),))),
+    "CRLF in a header": lambda r, a: (_ for _ in ()).throw(
+        Reject(302, "x", headers=(("Location", "/a\r\nSet-Cookie: s=1"),))),
+    "204 with a body": lambda r, a: HTTPResponse(204, b"x"),
+}
+
+
+@pytest.mark.parametrize("resolve", REFUSED_BY_BUILD_RESPONSE.values(),
+                         ids=list(REFUSED_BY_BUILD_RESPONSE))
+def test_defect7_an_answer_build_response_refuses_becomes_500_and_a_log_line(
+        pair: Any, caplog: Any, resolve: Any) -> None:
+    with caplog.at_level(logging.ERROR, logger="wsflask"):
+        result, answered, statuses, _ = decide(pair, UPGRADE, resolve)
+    assert result is None and statuses == [500]
+    assert answered.startswith(b"HTTP/1.1 500 Internal Server Error\r\n")
+    assert b"Set-Cookie" not in answered
+    assert "cannot be sent" in caplog.text

@@ -90,7 +90,7 @@ def reject(ws: WebSocket, status: int, message: str = "", *,
     """Refuse the handshake with ``status``; returns once the socket is closed.
 
     Raises:
-        ValueError: ``build_response`` refuses the status or a header.
+        ValueError: ``build_response`` refuses the status or a header (nothing was sent).
     """
     ws.connection.reject(status, message, headers=headers)
     ws.flush()
@@ -100,7 +100,7 @@ def respond(ws: WebSocket, response: HTTPResponse) -> None:
     """Answer a plain HTTP request; returns once the socket is closed.
 
     Raises:
-        ValueError: ``build_response`` refuses the status, body or a header.
+        ValueError: ``build_response`` refuses the status, body or a header (nothing sent).
     """
     ws.connection.respond(response.status, response.body, content_type=response.content_type,
                           headers=response.headers)
@@ -112,43 +112,59 @@ def answer(ws: WebSocket, request: Request, resolve: Resolver, *, stopping: bool
     """Ask ``resolve`` and answer: 101 (returns the ``Upgrade``), a page, or a refusal.
 
     A ``HandshakeError`` (``Reject``...) is answered with its status, headers and message;
-    any other exception with 500, logged. ``stopping`` refuses with 503. Each final status
-    is counted on ``metrics``. Returns ``None`` when the connection is over.
+    any other exception, or an answer ``build_response`` refuses, with 500, logged.
+    ``stopping`` refuses with 503. Each final status is counted on ``metrics`` before it is
+    written. Returns ``None`` when the connection is over.
     """
+    outcome = _decide(request, resolve, ws.remote_address, stopping)
     try:
-        if stopping:  # RFC 9110 §15.6.4, with Retry-After
-            raise Reject(503, "server shutting down", (("Retry-After", "1"),))
-        result = resolve(request, ws.remote_address or ("", 0))
-        if isinstance(result, HTTPResponse):
-            _count(metrics, result.status)
-            respond(ws, result)
-            return None
-        if not request.key:  # a plain GET for a WebSocket route (RFC 9110 §15.5.22)
-            raise Reject(426, "this resource needs a WebSocket upgrade",
-                         (("Upgrade", "websocket"), ("Sec-WebSocket-Version", "13")))
+        status = _queue(ws, request, outcome)
+    except ValueError as exc:  # nothing was queued: the core refused the answer itself
+        logger.error("the answer to %s cannot be sent (%s); answering 500", request.path, exc)
+        outcome = Reject(500, "internal server error")
+        status = _queue(ws, request, outcome)
+    _count(metrics, status)
+    ws.flush()
+    return outcome if isinstance(outcome, Upgrade) else None
+
+
+def _decide(request: Request, resolve: Resolver, address: tuple[str, int] | None,
+            stopping: bool) -> Upgrade | HTTPResponse | HandshakeError:
+    if stopping:  # RFC 9110 §15.6.4, with Retry-After
+        return Reject(503, "server shutting down", (("Retry-After", "1"),))
+    try:
+        result = resolve(request, address or ("", 0))
     except HandshakeError as exc:
-        _refuse(ws, exc.status, str(exc), exc.headers, metrics)
-        return None
+        return exc
     except Exception:
         logger.exception("resolver failed for %s", request.path)
-        _refuse(ws, 500, "internal server error", (), metrics)
-        return None
-    ws.session.update(result.session)
-    ws.path_params.update(result.path_params)
-    _count(metrics, 101)
-    accept(ws, request, subprotocol=result.subprotocol, headers=result.headers)
+        return Reject(500, "internal server error")
+    if isinstance(result, Upgrade) and not request.key:  # a plain GET (RFC 9110 §15.5.22)
+        return Reject(426, "this resource needs a WebSocket upgrade",
+                      (("Upgrade", "websocket"), ("Sec-WebSocket-Version", "13")))
     return result
+
+
+def _queue(ws: WebSocket, request: Request, outcome: Upgrade | HTTPResponse | HandshakeError
+           ) -> int:
+    """Issue the core command for ``outcome`` (no I/O yet); return the status it answers."""
+    conn = ws.connection
+    if isinstance(outcome, Upgrade):
+        conn.accept(request, subprotocol=outcome.subprotocol, headers=outcome.headers)
+        ws.session.update(outcome.session)
+        ws.path_params.update(outcome.path_params)
+        return 101
+    if isinstance(outcome, HTTPResponse):
+        conn.respond(outcome.status, outcome.body, content_type=outcome.content_type,
+                     headers=outcome.headers)
+        return outcome.status
+    conn.reject(outcome.status, str(outcome), headers=outcome.headers)
+    return outcome.status
 
 
 def going_away(ws: WebSocket) -> None:
     """The handler of a connection accepted while the server began to stop: 1001."""
     ws.close(CloseCode.GOING_AWAY, "going away")
-
-
-def _refuse(ws: WebSocket, status: int, message: str, headers: Iterable[tuple[str, str]],
-            metrics: HandshakeCounter | None) -> None:
-    _count(metrics, status)
-    reject(ws, status, message, headers=headers)
 
 
 def _count(metrics: HandshakeCounter | None, status: int) -> None:
