@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import gevent
+import gevent.event
 import gevent.subprocess
 import pytest
 
@@ -497,3 +498,24 @@ def test_defect11_abort_sends_its_close_frame_under_tls_too(serve: Any,
     ws.send("go")
     assert ws.receive(timeout=5) is None
     assert (ws.close_code, ws.close_reason) == (1013, "try again later")
+
+
+def test_defect8_a_page_to_a_client_that_never_reads_has_a_write_deadline(
+        serve: Any, raw_peer: Any) -> None:
+    """The answer's write is bounded by handshake_timeout: a pool slot is not held forever."""
+    big = b"p" * (64 << 20)  # past any kernel send buffer
+    answered = gevent.event.Event()
+
+    class Answered(Statuses):
+        def handshake(self, status: int) -> None:
+            super().handshake(status)
+            answered.set()
+
+    metrics = Answered()
+    server = serve(resolve=lambda r, a: HTTPResponse(200, big), metrics=metrics,
+                   config=Config(**{**FAST, "handshake_timeout": 0.5}))
+    peer = raw_peer(server.server_port, rcvbuf=4096)
+    peer.sock.sendall(b"GET /big HTTP/1.1\r\nHost: x\r\n\r\n")  # then never reads
+    assert answered.wait(5) and metrics.statuses == [200]  # the greenlet is writing now
+    assert len(server.pool) == 1
+    assert server.pool.join(timeout=4), "the connection greenlet still holds its pool slot"

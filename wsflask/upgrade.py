@@ -1,8 +1,9 @@
 """The server side of the opening handshake, decided once for ``Server`` and the WSGI handler.
 
 ``read_request``/``accept``/``reject``/``respond`` drive a ``WebSocket``'s core through its
-public driver API, and ``answer()`` acts on a ``Resolver``'s decision (``Upgrade``: 101,
-``HTTPResponse``: a plain page, ``HandshakeError``: a refusal). No accept loop, no routing.
+public driver API; ``answer()`` acts on a ``Resolver``'s decision (101, page or refusal). A
+page or refusal is written within ``handshake_timeout`` (the HTTP exchange's deadline; then
+TCP is dropped), its close within ``close_timeout``. No accept loop, no routing.
 """
 
 from __future__ import annotations
@@ -93,7 +94,7 @@ def reject(ws: WebSocket, status: int, message: str = "", *,
         ValueError: ``build_response`` refuses the status or a header (nothing was sent).
     """
     ws.connection.reject(status, message, headers=headers)
-    ws.flush()
+    ws.flush(ws.config.handshake_timeout)
 
 
 def respond(ws: WebSocket, response: HTTPResponse) -> None:
@@ -104,7 +105,7 @@ def respond(ws: WebSocket, response: HTTPResponse) -> None:
     """
     ws.connection.respond(response.status, response.body, content_type=response.content_type,
                           headers=response.headers)
-    ws.flush()
+    ws.flush(ws.config.handshake_timeout)
 
 
 def answer(ws: WebSocket, request: Request, resolve: Resolver, *, stopping: bool,
@@ -124,8 +125,11 @@ def answer(ws: WebSocket, request: Request, resolve: Resolver, *, stopping: bool
         outcome = Reject(500, "internal server error")
         status = _queue(ws, request, outcome)
     _count(metrics, status)
-    ws.flush()
-    return outcome if isinstance(outcome, Upgrade) else None
+    if isinstance(outcome, Upgrade):
+        ws.flush()
+        return outcome
+    ws.flush(ws.config.handshake_timeout)
+    return None
 
 
 def _decide(request: Request, resolve: Resolver, address: tuple[str, int] | None,

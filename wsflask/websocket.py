@@ -172,6 +172,11 @@ class WebSocket:
         return self._opened_at != 0.0
 
     @property
+    def config(self) -> Config:
+        """The limits and timeouts this connection runs with."""
+        return self._config
+
+    @property
     def connection(self) -> Connection:
         """The protocol core; drivers issue handshake commands on it, then ``flush()``."""
         return self._conn
@@ -204,7 +209,7 @@ class WebSocket:
             data, self._initial = self._initial, b""
             self._rx = True
             conn.receive_data(data)
-            self.flush()
+            self.flush(self._config.handshake_timeout)  # a refusal of a bad head: bounded
         while self.request is None and conn.state is State.CONNECTING and not self._finished:
             self._pump()
 
