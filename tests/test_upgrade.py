@@ -172,3 +172,12 @@ def test_defect7_an_answer_build_response_refuses_becomes_500_and_a_log_line(
     assert answered.startswith(b"HTTP/1.1 500 Internal Server Error\r\n")
     assert b"Set-Cookie" not in answered
     assert "cannot be sent" in caplog.text
+
+
+def test_defect13_head_response_has_the_get_headers_and_no_body(pair: Any) -> None:
+    """RFC 9110 §9.3.2: the server MUST NOT send content in the response to HEAD."""
+    head = b"HEAD /healthz HTTP/1.1\r\nHost: x\r\n\r\n"
+    result, answered, statuses, _ = decide(pair, head, lambda r, a: HTTPResponse(200, b"ok"))
+    assert result is None and statuses == [200]
+    assert answered.startswith(b"HTTP/1.1 200 OK\r\n") and b"Content-Length: 2\r\n" in answered
+    assert answered.endswith(b"\r\n\r\n")

@@ -241,8 +241,13 @@ class Connection:
     ) -> None:
         """Server side: answer a plain HTTP request (``http=True``) and end the connection."""
         self._check_connecting_server("respond")
+        # RFC 9110 §9.3.2: "The server SHOULD send the same header fields in response to a
+        # HEAD request as it would have sent if the request method had been GET" (no content)
+        head_only = self.request is not None and self.request.method == "HEAD"
         self._out.append(
-            handshake.build_response(status, body, content_type=content_type, headers=headers)
+            handshake.build_response(
+                status, body, content_type=content_type, headers=headers, head_only=head_only
+            )
         )
         self._set_closed(Closed(CloseCode.ABNORMAL, f"HTTP {status}"))
 

@@ -339,14 +339,16 @@ def build_accept(
 
 
 def build_response(
-    status: int, body: bytes = b"", *, content_type: str = TEXT_PLAIN, headers: Headers = ()
+    status: int, body: bytes = b"", *, content_type: str = TEXT_PLAIN, headers: Headers = (),
+    head_only: bool = False,
 ) -> bytes:
     """Return a complete HTTP/1.1 response with ``Connection: close``.
 
     For rejections (``build_response(exc.status, msg, headers=exc.headers)``) and plain
     pages; 204/304 carry no body, Content-Type or Content-Length. Raises ValueError for a
     status outside 200-599, a 204/304 body, CR/LF or controls in a header (response
-    splitting), or an extra Content-Length/Connection.
+    splitting), or an extra Content-Length/Connection. ``head_only`` (the answer to HEAD)
+    keeps the headers, Content-Length included, and leaves the body out (RFC 9110 §9.3.2).
     """
     if not 200 <= status <= 599:
         raise ValueError(f"Invalid status for a final response: {status}")
@@ -361,7 +363,8 @@ def build_response(
         fields += [("Content-Type", content_type), ("Content-Length", str(len(body)))]
     fields += [("Connection", "close"), *extra]
     reason = REASONS.get(status, "Unknown")
-    return _encode_head(f"HTTP/1.1 {status} {reason}", fields) + body
+    head = _encode_head(f"HTTP/1.1 {status} {reason}", fields)
+    return head if head_only else head + body
 
 
 def build_request(
