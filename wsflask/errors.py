@@ -27,6 +27,7 @@ from .protocol.errors import (
     ServiceUnavailable,
     TooManyRequests,
     UpgradeRequired,
+    URITooLong,
 )
 from .protocol.frames import CloseCode
 
@@ -50,6 +51,7 @@ __all__ = [
     "ServiceUnavailable",
     "SetupError",
     "TooManyRequests",
+    "URITooLong",
     "UpgradeRequired",
     "WsflaskError",
 ]

@@ -68,6 +68,19 @@ class WebSocketHandler(pywsgi.WSGIHandler):  # type: ignore[misc]
     #: True once the socket belongs to a WebSocket: pywsgi must not write or close it
     upgraded = False
     socket: Any  # pywsgi's; None once a WebSocket owns it
+    requestline: str  # pywsgi's, without its line ending
+
+    #: the request line ended with a bare LF (the core then answers 400, as on ``Server``)
+    bare_lf = False
+
+    def read_requestline(self) -> str:
+        """pywsgi's, read as ``Server`` reads heads: one empty line before the request line
+        is ignored (RFC 7230 §3.5), and a bare-LF line ending is remembered."""
+        line: str = super().read_requestline()
+        if line == "\r\n":
+            line = super().read_requestline()
+        self.bare_lf = line.endswith("\n") and not line.endswith("\r\n")
+        return line
 
     def run_application(self) -> None:
         """Route one request: an App route, else the WSGI app (with ``wsgi.websocket``)."""
@@ -126,6 +139,11 @@ class WebSocketHandler(pywsgi.WSGIHandler):  # type: ignore[misc]
         )
         ws = WebSocket(sock, conn, config=config, metrics=status.metrics, heartbeat=heartbeat,
                        remote_address=self.client_address, initial=self._head() + leftover)
+        # pywsgi's access log prints the request line: leave the query (tokens) out, as
+        # wsflask's own logs do
+        method, _, rest = self.requestline.partition(" ")
+        target, _, version = rest.rpartition(" ")
+        self.requestline = f"{method} {target.partition('?')[0]} {version}"
         outcome = read_request(ws)  # the core validates the head (400/405/426/431)
         if isinstance(outcome, Request):
             return ws, outcome
@@ -134,9 +152,11 @@ class WebSocketHandler(pywsgi.WSGIHandler):  # type: ignore[misc]
         return ws, None
 
     def _head(self) -> bytes:
-        """The request head as the client sent it (pywsgi keeps the line and the fields)."""
-        lines = [self.requestline, *(h.rstrip("\r\n") for h in self.headers.headers)]
-        return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+        """The request head as the client sent it (pywsgi keeps the line and the fields; a
+        bare LF after the request line is kept, for the core to refuse)."""
+        fields = "".join(h.rstrip("\r\n") + "\r\n" for h in self.headers.headers)
+        eol = "\n" if self.bare_lf else "\r\n"
+        return f"{self.requestline}{eol}{fields}\r\n".encode("latin-1")
 
     def _serve(self, ws: WebSocket, handler: Callable[[WebSocket], None]) -> None:
         server = self.server

@@ -21,6 +21,7 @@ server answers with. The tree::
     │   ├── MethodNotAllowed         status 405 + ``Allow: GET``
     │   ├── UpgradeRequired          status 426 + ``Sec-WebSocket-Version: 13`` (§4.4)
     │   ├── HeadersTooLarge          status 431
+    │   ├── URITooLong               status 414
     │   ├── TooManyRequests          status 429
     │   └── ServiceUnavailable       status 503
     ├── InvalidHandshakeResponse     client side: the server's answer is not a valid 101
@@ -48,6 +49,7 @@ __all__ = [
     "ProtocolError",
     "ServiceUnavailable",
     "TooManyRequests",
+    "URITooLong",
     "UpgradeRequired",
 ]
 
@@ -119,6 +121,12 @@ class HeadersTooLarge(HandshakeError):
     """The request head exceeds the byte or header-count limit."""
 
     status = 431
+
+
+class URITooLong(HandshakeError):
+    """The request line is longer than the head limit (RFC 9110 §15.5.15)."""
+
+    status = 414
 
 
 class TooManyRequests(HandshakeError):

@@ -1,6 +1,6 @@
 """The HTTP/1.1 opening handshake of RFC 6455 (§4, §9.1, §11.3), both sides, without I/O.
 
-``HeadReader`` collects a head (bounded: 431); ``parse_request`` validates a client's (§4.2.1,
+``HeadReader`` collects a head (bounded: 414/431); ``parse_request`` validates a client's (§4.2.1,
 raising the ``HandshakeError`` to answer with), ``build_accept``/``build_response`` answer it;
 ``build_request``/``parse_response`` are the client side (§4.1). Extension parameters, Origin
 policy (§10.2), routing, sockets and timers live elsewhere.
@@ -22,6 +22,7 @@ from .errors import (
     InvalidState,
     MethodNotAllowed,
     UpgradeRequired,
+    URITooLong,
 )
 from .events import Request
 from .extensions import Extension, parse_extensions
@@ -70,7 +71,8 @@ REASONS = {
     101: "Switching Protocols", 200: "OK", 204: "No Content", 301: "Moved Permanently",
     302: "Found", 304: "Not Modified", 400: "Bad Request", 401: "Unauthorized",
     403: "Forbidden", 404: "Not Found", 405: "Method Not Allowed", 408: "Request Timeout",
-    413: "Content Too Large", 426: "Upgrade Required", 429: "Too Many Requests",
+    413: "Content Too Large", 414: "URI Too Long", 426: "Upgrade Required",
+    429: "Too Many Requests",
     431: "Request Header Fields Too Large", 500: "Internal Server Error",
     501: "Not Implemented", 503: "Service Unavailable",
 }  # fmt: skip
@@ -89,8 +91,8 @@ def make_key(random_bytes: Callable[[int], bytes] = os.urandom) -> str:
 class HeadReader:
     """Accumulates bytes until the empty line (``b"\\r\\n\\r\\n"``) that ends an HTTP head.
 
-    Each byte is searched at most twice (a trailing ``\\r`` is searched again with the next
-    chunk), so the total work is linear however the head is split; ``scanned`` counts it.
+    Each byte is searched once for LF (each LF must follow a CR: a bare LF is a 400 at once),
+    so the total work is linear however the head is split; ``scanned`` counts it.
     Call ``feed()`` with each chunk until it returns ``(head, rest)``; a reader is used once.
     """
 
@@ -102,6 +104,7 @@ class HeadReader:
         self._scan = 0  # where the next CRLF search starts
         self._line_start = 0  # where the current line starts
         self._lines = 0  # complete lines, request line included
+        self._head_start = 0  # 2 after an ignored leading CRLF
         self._done = False
 
     @property
@@ -117,6 +120,8 @@ class HeadReader:
 
         Raises:
             HeadersTooLarge: over ``max_bytes`` or ``max_headers``, as soon as that is known.
+            URITooLong: over ``max_bytes`` before the request line ended (414).
+            HandshakeError: a bare LF (400).
             InvalidState: the head was already returned.
         """
         if self._done:
@@ -124,20 +129,29 @@ class HeadReader:
         buf = self._buf
         buf += data
         limit = min(len(buf), self.max_bytes)  # a CRLF past the limit ends a too-large head
-        while (end := buf.find(b"\r\n", self._scan, limit)) >= 0:
-            self.scanned += end + 2 - self._scan
-            if end == self._line_start and end > 0:
+        while (lf := buf.find(b"\n", self._scan, limit)) >= 0:
+            self.scanned += lf + 1 - self._scan
+            if lf == 0 or buf[lf - 1] != 0x0D:  # refused at once, not a 408 later
+                raise HandshakeError("Bare LF in the head: lines end with CRLF (RFC 7230 §3.5)")
+            end = lf - 1
+            self._line_start, start = lf + 1, self._line_start
+            self._scan = lf + 1
+            if end == start == 0:  # RFC 7230 §3.5: SHOULD ignore one CRLF before the start line
+                self._head_start = 2
+            elif end == start:
                 self._done = True
-                head, rest = bytes(buf[: end - 2]), bytes(buf[end + 2 :])
+                head, rest = bytes(buf[self._head_start : end - 2]), bytes(buf[lf + 1 :])
                 self._buf = bytearray()
                 return head, rest
-            self._lines += 1
-            if self._lines - 1 > self.max_headers:
-                raise HeadersTooLarge(f"More than {self.max_headers} header fields")
-            self._line_start = self._scan = end + 2
+            else:
+                self._lines += 1
+                if self._lines - 1 > self.max_headers:
+                    raise HeadersTooLarge(f"More than {self.max_headers} header fields")
         self.scanned += max(limit - self._scan, 0)
-        self._scan = max(self._scan, limit - 1)  # a lone "\r" at the end is searched again
+        self._scan = max(self._scan, limit)
         if len(buf) > self.max_bytes:
+            if not self._lines:  # RFC 9110 §15.5.15: the request line alone is too long
+                raise URITooLong(f"Request line longer than {self.max_bytes} bytes")
             raise HeadersTooLarge(f"Request head larger than {self.max_bytes} bytes")
         return None
 
