@@ -36,10 +36,11 @@ class Transport:
     Attributes:
         sock: the socket (the TLS socket under TLS).
         broken: True once TCP was dropped: every write fails, readers see EOF.
+        buffered_amount: bytes queued in the outbox that the kernel has not taken yet.
     """
 
-    __slots__ = ("_limit", "_outbox", "_outbox_bytes", "_raw", "_read_size", "_turn",
-                 "_writer", "_writing", "broken", "sock")  # fmt: skip
+    __slots__ = ("_limit", "_outbox", "_raw", "_read_size", "_turn", "_writer", "_writing",
+                 "broken", "buffered_amount", "sock")  # fmt: skip
 
     def __init__(self, sock: Any, *, limit: int, read_size: int = 65536) -> None:
         self.sock = sock
@@ -49,15 +50,10 @@ class Transport:
         self._limit = limit
         self._read_size = read_size
         self._outbox: deque[bytes | memoryview] | None = None  # None while idle
-        self._outbox_bytes = 0
+        self.buffered_amount = 0  # an attribute, not a property: read on the hot path
         self._writer: gevent.Greenlet | None = None  # the short-lived outbox drainer
         self._writing = False  # a blocking sendall is in progress
         self._turn: Event | None = None  # set when that sendall ends (made only when awaited)
-
-    @property
-    def buffered_amount(self) -> int:
-        """Bytes queued in the outbox that the kernel has not taken yet."""
-        return self._outbox_bytes
 
     @property
     def idle(self) -> bool:
@@ -101,7 +97,7 @@ class Transport:
     def _wait_below_limit(self) -> None:
         """Natural backpressure for blocking writers, whoever holds the socket: the writer
         greenlet, or another greenlet's sendall (then wait for its end)."""
-        while self._outbox_bytes > self._limit and not self.broken:
+        while self.buffered_amount > self._limit and not self.broken:
             writer = self._writer
             if writer is not None:
                 writer.join()
@@ -122,7 +118,7 @@ class Transport:
         if self.broken:
             return False
         if self._writing or self._writer is not None or self._outbox:
-            if budget is not None and self._outbox_bytes + len(data) > budget:
+            if budget is not None and self.buffered_amount + len(data) > budget:
                 return False
             self._enqueue(data)
             self._start_writer()
@@ -171,7 +167,7 @@ class Transport:
         if self._outbox is None:
             self._outbox = deque()
         self._outbox.append(chunk)
-        self._outbox_bytes += len(chunk)
+        self.buffered_amount += len(chunk)
 
     def _start_writer(self) -> None:
         if self._outbox and self._writer is None and not self._writing and not self.broken:
@@ -184,7 +180,7 @@ class Transport:
             while outbox and not self.broken:
                 chunk = outbox[0]
                 sent = self.sock.send(chunk)  # blocks this greenlet only
-                self._outbox_bytes -= sent
+                self.buffered_amount -= sent
                 if sent < len(chunk):
                     outbox[0] = memoryview(chunk)[sent:]
                 else:
@@ -201,7 +197,7 @@ class Transport:
         self.broken = True
         if self._outbox:
             self._outbox.clear()
-        self._outbox_bytes = 0
+        self.buffered_amount = 0
         raw = getattr(self.sock, "_sock", self.sock)
         try:
             raw.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_ABORT)

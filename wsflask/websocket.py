@@ -498,8 +498,8 @@ class WebSocket:
         transport = self._transport
         if conn.state is not State.OPEN or transport.broken:
             return False
-        limit = self._config.max_backpressure
-        if not transport.idle and transport.buffered_amount + _nbytes(data) > limit:
+        queued = transport.buffered_amount  # checked first, uncompressed; no call when idle
+        if queued and queued + _nbytes(data) > self._config.max_backpressure:
             self._over_budget(policy)
             return False
         started = perf_counter()
