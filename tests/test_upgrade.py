@@ -21,9 +21,11 @@ from wsflask.websocket import WebSocket
 pytestmark = pytest.mark.usefixtures("test_deadline")
 
 PACKAGE = Path(__file__).resolve().parent.parent / "wsflask"
-UPGRADE = (b"GET /chat?token=t HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
-           b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
-           b"Sec-WebSocket-Version: 13\r\n\r\n")
+UPGRADE = (
+    b"GET /chat?token=t HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
+    b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+    b"Sec-WebSocket-Version: 13\r\n\r\n"
+)
 PLAIN_GET = b"GET /page HTTP/1.1\r\nHost: x\r\n\r\n"
 CONFIG = Config(close_timeout=0.5, handshake_timeout=1.0)
 
@@ -58,11 +60,17 @@ def read_all(sock: Any) -> bytes:
     return data
 
 
-def decide(pair: tuple[Any, Any], head: bytes, resolve: Any, *, stopping: bool = False
-           ) -> tuple[Upgrade | None, bytes, list[int], WebSocket]:
+def decide(
+    pair: tuple[Any, Any], head: bytes, resolve: Any, *, stopping: bool = False
+) -> tuple[Upgrade | None, bytes, list[int], WebSocket]:
     server, client = pair
-    ws = WebSocket(server, Connection(Side.SERVER, http=True), config=CONFIG,
-                   remote_address=("127.0.0.1", 1234), initial=head)
+    ws = WebSocket(
+        server,
+        Connection(Side.SERVER, http=True),
+        config=CONFIG,
+        remote_address=("127.0.0.1", 1234),
+        initial=head,
+    )
     request = read_request(ws)
     assert isinstance(request, Request)
     statuses = Statuses()
@@ -89,7 +97,8 @@ def test_upgrade_answers_101_and_copies_session_and_params(pair: Any) -> None:
 
 def test_http_response_is_sent_and_counted(pair: Any) -> None:
     result, answered, statuses, _ = decide(
-        pair, PLAIN_GET, lambda r, a: HTTPResponse(200, b"a page", headers=(("X-A", "1"),)))
+        pair, PLAIN_GET, lambda r, a: HTTPResponse(200, b"a page", headers=(("X-A", "1"),))
+    )
     assert result is None and statuses == [200]
     assert answered.startswith(b"HTTP/1.1 200 OK\r\n") and answered.endswith(b"\r\n\r\na page")
     assert b"X-A: 1\r\n" in answered
@@ -147,25 +156,32 @@ def _calls_receive_data(path: Path) -> bool:
 
 def test_only_websocket_py_feeds_the_core() -> None:
     """STYLE.md rule 5: websocket.py is the one driver that calls receive_data."""
-    feeders = {p.relative_to(PACKAGE).as_posix() for p in PACKAGE.rglob("*.py")
-               if "protocol" not in p.parts and _calls_receive_data(p)}
+    feeders = {
+        p.relative_to(PACKAGE).as_posix()
+        for p in PACKAGE.rglob("*.py")
+        if "protocol" not in p.parts and _calls_receive_data(p)
+    }
     assert feeders == {"websocket.py"}
 
 
 REFUSED_BY_BUILD_RESPONSE = {
     "status 999": lambda r, a: (_ for _ in ()).throw(Reject(999, "odd")),
     "reject sets Content-Length": lambda r, a: (_ for _ in ()).throw(
-        Reject(401, "x", headers=(("Content-Length", "0"),))),
+        Reject(401, "x", headers=(("Content-Length", "0"),))
+    ),
     "CRLF in a header": lambda r, a: (_ for _ in ()).throw(
-        Reject(302, "x", headers=(("Location", "/a\r\nSet-Cookie: s=1"),))),
+        Reject(302, "x", headers=(("Location", "/a\r\nSet-Cookie: s=1"),))
+    ),
     "204 with a body": lambda r, a: HTTPResponse(204, b"x"),
 }
 
 
-@pytest.mark.parametrize("resolve", REFUSED_BY_BUILD_RESPONSE.values(),
-                         ids=list(REFUSED_BY_BUILD_RESPONSE))
+@pytest.mark.parametrize(
+    "resolve", REFUSED_BY_BUILD_RESPONSE.values(), ids=list(REFUSED_BY_BUILD_RESPONSE)
+)
 def test_defect7_an_answer_build_response_refuses_becomes_500_and_a_log_line(
-        pair: Any, caplog: Any, resolve: Any) -> None:
+    pair: Any, caplog: Any, resolve: Any
+) -> None:
     with caplog.at_level(logging.ERROR, logger="wsflask"):
         result, answered, statuses, _ = decide(pair, UPGRADE, resolve)
     assert result is None and statuses == [500]

@@ -321,9 +321,14 @@ def test_flask_session_cookie_is_checked_before_upgrade(
 
 # -- the same head gets the same answer as on Server (defects-2.md suspicions) ------------------
 
-UPGRADE_LINES = ["GET /echo HTTP/1.1", "Host: 127.0.0.1", "Upgrade: websocket",
-                 "Connection: Upgrade", "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==",
-                 "Sec-WebSocket-Version: 13"]
+UPGRADE_LINES = [
+    "GET /echo HTTP/1.1",
+    "Host: 127.0.0.1",
+    "Upgrade: websocket",
+    "Connection: Upgrade",
+    "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==",
+    "Sec-WebSocket-Version: 13",
+]
 
 
 def first_line_of_answer(port: int, raw: bytes) -> bytes:
@@ -341,7 +346,8 @@ def first_line_of_answer(port: int, raw: bytes) -> bytes:
 
 @pytest.mark.parametrize("through", ["server", "pywsgi"])
 def test_leading_crlf_is_ignored_and_bare_lf_gets_400_on_both_paths(
-        wsgi_serve: Any, through: str) -> None:
+    wsgi_serve: Any, through: str
+) -> None:
     app = echo_app(handshake_timeout=5.0)
     if through == "server":
         server = app.make_server("127.0.0.1", 0)
@@ -373,8 +379,9 @@ def test_pywsgi_access_log_of_an_upgrade_leaves_the_query_out(wsgi_serve: Any) -
                 logged.set()  # pywsgi writes its line after the handler returned
 
     ws_app = echo_app()
-    server = pywsgi.WSGIServer(("127.0.0.1", 0), flask_pages(), log=Log(),
-                               handler_class=ws_app.handler_class)
+    server = pywsgi.WSGIServer(
+        ("127.0.0.1", 0), flask_pages(), log=Log(), handler_class=ws_app.handler_class
+    )
     server.start()
     try:
         ws = connect(url(server, "/echo?token=s3cret"), timeout=WAIT)

@@ -25,10 +25,16 @@ from .websocket import WebSocket
 __all__ = ["connect", "open_client"]
 
 
-def connect(url: str, *, subprotocols: Sequence[str] = (),
-            headers: Iterable[tuple[str, str]] = (), timeout: float = 10.0,
-            config: Config | None = None, ssl_context: ssl.SSLContext | None = None,
-            compression: bool = False) -> WebSocket:
+def connect(
+    url: str,
+    *,
+    subprotocols: Sequence[str] = (),
+    headers: Iterable[tuple[str, str]] = (),
+    timeout: float = 10.0,
+    config: Config | None = None,
+    ssl_context: ssl.SSLContext | None = None,
+    compression: bool = False,
+) -> WebSocket:
     """Open a WebSocket connection to ``url`` (``ws://`` or ``wss://``).
 
     Args:
@@ -67,8 +73,9 @@ def connect(url: str, *, subprotocols: Sequence[str] = (),
                 sock.do_handshake()
             deflate = config.deflate_settings() if compression else None
             conn = Connection(Side.CLIENT, limits=config.limits(), deflate=deflate)
-            conn.connect(_host_header(host, port, secure), target,
-                         subprotocols=subprotocols, headers=headers)
+            conn.connect(
+                _host_header(host, port, secure), target, subprotocols=subprotocols, headers=headers
+            )
             ws = WebSocket(sock, conn, config=config, remote_address=_peer(sock))
             open_client(ws)
             done = True

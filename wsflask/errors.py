@@ -82,8 +82,9 @@ class Reject(HandshakeError):
     ``headers`` and ``message`` as the plain-text body.
     """
 
-    def __init__(self, status: int, message: str = "",
-                 headers: Iterable[tuple[str, str]] = ()) -> None:
+    def __init__(
+        self, status: int, message: str = "", headers: Iterable[tuple[str, str]] = ()
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.message = message

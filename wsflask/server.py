@@ -85,10 +85,18 @@ class Server(StreamServer):  # type: ignore[misc]
         ConfigError: the certificate or key cannot be loaded (fail fast, battery TL-04).
     """
 
-    def __init__(self, listener: Any, resolve: Resolver, config: Config | None = None, *,
-                 metrics: Metrics | None = None, heartbeat: Watcher | None = None,
-                 services: Sequence[Service] = (), new_id: Callable[[], str] = ids.new_id,
-                 ssl_context: ssl.SSLContext | None = None) -> None:
+    def __init__(
+        self,
+        listener: Any,
+        resolve: Resolver,
+        config: Config | None = None,
+        *,
+        metrics: Metrics | None = None,
+        heartbeat: Watcher | None = None,
+        services: Sequence[Service] = (),
+        new_id: Callable[[], str] = ids.new_id,
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> None:
         self.config = config or Config()
         self.resolve = resolve
         self.metrics = metrics
@@ -139,8 +147,9 @@ class Server(StreamServer):  # type: ignore[misc]
 
     # ------------------------------------------------------------------ admission
 
-    def _admit(self, func: Callable[..., Any], handle: Any, close: Any,
-               args: tuple[Any, Any]) -> Any:
+    def _admit(
+        self, func: Callable[..., Any], handle: Any, close: Any, args: tuple[Any, Any]
+    ) -> Any:
         """The ``spawn`` of StreamServer: a pool greenlet, or the 503/429 shedding path."""
         sock, address = args
         if self._stopping or self.pool.full():
@@ -203,8 +212,12 @@ class Server(StreamServer):  # type: ignore[misc]
     def _back_off(self, exc: OSError) -> None:
         delay = min(ACCEPT_BACKOFF_MAX, self._accept_delay * 2 or ACCEPT_BACKOFF_MIN)
         if not self._accept_delay:
-            logger.warning("accept() failed (%s); backing off up to %.1f s, existing "
-                           "connections keep being served", exc.strerror, ACCEPT_BACKOFF_MAX)
+            logger.warning(
+                "accept() failed (%s); backing off up to %.1f s, existing "
+                "connections keep being served",
+                exc.strerror,
+                ACCEPT_BACKOFF_MAX,
+            )
         self._accept_delay = delay
         self.stop_accepting()
         self._timer = self.loop.timer(delay)
@@ -240,11 +253,21 @@ class Server(StreamServer):  # type: ignore[misc]
                 if self._ssl is not None:
                     sock = wrap_tls(sock, self._ssl, server_side=True)
                     sock.do_handshake()
-                conn = Connection(Side.SERVER, limits=self.config.limits(), http=True,
-                                  deflate=self.config.deflate_settings())
-                ws = WebSocket(sock, conn, config=self.config, metrics=self.metrics,
-                               heartbeat=self.heartbeat, remote_address=address,
-                               connection_id=self.new_id())
+                conn = Connection(
+                    Side.SERVER,
+                    limits=self.config.limits(),
+                    http=True,
+                    deflate=self.config.deflate_settings(),
+                )
+                ws = WebSocket(
+                    sock,
+                    conn,
+                    config=self.config,
+                    metrics=self.metrics,
+                    heartbeat=self.heartbeat,
+                    remote_address=address,
+                    connection_id=self.new_id(),
+                )
                 self._handshaking[me] = ws
                 outcome = read_request(ws)
         except Timeout as exc:
@@ -258,8 +281,9 @@ class Server(StreamServer):  # type: ignore[misc]
         finally:
             self._handshaking.pop(me, None)
         if isinstance(outcome, Request) and ws is not None:
-            upgrade = answer(ws, outcome, self.resolve, stopping=self._stopping,
-                             metrics=self.metrics)
+            upgrade = answer(
+                ws, outcome, self.resolve, stopping=self._stopping, metrics=self.metrics
+            )
             return None if upgrade is None else (ws, upgrade)
         self._give_up(ws, sock, outcome)
         return None
@@ -350,16 +374,20 @@ class Server(StreamServer):  # type: ignore[misc]
 def _log_access(event: str, ws: WebSocket, duration: float | None = None) -> None:
     """One ``wsflask.access`` line: id, peer, route (the request path), duration, close code."""
     peer = ws.remote_address
-    fields: dict[str, Any] = {"id": ws.id, "peer": f"{peer[0]}:{peer[1]}" if peer else "-",
-                              "route": ws.request.path if ws.request else "-"}
+    fields: dict[str, Any] = {
+        "id": ws.id,
+        "peer": f"{peer[0]}:{peer[1]}" if peer else "-",
+        "route": ws.request.path if ws.request else "-",
+    }
     if duration is not None:
         fields["duration"] = round(duration, 3)
         fields["close_code"] = CloseCode.ABNORMAL if ws.close_code is None else ws.close_code
     access_log.info("connection %s", event, extra=fields)
 
 
-def _serve_and_close(handle: Callable[[Any, Any], None], close: Callable[[Any, Any], None],
-                     sock: Any, address: Any) -> None:
+def _serve_and_close(
+    handle: Callable[[Any, Any], None], close: Callable[[Any, Any], None], sock: Any, address: Any
+) -> None:
     """A connection's pool greenlet: ``handle(sock, address)``, then ``close`` it."""
     try:
         handle(sock, address)
@@ -376,8 +404,9 @@ def _make_ssl_context(config: Config) -> ssl.SSLContext | None:
     try:
         context.load_cert_chain(config.certfile, config.keyfile)
     except (OSError, ssl.SSLError) as exc:
-        raise ConfigError(f"certfile={config.certfile!r} keyfile={config.keyfile!r} cannot "
-                          f"be loaded: {exc}") from exc
+        raise ConfigError(
+            f"certfile={config.certfile!r} keyfile={config.keyfile!r} cannot be loaded: {exc}"
+        ) from exc
     return context
 
 

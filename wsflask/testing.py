@@ -97,33 +97,50 @@ class TestClient:
     def __enter__(self) -> TestClient:
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
         self.close()
 
     # -- WebSocket -----------------------------------------------------------------------------
 
-    def connect(self, path: str = "/", *, headers: Iterable[tuple[str, str]] = (),
-                subprotocols: Iterable[str] = (), timeout: float | None = None) -> WebSocket:
+    def connect(
+        self,
+        path: str = "/",
+        *,
+        headers: Iterable[tuple[str, str]] = (),
+        subprotocols: Iterable[str] = (),
+        timeout: float | None = None,
+    ) -> WebSocket:
         """Open a client WebSocket to ``path``; raises ``HandshakeRejected`` when refused."""
         url = self.url(path)
         limit = timeout if timeout is not None else self.timeout
         with gevent.Timeout(limit + 1.0):
-            ws = connect(url, headers=tuple(headers), subprotocols=tuple(subprotocols),
-                         timeout=limit)
+            ws = connect(
+                url, headers=tuple(headers), subprotocols=tuple(subprotocols), timeout=limit
+            )
         self._clients.append(ws)
         return ws
 
-    def assert_refused(self, path: str, status: int, *,
-                       headers: Iterable[tuple[str, str]] = (),
-                       subprotocols: Iterable[str] = ()) -> HandshakeRejected:
+    def assert_refused(
+        self,
+        path: str,
+        status: int,
+        *,
+        headers: Iterable[tuple[str, str]] = (),
+        subprotocols: Iterable[str] = (),
+    ) -> HandshakeRejected:
         """Assert the handshake to ``path`` is refused with ``status``; return the refusal."""
         try:
             ws = self.connect(path, headers=headers, subprotocols=subprotocols)
         except HandshakeRejected as exc:
             if exc.status != status:
-                raise AssertionError(f"{path}: refused with {exc.status}, expected {status}"
-                                     ) from exc
+                raise AssertionError(
+                    f"{path}: refused with {exc.status}, expected {status}"
+                ) from exc
             return exc
         ws.close()
         raise AssertionError(f"{path}: handshake accepted, expected refusal {status}")
@@ -148,22 +165,25 @@ class TestClient:
             raise AssertionError(f"expected a JSON text message, got bytes {message[:60]!r}")
         return json.loads(message)
 
-    def assert_closed(self, ws: WebSocket, code: int | None = None,
-                      timeout: float | None = None) -> int | None:
+    def assert_closed(
+        self, ws: WebSocket, code: int | None = None, timeout: float | None = None
+    ) -> int | None:
         """Wait until ``ws`` closes (discarding messages), check ``code``; return the code."""
         limit = timeout if timeout is not None else self.timeout
         with gevent.Timeout(limit, AssertionError(f"still open after {limit} s")):
             for _ in ws:
                 pass
         if code is not None and ws.close_code != code:
-            raise AssertionError(f"closed with {ws.close_code} {ws.close_reason!r}, "
-                                 f"expected {code}")
+            raise AssertionError(
+                f"closed with {ws.close_code} {ws.close_reason!r}, expected {code}"
+            )
         return ws.close_code
 
     # -- plain HTTP ----------------------------------------------------------------------------
 
-    def get(self, path: str, *, headers: Iterable[tuple[str, str]] = (),
-            timeout: float | None = None) -> HTTPResult:
+    def get(
+        self, path: str, *, headers: Iterable[tuple[str, str]] = (), timeout: float | None = None
+    ) -> HTTPResult:
         """GET ``path`` over plain HTTP/1.1 (``Connection: close``) and return the answer."""
         limit = timeout if timeout is not None else self.timeout
         lines = [f"GET {path} HTTP/1.1", f"Host: 127.0.0.1:{self.port}", "Connection: close"]

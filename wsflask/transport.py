@@ -244,8 +244,13 @@ def os_socket(sock: Any) -> Any | None:
     return None if isinstance(sock, gevent.ssl.SSLSocket) else getattr(sock, "_sock", None)
 
 
-def wrap_tls(sock: Any, context: ssl.SSLContext, *, server_side: bool = False,
-             server_hostname: str | None = None) -> Any:
+def wrap_tls(
+    sock: Any,
+    context: ssl.SSLContext,
+    *,
+    server_side: bool = False,
+    server_hostname: str | None = None,
+) -> Any:
     """Wrap a gevent socket in gevent's cooperative ``SSLSocket``, for any ``SSLContext``.
 
     A stdlib context's own ``wrap_socket()`` returns a blocking socket (the TLS handshake
@@ -253,6 +258,10 @@ def wrap_tls(sock: Any, context: ssl.SSLContext, *, server_side: bool = False,
     No I/O happens here: call ``do_handshake()`` on the result next, under a deadline,
     and close the result (it owns the descriptor now) if that fails.
     """
-    return gevent.ssl.SSLSocket(sock=sock, server_side=server_side, _context=context,
-                                server_hostname=server_hostname,
-                                do_handshake_on_connect=False)
+    return gevent.ssl.SSLSocket(
+        sock=sock,
+        server_side=server_side,
+        _context=context,
+        server_hostname=server_hostname,
+        do_handshake_on_connect=False,
+    )

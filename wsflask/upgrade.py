@@ -79,15 +79,21 @@ def read_request(ws: WebSocket) -> Request | HandshakeError | None:
     return ws.close_cause if isinstance(ws.close_cause, HandshakeError) else None
 
 
-def accept(ws: WebSocket, request: Request, *, subprotocol: str | None = None,
-           headers: Iterable[tuple[str, str]] = ()) -> None:
+def accept(
+    ws: WebSocket,
+    request: Request,
+    *,
+    subprotocol: str | None = None,
+    headers: Iterable[tuple[str, str]] = (),
+) -> None:
     """Answer ``request`` with 101. Next: ``ws.run(handler)``."""
     ws.connection.accept(request, subprotocol=subprotocol, headers=headers)
     ws.flush()
 
 
-def reject(ws: WebSocket, status: int, message: str = "", *,
-           headers: Iterable[tuple[str, str]] = ()) -> None:
+def reject(
+    ws: WebSocket, status: int, message: str = "", *, headers: Iterable[tuple[str, str]] = ()
+) -> None:
     """Refuse the handshake with ``status``; returns once the socket is closed.
 
     Raises:
@@ -103,13 +109,20 @@ def respond(ws: WebSocket, response: HTTPResponse) -> None:
     Raises:
         ValueError: ``build_response`` refuses the status, body or a header (nothing sent).
     """
-    ws.connection.respond(response.status, response.body, content_type=response.content_type,
-                          headers=response.headers)
+    ws.connection.respond(
+        response.status, response.body, content_type=response.content_type, headers=response.headers
+    )
     ws.flush(ws.config.handshake_timeout)
 
 
-def answer(ws: WebSocket, request: Request, resolve: Resolver, *, stopping: bool,
-           metrics: HandshakeCounter | None) -> Upgrade | None:
+def answer(
+    ws: WebSocket,
+    request: Request,
+    resolve: Resolver,
+    *,
+    stopping: bool,
+    metrics: HandshakeCounter | None,
+) -> Upgrade | None:
     """Ask ``resolve`` and answer: 101 (returns the ``Upgrade``), a page, or a refusal.
 
     A ``HandshakeError`` (``Reject``...) is answered with its status, headers and message;
@@ -132,8 +145,9 @@ def answer(ws: WebSocket, request: Request, resolve: Resolver, *, stopping: bool
     return None
 
 
-def _decide(request: Request, resolve: Resolver, address: tuple[str, int] | None,
-            stopping: bool) -> Upgrade | HTTPResponse | HandshakeError:
+def _decide(
+    request: Request, resolve: Resolver, address: tuple[str, int] | None, stopping: bool
+) -> Upgrade | HTTPResponse | HandshakeError:
     if stopping:  # RFC 9110 §15.6.4, with Retry-After
         return Reject(503, "server shutting down", (("Retry-After", "1"),))
     try:
@@ -144,13 +158,17 @@ def _decide(request: Request, resolve: Resolver, address: tuple[str, int] | None
         logger.exception("resolver failed for %s", request.path)
         return Reject(500, "internal server error")
     if isinstance(result, Upgrade) and not request.key:  # a plain GET (RFC 9110 §15.5.22)
-        return Reject(426, "this resource needs a WebSocket upgrade",
-                      (("Upgrade", "websocket"), ("Sec-WebSocket-Version", "13")))
+        return Reject(
+            426,
+            "this resource needs a WebSocket upgrade",
+            (("Upgrade", "websocket"), ("Sec-WebSocket-Version", "13")),
+        )
     return result
 
 
-def _queue(ws: WebSocket, request: Request, outcome: Upgrade | HTTPResponse | HandshakeError
-           ) -> int:
+def _queue(
+    ws: WebSocket, request: Request, outcome: Upgrade | HTTPResponse | HandshakeError
+) -> int:
     """Issue the core command for ``outcome`` (no I/O yet); return the status it answers."""
     conn = ws.connection
     if isinstance(outcome, Upgrade):
@@ -159,8 +177,9 @@ def _queue(ws: WebSocket, request: Request, outcome: Upgrade | HTTPResponse | Ha
         ws.path_params.update(outcome.path_params)
         return 101
     if isinstance(outcome, HTTPResponse):
-        conn.respond(outcome.status, outcome.body, content_type=outcome.content_type,
-                     headers=outcome.headers)
+        conn.respond(
+            outcome.status, outcome.body, content_type=outcome.content_type, headers=outcome.headers
+        )
         return outcome.status
     conn.reject(outcome.status, str(outcome), headers=outcome.headers)
     return outcome.status

@@ -109,10 +109,18 @@ class WebSocket:
         "request", "rooms", "session", "subprotocol",
     )  # fmt: skip
 
-    def __init__(self, sock: Any, connection: Connection, *, config: Config | None = None,
-                 metrics: Metrics | None = None, heartbeat: Watcher | None = None,
-                 remote_address: Any = None,
-                 connection_id: str | None = None, initial: bytes = b"") -> None:
+    def __init__(
+        self,
+        sock: Any,
+        connection: Connection,
+        *,
+        config: Config | None = None,
+        metrics: Metrics | None = None,
+        heartbeat: Watcher | None = None,
+        remote_address: Any = None,
+        connection_id: str | None = None,
+        initial: bytes = b"",
+    ) -> None:
         self.id = connection_id or new_id()
         self.request: Request | None = connection.request
         self.remote_address = _address(remote_address)
@@ -131,8 +139,7 @@ class WebSocket:
         config = config or _DEFAULT_CONFIG
         self._config = config
         self._sock = sock
-        self._transport = Transport(sock, limit=config.max_backpressure,
-                                    read_size=config.read_size)
+        self._transport = Transport(sock, limit=config.max_backpressure, read_size=config.read_size)
         #: the OS socket for reads without gevent layers; None under TLS
         self._raw = os_socket(sock)
         self._conn = connection

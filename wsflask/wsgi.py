@@ -109,8 +109,9 @@ class WebSocketHandler(pywsgi.WSGIHandler):  # type: ignore[misc]
         status = _StatusLog(self, app.metrics)
         ws, request = self._take_over(app.config, status, app.heartbeat)
         if request is not None:
-            upgrade = answer(ws, request, app.resolve, stopping=_stopping(self.server),
-                             metrics=status)
+            upgrade = answer(
+                ws, request, app.resolve, stopping=_stopping(self.server), metrics=status
+            )
             if upgrade is not None:
                 self._serve(ws, upgrade.handler)
         return True
@@ -137,8 +138,15 @@ class WebSocketHandler(pywsgi.WSGIHandler):  # type: ignore[misc]
         conn = Connection(
             Side.SERVER, limits=config.limits(), http=True, deflate=config.deflate_settings()
         )
-        ws = WebSocket(sock, conn, config=config, metrics=status.metrics, heartbeat=heartbeat,
-                       remote_address=self.client_address, initial=self._head() + leftover)
+        ws = WebSocket(
+            sock,
+            conn,
+            config=config,
+            metrics=status.metrics,
+            heartbeat=heartbeat,
+            remote_address=self.client_address,
+            initial=self._head() + leftover,
+        )
         # pywsgi's access log prints the request line: leave the query (tokens) out, as
         # wsflask's own logs do
         method, _, rest = self.requestline.partition(" ")
@@ -186,8 +194,12 @@ class WebSocketHandler(pywsgi.WSGIHandler):  # type: ignore[misc]
         if request is None:
             return None
         chosen = Upgrade(going_away, subprotocol=subprotocol)  # its handler never runs
-        if answer(ws, request, lambda _r, _a: chosen, stopping=_stopping(self.server),
-                  metrics=status) is None:
+        if (
+            answer(
+                ws, request, lambda _r, _a: chosen, stopping=_stopping(self.server), metrics=status
+            )
+            is None
+        ):
             return None
         # This greenlet reads the connection from now on, as ws.run() would have said: a
         # close() from another greenlet (server shutdown) must not read it too.

@@ -13,7 +13,6 @@ from .frames import CloseCode
 __all__ = ["check_close_code", "close_code_valid", "close_payload", "parse_close"]
 
 
-
 def close_code_valid(code: int) -> bool:
     """True for the codes that may appear in a Close frame on the wire."""
     return 1000 <= code <= 1003 or 1007 <= code <= 1014 or 3000 <= code <= 4999

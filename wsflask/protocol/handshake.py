@@ -353,7 +353,11 @@ def build_accept(
 
 
 def build_response(
-    status: int, body: bytes = b"", *, content_type: str = TEXT_PLAIN, headers: Headers = (),
+    status: int,
+    body: bytes = b"",
+    *,
+    content_type: str = TEXT_PLAIN,
+    headers: Headers = (),
     head_only: bool = False,
 ) -> bytes:
     """Return a complete HTTP/1.1 response with ``Connection: close``.
