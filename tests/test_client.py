@@ -47,9 +47,11 @@ def test_subprotocol_headers_and_query_reach_the_server(serve: Any) -> None:
         return Upgrade(echo, subprotocol="chat")
 
     server = serve(resolve=resolve)
-    ws = connect(f"ws://127.0.0.1:{server.server_port}/room?x=1",
-                 subprotocols=["superchat", "chat"],
-                 headers=[("Origin", "https://app.example")])
+    ws = connect(
+        f"ws://127.0.0.1:{server.server_port}/room?x=1",
+        subprotocols=["superchat", "chat"],
+        headers=[("Origin", "https://app.example")],
+    )
     assert ws.subprotocol == "chat"
     assert seen == [(("superchat", "chat"), "https://app.example", "/room?x=1")]
     ws.close()
@@ -69,8 +71,7 @@ def test_close_completes_the_handshake_and_closes_the_socket(serve: Any) -> None
 
 def test_client_limits_apply_to_what_the_server_sends(serve: Any) -> None:
     server = serve(lambda ws: ws.send(b"z" * 200) or ws.receive())
-    ws = connect(f"ws://127.0.0.1:{server.server_port}/",
-                 config=Config(max_message_size=100))
+    ws = connect(f"ws://127.0.0.1:{server.server_port}/", config=Config(max_message_size=100))
     assert ws.receive(timeout=5) is None
     assert ws.close_code == 1009
 
@@ -138,11 +139,14 @@ def test_connection_refused_is_an_os_error() -> None:
         connect(f"ws://127.0.0.1:{port}/", timeout=2)
 
 
-@pytest.mark.parametrize(("url", "parsed"), [
-    ("ws://h/", (False, "h", 80, "/")),
-    ("wss://h:8443/a/b?c=d", (True, "h", 8443, "/a/b?c=d")),
-    ("ws://[::1]:9000", (False, "::1", 9000, "/")),
-])
+@pytest.mark.parametrize(
+    ("url", "parsed"),
+    [
+        ("ws://h/", (False, "h", 80, "/")),
+        ("wss://h:8443/a/b?c=d", (True, "h", 8443, "/a/b?c=d")),
+        ("ws://[::1]:9000", (False, "::1", 9000, "/")),
+    ],
+)
 def test_url_parsing(url: str, parsed: tuple[bool, str, int, str]) -> None:
     assert _parse_url(url) == parsed
 

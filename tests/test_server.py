@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import gevent
+import gevent.event
 import gevent.subprocess
 import pytest
 from helpers import require_tool
@@ -99,12 +100,17 @@ def test_plain_get_on_a_websocket_route_is_426(serve: Any, raw_peer: Any) -> Non
     assert b"Upgrade: websocket\r\n" in answer and b"Sec-WebSocket-Version: 13\r\n" in answer
 
 
-@pytest.mark.parametrize(("path", "status", "header"), [
-    ("/login", 401, b"WWW-Authenticate: Bearer"), ("/missing", 404, b""),
-    ("/crash", 500, b""),
-])
-def test_resolver_refusals_answer_their_status(serve: Any, raw_peer: Any, path: str,
-                                               status: int, header: bytes) -> None:
+@pytest.mark.parametrize(
+    ("path", "status", "header"),
+    [
+        ("/login", 401, b"WWW-Authenticate: Bearer"),
+        ("/missing", 404, b""),
+        ("/crash", 500, b""),
+    ],
+)
+def test_resolver_refusals_answer_their_status(
+    serve: Any, raw_peer: Any, path: str, status: int, header: bytes
+) -> None:
     metrics = Statuses()
     server = serve(resolve=resolver, metrics=metrics)
     peer = raw_peer(server.server_port)
@@ -122,12 +128,13 @@ def test_upgrade_session_and_path_params_reach_the_connection(serve: Any) -> Non
     def resolve(request: Any, address: Any) -> Upgrade:
         def handler(ws: WebSocket) -> None:
             seen.append((ws.session, ws.path_params, ws.request.path, ws.remote_address))
+
         return Upgrade(handler, session={"user": "u1"}, path_params={"room": "r"})
 
     server = serve(resolve=resolve)
     ws = connect(url(server, "/chat/r?x=1"))
     assert ws.receive(timeout=5) is None
-    (session, params, path, address), = seen
+    ((session, params, path, address),) = seen
     assert session == {"user": "u1"} and params == {"room": "r"} and path == "/chat/r"
     assert address[0] == "127.0.0.1"
 
@@ -136,8 +143,10 @@ def test_bad_handshake_is_answered_by_the_core_and_counted(serve: Any, raw_peer:
     metrics = Statuses()
     server = serve(echo, metrics=metrics)
     peer = raw_peer(server.server_port)
-    peer.sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
-                      b"Connection: Upgrade\r\nSec-WebSocket-Version: 13\r\n\r\n")  # no key
+    peer.sock.sendall(
+        b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
+        b"Connection: Upgrade\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    )  # no key
     assert peer.read_until_eof().startswith(b"HTTP/1.1 400 ")
     peer.close()  # the server waits for our FIN before it counts and forgets the socket
     server.stop(timeout=1)
@@ -258,8 +267,13 @@ def test_pr03_stop_sends_1001_to_open_and_503_to_handshaking(serve: Any, raw_pee
 def _child(code: str, *args: str) -> Any:
     script = textwrap.dedent(code)
     env = dict(os.environ, PYTHONPATH=str(ROOT))
-    return gevent.subprocess.Popen([sys.executable, "-c", script, *args], env=env,
-                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return gevent.subprocess.Popen(
+        [sys.executable, "-c", script, *args],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 SERVER_CHILD = """
@@ -319,9 +333,11 @@ def test_cn02_accept_backs_off_at_the_fd_limit_and_recovers(raw_peer: Any) -> No
         port = int(child.stdout.readline())
         peers = [raw_peer(port) for _ in range(70)]
         for peer in peers:
-            peer.sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
-                              b"Connection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
-                              b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n")
+            peer.sock.sendall(
+                b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
+                b"Connection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
+                b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+            )
         checks = [gevent.spawn(_upgraded, peer, 1.0) for peer in peers]
         gevent.joinall(checks, timeout=5)
         served = [peer for peer, check in zip(peers, checks, strict=True) if check.value]
@@ -347,15 +363,35 @@ def test_cn02_accept_backs_off_at_the_fd_limit_and_recovers(raw_peer: Any) -> No
 def certificate(tmp_path: Path) -> tuple[str, str]:
     require_tool("openssl", "apt-get install -y openssl")
     cert, key = str(tmp_path / "cert.pem"), str(tmp_path / "key.pem")
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", key,
-                    "-out", cert, "-days", "1", "-subj", "/CN=127.0.0.1",
-                    "-addext", "subjectAltName=IP:127.0.0.1"],
-                   check=True, capture_output=True, timeout=60)
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            key,
+            "-out",
+            cert,
+            "-days",
+            "1",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+        ],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
     return cert, key
 
 
-def test_wss_with_a_self_signed_certificate(serve: Any, raw_peer: Any,
-                                            certificate: tuple[str, str]) -> None:
+def test_wss_with_a_self_signed_certificate(
+    serve: Any, raw_peer: Any, certificate: tuple[str, str]
+) -> None:
     cert, key = certificate
     server = serve(echo, config=Config(**FAST, certfile=cert, keyfile=key))
     context = ssl.create_default_context(cafile=cert)
@@ -388,3 +424,138 @@ def test_tl04_unloadable_certificate_fails_at_construction(tmp_path: Path) -> No
     missing = str(tmp_path / "nope.pem")
     with pytest.raises(ConfigError, match="certfile="):
         Server(("127.0.0.1", 0), resolver, Config(port=0, certfile=missing))
+
+
+# -- wiring: services, heartbeat watcher, ids, wait_drained ------------------------------------
+
+
+class Recorder:
+    """A service and a watcher at once: records what the server calls, in order."""
+
+    def __init__(self, name: str, log: list[str]) -> None:
+        self.name, self.log = name, log
+
+    def start(self) -> None:
+        self.log.append(f"{self.name}.start")
+
+    def stop(self) -> None:
+        self.log.append(f"{self.name}.stop")
+
+
+class Watcher:
+    def __init__(self, log: list[str]) -> None:
+        self.log = log
+
+    def add(self, ws: WebSocket) -> None:
+        self.log.append(f"add {ws.id}")
+
+    def remove(self, ws: WebSocket) -> None:
+        self.log.append(f"remove {ws.id}")
+
+
+def test_services_start_in_order_and_stop_in_reverse_after_the_drain(serve: Any) -> None:
+    log: list[str] = []
+    server = serve(echo, services=(Recorder("a", log), Recorder("b", log)))
+    assert log == ["a.start", "b.start"]
+    ws = connect(url(server))
+    ws.send("x")
+    assert ws.receive(timeout=5) == "x"
+    server.stop(timeout=2)
+    assert ws.receive(timeout=5) is None and ws.close_code == 1001
+    assert log == ["a.start", "b.start", "b.stop", "a.stop"]
+    assert not server.connections
+
+
+def test_heartbeat_watcher_sees_open_and_close_with_ids_from_new_id(serve: Any) -> None:
+    log: list[str] = []
+    ids = iter(["c1", "c2"])
+
+    def handler(ws: WebSocket) -> None:
+        ws.send(ws.id)
+        echo(ws)
+
+    server = serve(handler, heartbeat=Watcher(log), new_id=lambda: next(ids))
+    ws = connect(url(server))
+    assert ws.receive(timeout=5) == "c1"
+    assert log == ["add c1"]
+    ws.close()
+    assert server.wait_drained(5)
+    assert log == ["add c1", "remove c1"]
+
+
+def test_legacy_heartbeat_with_start_stop_is_run_as_a_service(serve: Any) -> None:
+    log: list[str] = []
+
+    class Legacy(Watcher, Recorder):
+        def __init__(self) -> None:
+            Watcher.__init__(self, log)
+            Recorder.__init__(self, "hb", log)
+
+    server = serve(echo, heartbeat=Legacy(), services=(Recorder("bridge", log),))
+    server.stop(timeout=1)
+    assert log == ["hb.start", "bridge.start", "bridge.stop", "hb.stop"]
+
+
+def test_default_ids_are_unguessable_and_distinct(serve: Any) -> None:
+    from wsflask.ids import is_connection_id
+
+    server = serve(lambda ws: ws.send(ws.id))
+    clients = [connect(url(server)) for _ in range(3)]
+    seen = {ws.receive(timeout=5) for ws in clients}
+    for ws in clients:
+        ws.close()
+    assert len(seen) == 3 and all(isinstance(i, str) and is_connection_id(i) for i in seen)
+
+
+def test_wait_drained_reports_false_while_a_connection_is_open(serve: Any) -> None:
+    server = serve(echo)
+    assert server.wait_drained(0)
+    ws = connect(url(server))
+    ws.send("x")
+    assert ws.receive(timeout=5) == "x"
+    assert not server.wait_drained(0.05)
+    ws.close()
+    assert server.wait_drained(5)
+
+
+def test_defect11_abort_sends_its_close_frame_under_tls_too(
+    serve: Any, certificate: tuple[str, str]
+) -> None:
+    """RFC 6455 §7.1.7: fail the connection with a Close first, over wss:// as over ws://."""
+    cert, key = certificate
+
+    def slow_consumer(ws: WebSocket) -> None:
+        ws.receive(timeout=5)
+        ws.abort(1013, "try again later")
+
+    server = serve(slow_consumer, config=Config(**FAST, certfile=cert, keyfile=key))
+    context = ssl.create_default_context(cafile=cert)
+    ws = connect(url(server, scheme="wss"), ssl_context=context, timeout=5)
+    ws.send("go")
+    assert ws.receive(timeout=5) is None
+    assert (ws.close_code, ws.close_reason) == (1013, "try again later")
+
+
+def test_defect8_a_page_to_a_client_that_never_reads_has_a_write_deadline(
+    serve: Any, raw_peer: Any
+) -> None:
+    """The answer's write is bounded by handshake_timeout: a pool slot is not held forever."""
+    big = b"p" * (64 << 20)  # past any kernel send buffer
+    answered = gevent.event.Event()
+
+    class Answered(Statuses):
+        def handshake(self, status: int) -> None:
+            super().handshake(status)
+            answered.set()
+
+    metrics = Answered()
+    server = serve(
+        resolve=lambda r, a: HTTPResponse(200, big),
+        metrics=metrics,
+        config=Config(**{**FAST, "handshake_timeout": 0.5}),
+    )
+    peer = raw_peer(server.server_port, rcvbuf=4096)
+    peer.sock.sendall(b"GET /big HTTP/1.1\r\nHost: x\r\n\r\n")  # then never reads
+    assert answered.wait(5) and metrics.statuses == [200]  # the greenlet is writing now
+    assert len(server.pool) == 1
+    assert server.pool.join(timeout=4), "the connection greenlet still holds its pool slot"

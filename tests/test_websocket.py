@@ -103,9 +103,11 @@ def holding(holder: Queue, release: Event | None = None) -> Any:
 # -- echo ---------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("message", ["hello", "", b"\x00\xffbinary", b"", "é€😀",
-                                     b"x" * (1 << 20)], ids=["text", "empty-text", "binary",
-                                                             "empty-binary", "utf8", "1MiB"])
+@pytest.mark.parametrize(
+    "message",
+    ["hello", "", b"\x00\xffbinary", b"", "é€😀", b"x" * (1 << 20)],
+    ids=["text", "empty-text", "binary", "empty-binary", "utf8", "1MiB"],
+)
 def test_echo_round_trip(serve: Any, message: str | bytes) -> None:
     server = serve(echo)
     ws = connect(url(server))
@@ -159,8 +161,9 @@ def test_handler_return_closes_1000(serve: Any) -> None:
     assert ws.close_code == 1000
 
 
-def test_handler_exception_closes_1011_without_detail(serve: Any,
-                                                      caplog: pytest.LogCaptureFixture) -> None:
+def test_handler_exception_closes_1011_without_detail(
+    serve: Any, caplog: pytest.LogCaptureFixture
+) -> None:
     def broken(ws: WebSocket) -> None:
         ws.receive()
         raise RuntimeError("secret database password")
@@ -195,8 +198,7 @@ def test_send_after_close_raises_connection_closed(serve: Any) -> None:
     assert ws.receive(timeout=1) is None
 
 
-def test_cl02_client_close_is_echoed_and_server_closes_tcp_first(serve: Any,
-                                                                 raw_peer: Any) -> None:
+def test_cl02_client_close_is_echoed_and_server_closes_tcp_first(serve: Any, raw_peer: Any) -> None:
     server = serve(echo)
     peer = raw_peer(server.server_port)
     assert peer.request().startswith(b"HTTP/1.1 101")
@@ -207,8 +209,9 @@ def test_cl02_client_close_is_echoed_and_server_closes_tcp_first(serve: Any,
     assert time.monotonic() - started < 0.5
 
 
-def test_cl04_peer_never_answers_close_tcp_dropped_after_close_timeout(serve: Any,
-                                                                      raw_peer: Any) -> None:
+def test_cl04_peer_never_answers_close_tcp_dropped_after_close_timeout(
+    serve: Any, raw_peer: Any
+) -> None:
     codes: list[int | None] = []
 
     def closer(ws: WebSocket) -> None:
@@ -227,8 +230,9 @@ def test_cl04_peer_never_answers_close_tcp_dropped_after_close_timeout(serve: An
 
 
 @pytest.mark.parametrize("racers", ["app+peer", "app+peer+abort", "app+peer+stop"])
-def test_close_races_call_the_close_callback_exactly_once(serve: Any, raw_peer: Any,
-                                                          racers: str) -> None:
+def test_close_races_call_the_close_callback_exactly_once(
+    serve: Any, raw_peer: Any, racers: str
+) -> None:
     holder: Queue = Queue()
     called = Event()
     calls: list[int | None] = []
@@ -301,7 +305,8 @@ def _count_until_end(ws: WebSocket) -> int:
 
 @pytest.mark.parametrize("policy", ["close", "drop"])
 def test_bp01_stalled_reader_is_bounded_and_others_keep_receiving(
-        serve: Any, raw_peer: Any, policy: str) -> None:
+    serve: Any, raw_peer: Any, policy: str
+) -> None:
     budget = 64 * 1024
     holder: Queue = Queue()
     metrics = Recorder()
@@ -358,7 +363,7 @@ def test_bp03_flood_at_slow_handler_server_stops_reading(serve: Any, raw_peer: A
     stream, total = frame * 64, 0
     try:
         while total < 256 * 1024 * 1024:
-            total += peer.sock.send(stream[total % len(stream):])
+            total += peer.sock.send(stream[total % len(stream) :])
     except TimeoutError:
         pass  # the server stopped reading: TCP pushed back on us
     assert total < 48 * 1024 * 1024, "the server kept reading a handler that does not"
@@ -366,7 +371,7 @@ def test_bp03_flood_at_slow_handler_server_stops_reading(serve: Any, raw_peer: A
     release.set()
     peer.sock.settimeout(5)
     offset = total % len(stream)
-    peer.sock.sendall(stream[offset:offset + (-total) % len(frame)])  # finish the last frame
+    peer.sock.sendall(stream[offset : offset + (-total) % len(frame)])  # finish the last frame
     peer.send_frame(8, (1000).to_bytes(2, "big"))
     peer.read_until_eof(timeout=10)
     server.stop(timeout=2)
@@ -395,8 +400,9 @@ def test_cf02_ping_flood_while_never_reading_is_bounded(serve: Any, raw_peer: An
 # -- heartbeat hooks ----------------------------------------------------------------------------
 
 
-def test_heartbeat_ping_matched_pong_sets_latency_wrong_pong_ignored(serve: Any,
-                                                                    raw_peer: Any) -> None:
+def test_heartbeat_ping_matched_pong_sets_latency_wrong_pong_ignored(
+    serve: Any, raw_peer: Any
+) -> None:
     holder: Queue = Queue()
     done = Event()
     server = serve(holding(holder, release=done))
@@ -432,3 +438,99 @@ def test_abort_from_another_greenlet_wakes_the_reader(serve: Any) -> None:
     assert client.close_code in (1011, 1006)
     server.stop(timeout=1)
     assert codes == [1011]
+
+
+def test_emit_sends_one_json_event_envelope(serve: Any) -> None:
+    server = serve(lambda ws: ws.emit("hello", {"n": 1}), config=Config(**FAST))
+    ws = connect(f"ws://127.0.0.1:{server.server_port}/")
+    assert ws.receive(timeout=5) == '{"event":"hello","data":{"n":1}}'
+    assert ws.receive(timeout=5) is None and ws.close_code == 1000
+
+
+def test_defect2_two_sending_greenlets_both_wait_for_the_outbox(serve: Any, raw_peer: Any) -> None:
+    """send() blocks while the outbox is full, whichever greenlet holds the socket."""
+    limit, chunk = 1 << 20, b"x" * 65536
+    peak: list[int] = [0]
+    finished = Event()
+
+    def blast(ws: WebSocket) -> None:
+        try:
+            for _ in range(400):
+                ws.send(chunk)
+                peak[0] = max(peak[0], ws.buffered_amount)
+        except ConnectionClosed:
+            return
+        finished.set()
+
+    def handler(ws: WebSocket) -> None:
+        other = gevent.spawn(blast, ws)
+        try:
+            blast(ws)
+        finally:
+            other.kill()
+
+    server = serve(handler, config=Config(**FAST, max_backpressure=limit))
+    peer = raw_peer(server.server_port, rcvbuf=4096)
+    assert peer.request().startswith(b"HTTP/1.1 101")  # then never reads
+    assert not finished.wait(1.0), "400 x 64 KiB reached a peer that reads nothing"
+    assert peak[0] <= limit + 2 * len(chunk)
+
+
+def test_defect10_close_from_another_greenlet_is_answered_while_the_handler_sleeps(
+    serve: Any,
+) -> None:
+    """RFC 6455 §7.1.4: the peer's echo completes the close, not the close_timeout."""
+    release, done = Event(), Event()
+    codes: list[int | None] = []
+
+    def handler(ws: WebSocket) -> None:
+        ws.add_close_callback(lambda w: (codes.append(w.close_code), done.set()))
+        gevent.spawn(ws.close, 4001, "bye")
+        release.wait(10)  # a push-only handler: it never reads
+
+    server = serve(handler, config=Config(**{**FAST, "close_timeout": 5.0}))
+    client = connect(url(server))
+    started = time.monotonic()
+    assert client.receive(timeout=5) is None and client.close_code == 4001  # echoes the Close
+    assert done.wait(3), "the server did not read the peer's Close"
+    assert codes == [4001] and time.monotonic() - started < 3
+    release.set()
+    assert server.wait_drained(5)
+
+
+def test_defect10_handler_reading_after_a_background_close_sees_the_end(serve: Any) -> None:
+    holder: Queue = Queue()
+    release = Event()
+    server = serve(holding(holder, release=release), config=Config(**FAST))
+    client = connect(url(server))
+    ws = holder.get(timeout=5)
+    gevent.spawn(ws.close, 4002)
+    assert client.receive(timeout=5) is None and client.close_code == 4002
+    release.set()  # the handler now reads: it waits for the closing greenlet, no RuntimeError
+    assert server.wait_drained(5)
+    assert ws.close_code == 4002
+
+
+def test_defect16_receive_timeout_zero_reads_what_is_in_the_socket(serve: Any) -> None:
+    sent = Event()
+    results: list[object] = []
+
+    def handler(ws: WebSocket) -> None:
+        ws.send("ready")
+        sent.wait(5)  # the client's message is in our kernel buffer now (loopback)
+        try:
+            results.append(ws.receive(timeout=0))
+        except TimeoutError as exc:
+            results.append(exc)
+        with pytest.raises(TimeoutError):
+            ws.receive(timeout=0)  # nothing more: still a timeout, at once
+        ws.send("done")
+
+    server = serve(handler, config=Config(**FAST))
+    client = connect(url(server))
+    assert client.receive(timeout=5) == "ready"
+    client.send("queued")
+    sent.set()
+    assert client.receive(timeout=5) == "done"
+    assert results == ["queued"]
+    client.close()

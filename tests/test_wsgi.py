@@ -6,11 +6,13 @@ Every server binds 127.0.0.1:0 and is stopped by its fixture; every wait is boun
 from __future__ import annotations
 
 import sys
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import gevent
+import gevent.event
 import gevent.socket
 import pytest
 from flask import Flask
@@ -320,3 +322,79 @@ def test_flask_session_cookie_is_checked_before_upgrade(
     assert ws.receive(timeout=WAIT) == '{"user": "ann", "text": "hi all"}'
     ws.close()
     flask_example.ws_app.heartbeat.stop()
+
+
+# -- the same head gets the same answer as on Server (defects-2.md suspicions) ------------------
+
+UPGRADE_LINES = [
+    "GET /echo HTTP/1.1",
+    "Host: 127.0.0.1",
+    "Upgrade: websocket",
+    "Connection: Upgrade",
+    "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==",
+    "Sec-WebSocket-Version: 13",
+]
+
+
+def first_line_of_answer(port: int, raw: bytes) -> bytes:
+    sock = gevent.socket.create_connection(("127.0.0.1", port), timeout=WAIT)
+    try:
+        sock.sendall(raw)
+        data = b""
+        with gevent.Timeout(WAIT):
+            while b"\r\n" not in data and (chunk := sock.recv(65536)):
+                data += chunk
+    finally:
+        sock.close()
+    return data.partition(b"\r\n")[0]
+
+
+@pytest.mark.parametrize("through", ["server", "pywsgi"])
+def test_leading_crlf_is_ignored_and_bare_lf_gets_400_on_both_paths(
+    wsgi_serve: Any, through: str
+) -> None:
+    app = echo_app(handshake_timeout=5.0)
+    if through == "server":
+        server = app.make_server("127.0.0.1", 0)
+        server.start()
+    else:
+        server = wsgi_serve(flask_pages(), app.handler_class, pywsgi.WSGIServer)
+    try:
+        port = server.server_port
+        crlf = ("\r\n" + "\r\n".join(UPGRADE_LINES) + "\r\n\r\n").encode()
+        assert first_line_of_answer(port, crlf) == b"HTTP/1.1 101 Switching Protocols"
+        bare = ("\n".join(UPGRADE_LINES) + "\n\n").encode()
+        started = time.monotonic()
+        assert first_line_of_answer(port, bare) == b"HTTP/1.1 400 Bad Request"
+        assert time.monotonic() - started < 2.0  # at once, not a 408 later
+    finally:
+        if through == "server":
+            server.stop(timeout=2)
+
+
+def test_pywsgi_access_log_of_an_upgrade_leaves_the_query_out(wsgi_serve: Any) -> None:
+    """Tokens travel in WebSocket query strings; wsflask logs paths only, pywsgi likewise."""
+    lines: list[str] = []
+    logged = gevent.event.Event()
+
+    class Log:
+        def write(self, line: str) -> None:
+            lines.append(line)
+            if "/echo" in line:
+                logged.set()  # pywsgi writes its line after the handler returned
+
+    ws_app = echo_app()
+    server = pywsgi.WSGIServer(
+        ("127.0.0.1", 0), flask_pages(), log=Log(), handler_class=ws_app.handler_class
+    )
+    server.start()
+    try:
+        ws = connect(url(server, "/echo?token=s3cret"), timeout=WAIT)
+        ws.send("x")
+        assert ws.receive(timeout=WAIT) == "x"
+        ws.close()
+        assert logged.wait(WAIT)
+    finally:
+        server.stop(timeout=2)
+    (line,) = [line for line in lines if "/echo" in line]
+    assert "s3cret" not in line and '"GET /echo HTTP/1.1" 101' in line

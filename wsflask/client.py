@@ -1,18 +1,8 @@
 """A gevent WebSocket client: ``connect(url)`` returns a ``WebSocket`` on the same driver.
 
-What it does: opens TCP (and TLS for ``wss://``), builds the opening handshake with the
-protocol core (``Side.CLIENT``, random masking keys from ``os.urandom``), reads the answer
-under one deadline, and returns a ``WebSocket`` whose ``send``/``receive``/``close`` behave
-exactly as on the server side; offers permessage-deflate (RFC 7692) with ``compression=True``
-(``ws.extensions`` says what the server accepted). What it does not do: no reconnection, no
-proxies, no monkey-patching (it uses ``gevent.socket`` directly).
-
-Typical use::
-
-    ws = connect("ws://127.0.0.1:8080/echo")
-    ws.send("hello")
-    assert ws.receive(timeout=5) == "hello"
-    ws.close()
+It opens TCP (and TLS for ``wss://``), runs the client side of the opening handshake
+(``open_client``) under one deadline, and offers permessage-deflate with
+``compression=True``. No reconnection, no proxies, no monkey-patching.
 """
 
 from __future__ import annotations
@@ -27,16 +17,24 @@ import gevent.socket
 from gevent import Timeout
 
 from .config import Config
+from .errors import InvalidHandshakeResponse
 from .protocol import Connection, Side
-from .websocket import WebSocket, wrap_tls
+from .transport import wrap_tls
+from .websocket import WebSocket
 
-__all__ = ["connect"]
+__all__ = ["connect", "open_client"]
 
 
-def connect(url: str, *, subprotocols: Sequence[str] = (),
-            headers: Iterable[tuple[str, str]] = (), timeout: float = 10.0,
-            config: Config | None = None, ssl_context: ssl.SSLContext | None = None,
-            compression: bool = False) -> WebSocket:
+def connect(
+    url: str,
+    *,
+    subprotocols: Sequence[str] = (),
+    headers: Iterable[tuple[str, str]] = (),
+    timeout: float = 10.0,
+    config: Config | None = None,
+    ssl_context: ssl.SSLContext | None = None,
+    compression: bool = False,
+) -> WebSocket:
     """Open a WebSocket connection to ``url`` (``ws://`` or ``wss://``).
 
     Args:
@@ -75,10 +73,11 @@ def connect(url: str, *, subprotocols: Sequence[str] = (),
                 sock.do_handshake()
             deflate = config.deflate_settings() if compression else None
             conn = Connection(Side.CLIENT, limits=config.limits(), deflate=deflate)
-            conn.connect(_host_header(host, port, secure), target,
-                         subprotocols=subprotocols, headers=headers)
+            conn.connect(
+                _host_header(host, port, secure), target, subprotocols=subprotocols, headers=headers
+            )
             ws = WebSocket(sock, conn, config=config, remote_address=_peer(sock))
-            ws.open_client()
+            open_client(ws)
             done = True
             return ws
     except Timeout as exc:
@@ -88,6 +87,21 @@ def connect(url: str, *, subprotocols: Sequence[str] = (),
     finally:
         if not done:
             sock.close()
+
+
+def open_client(ws: WebSocket) -> None:
+    """Send the request ``Connection.connect()`` queued; read until the 101 (RFC 6455 §4.1).
+
+    Raises:
+        HandshakeRejected: the server answered with another status (``Closed.cause``).
+        InvalidHandshakeResponse: the answer was not a valid handshake response.
+    """
+    ws.flush()
+    ws.read_handshake()
+    if not ws.opened:  # no 101: refused, invalid, or EOF
+        if isinstance(ws.close_cause, InvalidHandshakeResponse):
+            raise ws.close_cause
+        raise InvalidHandshakeResponse(ws.close_reason or "closed during the handshake")
 
 
 def _parse_url(url: str) -> tuple[bool, str, int, str]:

@@ -1,26 +1,9 @@
-"""The public error tree of wsflask, with the protocol core's errors re-exported.
+"""The public error tree: wsflask's own errors, and the protocol core's re-exported.
 
-What it does: defines the exceptions users catch or raise, each carrying its wire mapping as
-a class or instance attribute (STYLE.md rule 3). What it does not do: no lookup tables from
-exceptions to codes elsewhere, no logging. The tree::
-
-    Exception
-    ├── WsflaskError
-    │   ├── ConnectionClosed          send()/receive() on a closed connection; code, reason
-    │   ├── ConfigError (ValueError)  a setting out of range; names key, value and range
-    │   └── SetupError (RuntimeError) e.g. registering a route after run()
-    ├── ProtocolError                 close_code 1002 (peer broke RFC 6455)
-    │   ├── InvalidPayloadData        close_code 1007
-    │   ├── PolicyViolation           close_code 1008
-    │   ├── MessageTooBig             close_code 1009
-    │   └── CompressionError          close_code 1007
-    ├── HandshakeError                status 400 (server refuses the opening handshake)
-    │   ├── NotFound 404, Forbidden 403, MethodNotAllowed 405, UpgradeRequired 426,
-    │   │   HeadersTooLarge 431, TooManyRequests 429, ServiceUnavailable 503
-    │   └── Reject                    any status, raised by before_upgrade hooks
-    ├── InvalidHandshakeResponse      client side: the answer is not a valid 101
-    │   └── HandshakeRejected         client side: a well-formed refusal; status, headers, body
-    └── InvalidState                  a command the connection's state does not allow
+Each carries its wire mapping (STYLE.md rule 3); the core's tree (``ProtocolError`` with close
+codes, ``HandshakeError`` with statuses, ``InvalidHandshakeResponse`` and ``HandshakeRejected``)
+is drawn in ``protocol/errors.py``. Defined here: ``WsflaskError`` (``ConnectionClosed``,
+``ConfigError``, ``SetupError``) and ``Reject``, a ``HandshakeError`` with any status.
 """
 
 from __future__ import annotations
@@ -31,6 +14,7 @@ from .protocol.errors import (
     CompressionError,
     Forbidden,
     HandshakeError,
+    HandshakeRejected,
     HeadersTooLarge,
     InvalidHandshakeResponse,
     InvalidPayloadData,
@@ -43,7 +27,9 @@ from .protocol.errors import (
     ServiceUnavailable,
     TooManyRequests,
     UpgradeRequired,
+    URITooLong,
 )
+from .protocol.frames import CloseCode
 
 __all__ = [
     "CompressionError",
@@ -65,6 +51,7 @@ __all__ = [
     "ServiceUnavailable",
     "SetupError",
     "TooManyRequests",
+    "URITooLong",
     "UpgradeRequired",
     "WsflaskError",
 ]
@@ -82,7 +69,7 @@ class ConnectionClosed(WsflaskError):
         reason: the close reason that goes with ``code``.
     """
 
-    def __init__(self, code: int = 1006, reason: str = "") -> None:
+    def __init__(self, code: int = CloseCode.ABNORMAL, reason: str = "") -> None:
         super().__init__(f"connection closed: {code} {reason}".rstrip())
         self.code = code
         self.reason = reason
@@ -95,47 +82,13 @@ class Reject(HandshakeError):
     ``headers`` and ``message`` as the plain-text body.
     """
 
-    def __init__(self, status: int, message: str = "",
-                 headers: Iterable[tuple[str, str]] = ()) -> None:
+    def __init__(
+        self, status: int, message: str = "", headers: Iterable[tuple[str, str]] = ()
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
         self.headers = tuple(headers)
-
-
-class HandshakeRejected(InvalidHandshakeResponse):
-    """Client side: the server answered the opening handshake with a non-101 status.
-
-    Attributes:
-        status: the HTTP status code (e.g. 403, 429, 503).
-        headers: the response headers, names lower-cased, in arrival order.
-        body: the part of the response body that arrived with the head.
-    """
-
-    def __init__(self, status: int, headers: Iterable[tuple[str, str]] = (),
-                 body: bytes = b"") -> None:
-        super().__init__(f"server rejected the WebSocket handshake with status {status}")
-        self.status = status
-        self.headers = tuple(headers)
-        self.body = body
-
-
-    @classmethod
-    def from_response(cls, head: bytes) -> HandshakeRejected | None:
-        """Parse the bytes of a non-101 answer; ``None`` when they are not one."""
-        lines = head.split(b"\r\n\r\n", 1)[0].split(b"\r\n")
-        parts = lines[0].split(b" ", 2)
-        if len(parts) < 2 or not parts[0].startswith(b"HTTP/") or not parts[1].isdigit():
-            return None
-        if int(parts[1]) == 101:
-            return None
-        headers = []
-        for line in lines[1:]:
-            name, _, value = line.partition(b":")
-            headers.append((name.strip().lower().decode("latin-1"),
-                            value.strip().decode("latin-1")))
-        body = head.split(b"\r\n\r\n", 1)[1] if b"\r\n\r\n" in head else b""
-        return cls(int(parts[1]), headers, body)
 
 
 class ConfigError(WsflaskError, ValueError):

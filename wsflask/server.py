@@ -1,22 +1,9 @@
 """Server: a gevent ``StreamServer`` that admits, handshakes and runs WebSocket connections.
 
-What it does: accepts TCP connections and spawns one greenlet each through a bounded
-``gevent.pool.Pool`` (``max_connections``); over capacity it answers a real ``503`` (and
-``429`` over the optional per-IP cap) on a small separate path instead of leaving clients in
-the listen backlog; wraps TLS (1.2+) inside the connection greenlet; enforces one absolute
-``handshake_timeout`` over TLS and the whole HTTP request (``408`` when a partial request came);
-hands the ``Request`` to a ``resolve(request, addr)`` callable that returns ``Upgrade`` (run a
-handler) or ``HTTPResponse`` (plain HTTP, e.g. ``/metrics``); backs off when ``accept()`` runs
-out of descriptors; and stops in documented steps (``stop()``), also on SIGTERM/SIGINT.
-
-What it does not do: no routing, no Origin or subprotocol policy (the resolver decides: see
-``app.py``), no frame handling (``websocket.py`` drives every connection), no monkey-patching.
-
-Typical use::
-
-    server = Server(("127.0.0.1", 8080), resolve, Config(), metrics=Metrics())
-    server.start()              # binds synchronously: server.server_port is known now
-    server.serve_forever()      # or, in tests, server.stop() when done
+Admission through a bounded pool (a real 503/429 past it), TLS and the HTTP request under one
+``handshake_timeout``, the decision by ``upgrade.answer()``, services started and stopped with
+it, and a documented drain (``stop()``). No routing, Origin or subprotocol policy (the
+resolver decides), no frame handling (``websocket.py``), no monkey-patching.
 """
 
 from __future__ import annotations
@@ -27,9 +14,10 @@ import logging
 import signal
 import socket
 import ssl
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from http import HTTPStatus
 from time import monotonic
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import gevent
 from gevent import Timeout
@@ -37,17 +25,19 @@ from gevent.event import Event
 from gevent.pool import Pool
 from gevent.server import StreamServer
 
+from . import ids
 from .config import Config
 from .errors import ConfigError
-from .protocol import Connection, HandshakeError, Request, Side, State
+from .protocol import CloseCode, Connection, HandshakeError, Request, Side, State
 from .protocol.handshake import build_response
-from .upgrade import HTTPResponse, Resolver, Upgrade
-from .websocket import HeartbeatLike, WebSocket, wrap_tls
+from .transport import Transport, wrap_tls
+from .upgrade import HTTPResponse, Resolver, Upgrade, answer, going_away, read_request
+from .websocket import Watcher, WebSocket
 
 if TYPE_CHECKING:
     from .metrics import Metrics
 
-__all__ = ["HTTPResponse", "Resolver", "Server", "Upgrade"]
+__all__ = ["HTTPResponse", "Resolver", "Server", "Service", "Upgrade"]
 
 logger = logging.getLogger("wsflask")
 #: one line per connection open and close (``wsflask.logs.ACCESS_LOGGER``)
@@ -68,6 +58,14 @@ class _Draining(Exception):
 _TIMED_OUT = object()
 
 
+class Service(Protocol):
+    """Runs alongside the server (heartbeat, backplane bridge): started by ``start()`` in
+    order, stopped by ``stop()`` in reverse once the connections drained."""
+
+    def start(self) -> None: ...
+    def stop(self) -> None: ...
+
+
 class Server(StreamServer):  # type: ignore[misc]
     """Serve WebSocket (and plain HTTP) connections with ``resolve`` deciding each request.
 
@@ -77,21 +75,34 @@ class Server(StreamServer):  # type: ignore[misc]
             ``HandshakeError`` (or ``Reject``) to refuse with its status and headers.
         config: limits and timeouts (``Config``).
         metrics: counters to bump (handshakes by status, connections, messages...).
-        heartbeat: started by ``start()``, stopped by ``stop()``; every open connection is
-            added to it.
+        heartbeat: told of every connection's open and close (``Watcher``). Temporarily, one
+            with ``start``/``stop`` that is not in ``services`` is started and stopped too.
+        services: started in order by ``start()``, stopped in reverse by ``stop()``.
+        new_id: gives each connection its id, once, at construction.
         ssl_context: an ``ssl.SSLContext`` to use instead of ``config.certfile``.
 
     Raises:
         ConfigError: the certificate or key cannot be loaded (fail fast, battery TL-04).
     """
 
-    def __init__(self, listener: Any, resolve: Resolver, config: Config | None = None, *,
-                 metrics: Metrics | None = None, heartbeat: HeartbeatLike | None = None,
-                 ssl_context: ssl.SSLContext | None = None) -> None:
+    def __init__(
+        self,
+        listener: Any,
+        resolve: Resolver,
+        config: Config | None = None,
+        *,
+        metrics: Metrics | None = None,
+        heartbeat: Watcher | None = None,
+        services: Sequence[Service] = (),
+        new_id: Callable[[], str] = ids.new_id,
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> None:
         self.config = config or Config()
         self.resolve = resolve
         self.metrics = metrics
         self.heartbeat = heartbeat
+        self.services = tuple(services)
+        self.new_id = new_id
         #: False until start() and again from the first step of stop(): what /readyz reports.
         self.is_ready = False
         #: Open connections (handshake complete), for stop() and introspection.
@@ -104,6 +115,8 @@ class Server(StreamServer):  # type: ignore[misc]
         self._accept_delay = 0.0
         self._stopping = False
         self._stopped = Event()
+        self._drained = Event()
+        self._drained.set()
         super().__init__(listener, self.handle, spawn=self._admit)
         #: The bounded pool every connection greenlet runs in (max_connections).
         self.pool = Pool(self.config.connection_limit())
@@ -113,16 +126,30 @@ class Server(StreamServer):  # type: ignore[misc]
         return False
 
     def start(self) -> None:
-        """Bind (if needed) and start accepting; start the heartbeat. Returns at once."""
+        """Bind (if needed) and start accepting; start the services. Returns at once."""
         super().start()
         self.is_ready = True
-        if self.heartbeat is not None:
-            self.heartbeat.start()
+        for service in self._all_services():
+            service.start()
+
+    def _all_services(self) -> tuple[Service, ...]:
+        """The services, after a heartbeat passed as one (compatibility, until callers pass
+        it in ``services``)."""
+        heartbeat: Any = self.heartbeat
+        if (hasattr(heartbeat, "start") and hasattr(heartbeat, "stop")
+                and all(service is not heartbeat for service in self.services)):  # fmt: skip
+            return (heartbeat, *self.services)
+        return self.services
+
+    def wait_drained(self, timeout: float | None = None) -> bool:
+        """Wait until no connection is open; False when ``timeout`` passed first."""
+        return bool(self._drained.wait(timeout))
 
     # ------------------------------------------------------------------ admission
 
-    def _admit(self, func: Callable[..., Any], handle: Any, close: Any,
-               args: tuple[Any, Any]) -> Any:
+    def _admit(
+        self, func: Callable[..., Any], handle: Any, close: Any, args: tuple[Any, Any]
+    ) -> Any:
         """The ``spawn`` of StreamServer: a pool greenlet, or the 503/429 shedding path."""
         sock, address = args
         if self._stopping or self.pool.full():
@@ -157,21 +184,18 @@ class Server(StreamServer):  # type: ignore[misc]
         """Answer ``status`` without reading the request; wait briefly for the peer's FIN."""
         self._count(status)
         extra = (("Retry-After", "1"),) if status in (429, 503) else ()
-        body = f"{status} {_REASONS.get(status, '')}\n".encode()
-        timer = Timeout(min(1.0, self.config.close_timeout))
+        body = f"{status} {HTTPStatus(status).phrase}\n".encode()
+        limit = min(1.0, self.config.close_timeout)
+        transport = Transport(sock, limit=self.config.max_backpressure)
+        timer = Timeout(limit)
         try:
             with timer:
-                sock.sendall(build_response(status, body, headers=extra))
-                getattr(sock, "_sock", sock).shutdown(socket.SHUT_WR)
-                while sock.recv(4096):  # so that our answer is not destroyed by a RST
-                    pass
+                transport.write(build_response(status, body, headers=extra))
         except Timeout as exc:
             if exc is not timer:
                 raise
-        except OSError:
-            pass
         finally:
-            _abort_socket(sock)
+            transport.close(limit)  # so that our answer is not destroyed by a RST
 
     def do_read(self) -> Any:
         """Accept one connection; on EMFILE/ENFILE back off and keep serving (battery CN-02)."""
@@ -188,8 +212,12 @@ class Server(StreamServer):  # type: ignore[misc]
     def _back_off(self, exc: OSError) -> None:
         delay = min(ACCEPT_BACKOFF_MAX, self._accept_delay * 2 or ACCEPT_BACKOFF_MIN)
         if not self._accept_delay:
-            logger.warning("accept() failed (%s); backing off up to %.1f s, existing "
-                           "connections keep being served", exc.strerror, ACCEPT_BACKOFF_MAX)
+            logger.warning(
+                "accept() failed (%s); backing off up to %.1f s, existing "
+                "connections keep being served",
+                exc.strerror,
+                ACCEPT_BACKOFF_MAX,
+            )
         self._accept_delay = delay
         self.stop_accepting()
         self._timer = self.loop.timer(delay)
@@ -225,12 +253,23 @@ class Server(StreamServer):  # type: ignore[misc]
                 if self._ssl is not None:
                     sock = wrap_tls(sock, self._ssl, server_side=True)
                     sock.do_handshake()
-                conn = Connection(Side.SERVER, limits=self.config.limits(), http=True,
-                                  deflate=self.config.deflate_settings())
-                ws = WebSocket(sock, conn, config=self.config, metrics=self.metrics,
-                               heartbeat=self.heartbeat, remote_address=_address(address))
+                conn = Connection(
+                    Side.SERVER,
+                    limits=self.config.limits(),
+                    http=True,
+                    deflate=self.config.deflate_settings(),
+                )
+                ws = WebSocket(
+                    sock,
+                    conn,
+                    config=self.config,
+                    metrics=self.metrics,
+                    heartbeat=self.heartbeat,
+                    remote_address=address,
+                    connection_id=self.new_id(),
+                )
                 self._handshaking[me] = ws
-                outcome = ws.read_request()
+                outcome = read_request(ws)
         except Timeout as exc:
             if exc is not timer:
                 raise
@@ -242,7 +281,10 @@ class Server(StreamServer):  # type: ignore[misc]
         finally:
             self._handshaking.pop(me, None)
         if isinstance(outcome, Request) and ws is not None:
-            return self._decide(ws, outcome, address)
+            upgrade = answer(
+                ws, outcome, self.resolve, stopping=self._stopping, metrics=self.metrics
+            )
+            return None if upgrade is None else (ws, upgrade)
         self._give_up(ws, sock, outcome)
         return None
 
@@ -262,50 +304,20 @@ class Server(StreamServer):  # type: ignore[misc]
             return
         _abort_socket(sock if ws is None else ws.transport)
 
-    def _decide(self, ws: WebSocket, request: Request,
-                address: Any) -> tuple[WebSocket, Upgrade] | None:
-        """Ask the resolver; answer HTTP, refuse, or accept with 101."""
-        if self._stopping:
-            return self._reply(ws, 503, "server shutting down", (("Retry-After", "1"),))
-        try:
-            result = self.resolve(request, _address(address) or ("", 0))
-        except HandshakeError as exc:
-            return self._reply(ws, exc.status, str(exc), exc.headers)
-        except Exception:
-            logger.exception("resolver failed for %s", request.path)
-            return self._reply(ws, 500, "internal server error", ())
-        if isinstance(result, HTTPResponse):
-            self._count(result.status)
-            ws.respond(result.status, result.body, content_type=result.content_type,
-                       headers=result.headers)
-            return None
-        if not request.key:  # a plain GET for a WebSocket route (RFC 7231 §6.5.15)
-            return self._reply(ws, 426, "this resource needs a WebSocket upgrade",
-                               (("Upgrade", "websocket"), ("Sec-WebSocket-Version", "13")))
-        ws.session.update(result.session)
-        ws.path_params.update(result.path_params)
-        ws.accept(subprotocol=result.subprotocol, headers=result.headers)
-        self._count(101)
-        return ws, result
-
-    def _reply(self, ws: WebSocket, status: int, message: str,
-               headers: tuple[tuple[str, str], ...]) -> tuple[WebSocket, Upgrade] | None:
-        """Refuse with ``status``; returns None (nothing to serve)."""
-        self._count(status)
-        ws.reject(status, message, headers=headers)
-        return None
-
     def _serve(self, ws: WebSocket, handler: Callable[[WebSocket], None]) -> None:
         self.connections.add(ws)
+        self._drained.clear()
         # The access log: one check per connection, no logging work when it is disabled.
         opened = monotonic() if access_log.isEnabledFor(logging.INFO) else 0.0
         if opened:
             _log_access("open", ws)
         try:
             # stop() may have begun while we were accepting: then 1001 instead of the handler
-            ws.run(_going_away if self._stopping else handler)
+            ws.run(going_away if self._stopping else handler)
         finally:
             self.connections.discard(ws)
+            if not self.connections:
+                self._drained.set()
             if opened:
                 _log_access("close", ws, monotonic() - opened)
 
@@ -324,7 +336,8 @@ class Server(StreamServer):  # type: ignore[misc]
         * Close ``1001`` "going away" to every open connection;
         * wait up to ``timeout`` seconds (default ``config.shutdown_grace``) for the
           connection greenlets to finish their closing handshakes;
-        * kill what is left (TCP dropped, close callbacks still run); stop the heartbeat.
+        * kill what is left (TCP dropped, close callbacks still run);
+        * stop the services, in reverse order.
         """
         if self._stopping:
             self._stopped.wait()
@@ -338,13 +351,13 @@ class Server(StreamServer):  # type: ignore[misc]
                 if ws is None or ws.state is State.CONNECTING:  # not while it answers an error
                     greenlet.kill(_Draining, block=False)
             for ws in list(self.connections):
-                ws.close(1001, "going away")
+                ws.close(CloseCode.GOING_AWAY, "going away")
             grace = self.config.shutdown_grace if timeout is None else timeout
             self.pool.join(timeout=grace)
             self.pool.kill(block=True, timeout=1.0)  # killed handlers drop TCP: no waits
             self._shed_pool.kill(block=True, timeout=1.0)
-            if self.heartbeat is not None:
-                self.heartbeat.stop()
+            for service in reversed(self._all_services()):
+                service.stop()
         finally:
             self._stopped.set()
 
@@ -361,28 +374,25 @@ class Server(StreamServer):  # type: ignore[misc]
 def _log_access(event: str, ws: WebSocket, duration: float | None = None) -> None:
     """One ``wsflask.access`` line: id, peer, route (the request path), duration, close code."""
     peer = ws.remote_address
-    fields: dict[str, Any] = {"id": ws.id, "peer": f"{peer[0]}:{peer[1]}" if peer else "-",
-                              "route": ws.request.path if ws.request else "-"}
+    fields: dict[str, Any] = {
+        "id": ws.id,
+        "peer": f"{peer[0]}:{peer[1]}" if peer else "-",
+        "route": ws.request.path if ws.request else "-",
+    }
     if duration is not None:
         fields["duration"] = round(duration, 3)
-        fields["close_code"] = 1006 if ws.close_code is None else ws.close_code
+        fields["close_code"] = CloseCode.ABNORMAL if ws.close_code is None else ws.close_code
     access_log.info("connection %s", event, extra=fields)
 
 
-def _serve_and_close(handle: Callable[[Any, Any], None], close: Callable[[Any, Any], None],
-                     sock: Any, address: Any) -> None:
+def _serve_and_close(
+    handle: Callable[[Any, Any], None], close: Callable[[Any, Any], None], sock: Any, address: Any
+) -> None:
     """A connection's pool greenlet: ``handle(sock, address)``, then ``close`` it."""
     try:
         handle(sock, address)
     finally:
         close(sock, address)
-
-
-def _going_away(ws: WebSocket) -> None:
-    ws.close(1001, "going away")
-
-
-_REASONS = {408: "Request Timeout", 429: "Too Many Requests", 503: "Service Unavailable"}
 
 
 def _make_ssl_context(config: Config) -> ssl.SSLContext | None:
@@ -394,19 +404,14 @@ def _make_ssl_context(config: Config) -> ssl.SSLContext | None:
     try:
         context.load_cert_chain(config.certfile, config.keyfile)
     except (OSError, ssl.SSLError) as exc:
-        raise ConfigError(f"certfile={config.certfile!r} keyfile={config.keyfile!r} cannot "
-                          f"be loaded: {exc}") from exc
+        raise ConfigError(
+            f"certfile={config.certfile!r} keyfile={config.keyfile!r} cannot be loaded: {exc}"
+        ) from exc
     return context
 
 
 def _ip(address: Any) -> str:
     return str(address[0]) if isinstance(address, tuple) and address else str(address)
-
-
-def _address(address: Any) -> tuple[str, int] | None:
-    if isinstance(address, tuple) and len(address) >= 2:
-        return str(address[0]), int(address[1])
-    return None
 
 
 def _abort_socket(sock: Any) -> None:

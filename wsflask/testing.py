@@ -1,16 +1,9 @@
 """A test client for users' own tests: a real server on 127.0.0.1:0 and real client sockets.
 
-What it does: ``app.test_client()`` returns a ``TestClient`` that, on first use, asks the app
-for a server bound to an ephemeral loopback port and starts it in the background (gevent's
-``start()`` binds synchronously, so nothing sleeps waiting for startup). It connects clients
-with ``wsflask.client.connect``, sends and receives JSON envelopes, asserts refusals and close
-codes, and fetches plain HTTP pages (``/metrics``). Every wait is bounded by a gevent
-``Timeout`` (``timeout=`` per call, else the client's default). ``close()`` (or leaving the
-``with`` block) closes the clients it made and stops the server.
-
-What it does not do: no monkey-patching, no in-process fake transport (the bytes cross a real
-socket, as in production), no dependency on pytest. It never imports ``wsflask.app``: it
-takes anything with ``make_server(host, port)``.
+``app.test_client()`` starts the app's server on first use (``start()`` binds synchronously),
+connects clients with ``wsflask.client.connect``, exchanges JSON envelopes, asserts refusals
+and close codes, and fetches plain pages; every wait is bounded. No monkey-patching, no fake
+transport, no pytest dependency; it never imports ``wsflask.app``.
 """
 
 from __future__ import annotations
@@ -24,7 +17,9 @@ import gevent
 from gevent import socket as gsocket
 
 from .client import connect
+from .envelopes import encode
 from .errors import HandshakeRejected
+from .protocol.handshake import parse_response_head
 from .server import Server
 from .websocket import WebSocket
 
@@ -102,33 +97,50 @@ class TestClient:
     def __enter__(self) -> TestClient:
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
         self.close()
 
     # -- WebSocket -----------------------------------------------------------------------------
 
-    def connect(self, path: str = "/", *, headers: Iterable[tuple[str, str]] = (),
-                subprotocols: Iterable[str] = (), timeout: float | None = None) -> WebSocket:
+    def connect(
+        self,
+        path: str = "/",
+        *,
+        headers: Iterable[tuple[str, str]] = (),
+        subprotocols: Iterable[str] = (),
+        timeout: float | None = None,
+    ) -> WebSocket:
         """Open a client WebSocket to ``path``; raises ``HandshakeRejected`` when refused."""
         url = self.url(path)
         limit = timeout if timeout is not None else self.timeout
         with gevent.Timeout(limit + 1.0):
-            ws = connect(url, headers=tuple(headers), subprotocols=tuple(subprotocols),
-                         timeout=limit)
+            ws = connect(
+                url, headers=tuple(headers), subprotocols=tuple(subprotocols), timeout=limit
+            )
         self._clients.append(ws)
         return ws
 
-    def assert_refused(self, path: str, status: int, *,
-                       headers: Iterable[tuple[str, str]] = (),
-                       subprotocols: Iterable[str] = ()) -> HandshakeRejected:
+    def assert_refused(
+        self,
+        path: str,
+        status: int,
+        *,
+        headers: Iterable[tuple[str, str]] = (),
+        subprotocols: Iterable[str] = (),
+    ) -> HandshakeRejected:
         """Assert the handshake to ``path`` is refused with ``status``; return the refusal."""
         try:
             ws = self.connect(path, headers=headers, subprotocols=subprotocols)
         except HandshakeRejected as exc:
             if exc.status != status:
-                raise AssertionError(f"{path}: refused with {exc.status}, expected {status}"
-                                     ) from exc
+                raise AssertionError(
+                    f"{path}: refused with {exc.status}, expected {status}"
+                ) from exc
             return exc
         ws.close()
         raise AssertionError(f"{path}: handshake accepted, expected refusal {status}")
@@ -142,10 +154,7 @@ class TestClient:
 
     def emit(self, ws: WebSocket, event: str, data: Any = None, *, id: Any = None) -> None:
         """Send the JSON envelope ``{"event": event, "data": data[, "id": id]}`` on ``ws``."""
-        envelope: dict[str, Any] = {"event": event, "data": data}
-        if id is not None:
-            envelope["id"] = id
-        ws.send(json.dumps(envelope))
+        ws.send(encode(event, data, id))
 
     def receive_json(self, ws: WebSocket, timeout: float | None = None) -> Any:
         """Receive one text message and decode it; raises ``AssertionError`` when closed."""
@@ -156,22 +165,25 @@ class TestClient:
             raise AssertionError(f"expected a JSON text message, got bytes {message[:60]!r}")
         return json.loads(message)
 
-    def assert_closed(self, ws: WebSocket, code: int | None = None,
-                      timeout: float | None = None) -> int | None:
+    def assert_closed(
+        self, ws: WebSocket, code: int | None = None, timeout: float | None = None
+    ) -> int | None:
         """Wait until ``ws`` closes (discarding messages), check ``code``; return the code."""
         limit = timeout if timeout is not None else self.timeout
         with gevent.Timeout(limit, AssertionError(f"still open after {limit} s")):
             for _ in ws:
                 pass
         if code is not None and ws.close_code != code:
-            raise AssertionError(f"closed with {ws.close_code} {ws.close_reason!r}, "
-                                 f"expected {code}")
+            raise AssertionError(
+                f"closed with {ws.close_code} {ws.close_reason!r}, expected {code}"
+            )
         return ws.close_code
 
     # -- plain HTTP ----------------------------------------------------------------------------
 
-    def get(self, path: str, *, headers: Iterable[tuple[str, str]] = (),
-            timeout: float | None = None) -> HTTPResult:
+    def get(
+        self, path: str, *, headers: Iterable[tuple[str, str]] = (), timeout: float | None = None
+    ) -> HTTPResult:
         """GET ``path`` over plain HTTP/1.1 (``Connection: close``) and return the answer."""
         limit = timeout if timeout is not None else self.timeout
         lines = [f"GET {path} HTTP/1.1", f"Host: 127.0.0.1:{self.port}", "Connection: close"]
@@ -181,17 +193,9 @@ class TestClient:
             chunks = []
             while chunk := sock.recv(65536):
                 chunks.append(chunk)
-        return _parse_http(b"".join(chunks))
-
-
-def _parse_http(raw: bytes) -> HTTPResult:
-    head, _, body = raw.partition(b"\r\n\r\n")
-    status_line, *header_lines = head.decode("latin-1").split("\r\n")
-    headers = {}
-    for line in header_lines:
-        name, _, value = line.partition(":")
-        headers[name.strip().lower()] = value.strip()
-    length = headers.get("content-length")
-    if length is not None:
-        body = body[: int(length)]
-    return HTTPResult(int(status_line.split()[1]), headers, body)
+        head, _, body = b"".join(chunks).partition(b"\r\n\r\n")
+        status, fields = parse_response_head(head)
+        by_name = dict(fields)
+        if "content-length" in by_name:
+            body = body[: int(by_name["content-length"])]
+        return HTTPResult(status, by_name, body)

@@ -1,14 +1,9 @@
-"""Transport: the write side and the teardown of one connection's socket.
+"""Transport: the owned write side and the teardown of one connection's socket.
 
-What it does (ARCHITECTURE.md §3 rule 3): writes that may block, for the connection's own
-greenlet (natural backpressure); writes that never block, for broadcasters (the OS socket
-first, then a bounded outbox drained by a short-lived writer greenlet spawned only when
-needed); dropping TCP (RST, waking any blocked reader); and the orderly close (flush,
-half-close, wait for the peer's FIN within ``close_timeout``, close).
-
-What it does not do: it never parses frames nor talks to the protocol core, and it never
-decides what a slow consumer costs. ``WebSocket`` (``websocket.py``) subclasses it, reads,
-drives the core (STYLE.md rule 5) and applies the backpressure policy in ``_over_budget``.
+Writes that may block (the caller's greenlet waits: natural backpressure), writes that never
+block (the kernel, else a bounded outbox drained by a short-lived writer greenlet), dropping
+TCP, and the orderly close. It never reads frames, never talks to the protocol core and never
+decides what a slow consumer costs: ``WebSocket`` owns it and applies that policy.
 """
 
 from __future__ import annotations
@@ -22,167 +17,208 @@ from typing import Any
 import gevent
 import gevent.ssl
 from gevent import Timeout
+from gevent.event import Event
 
-from .config import Config
-
-__all__ = ["Transport", "wrap_tls"]
+__all__ = ["Transport", "os_socket", "wrap_tls"]
 
 #: SO_LINGER on, 0 s: close() discards unsent data and sends RST (an abort, not a FIN).
 _LINGER_ABORT = struct.pack("ii", 1, 0)
 
 
 class Transport:
-    """A gevent socket with a bounded outbox; the base class of ``WebSocket``.
+    """A gevent socket with a bounded outbox, owned by one ``WebSocket``.
 
     Args:
         sock: a gevent socket (plain or ``gevent.ssl.SSLSocket``) in blocking mode.
-        config: ``max_backpressure``, ``close_timeout`` and ``read_size`` apply.
+        limit: ``max_backpressure``: outbox bytes above which ``write()`` waits.
+        read_size: the chunk size used to read the peer's last bytes in ``close()``.
+
+    Attributes:
+        sock: the socket (the TLS socket under TLS).
+        broken: True once TCP was dropped: every write fails, readers see EOF.
+        buffered_amount: bytes queued in the outbox that the kernel has not taken yet.
     """
 
-    __slots__ = ("_broken", "_config", "_outbox", "_outbox_bytes", "_raw", "_sock", "_writer",
-                 "_writing")
+    __slots__ = ("_limit", "_outbox", "_raw", "_read_size", "_turn", "_writer", "_writing",
+                 "broken", "buffered_amount", "sock")  # fmt: skip
 
-    def __init__(self, sock: Any, config: Config) -> None:
-        self._sock = sock
+    def __init__(self, sock: Any, *, limit: int, read_size: int = 65536) -> None:
+        self.sock = sock
+        self.broken = False
         #: the OS socket for non-blocking writes; None under TLS (the SSL object must write)
-        self._raw = None if isinstance(sock, gevent.ssl.SSLSocket) else getattr(sock, "_sock", None)
-        self._config = config
+        self._raw = os_socket(sock)
+        self._limit = limit
+        self._read_size = read_size
         self._outbox: deque[bytes | memoryview] | None = None  # None while idle
-        self._outbox_bytes = 0
+        self.buffered_amount = 0  # an attribute, not a property: read on the hot path
         self._writer: gevent.Greenlet | None = None  # the short-lived outbox drainer
         self._writing = False  # a blocking sendall is in progress
-        self._broken = False  # TCP dropped: every write fails, readers see EOF
+        self._turn: Event | None = None  # set when that sendall ends (made only when awaited)
 
     @property
-    def buffered_amount(self) -> int:
-        """Bytes queued in the outbox that the kernel has not taken yet."""
-        return self._outbox_bytes
+    def idle(self) -> bool:
+        """True when nothing is queued or being written."""
+        return not (self._writing or self._writer is not None or self._outbox)
 
-    @property
-    def transport(self) -> Any:
-        """The socket this connection runs on (the TLS socket under TLS)."""
-        return self._sock
+    def write(self, data: bytes) -> bool:
+        """Write ``data``, blocking this greenlet while the outbox is over the limit.
 
-    def _write(self, data: bytes) -> bool:
-        """Write from a greenlet that may block; False when the transport is gone."""
-        if self._broken:
+        Returns False when the transport is gone. A Timeout or kill mid-write drops TCP.
+        """
+        if self.broken:
             return False
         if self._writing or self._writer is not None or self._outbox:
-            self._enqueue(data)  # keep the order: behind what broadcasters queued
+            self._enqueue(data)  # keep the order: behind what others queued
             self._start_writer()
-            writer = self._writer
-            while self._outbox_bytes > self._config.max_backpressure and writer is not None:
-                writer.join()  # natural backpressure for the handler's own sends
-                writer = self._writer
-            return not self._broken
-        rest: bytes | memoryview = data
-        raw = self._raw
-        if raw is not None:  # plain TCP: the OS socket first, no gevent layers (usual case)
-            try:
-                sent = raw.send(data)
-            except BlockingIOError:
-                sent = 0
-            except OSError:
-                self._break_transport()
-                return False
-            if sent == len(data):
-                return True
-            rest = memoryview(data)[sent:]  # the kernel is full: block for the rest
+            self._wait_below_limit()
+            return not self.broken
+        sent = self._try_send(data)
+        if sent == len(data):
+            return True
+        if sent < 0:
+            return False
         self._writing = True
         done = False
         try:
-            self._sock.sendall(rest)
+            self.sock.sendall(memoryview(data)[sent:] if sent else data)
             done = True
         except OSError:
             pass
         finally:
             self._writing = False
             if not done:  # an error, or a Timeout/kill mid-frame: the stream is unusable
-                self._break_transport()
-        self._start_writer()
+                self.drop()
+            self._start_writer()
+            turn, self._turn = self._turn, None
+            if turn is not None:  # wake the greenlets that queued behind this write
+                turn.set()
         return done
 
-    def _send_nowait(self, data: bytes, *, control: bool = False,
-                     policy: str | None = None) -> bool:
-        """Hand ``data`` to the kernel without blocking; queue what it refuses."""
-        if self._broken:
+    def _wait_below_limit(self) -> None:
+        """Natural backpressure for blocking writers, whoever holds the socket: the writer
+        greenlet, or another greenlet's sendall (then wait for its end)."""
+        while self.buffered_amount > self._limit and not self.broken:
+            writer = self._writer
+            if writer is not None:
+                writer.join()
+            elif self._writing:
+                if self._turn is None:
+                    self._turn = Event()
+                self._turn.wait()
+            else:
+                self._start_writer()
+
+    def write_nowait(self, data: bytes, *, budget: int | None) -> bool:
+        """Hand ``data`` to the kernel without blocking; queue what it refuses.
+
+        ``budget``: the outbox bytes allowed after queuing, ``None`` for no limit (control
+        frames). Returns False, queuing nothing, when over budget or when the transport is
+        gone (``broken`` tells which).
+        """
+        if self.broken:
             return False
         if self._writing or self._writer is not None or self._outbox:
-            if not control and self._outbox_bytes + len(data) > self._config.max_backpressure:
-                return self._over_budget(policy)
+            if budget is not None and self.buffered_amount + len(data) > budget:
+                return False
             self._enqueue(data)
             self._start_writer()
             return True
-        sent = 0
-        if self._raw is not None:  # plain TCP: try the OS socket directly
-            try:
-                sent = self._raw.send(data)
-            except BlockingIOError:
-                sent = 0
-            except OSError:
-                self._break_transport()
-                return False
+        sent = self._try_send(data)
+        if sent < 0:
+            return False
         if sent < len(data):
             self._enqueue(memoryview(data)[sent:] if sent else data)
             self._start_writer()
         return True
 
+    def write_last(self, data: bytes) -> None:
+        """Best effort before ``drop()``: ``data`` (a Close) if the kernel takes it now.
+
+        Only when nothing else is queued, so it never cuts into a frame; under TLS too
+        (RFC 6455 §7.1.7: SHOULD send a Close first).
+        """
+        if self.broken or not self.idle:
+            return
+        try:
+            if self._raw is not None:
+                self._raw.send(data)
+            elif getattr(self.sock, "_sslobj", None) is not None:
+                # gevent's SSLSocket.send() tries exactly this first, then waits; we never wait
+                self.sock._sslobj.write(data)
+        except OSError:  # includes ssl.SSLWantWriteError: the kernel is full, drop anyway
+            pass
+
+    def _try_send(self, data: bytes) -> int:
+        """Plain TCP: one non-blocking send to the OS socket (no gevent layers); -1 when
+        the transport broke. Under TLS: 0 (the SSL socket writes)."""
+        raw = self._raw
+        if raw is None:
+            return 0
+        try:
+            sent: int = raw.send(data)
+        except BlockingIOError:
+            return 0
+        except OSError:
+            self.drop()
+            return -1
+        return sent
+
     def _enqueue(self, chunk: bytes | memoryview) -> None:
         if self._outbox is None:
             self._outbox = deque()
         self._outbox.append(chunk)
-        self._outbox_bytes += len(chunk)
+        self.buffered_amount += len(chunk)
 
     def _start_writer(self) -> None:
-        if self._outbox and self._writer is None and not self._writing and not self._broken:
+        if self._outbox and self._writer is None and not self._writing and not self.broken:
             self._writer = gevent.spawn(self._drain)
 
     def _drain(self) -> None:
         """The writer greenlet: push the outbox into the socket, then exit."""
         outbox = self._outbox
         try:
-            while outbox and not self._broken:
+            while outbox and not self.broken:
                 chunk = outbox[0]
-                sent = self._sock.send(chunk)  # blocks this greenlet only
-                self._outbox_bytes -= sent
+                sent = self.sock.send(chunk)  # blocks this greenlet only
+                self.buffered_amount -= sent
                 if sent < len(chunk):
                     outbox[0] = memoryview(chunk)[sent:]
                 else:
                     outbox.popleft()
         except OSError:
-            self._break_transport()
+            self.drop()
         finally:
             self._writer = None
             if not self._outbox:
                 self._outbox = None  # idle again: no buffer kept
 
-    def _break_transport(self) -> None:
+    def drop(self) -> None:
         """Drop TCP: forget the outbox, RST on close (SO_LINGER 0), wake any blocked reader."""
-        self._broken = True
+        self.broken = True
         if self._outbox:
             self._outbox.clear()
-        self._outbox_bytes = 0
-        raw = getattr(self._sock, "_sock", self._sock)
+        self.buffered_amount = 0
+        raw = getattr(self.sock, "_sock", self.sock)
         try:
             raw.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_ABORT)
             raw.shutdown(socket.SHUT_RDWR)
         except OSError:
             pass
 
-    def _close_transport(self) -> None:
-        """Flush, half-close, read to the peer's FIN (bounded by close_timeout), close."""
-        sock, limit = self._sock, self._config.close_timeout
+    def close(self, timeout: float) -> None:
+        """Flush, half-close, read to the peer's FIN, close; each wait bounded by ``timeout``."""
+        sock = self.sock
         try:
             writer = self._writer
-            if writer is not None and not self._broken:
-                writer.join(limit)
-            if self._writing or self._writer is not None:
-                self._break_transport()  # could not flush in time
-            if not self._broken:
+            if writer is not None and not self.broken:
+                writer.join(timeout)
+            if not self.idle:
+                self.drop()  # could not flush in time
+            if not self.broken:
                 # RFC 6455 §7.1.1: the server should close TCP first; either side waits for
                 # the peer's FIN so that the last bytes are not lost to a RST.
                 getattr(sock, "_sock", sock).shutdown(socket.SHUT_WR)
-                self._discard_until_eof(limit)
+                self._discard_until_eof(timeout)
         except OSError:
             pass
         finally:
@@ -190,24 +226,31 @@ class Transport:
                 self._writer.kill(block=False)
             sock.close()
 
-    def _discard_until_eof(self, limit: float) -> None:
-        timer = Timeout(limit)
+    def _discard_until_eof(self, timeout: float) -> None:
+        timer = Timeout(timeout)
         try:
             with timer:
-                while self._sock.recv(self._config.read_size):
+                while self.sock.recv(self._read_size):
                     pass
         except Timeout as exc:
             if exc is not timer:
                 raise
-            self._break_transport()
-
-    def _over_budget(self, policy: str | None) -> bool:
-        """The outbox is full; subclasses apply a policy. Returns False (not queued)."""
-        return False
+            self.drop()
 
 
-def wrap_tls(sock: Any, context: ssl.SSLContext, *, server_side: bool = False,
-             server_hostname: str | None = None) -> Any:
+def os_socket(sock: Any) -> Any | None:
+    """The OS socket under a plain gevent socket, for I/O without gevent layers; None
+    under TLS (the SSL object must do the I/O)."""
+    return None if isinstance(sock, gevent.ssl.SSLSocket) else getattr(sock, "_sock", None)
+
+
+def wrap_tls(
+    sock: Any,
+    context: ssl.SSLContext,
+    *,
+    server_side: bool = False,
+    server_hostname: str | None = None,
+) -> Any:
     """Wrap a gevent socket in gevent's cooperative ``SSLSocket``, for any ``SSLContext``.
 
     A stdlib context's own ``wrap_socket()`` returns a blocking socket (the TLS handshake
@@ -215,6 +258,10 @@ def wrap_tls(sock: Any, context: ssl.SSLContext, *, server_side: bool = False,
     No I/O happens here: call ``do_handshake()`` on the result next, under a deadline,
     and close the result (it owns the descriptor now) if that fails.
     """
-    return gevent.ssl.SSLSocket(sock=sock, server_side=server_side, _context=context,
-                                server_hostname=server_hostname,
-                                do_handshake_on_connect=False)
+    return gevent.ssl.SSLSocket(
+        sock=sock,
+        server_side=server_side,
+        _context=context,
+        server_hostname=server_hostname,
+        do_handshake_on_connect=False,
+    )

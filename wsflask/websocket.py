@@ -1,30 +1,14 @@
 """WebSocket: the one driver where ``protocol.Connection`` meets a socket (STYLE.md rule 5).
 
-What it does: reads the socket on demand (one ``recv`` per wake-up), feeds the sans-I/O core,
-writes everything the core produced in one send, then handles the events; gives handlers a
-blocking API (``for message in ws``, ``receive(timeout=)``, ``send()``, ``close()``); gives
-broadcasters a write that never blocks (``send_prepared()``: the kernel, else a bounded
-outbox drained by a short-lived writer greenlet). The handshake, ``run()``, closing (the
-close timer) and the cleanup, exactly once in the order of ARCHITECTURE.md §4, come from its
-base ``lifecycle.Lifecycle``; they are ``WebSocket`` methods like the others.
-
-What it does not do: no parsing or framing (the core does that), no accept loop or routing
-(``server.py``), no timers per message (the heartbeat pings), no reader greenlet: messages are
-read when the handler asks, so a handler that does not read leaves the bytes in the kernel and
-TCP slows the peer down (battery BP-03).
-
-Drivers (server, client, WSGI handler, test client) use it as::
-
-    ws = WebSocket(sock, Connection(Side.SERVER, http=True), config=config)
-    request = ws.read_request()          # then resolve it, and either
-    ws.accept(subprotocol=None)          # ... 101, then
-    ws.run(handler)                      # handler(ws) in this greenlet, then close + cleanup
-    # or ws.reject(403) / ws.respond(200, b"ok")
+It reads the socket on demand, feeds the sans-I/O core, writes what the core produced through
+its ``Transport``, then handles the events; handlers get a blocking API, broadcasters a write
+that never blocks; it closes and cleans up exactly once (ARCHITECTURE.md §4). No parsing, no
+routing, no reader greenlet: a handler that does not read leaves the bytes in the kernel.
 """
 
 from __future__ import annotations
 
-import itertools
+import contextlib
 import logging
 import os
 from collections import deque
@@ -35,11 +19,13 @@ from typing import TYPE_CHECKING, Any, Protocol
 import gevent
 from gevent import Timeout, getcurrent
 
-from .config import Config
+from .config import Backpressure, Config
+from .envelopes import encode
 from .errors import ConnectionClosed
-from .lifecycle import Lifecycle
+from .ids import new_id
 from .protocol import (
     BinaryMessage,
+    CloseCode,
     Closed,
     Connection,
     Event,
@@ -51,30 +37,37 @@ from .protocol import (
     Side,
     State,
     TextMessage,
+    frame_info,
 )
-from .transport import wrap_tls
+from .transport import Transport, os_socket
 
 if TYPE_CHECKING:
+    from typing import Self
+
     from .metrics import Metrics
 
-__all__ = ["HeartbeatLike", "WebSocket", "wrap_tls"]
+__all__ = ["HeartbeatLike", "Watcher", "WebSocket", "ending"]
 
 logger = logging.getLogger("wsflask")
 
-_ids = itertools.count(1)
 _DEFAULT_CONFIG = Config()
 
 
-class HeartbeatLike(Protocol):
-    """What the driver and the server need from ``wsflask.heartbeat.Heartbeat``."""
+class Watcher(Protocol):
+    """Told of each connection's open and close (the heartbeat): ``heartbeat=`` below."""
 
     def add(self, ws: WebSocket) -> None: ...
     def remove(self, ws: WebSocket) -> None: ...
+
+
+class HeartbeatLike(Watcher, Protocol):
+    """Deprecated: a ``Watcher`` the server also starts and stops; use ``Server(services=)``."""
+
     def start(self) -> None: ...
     def stop(self) -> None: ...
 
 
-class WebSocket(Lifecycle):
+class WebSocket:
     """One WebSocket connection, server or client side, on a gevent socket.
 
     Handlers read with ``for message in ws`` or ``receive()``, write with ``send()``, and end
@@ -82,8 +75,13 @@ class WebSocket(Lifecycle):
     never blocks. Every method may be called from any greenlet unless it says otherwise; at
     most one greenlet reads at a time.
 
+    Drivers (server, client, WSGI handler) construct it on a socket and a ``Connection``,
+    complete the opening handshake (``read_handshake()``, commands on ``connection`` then
+    ``flush()``), then ``run(handler)``.
+
     Attributes:
-        id: unique per process.
+        id: unguessable and unique, assigned once (``ids.new_id()`` unless the driver gives
+            one: ``Server(new_id=...)``).
         request: server side, the handshake ``Request`` (path, query, headers).
         remote_address: the peer's ``(host, port)``.
         subprotocol: the negotiated subprotocol, or ``None``.
@@ -96,25 +94,36 @@ class WebSocket(Lifecycle):
         rooms: names of the rooms this connection is in (maintained by ``rooms.py``).
         close_code: the code that ended the connection, ``None`` while it is open.
         close_reason: the reason that goes with ``close_code``.
+        close_cause: the error that ended the connection (``Closed.cause``), else ``None``.
         latency: seconds, round-trip time of the last heartbeat ping that got its pong.
         last_received: ``time.monotonic()`` of the last frame received (unmatched pongs excluded).
         ping_sent_at: monotonic time of the outstanding heartbeat ping, ``None`` when none.
     """
 
-    __slots__ = (  # lifecycle.Lifecycle holds the closing state's slots
-        "__weakref__", "_cause", "_conn", "_drained", "_heartbeat", "_messages", "_metrics",
-        "_opened_at", "_owner", "_ping_payload", "_reading", "_rx", "deflate", "extensions",
+    __slots__ = (
+        "__weakref__", "_callbacks", "_close_deadline", "_closer", "_config", "_conn",
+        "_drained", "_finished", "_heartbeat", "_initial", "_messages", "_metrics",
+        "_opened_at", "_owner", "_ping_payload", "_raw", "_reading", "_rx", "_sock",
+        "_transport", "close_cause", "close_code", "close_reason", "deflate", "extensions",
         "id", "last_received", "latency", "path_params", "ping_sent_at", "remote_address",
         "request", "rooms", "session", "subprotocol",
     )  # fmt: skip
 
-    def __init__(self, sock: Any, connection: Connection, *, config: Config | None = None,
-                 metrics: Metrics | None = None, heartbeat: HeartbeatLike | None = None,
-                 remote_address: tuple[str, int] | None = None,
-                 connection_id: str | None = None) -> None:
-        self.id = connection_id or format(next(_ids), "x")
+    def __init__(
+        self,
+        sock: Any,
+        connection: Connection,
+        *,
+        config: Config | None = None,
+        metrics: Metrics | None = None,
+        heartbeat: Watcher | None = None,
+        remote_address: Any = None,
+        connection_id: str | None = None,
+        initial: bytes = b"",
+    ) -> None:
+        self.id = connection_id or new_id()
         self.request: Request | None = connection.request
-        self.remote_address = remote_address
+        self.remote_address = _address(remote_address)
         self.subprotocol: str | None = connection.subprotocol
         self.extensions = ""
         self.deflate: PerMessageDeflate | None = None
@@ -123,25 +132,30 @@ class WebSocket(Lifecycle):
         self.rooms: set[str] = set()
         self.close_code: int | None = None
         self.close_reason = ""
+        self.close_cause: Exception | None = None
         self.latency: float | None = None
         self.last_received = monotonic()
         self.ping_sent_at: float | None = None
-        super().__init__(sock, config or _DEFAULT_CONFIG)
+        config = config or _DEFAULT_CONFIG
+        self._config = config
+        self._sock = sock
+        self._transport = Transport(sock, limit=config.max_backpressure, read_size=config.read_size)
+        #: the OS socket for reads without gevent layers; None under TLS
+        self._raw = os_socket(sock)
         self._conn = connection
         self._metrics = metrics
         self._heartbeat = heartbeat
+        self._initial = initial  # bytes a driver already read from the socket (WSGI)
         self._messages: deque[str | bytes] | None = None  # None while idle: no buffer kept
         self._reading = False  # a greenlet is blocked in recv
-        self._owner: Any = None  # server side: the greenlet running run()
-        self._callbacks: list[Callable[[WebSocket], None]] | None = None
+        self._owner: Any = None  # the greenlet that reads this connection (run())
+        self._callbacks: list[Callable[[Any], None]] | None = None
         self._finished = False
-        self._cause: Exception | None = None
         self._close_deadline = 0.0
         self._closer: gevent.Greenlet | None = None
         self._opened_at = 0.0
         self._ping_payload: bytes | None = None
         self._rx = False
-        self._head_log: bytes | None = None
         self._drained = True  # the last read emptied the kernel buffer: wait before reading
 
     def __repr__(self) -> str:
@@ -152,7 +166,7 @@ class WebSocket(Lifecycle):
     @property
     def is_open(self) -> bool:
         """True while messages may be sent (handshake done, no Close sent or received)."""
-        return self._conn.state is State.OPEN and not self._broken
+        return self._conn.state is State.OPEN and not self._transport.broken
 
     @property
     def state(self) -> State:
@@ -160,9 +174,76 @@ class WebSocket(Lifecycle):
         return self._conn.state
 
     @property
+    def opened(self) -> bool:
+        """True once the opening handshake completed, even if the connection closed since."""
+        return self._opened_at != 0.0
+
+    @property
+    def config(self) -> Config:
+        """The limits and timeouts this connection runs with."""
+        return self._config
+
+    @property
+    def connection(self) -> Connection:
+        """The protocol core; drivers issue handshake commands on it, then ``flush()``."""
+        return self._conn
+
+    @property
+    def transport(self) -> Any:
+        """The socket this connection runs on (the TLS socket under TLS)."""
+        return self._sock
+
+    @property
+    def buffered_amount(self) -> int:
+        """Bytes queued in the outbox that the kernel has not taken yet."""
+        return self._transport.buffered_amount
+
+    @property
     def request_started(self) -> bool:
         """Server side: True once any byte arrived (a timeout then answers 408)."""
         return self._rx
+
+    # ------------------------------------------------------------------ driver API
+
+    def read_handshake(self) -> None:
+        """Read until the peer's half of the opening handshake arrived or the connection ended.
+
+        Server side that is the ``Request`` (``request``); client side the 101 (``state``
+        becomes OPEN) or a refusal (``close_cause``). Bytes given as ``initial`` are fed first.
+        """
+        conn = self._conn
+        if self._initial:
+            data, self._initial = self._initial, b""
+            self._rx = True
+            conn.receive_data(data)
+            self.flush(self._config.handshake_timeout)  # a refusal of a bad head: bounded
+        while self.request is None and conn.state is State.CONNECTING and not self._finished:
+            self._pump()
+
+    def flush(self, timeout: float | None = None) -> None:
+        """Write what the core produced, then handle its events (after a command on it).
+
+        ``timeout`` bounds the write; past it TCP is dropped (a peer that does not read).
+        """
+        conn = self._conn
+        data = conn.data_to_send()
+        if data:
+            if timeout is None:
+                self._transport.write(data)
+            else:
+                timer = Timeout(timeout)
+                try:
+                    with timer:
+                        self._transport.write(data)
+                except Timeout as exc:
+                    if exc is not timer:
+                        raise
+        self._dispatch(conn.events_received())
+
+    def claim_reader(self) -> None:
+        """Make this greenlet the connection's reader, as ``run()`` does: ``close()`` from
+        another greenlet then leaves the reading to it."""
+        self._owner = getcurrent()
 
     # ------------------------------------------------------------------ the frame loop
 
@@ -179,23 +260,21 @@ class WebSocket(Lifecycle):
             if not self._finished:
                 self._finish()
             return True
-        closing = conn.state is State.CLOSING
+        closing = conn.close_expected()
         wait = timeout
         if closing:  # the close timer: the peer's Close is due by _close_deadline
             left = self._close_deadline - monotonic()
-            wait = left if timeout is None else min(timeout, left)
+            wait = max(0.0, left if timeout is None else min(timeout, left))
         data = self._recv(wait)  # 1.
         if data is None:
             if not closing or monotonic() < self._close_deadline:
                 return False
-            self._break_transport()  # close_timeout passed: drop TCP, report 1006
+            self._transport.drop()  # close_timeout passed: drop TCP, report 1006
             data = b""
         metrics = self._metrics
         started = perf_counter() if metrics is not None else 0.0
         if data:  # 2.
             self._rx = True
-            if self._head_log is not None:
-                self._head_log += data[: 65536 - len(self._head_log)]
             conn.receive_data(data)
         else:
             conn.receive_eof()
@@ -203,14 +282,16 @@ class WebSocket(Lifecycle):
             metrics.frame_parse(perf_counter() - started)
         out = conn.data_to_send()  # 3.
         if out:
-            self._write(out)
+            self._transport.write(out)
         self._dispatch(conn.events_received())  # 4.
         return True
 
     def _recv(self, wait: float | None) -> bytes | None:
-        """Read once; ``b""`` on EOF or a transport error, ``None`` when ``wait`` passed."""
-        if wait is not None and wait <= 0:
-            return None
+        """Read once; ``b""`` on EOF or a transport error, ``None`` when ``wait`` passed.
+
+        ``wait=0`` still reads what the kernel already holds (a ``Timeout(0)`` fires only
+        once this greenlet would block).
+        """
         if wait is None and self._raw is not None:
             return self._recv_raw(self._raw)
         self._reading = True
@@ -275,7 +356,7 @@ class WebSocket(Lifecycle):
     def _on_message(self, data: str | bytes) -> None:
         if self._metrics is not None:
             self._metrics.message_in(_nbytes(data))
-        if self._conn.state is State.CLOSING:
+        if self._conn.close_expected():
             return  # we sent Close: nobody will read it, keep memory bounded
         if self._messages is None:
             self._messages = deque()
@@ -307,7 +388,7 @@ class WebSocket(Lifecycle):
     def _on_closed(self, event: Closed) -> None:
         self.close_code = event.code
         self.close_reason = event.reason
-        self._cause = event.cause
+        self.close_cause = event.cause
         self._finish()
 
     # ------------------------------------------------------------------ reading
@@ -334,11 +415,12 @@ class WebSocket(Lifecycle):
             if self._finished:
                 return None
             if self._reading:
-                raise RuntimeError(f"{self!r} is already being read by another greenlet")
-            wait = None if deadline is None else deadline - monotonic()
-            if wait is not None and wait <= 0:
+                self._await_closer()
+                continue
+            if deadline is None:
+                self._pump()
+            elif not self._pump(max(deadline - monotonic(), 0.0)) and monotonic() >= deadline:
                 raise TimeoutError(f"no message within {timeout} s")
-            self._pump(wait)
 
     def __iter__(self) -> Iterator[str | bytes]:
         """Yield messages until the connection closes (then the loop just ends)."""
@@ -362,7 +444,8 @@ class WebSocket(Lifecycle):
             ConnectionClosed: the connection is closing or closed.
         """
         conn = self._conn
-        if conn.state is not State.OPEN or self._broken:
+        transport = self._transport
+        if conn.state is not State.OPEN or transport.broken:
             raise self._closed_error()
         timed = self.deflate is not None and self._metrics is not None
         started = perf_counter() if timed else 0.0
@@ -372,30 +455,38 @@ class WebSocket(Lifecycle):
             conn.send_binary(data if isinstance(data, bytes) else bytes(data), compress=compress)
         if timed and self._metrics is not None:
             self._metrics.compress_time(perf_counter() - started)
-        if not self._write(conn.data_to_send()):
+        if not transport.write(conn.data_to_send()):
             raise self._closed_error()
         if self._metrics is not None:
             self._metrics.message_out(_nbytes(data))
+
+    def emit(self, event: str, data: Any = None) -> None:
+        """Send the JSON event envelope ``{"event": event, "data": data}`` as text; blocks
+        like ``send()``. Raises ``ConnectionClosed`` once closing or closed."""
+        self.send(encode(event, data))
 
     def send_prepared(self, frame: bytes, *, policy: str | None = None) -> bool:
         """Queue a frame from ``protocol.encode_frame()`` without ever blocking.
 
         The frame goes to the kernel, or to the bounded outbox. When the outbox would exceed
-        ``max_backpressure``, ``policy`` (default ``config.backpressure_policy``) applies:
-        ``"close"`` fails the connection with 1013 and counts a slow consumer; ``"drop"``
-        discards this frame and counts a drop.
+        ``max_backpressure``, ``policy`` (a ``config.Backpressure``, default
+        ``config.backpressure_policy``) applies: ``CLOSE`` fails the connection with 1013 and
+        counts a slow consumer; ``DROP`` discards this frame and counts a drop.
 
         Returns:
             True when queued or sent; False when dropped or the connection is not open.
         """
-        if self._conn.state is not State.OPEN or self._broken:
+        transport = self._transport
+        if self._conn.state is not State.OPEN or transport.broken:
             return False
-        if self._conn.side is Side.CLIENT and not frame[1] & 0x80:
+        if self._conn.side is Side.CLIENT and not frame_info(frame).masked:
             raise ValueError("client frames must be masked: encode_frame(..., mask=...)")
-        if not self._send_nowait(frame, policy=policy):
+        if not transport.write_nowait(frame, budget=self._config.max_backpressure):
+            if not transport.broken:
+                self._over_budget(policy)
             return False
         if self._metrics is not None:
-            self._metrics.message_out(_payload_length(frame))
+            self._metrics.message_out(frame_info(frame).payload_length)
         return True
 
     def send_nowait(self, data: str | bytes, *, policy: str | None = None) -> bool:
@@ -411,19 +502,21 @@ class WebSocket(Lifecycle):
             True when queued or sent; False when dropped or the connection is not open.
         """
         conn = self._conn
-        if conn.state is not State.OPEN or self._broken:
+        transport = self._transport
+        if conn.state is not State.OPEN or transport.broken:
             return False
-        busy = self._writing or self._writer is not None or self._outbox
-        if busy and self._outbox_bytes + _nbytes(data) > self._config.max_backpressure:
-            return self._over_budget(policy)
+        queued = transport.buffered_amount  # checked first, uncompressed; no call when idle
+        if queued and queued + _nbytes(data) > self._config.max_backpressure:
+            self._over_budget(policy)
+            return False
         started = perf_counter()
         frame = conn.encode_message(data)
         if self._metrics is not None and self.deflate is not None:
             self._metrics.compress_time(perf_counter() - started)
         if self.send_prepared(frame, policy=policy):
             return True
-        if frame[0] & 0x40 and self.is_open:  # compressed, then dropped: the stream is broken
-            self.abort(1013, "try again later")
+        if self.is_open and frame_info(frame).compressed:  # dropped: the stream is broken
+            self.abort(CloseCode.TRY_AGAIN_LATER, "try again later")
         return False
 
     def send_heartbeat_ping(self) -> None:
@@ -431,27 +524,189 @@ class WebSocket(Lifecycle):
 
         Its pong sets ``latency`` and clears ``ping_sent_at``; other pongs are ignored.
         """
-        if self._conn.state is not State.OPEN or self._broken:
+        if self._conn.state is not State.OPEN or self._transport.broken:
             return
         payload = os.urandom(8)
         self._conn.send_ping(payload)
         self._ping_payload = payload
         self.ping_sent_at = monotonic()
-        self._send_nowait(self._conn.data_to_send(), control=True)
+        self._transport.write_nowait(self._conn.data_to_send(), budget=None)
 
-    def _over_budget(self, policy: str | None) -> bool:
-        if (policy or self._config.backpressure_policy) == "drop":
+    def _over_budget(self, policy: str | None) -> None:
+        """The outbox is full: apply the slow-consumer policy (``config.Backpressure``)."""
+        if (policy or self._config.backpressure_policy) == Backpressure.DROP:
             if self._metrics is not None:
                 self._metrics.dropped("backpressure")
-            return False
+            return
         if self._metrics is not None:
             self._metrics.slow_consumer_closed()
-        self.abort(1013, "try again later")
-        return False
+        self.abort(CloseCode.TRY_AGAIN_LATER, "try again later")
 
     def _closed_error(self) -> ConnectionClosed:
-        return ConnectionClosed(1006 if self.close_code is None else self.close_code,
-                                self.close_reason)
+        code = CloseCode.ABNORMAL if self.close_code is None else self.close_code
+        return ConnectionClosed(code, self.close_reason)
+
+    # ------------------------------------------------------------------ closing
+
+    def close(self, code: int = CloseCode.NORMAL, reason: str = "") -> None:
+        """Start the closing handshake; idempotent, callable from any greenlet.
+
+        From the greenlet that reads this connection it also waits (up to ``close_timeout``)
+        for the peer's Close and the end of TCP. From other greenlets it returns at once; a
+        closing greenlet then reads the peer's Close if nobody else does (RFC 6455 §7.1.4:
+        the handler need not be reading) and drops TCP after ``close_timeout`` without one.
+
+        Raises:
+            ValueError: a code that may not be sent (RFC 6455 §7.4) or a reason over 123 bytes.
+        """
+        conn = self._conn
+        if conn.state is not State.OPEN:
+            return
+        conn.close(code, reason)
+        self._close_deadline = monotonic() + self._config.close_timeout
+        self._transport.write_nowait(conn.data_to_send(), budget=None)
+        if not self._reading and self._owner in (None, getcurrent()):
+            self._wait_finished()
+        elif self._closer is None:
+            self._closer = gevent.spawn(self._close_in_background)
+
+    def _close_in_background(self) -> None:
+        """The closing greenlet: read until the peer's Close unless the reader does; either
+        way drop TCP once ``close_timeout`` passed (the reader then sees EOF: 1006)."""
+        while not self._finished:
+            if not self._reading:
+                self._pump()
+                continue
+            left = self._close_deadline - monotonic()
+            if left > 0:
+                gevent.sleep(left)  # the reader finishing kills this greenlet first
+                continue
+            self._transport.drop()
+            return
+
+    def _wait_finished(self) -> None:
+        while not self._finished:
+            if self._reading:
+                self._await_closer()
+            else:
+                self._pump()
+
+    def _await_closer(self) -> None:
+        """Another greenlet reads: the closing greenlet (then wait for it), or a misuse."""
+        closer = self._closer
+        if closer is None or closer is getcurrent():
+            raise RuntimeError(f"{self!r} is already being read by another greenlet")
+        closer.join()
+
+    def abort(self, code: int = CloseCode.INTERNAL_ERROR, reason: str = "") -> None:
+        """Fail the connection now: send Close if the stream allows it, then drop TCP.
+
+        Never blocks. The reading greenlet (or ``run()``) completes the cleanup.
+        """
+        conn = self._conn
+        if conn.state is not State.CLOSED:
+            conn.fail(code, reason)
+            self.close_code, self.close_reason = code, reason
+        data = conn.data_to_send()
+        if data:
+            self._transport.write_last(data)
+        self._transport.drop()
+
+    def add_close_callback(self, callback: Callable[[Self], None]) -> None:
+        """Call ``callback(ws)`` once after the socket is closed (at once if it already is)."""
+        if self._finished:
+            callback(self)
+            return
+        if self._callbacks is None:
+            self._callbacks = []
+        self._callbacks.append(callback)
+
+    def _finish(self) -> None:
+        """Clean up exactly once: CLOSED -> heartbeat.remove -> socket closed -> callbacks."""
+        if self._finished:
+            return
+        self._finished = True
+        if self._heartbeat is not None:
+            self._heartbeat.remove(self)
+        closer, self._closer = self._closer, None
+        if closer is not None and closer is not getcurrent():
+            closer.kill(block=False)
+        try:
+            self._transport.close(self._config.close_timeout)
+        finally:
+            self._count_closed()
+            callbacks, self._callbacks = self._callbacks, None
+            for callback in callbacks or ():
+                try:
+                    callback(self)
+                except Exception:  # one failing callback must not skip the others
+                    logger.exception("close callback %r failed for %r", callback, self)
+
+    def _count_closed(self) -> None:
+        if self._metrics is None or not self._opened_at or self._conn.side is not Side.SERVER:
+            return
+        code = CloseCode.ABNORMAL if self.close_code is None else self.close_code
+        duration = monotonic() - self._opened_at
+        if self.deflate is None:
+            self._metrics.connection_closed(code, duration)
+        else:
+            self._metrics.connection_closed(code, duration, self.deflate)
+
+    def run(self, handler: Callable[[Self], None]) -> None:
+        """Run ``handler(ws)`` in this greenlet, then close and clean up.
+
+        A handler that returns closes with 1000 (if still open); one that raises closes with
+        1011 and an empty reason (the exception is logged to the ``wsflask`` logger); a kill
+        (``GreenletExit``) drops TCP at once. Returns after the close callbacks ran.
+        """
+        self._owner = getcurrent()
+        with ending(lambda: self):
+            handler(self)
+
+    def end(self, code: int | None) -> None:
+        """End the connection as its handler ended, then wait for the cleanup.
+
+        ``code`` closes it (if still open) and waits for the closing handshake; ``None``
+        (the handler was killed) sends a best-effort 1001 and drops TCP at once.
+        """
+        try:
+            if code is None:
+                self.abort(CloseCode.GOING_AWAY, "going away")
+            elif self._conn.state is State.OPEN:
+                self.close(code)
+            self._wait_finished()
+        finally:
+            if not self._finished:  # killed while closing: drop TCP, clean up, no waits
+                self.abort(CloseCode.GOING_AWAY, "going away")
+                self._pump()
+
+
+@contextlib.contextmanager
+def ending(websocket: Callable[[], WebSocket | None]) -> Iterator[None]:
+    """Run a handler's body, then end its connection (``websocket()``) as the body ended.
+
+    Returned (or ``ConnectionClosed``): 1000. Raised: 1011, logged to ``wsflask``. Killed
+    (``GreenletExit``, a ``Timeout``): 1001 and TCP dropped. While ``websocket()`` is
+    ``None`` (no upgrade happened) exceptions propagate untouched.
+    """
+    code: int | None = None
+    try:
+        yield
+        code = CloseCode.NORMAL
+    except ConnectionClosed:
+        if websocket() is None:
+            raise
+        code = CloseCode.NORMAL
+    except Exception:
+        ws = websocket()
+        if ws is None:
+            raise
+        logger.exception("handler failed on connection %s", ws.id)
+        code = CloseCode.INTERNAL_ERROR
+    finally:
+        ws = websocket()
+        if ws is not None:
+            ws.end(code)
 
 
 def _wait_readable(sock: Any) -> None:
@@ -470,15 +725,15 @@ def _wait_readable(sock: Any) -> None:
         watcher.stop()
 
 
+def _address(address: Any) -> tuple[str, int] | None:
+    """``(host, port)`` of a socket address; None for other kinds (a UNIX socket)."""
+    if isinstance(address, tuple) and len(address) >= 2:
+        return str(address[0]), int(address[1])
+    return None
+
+
 def _nbytes(data: str | bytes) -> int:
     """Payload bytes of a message (UTF-8 length for text, without encoding ASCII)."""
     if isinstance(data, str):
         return len(data) if data.isascii() else len(data.encode("utf-8"))
     return len(data)
-
-
-def _payload_length(frame: bytes) -> int:
-    """Payload length of an encoded frame, read from its header (RFC 6455 §5.2)."""
-    size = frame[1] & 0x7F
-    head = 2 + (2 if size == 126 else 8 if size == 127 else 0) + (4 if frame[1] & 0x80 else 0)
-    return len(frame) - head

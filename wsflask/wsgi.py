@@ -1,32 +1,9 @@
-"""WSGI integration: WebSockets next to a WSGI app (Flask...) on one port, pywsgi or gunicorn.
+"""WSGI integration: WebSockets next to a WSGI app (Flask...) on one port, under pywsgi.
 
-What it does:
-
-* ``WebSocketHandler`` (a ``pywsgi.WSGIHandler``): upgrades whose path matches a route of a
-  wsflask ``App`` go to it over the same driver as ``Server`` (the head pywsgi read is rebuilt
-  and validated by the protocol core; the App's limits, Origin check, ``before_upgrade`` hooks,
-  subprotocols, heartbeat and metrics apply); everything else goes to the WSGI app.
-  ``app.handler_class`` is it bound to one App: ``WSGIServer(addr, flask_app,
-  handler_class=ws_app.handler_class)``.
-* ``WebSocketMiddleware`` (``app.wsgi_middleware(wsgi_app)``): the same routing inside the WSGI
-  stack, for a fixed handler class (gunicorn).
-* ``environ["wsgi.websocket"]`` for upgrades no App took: gevent-websocket's ``receive()``,
-  ``send()``, ``close()``, ``closed``, so its code runs unchanged. The handshake happens on
-  first use: a WSGI app that never touches it answers plain HTTP (a 404, say).
-* ``WSGIServer``: ``close()`` sends Close 1001 to its open WebSockets, ``stop()`` waits too.
-* ``GeventWorker`` (``gunicorn -k wsflask.wsgi.GeventWorker module:app``): gunicorn's pywsgi
-  worker with these, so SIGTERM means 1001 to every WebSocket within ``--graceful-timeout``.
-  gunicorn is imported only when the worker is looked up.
-
-Monkey-patching: nothing here needs it; pywsgi's sockets are gevent sockets, so an unpatched
-process serves WebSockets and HTTP cooperatively. Patch (``monkey.patch_all`` first thing) only
-when the WSGI app does blocking I/O itself (database drivers, ``requests``, ``time.sleep``).
-gunicorn's gevent worker, and so ``GeventWorker``, patches each worker itself.
-
-What it does not do: no HTTP parsing (pywsgi reads the head, the core validates it), no
-handshake deadline (pywsgi has none; the core's size limits apply), no Origin check or hooks
-for ``environ["wsgi.websocket"]`` (that WSGI app checks, as under gevent-websocket); it never
-imports ``wsflask.app`` (an App is duck-typed as ``WebSocketApp``).
+``WebSocketHandler`` serves upgrades for an App's routes over the same driver and handshake
+decision as ``Server`` (``upgrade.answer``) and the rest through WSGI; ``WebSocketMiddleware``
+does it inside the WSGI stack; ``environ["wsgi.websocket"]`` keeps gevent-websocket's API.
+No HTTP parsing (pywsgi reads, the core validates), no handshake deadline, no monkey-patching.
 """
 
 from __future__ import annotations
@@ -42,9 +19,9 @@ from gevent import pywsgi
 
 from .config import Config
 from .errors import ConnectionClosed
-from .protocol import Connection, HandshakeError, Request, Side
-from .upgrade import HTTPResponse, Upgrade
-from .websocket import HeartbeatLike, WebSocket
+from .protocol import CloseCode, Connection, HandshakeError, Request, Side
+from .upgrade import HTTPResponse, Upgrade, answer, going_away, read_request
+from .websocket import Watcher, WebSocket, ending
 
 if TYPE_CHECKING:
     from .metrics import Metrics
@@ -59,15 +36,10 @@ _DEFAULT_CONFIG = Config()
 _NEEDS_HANDLER = b"needs wsflask.wsgi.WebSocketHandler (pywsgi) or wsflask.wsgi.GeventWorker\n"
 
 
-class _Refusal(HandshakeError):
-    """A refusal decided here (503 while stopping, 500 when the resolver raised)."""
+class AppHeartbeat(Watcher, Protocol):
+    """The App's heartbeat as pywsgi needs it: told of connections, started on first use."""
 
-    def __init__(self, status: int, message: str, headers: tuple[tuple[str, str], ...] = ()):
-        super().__init__(message)
-        self.status, self.headers = status, headers
-
-
-_SHUTTING_DOWN = (503, "server shutting down", (("Retry-After", "1"),))
+    def start(self) -> None: ...
 
 
 class WebSocketApp(Protocol):
@@ -78,7 +50,7 @@ class WebSocketApp(Protocol):
     @property
     def metrics(self) -> Metrics | None: ...
     @property
-    def heartbeat(self) -> HeartbeatLike | None: ...
+    def heartbeat(self) -> AppHeartbeat | None: ...
     def match(self, path: str) -> object | None: ...
     def resolve(self, request: Request, addr: tuple[str, int]) -> Upgrade | HTTPResponse: ...
 
@@ -96,6 +68,19 @@ class WebSocketHandler(pywsgi.WSGIHandler):  # type: ignore[misc]
     #: True once the socket belongs to a WebSocket: pywsgi must not write or close it
     upgraded = False
     socket: Any  # pywsgi's; None once a WebSocket owns it
+    requestline: str  # pywsgi's, without its line ending
+
+    #: the request line ended with a bare LF (the core then answers 400, as on ``Server``)
+    bare_lf = False
+
+    def read_requestline(self) -> str:
+        """pywsgi's, read as ``Server`` reads heads: one empty line before the request line
+        is ignored (RFC 7230 §3.5), and a bare-LF line ending is remembered."""
+        line: str = super().read_requestline()
+        if line == "\r\n":
+            line = super().read_requestline()
+        self.bare_lf = line.endswith("\n") and not line.endswith("\r\n")
+        return line
 
     def run_application(self) -> None:
         """Route one request: an App route, else the WSGI app (with ``wsgi.websocket``)."""
@@ -121,9 +106,12 @@ class WebSocketHandler(pywsgi.WSGIHandler):  # type: ignore[misc]
             raise RuntimeError("this request was already upgraded")
         if app.match(_path(self.path)) is None:
             return False
-        ws, request = self._take_over(app.config, app.metrics, app.heartbeat)
+        status = _StatusLog(self, app.metrics)
+        ws, request = self._take_over(app.config, status, app.heartbeat)
         if request is not None:
-            upgrade = self._decide(ws, request, app)
+            upgrade = answer(
+                ws, request, app.resolve, stopping=_stopping(self.server), metrics=status
+            )
             if upgrade is not None:
                 self._serve(ws, upgrade.handler)
         return True
@@ -131,10 +119,10 @@ class WebSocketHandler(pywsgi.WSGIHandler):  # type: ignore[misc]
     # -- the takeover --------------------------------------------------------------------------
 
     def _take_over(
-        self, config: Config, metrics: Metrics | None, heartbeat: HeartbeatLike | None
+        self, config: Config, status: _StatusLog, heartbeat: AppHeartbeat | None
     ) -> tuple[WebSocket, Request | None]:
-        """Hand the socket to a WebSocket; feed the core the head pywsgi read. pywsgi keeps
-        no reference to the socket afterwards, so only the WebSocket closes it."""
+        """Hand the socket and the head pywsgi read to a WebSocket. pywsgi keeps no
+        reference to the socket afterwards, so only the WebSocket closes it."""
         self.upgraded = True
         sock = self.socket
         leftover = _buffered(self.rfile, sock)
@@ -145,74 +133,45 @@ class WebSocketHandler(pywsgi.WSGIHandler):  # type: ignore[misc]
         self.response_headers: list[tuple[bytes, bytes]] = []
         with contextlib.suppress(OSError):
             sock.setsockopt(IPPROTO_TCP, TCP_NODELAY, 1)
+        if heartbeat is not None:
+            heartbeat.start()  # idempotent: the App's one heartbeat greenlet
         conn = Connection(
             Side.SERVER, limits=config.limits(), http=True, deflate=config.deflate_settings()
         )
-        conn.receive_data(self._head() + leftover)
-        refusal = conn.data_to_send()  # the core's 400/405/426/431 for a bad head
-        if refusal:
-            with contextlib.suppress(OSError):
-                sock.sendall(refusal)
-        if heartbeat is not None:
-            heartbeat.start()  # idempotent: the App's one heartbeat greenlet
-        peer = _address(self.client_address)
-        ws = WebSocket(sock, conn, config=config, metrics=metrics, heartbeat=heartbeat,
-                       remote_address=peer)  # fmt: skip
-        outcome = ws.read_request()  # returns at once: the head is already in the core
+        ws = WebSocket(
+            sock,
+            conn,
+            config=config,
+            metrics=status.metrics,
+            heartbeat=heartbeat,
+            remote_address=self.client_address,
+            initial=self._head() + leftover,
+        )
+        # pywsgi's access log prints the request line: leave the query (tokens) out, as
+        # wsflask's own logs do
+        method, _, rest = self.requestline.partition(" ")
+        target, _, version = rest.rpartition(" ")
+        self.requestline = f"{method} {target.partition('?')[0]} {version}"
+        outcome = read_request(ws)  # the core validates the head (400/405/426/431)
         if isinstance(outcome, Request):
             return ws, outcome
         if isinstance(outcome, HandshakeError):
-            self._count(metrics, outcome.status)
+            status.handshake(outcome.status)
         return ws, None
 
     def _head(self) -> bytes:
-        """The request head as the client sent it (pywsgi keeps the line and the fields)."""
-        lines = [self.requestline, *(h.rstrip("\r\n") for h in self.headers.headers)]
-        return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
-
-    def _decide(self, ws: WebSocket, request: Request, app: WebSocketApp) -> Upgrade | None:
-        """Ask the App's resolver, as ``Server`` does; answer HTTP, refuse, or 101."""
-        try:
-            if _stopping(self.server):
-                raise _Refusal(*_SHUTTING_DOWN)
-            result = app.resolve(request, _address(self.client_address) or ("", 0))
-        except HandshakeError as exc:
-            self._refuse(ws, app.metrics, exc)
-            return None
-        except Exception:
-            logger.exception("resolver failed for %s", request.path)
-            self._refuse(ws, app.metrics, _Refusal(500, "internal server error"))
-            return None
-        if isinstance(result, HTTPResponse):
-            self._count(app.metrics, result.status)
-            ws.respond(
-                result.status, result.body, content_type=result.content_type, headers=result.headers
-            )
-            return None
-        ws.session.update(result.session)
-        ws.path_params.update(result.path_params)
-        ws.accept(subprotocol=result.subprotocol, headers=result.headers)
-        self._count(app.metrics, 101)
-        return result
-
-    def _refuse(self, ws: WebSocket, metrics: Metrics | None, exc: HandshakeError) -> None:
-        """Answer ``exc.status`` with its message and headers; the connection ends."""
-        self._count(metrics, exc.status)
-        ws.reject(exc.status, str(exc), headers=exc.headers)
-
-    def _count(self, metrics: Metrics | None, status: int) -> None:
-        """Count the handshake; pywsgi's access log shows the real status."""
-        self.status = f"{status} WebSocket".encode()
-        self._orig_status = f"{status} WebSocket"
-        if metrics is not None:
-            metrics.handshake(status)
+        """The request head as the client sent it (pywsgi keeps the line and the fields; a
+        bare LF after the request line is kept, for the core to refuse)."""
+        fields = "".join(h.rstrip("\r\n") + "\r\n" for h in self.headers.headers)
+        eol = "\n" if self.bare_lf else "\r\n"
+        return f"{self.requestline}{eol}{fields}\r\n".encode("latin-1")
 
     def _serve(self, ws: WebSocket, handler: Callable[[WebSocket], None]) -> None:
         server = self.server
         if isinstance(server, WSGIServer):
             server.track(ws)
         try:
-            ws.run(_going_away if _stopping(server) else handler)
+            ws.run(going_away if _stopping(server) else handler)
         finally:
             if isinstance(server, WSGIServer):
                 server.untrack(ws)
@@ -226,64 +185,63 @@ class WebSocketHandler(pywsgi.WSGIHandler):  # type: ignore[misc]
         lends its config, metrics and heartbeat; no hooks run.
         """
         app: WebSocketApp | None = self.environ.get("wsflask.app") or self.ws_app
-        metrics = app.metrics if app is not None else None
+        status = _StatusLog(self, app.metrics if app is not None else None)
         ws, request = self._take_over(
             app.config if app is not None else _DEFAULT_CONFIG,
-            metrics,
+            status,
             app.heartbeat if app is not None else None,
         )
         if request is None:
             return None
-        if _stopping(self.server):
-            self._refuse(ws, metrics, _Refusal(*_SHUTTING_DOWN))
+        chosen = Upgrade(going_away, subprotocol=subprotocol)  # its handler never runs
+        if (
+            answer(
+                ws, request, lambda _r, _a: chosen, stopping=_stopping(self.server), metrics=status
+            )
+            is None
+        ):
             return None
-        ws.accept(subprotocol=subprotocol)
-        self._count(metrics, 101)
         # This greenlet reads the connection from now on, as ws.run() would have said: a
         # close() from another greenlet (server shutdown) must not read it too.
-        ws._owner = gevent.getcurrent()
+        ws.claim_reader()
         if isinstance(self.server, WSGIServer):
             self.server.track(ws)
         return ws
 
     def _run_wsgi(self, compat: GeventWebSocket) -> None:
-        """Call the WSGI app; once it upgraded, drop its response and close the WebSocket."""
-        code, killed = 1000, True
+        """Call the WSGI app; once it upgraded, drop its response and end the WebSocket as
+        ``ws.run()`` would (exceptions before the upgrade are pywsgi's to answer)."""
         try:
-            self.result = self.application(self.environ, self.start_response)
-            if not self.upgraded:
-                self.process_result()
-            killed = False
-        except ConnectionClosed:
-            if not self.upgraded:
-                raise
-            killed = False
-        except Exception:
-            if not self.upgraded:
-                raise
-            logger.exception("WSGI app failed on WebSocket %s", self.path)
-            code, killed = 1011, False
+            with ending(lambda: compat.websocket):
+                try:
+                    self.result = self.application(self.environ, self.start_response)
+                    if not self.upgraded:
+                        self.process_result()
+                finally:
+                    result, self.result = self.result, None
+                    close = getattr(result, "close", None)
+                    if close is not None:
+                        close()
         finally:
-            result, self.result = self.result, None
-            close = getattr(result, "close", None)
-            try:
-                if close is not None:
-                    close()
-            finally:
-                if compat.websocket is not None:
-                    self._end_compat(compat.websocket, code, killed)
+            if compat.websocket is not None and isinstance(self.server, WSGIServer):
+                self.server.untrack(compat.websocket)
 
-    def _end_compat(self, ws: WebSocket, code: int, killed: bool) -> None:
-        """Finish as ``ws.run()`` does: 1000 on return, 1011 on error, 1001 when killed."""
-        try:
-            if killed:
-                ws.abort(1001, "going away")
-            elif ws.is_open:
-                ws.close(code)
-            ws.run(_noop)  # completes the closing handshake and the cleanup
-        finally:
-            if isinstance(self.server, WSGIServer):
-                self.server.untrack(ws)
+
+class _StatusLog:
+    """Counts a handshake's final status on the App's metrics and shows it in pywsgi's
+    access log (``answer()``'s ``HandshakeCounter``)."""
+
+    __slots__ = ("handler", "metrics")
+
+    def __init__(self, handler: WebSocketHandler, metrics: Metrics | None) -> None:
+        self.handler = handler
+        self.metrics = metrics
+
+    def handshake(self, status: int) -> None:
+        self.handler.status = f"{status} WebSocket".encode()
+        self.handler._orig_status = f"{status} WebSocket"
+        if self.metrics is not None:
+            self.metrics.handshake(status)
 
 
 class GeventWebSocket:
@@ -335,14 +293,14 @@ class GeventWebSocket:
     def send(self, message: str | bytes, binary: bool | None = None) -> None:
         """Send ``message``; ``binary`` forces the frame type as in gevent-websocket."""
         if not self.accept() or self.websocket is None:
-            raise ConnectionClosed(1006, "the WebSocket handshake was refused")
+            raise ConnectionClosed(CloseCode.ABNORMAL, "the WebSocket handshake was refused")
         if binary and isinstance(message, str):
             message = message.encode("utf-8")
         elif binary is False and isinstance(message, bytes):
             message = message.decode("utf-8")
         self.websocket.send(message)
 
-    def close(self, code: int = 1000, message: bytes | str = b"") -> None:
+    def close(self, code: int = CloseCode.NORMAL, message: bytes | str = b"") -> None:
         """Start the closing handshake (waits for the peer's Close, bounded)."""
         if self.websocket is not None:
             reason = message.decode("utf-8") if isinstance(message, bytes) else message
@@ -400,7 +358,7 @@ class WSGIServer(pywsgi.WSGIServer):  # type: ignore[misc]
         """Register an open WebSocket (the handler calls it); ``untrack()`` when it ends."""
         self.websockets[ws] = gevent.getcurrent()
         if self.stopping:
-            ws.close(1001, "going away")
+            ws.close(CloseCode.GOING_AWAY, "going away")
 
     def untrack(self, ws: WebSocket) -> None:
         self.websockets.pop(ws, None)
@@ -411,7 +369,7 @@ class WSGIServer(pywsgi.WSGIServer):  # type: ignore[misc]
         if not self.closed:
             super().close()
         for ws in list(self.websockets):
-            ws.close(1001, "going away")
+            ws.close(CloseCode.GOING_AWAY, "going away")
 
     def stop(self, timeout: float | None = None) -> None:
         """``close()``, wait for the WebSockets (then the pool), kill what is left."""
@@ -429,32 +387,13 @@ def bind_handler(app: WebSocketApp) -> type[WebSocketHandler]:
 
 
 def __getattr__(name: str) -> Any:
-    """``GeventWorker`` is built on first lookup, so that gunicorn is imported only then."""
+    """``wsflask.wsgi.GeventWorker`` is ``wsflask.gunicorn.GeventWorker``, imported on first
+    lookup so that gunicorn is imported only by those who use it."""
     if name == "GeventWorker":
-        worker = _make_gunicorn_worker()
-        globals()["GeventWorker"] = worker
-        return worker
+        from .gunicorn import GeventWorker
+
+        return GeventWorker
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def _make_gunicorn_worker() -> type:
-    try:
-        from gunicorn.workers import ggevent  # type: ignore[import-untyped]
-    except ImportError as exc:  # pragma: no cover - gunicorn is a dev dependency
-        raise ImportError("wsflask.wsgi.GeventWorker needs gunicorn: pip install gunicorn") from exc
-
-    class GunicornHandler(WebSocketHandler, ggevent.PyWSGIHandler):  # type: ignore[misc]
-        """gunicorn's access log and environ, with WebSocket upgrades."""
-
-    class GeventWorker(ggevent.GeventPyWSGIWorker):  # type: ignore[misc]
-        """gunicorn's gevent pywsgi worker (it patches itself); SIGTERM closes the server,
-        so every WebSocket gets 1001 and the worker exits within ``--graceful-timeout``."""
-
-        server_class = WSGIServer
-        wsgi_handler = GunicornHandler
-
-    GeventWorker.__module__ = GunicornHandler.__module__ = __name__
-    return GeventWorker
 
 
 def _wants_websocket(environ: dict[str, Any]) -> bool:
@@ -484,17 +423,3 @@ def _buffered(rfile: Any, sock: Any) -> bytes:
 
 def _stopping(server: Any) -> bool:
     return bool(getattr(server, "stopping", False))
-
-
-def _address(address: Any) -> tuple[str, int] | None:
-    if isinstance(address, tuple) and len(address) >= 2:
-        return str(address[0]), int(address[1])
-    return None
-
-
-def _going_away(ws: WebSocket) -> None:
-    ws.close(1001, "going away")
-
-
-def _noop(ws: WebSocket) -> None:
-    """The handler that ends a connection the WSGI app already served."""

@@ -394,3 +394,29 @@ def test_client_refuses_wrong_accept_and_unrequested_extension() -> None:
         client.receive_data(response)
         (closed,) = client.events_received()
         assert isinstance(closed, Closed) and closed.code == 1006 and closed.cause is not None
+
+
+def test_client_refusal_is_reported_as_handshake_rejected_cause() -> None:
+    from wsflask.protocol.errors import HandshakeRejected
+
+    conn = Connection(Side.CLIENT)
+    conn.connect("example.com", "/chat")
+    conn.data_to_send()
+    conn.receive_data(b"HTTP/1.1 403 Forbidden\r\nX-Why: origin\r\nContent-Length: 4\r\n\r\nnope")
+    (closed,) = conn.events_received()
+    assert isinstance(closed, Closed) and closed.code == 1006
+    cause = closed.cause
+    assert isinstance(cause, HandshakeRejected)
+    assert (cause.status, cause.body) == (403, b"nope")
+    assert ("x-why", "origin") in cause.headers and conn.state is State.CLOSED
+
+
+def test_client_invalid_101_is_not_a_refusal() -> None:
+    from wsflask.protocol.errors import HandshakeRejected, InvalidHandshakeResponse
+
+    conn = Connection(Side.CLIENT)
+    conn.connect("example.com", "/chat")
+    conn.receive_data(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\r\n")
+    (closed,) = conn.events_received()
+    assert isinstance(closed, Closed) and isinstance(closed.cause, InvalidHandshakeResponse)
+    assert not isinstance(closed.cause, HandshakeRejected)

@@ -834,3 +834,31 @@ def test_extension_parser_only_raises_value_error(value: str) -> None:
     except ValueError:
         return
     assert all(name for name, _ in result)
+
+
+# -- request-head suspicions (defects-2.md): leading CRLF, bare LF, long target ---------------
+
+
+def test_one_leading_crlf_before_the_request_line_is_ignored() -> None:
+    """RFC 7230 §3.5: a server SHOULD ignore at least one empty line before the request-line."""
+    reader = HeadReader()
+    result = reader.feed(b"\r\n" + make_head() + FRAME)
+    assert result is not None and result[1] == FRAME
+    assert parse_request(result[0]) == parse_request(HeadReader().feed(make_head())[0])
+
+
+def test_bare_lf_in_a_head_is_refused_at_once_with_400() -> None:
+    """A bare LF gets a prompt 400 instead of waiting for a CRLF that never comes (408)."""
+    head = make_head().replace(b"\r\n", b"\n")
+    with pytest.raises(HandshakeError) as info:
+        HeadReader().feed(head[:40])  # refused before the head is complete
+    assert info.value.status == 400 and "LF" in str(info.value)
+
+
+def test_an_oversized_request_target_gets_414_not_431() -> None:
+    """RFC 9110 §15.5.15: 414 when the target is longer than the server will interpret."""
+    with pytest.raises(HandshakeError) as info:
+        HeadReader(max_bytes=1000).feed(b"GET /" + b"a" * 2000 + b" HTTP/1.1\r\n")
+    assert info.value.status == 414
+    with pytest.raises(HeadersTooLarge):  # a long header field is still 431
+        HeadReader(max_bytes=1000).feed(b"GET / HTTP/1.1\r\nX: " + b"a" * 2000)

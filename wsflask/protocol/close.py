@@ -1,20 +1,16 @@
 """Close frame bodies: which codes may travel, parsing and building (RFC 6455 §5.5.1, §7.4).
 
-§5.5.1: a Close body, when present, starts with a 2-byte code, then a UTF-8 reason; the
-whole payload is at most 125 bytes (§5.5), so a reason has at most 123 bytes. §7.4.1/§7.4.2:
-1005, 1006 and 1015 "MUST NOT be set as a status code in a Close control frame"; 0-999 are
-unused; 1016-2999 are reserved for future RFCs; 3000-4999 belong to libraries and
-applications. This module does no I/O.
+A body is a 2-byte code then a UTF-8 reason, 125 bytes at most (§5.5); 1005, 1006 and 1015
+"MUST NOT be set as a status code in a Close control frame" (§7.4.1); 1016-2999 are
+reserved, 3000-4999 belong to libraries and applications. This module does no I/O.
 """
 
 from __future__ import annotations
 
 from .errors import InvalidPayloadData, ProtocolError
+from .frames import CloseCode
 
 __all__ = ["check_close_code", "close_code_valid", "close_payload", "parse_close"]
-
-#: The code reported when a Close frame carried no code (§7.1.5); never sent.
-NO_STATUS = 1005
 
 
 def close_code_valid(code: int) -> bool:
@@ -29,8 +25,8 @@ def check_close_code(code: int) -> None:
 
 
 def close_payload(code: int, reason: str) -> bytes:
-    """Return a Close body; ``NO_STATUS`` gives the empty body (an echo of an empty Close)."""
-    if code == NO_STATUS:
+    """Return a Close body; ``CloseCode.NO_STATUS`` gives the empty body (an empty echo)."""
+    if code == CloseCode.NO_STATUS:
         return b""
     check_close_code(code)
     data = code.to_bytes(2, "big") + reason.encode("utf-8")
@@ -47,7 +43,7 @@ def parse_close(payload: bytes) -> tuple[int, str]:
         InvalidPayloadData: a reason that is not UTF-8 (1007).
     """
     if not payload:
-        return NO_STATUS, ""
+        return CloseCode.NO_STATUS, ""
     if len(payload) == 1:
         raise ProtocolError("close frame with a 1-byte payload")
     code = int.from_bytes(payload[:2], "big")

@@ -30,16 +30,21 @@ This module does no I/O and reads no clock.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 from . import handshake
 from .close import check_close_code, close_payload, parse_close
-from .deflate import DeflateSettings, PerMessageDeflate
-from .errors import InvalidState, ProtocolError
-from .events import BinaryMessage, Closed, Event, Ping, Pong, Request, TextMessage
-from .frames import FrameDecoder, encode_frame
+from .deflate import DeflateSettings, PerMessageDeflate, accept_response, client_offer, negotiate
+from .errors import (
+    HandshakeError,
+    HandshakeRejected,
+    InvalidHandshakeResponse,
+    InvalidState,
+    ProtocolError,
+)
+from .events import BinaryMessage, Closed, Event, Opened, Ping, Pong, Request, TextMessage
+from .frames import CloseCode, FrameDecoder, encode_frame
 from .messages import MessageAssembler
-from .opening import OpeningHandshake
 from .states import Limits as Limits
 from .states import Side as Side
 from .states import State as State
@@ -48,21 +53,22 @@ from .utf8 import decode_text
 __all__ = ["Connection", "Limits", "Side", "State"]
 
 
-class Connection(OpeningHandshake):
+class Connection:
     """A sans-I/O RFC 6455 endpoint, either side; the module docstring lists its rules.
 
     Server side: feed the request bytes; a ``Request`` event asks for ``accept()``,
     ``reject()`` or (for plain HTTP with ``http=True``) ``respond()``. Client side: call
     ``connect()`` first. Then send with the ``send_*`` commands and finish with ``close()``.
-    The handshake commands live in ``OpeningHandshake`` (``opening.py``). ``deflate``
+    ``deflate``
     (``DeflateSettings``) turns permessage-deflate negotiation on (RFC 7692); ``None`` (the
     default) leaves every message uncompressed.
     """
 
-    # The handshake's slots are OpeningHandshake's.
     __slots__ = (
-        "_close_sent", "_decoder", "_deflate_settings", "_events", "_http", "_limits",
-        "_mask_source", "_messages", "_out", "_send_deflating", "side",
+        "_close_sent", "_decoder", "_deflate_offered", "_deflate_settings", "_events",
+        "_extensions_offered", "_head", "_http", "_key", "_limits", "_mask_source", "_messages",
+        "_offered", "_out", "_pending_input", "_send_deflating", "deflate", "request", "side",
+        "state", "subprotocol",
     )  # fmt: skip
 
     def __init__(
@@ -141,7 +147,175 @@ class Connection(OpeningHandshake):
     def receive_eof(self) -> None:
         """The transport ended. Without a closing handshake this is 1006 (§7.1.5)."""
         if self.state is not State.CLOSED:
-            self._set_closed(Closed(1006, "connection lost"))
+            self._set_closed(Closed(CloseCode.ABNORMAL, "connection lost"))
+
+    # ------------------------------------------------------------------ opening handshake (§4)
+
+    def _receive_head(self, data: bytes) -> None:
+        if self._head is None:  # request emitted, awaiting accept(): keep the bytes, bounded
+            self._pending_input.append(data)
+            if sum(map(len, self._pending_input)) > self._limits.max_message_size:
+                self._set_closed(
+                    Closed(CloseCode.ABNORMAL, "too much data before the handshake completed")
+                )
+            return
+        try:
+            done = self._head.feed(data)
+            if done is None:
+                return
+            head, rest = done
+            self._head = None
+            if rest:
+                self._pending_input.append(rest)
+            if self.side is Side.SERVER:
+                self.request = handshake.parse_request(head, http=self._http)
+                self._events.append(self.request)
+            else:
+                self._open_client(head, rest)
+        except HandshakeError as exc:
+            self._refuse(exc)
+        except InvalidHandshakeResponse as exc:
+            self._set_closed(Closed(CloseCode.ABNORMAL, str(exc), exc))
+
+    def _refuse(self, exc: HandshakeError) -> None:
+        if self.side is Side.SERVER:
+            body = f"{exc.status} {exc}\n".encode("utf-8", "replace")
+            self._out.append(handshake.build_response(exc.status, body, headers=exc.headers))
+        self._set_closed(Closed(CloseCode.ABNORMAL, str(exc), exc))
+
+    def accept(
+        self,
+        request: Request,
+        *,
+        subprotocol: str | None = None,
+        extensions: str = "",
+        headers: Iterable[tuple[str, str]] = (),
+    ) -> None:
+        """Server side: answer ``request`` with 101 and open the connection.
+
+        ``extensions`` is a ``Sec-WebSocket-Extensions`` value the caller negotiated itself;
+        when empty and the connection has ``DeflateSettings``, permessage-deflate offers are
+        answered here (RFC 7692) and ``Opened.extensions`` carries the answer.
+
+        Raises:
+            InvalidState: not a server awaiting its request, or a plain HTTP request.
+        """
+        if (
+            self.side is not Side.SERVER
+            or self.request is None
+            or self.state is not State.CONNECTING
+        ):
+            raise InvalidState("accept() needs a server connection with a pending Request")
+        if not request.key:
+            raise InvalidState("accept() on a plain HTTP request: use respond()")
+        negotiated = None
+        if not extensions and self._deflate_settings is not None:
+            negotiated = negotiate(request.extensions, self._deflate_settings)
+        if negotiated is not None:
+            extensions, codec = negotiated
+            self._use_deflate(codec)
+        self._out.append(
+            handshake.build_accept(
+                request.key, subprotocol=subprotocol, extensions=extensions, headers=headers
+            )
+        )
+        self.subprotocol = subprotocol
+        self._open(Opened(subprotocol, extensions))
+
+    def reject(
+        self, status: int, body: str = "", *, headers: Iterable[tuple[str, str]] = ()
+    ) -> None:
+        """Server side: refuse the handshake with an HTTP ``status``; the connection ends."""
+        self._check_connecting_server("reject")
+        text = body or f"HTTP {status}\n"
+        self._out.append(handshake.build_response(status, text.encode(), headers=headers))
+        self._set_closed(Closed(CloseCode.ABNORMAL, f"handshake rejected with {status}"))
+
+    def respond(
+        self,
+        status: int,
+        body: bytes,
+        *,
+        content_type: str = "text/plain; charset=utf-8",
+        headers: Iterable[tuple[str, str]] = (),
+    ) -> None:
+        """Server side: answer a plain HTTP request (``http=True``) and end the connection."""
+        self._check_connecting_server("respond")
+        # RFC 9110 §9.3.2: "The server SHOULD send the same header fields in response to a
+        # HEAD request as it would have sent if the request method had been GET" (no content)
+        head_only = self.request is not None and self.request.method == "HEAD"
+        self._out.append(
+            handshake.build_response(
+                status, body, content_type=content_type, headers=headers, head_only=head_only
+            )
+        )
+        self._set_closed(Closed(CloseCode.ABNORMAL, f"HTTP {status}"))
+
+    def _check_connecting_server(self, command: str) -> None:
+        if self.side is not Side.SERVER or self.state is not State.CONNECTING:
+            raise InvalidState(f"{command}() needs a server connection still in CONNECTING")
+
+    def connect(
+        self,
+        host: str,
+        target: str = "/",
+        *,
+        key: str | None = None,
+        subprotocols: Sequence[str] = (),
+        extensions: str = "",
+        headers: Iterable[tuple[str, str]] = (),
+    ) -> None:
+        """Client side: queue the opening handshake; ``Opened`` or ``Closed`` follows.
+
+        ``extensions`` is an offer the caller checks itself; when empty and the connection
+        has ``DeflateSettings``, permessage-deflate is offered and the answer checked here.
+        """
+        if self.side is not Side.CLIENT or self.state is not State.CONNECTING or self._key:
+            raise InvalidState("connect() needs a new client connection")
+        self._key = key or handshake.make_key(self._mask_source)
+        self._offered = tuple(subprotocols)
+        self._extensions_offered = bool(extensions)
+        if not extensions and self._deflate_settings is not None:
+            extensions = client_offer(self._deflate_settings)
+            self._deflate_offered = True
+        self._out.append(
+            handshake.build_request(
+                host,
+                target,
+                self._key,
+                subprotocols=subprotocols,
+                extensions=extensions,
+                headers=headers,
+            )
+        )
+
+    def _open_client(self, head: bytes, rest: bytes) -> None:
+        try:
+            subprotocol, extensions, headers = handshake.parse_response(
+                head, self._key, subprotocols=self._offered
+            )
+        except HandshakeRejected as exc:  # §4.1: a refusal; the body is what came with it
+            exc.body = rest[: self._limits.max_header_bytes]
+            raise
+        # §4.1 step 5: an extension "not present in the client's handshake" fails it; an
+        # offer made by the caller is checked by that caller, ours by accept_response().
+        if extensions and self._deflate_settings is not None and self._deflate_offered:
+            self._use_deflate(accept_response(extensions, self._deflate_settings))
+        elif extensions and not self._extensions_offered:
+            raise InvalidHandshakeResponse(f"Unrequested extensions in the response: {extensions}")
+        self.subprotocol = subprotocol
+        self._open(Opened(subprotocol, extensions, headers))
+
+    def _use_deflate(self, codec: PerMessageDeflate) -> None:
+        self.deflate = codec
+        self._messages.enable_compression(codec)
+
+    def _open(self, opened: Opened) -> None:
+        self.state = State.OPEN
+        self._events.append(opened)
+        pending, self._pending_input = self._pending_input, []
+        for chunk in pending:
+            self._receive_frames(chunk)
 
     # ------------------------------------------------------------------ frames in
 
@@ -264,7 +438,7 @@ class Connection(OpeningHandshake):
             raise ValueError("pong payload longer than 125 bytes (RFC 6455 §5.5)")
         self._out.append(encode_frame(0xA, data, mask=self._mask()))
 
-    def close(self, code: int = 1000, reason: str = "") -> None:
+    def close(self, code: int = CloseCode.NORMAL, reason: str = "") -> None:
         """Start the closing handshake; a no-op once closing. Arm a timer: ``close_expected()``.
 
         Raises:

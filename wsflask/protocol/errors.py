@@ -21,18 +21,23 @@ server answers with. The tree::
     │   ├── MethodNotAllowed         status 405 + ``Allow: GET``
     │   ├── UpgradeRequired          status 426 + ``Sec-WebSocket-Version: 13`` (§4.4)
     │   ├── HeadersTooLarge          status 431
+    │   ├── URITooLong               status 414
     │   ├── TooManyRequests          status 429
     │   └── ServiceUnavailable       status 503
     ├── InvalidHandshakeResponse     client side: the server's answer is not a valid 101
+    │   └── HandshakeRejected        a well-formed refusal: status, headers, body
     └── InvalidState                 a command that the connection's state does not allow
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 __all__ = [
     "CompressionError",
     "Forbidden",
     "HandshakeError",
+    "HandshakeRejected",
     "HeadersTooLarge",
     "InvalidHandshakeResponse",
     "InvalidPayloadData",
@@ -44,6 +49,7 @@ __all__ = [
     "ProtocolError",
     "ServiceUnavailable",
     "TooManyRequests",
+    "URITooLong",
     "UpgradeRequired",
 ]
 
@@ -117,6 +123,12 @@ class HeadersTooLarge(HandshakeError):
     status = 431
 
 
+class URITooLong(HandshakeError):
+    """The request line is longer than the head limit (RFC 9110 §15.5.15)."""
+
+    status = 414
+
+
 class TooManyRequests(HandshakeError):
     """A per-client limit was reached."""
 
@@ -131,6 +143,24 @@ class ServiceUnavailable(HandshakeError):
 
 class InvalidHandshakeResponse(Exception):
     """Client side: the server did not answer with a valid 101 (RFC 6455 §4.1)."""
+
+
+class HandshakeRejected(InvalidHandshakeResponse):
+    """Client side: the server answered the opening handshake with a non-101 status.
+
+    Attributes:
+        status: the HTTP status code (e.g. 403, 429, 503).
+        headers: the response headers, names lower-cased, in arrival order.
+        body: the part of the response body that arrived with the head.
+    """
+
+    def __init__(
+        self, status: int, headers: Iterable[tuple[str, str]] = (), body: bytes = b""
+    ) -> None:
+        super().__init__(f"server rejected the WebSocket handshake with status {status}")
+        self.status = status
+        self.headers = tuple(headers)
+        self.body = body
 
 
 class InvalidState(Exception):

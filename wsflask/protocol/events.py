@@ -1,12 +1,7 @@
 """Events that ``Connection.events_received()`` returns, in the order they happened.
 
-Server side: ``Request`` (the handshake head is complete: call ``accept()`` or ``reject()``),
-then ``Opened``, messages, pings and pongs, and exactly one ``Closed``. Client side: ``Opened``
-(the 101 was valid), then the same. These classes carry data only; they do no I/O.
-
-The two message events are ``slots`` dataclasses but not frozen: a frozen dataclass's
-``__init__`` goes through ``object.__setattr__`` and costs about 2.5x as much per message,
-and messages are the hot path (ARCHITECTURE.md §3 rule 1). Treat them as read-only.
+Server side: ``Request``, then ``Opened``, messages, pings and pongs, and exactly one
+``Closed``; client side: ``Opened`` (the 101 was valid), then the same. Data only, no I/O.
 """
 
 from __future__ import annotations
@@ -89,6 +84,9 @@ class Opened:
     headers: tuple[tuple[str, str], ...] = ()
 
 
+# The two message events are slots dataclasses but not frozen: a frozen dataclass's __init__
+# goes through object.__setattr__ and costs about 2.5x as much per message, and messages are
+# the hot path (ARCHITECTURE.md §3 rule 1). Treat them as read-only.
 @dataclass(slots=True)
 class TextMessage:
     """A complete text message, validated as UTF-8 (RFC 6455 §5.6, §8.1)."""

@@ -1,14 +1,9 @@
 """The HTTP/1.1 opening handshake of RFC 6455 (§4, §9.1, §11.3), both sides, without I/O.
 
-``HeadReader`` collects a head up to the empty line in linear time, bounded in bytes and in
-header count (431), and returns the bytes after it untouched: they start the frame stream.
-``parse_request`` validates a client handshake (§4.2.1) and raises the ``HandshakeError``
-subclass whose ``status``/``headers`` the server answers with; ``build_accept`` writes the
-101 (§4.2.2), ``build_response`` any other answer. ``make_key``, ``build_request`` and
-``parse_response`` are the client side (§4.1). ``Sec-WebSocket-Extensions`` is parsed to the
-§9.1 grammar only: the meaning of any extension's parameters, Origin policy (§10.2),
-routing, sockets, timers and logging live elsewhere. Header names must be ASCII tokens;
-values are decoded as latin-1.
+``HeadReader`` collects a head (bounded: 414/431); ``parse_request`` validates a client's (§4.2.1,
+raising the ``HandshakeError`` to answer with), ``build_accept``/``build_response`` answer it;
+``build_request``/``parse_response`` are the client side (§4.1). Extension parameters, Origin
+policy (§10.2), routing, sockets and timers live elsewhere.
 """
 
 from __future__ import annotations
@@ -21,18 +16,21 @@ from collections.abc import Callable, Iterable, Sequence
 
 from .errors import (
     HandshakeError,
+    HandshakeRejected,
     HeadersTooLarge,
     InvalidHandshakeResponse,
     InvalidState,
     MethodNotAllowed,
     UpgradeRequired,
+    URITooLong,
 )
 from .events import Request
 from .extensions import Extension, parse_extensions
 
 __all__ = [
     "GUID", "HeadReader", "accept_key", "build_accept", "build_request", "build_response",
-    "make_key", "parse_extensions", "parse_request", "parse_response", "select_subprotocol",
+    "make_key", "parse_extensions", "parse_request", "parse_response", "parse_response_head",
+    "select_subprotocol",
 ]  # fmt: skip
 
 GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
@@ -73,7 +71,8 @@ REASONS = {
     101: "Switching Protocols", 200: "OK", 204: "No Content", 301: "Moved Permanently",
     302: "Found", 304: "Not Modified", 400: "Bad Request", 401: "Unauthorized",
     403: "Forbidden", 404: "Not Found", 405: "Method Not Allowed", 408: "Request Timeout",
-    413: "Content Too Large", 426: "Upgrade Required", 429: "Too Many Requests",
+    413: "Content Too Large", 414: "URI Too Long", 426: "Upgrade Required",
+    429: "Too Many Requests",
     431: "Request Header Fields Too Large", 500: "Internal Server Error",
     501: "Not Implemented", 503: "Service Unavailable",
 }  # fmt: skip
@@ -92,8 +91,8 @@ def make_key(random_bytes: Callable[[int], bytes] = os.urandom) -> str:
 class HeadReader:
     """Accumulates bytes until the empty line (``b"\\r\\n\\r\\n"``) that ends an HTTP head.
 
-    Each byte is searched at most twice (a trailing ``\\r`` is searched again with the next
-    chunk), so the total work is linear however the head is split; ``scanned`` counts it.
+    Each byte is searched once for LF (each LF must follow a CR: a bare LF is a 400 at once),
+    so the total work is linear however the head is split; ``scanned`` counts it.
     Call ``feed()`` with each chunk until it returns ``(head, rest)``; a reader is used once.
     """
 
@@ -105,6 +104,7 @@ class HeadReader:
         self._scan = 0  # where the next CRLF search starts
         self._line_start = 0  # where the current line starts
         self._lines = 0  # complete lines, request line included
+        self._head_start = 0  # 2 after an ignored leading CRLF
         self._done = False
 
     @property
@@ -120,6 +120,8 @@ class HeadReader:
 
         Raises:
             HeadersTooLarge: over ``max_bytes`` or ``max_headers``, as soon as that is known.
+            URITooLong: over ``max_bytes`` before the request line ended (414).
+            HandshakeError: a bare LF (400).
             InvalidState: the head was already returned.
         """
         if self._done:
@@ -127,20 +129,29 @@ class HeadReader:
         buf = self._buf
         buf += data
         limit = min(len(buf), self.max_bytes)  # a CRLF past the limit ends a too-large head
-        while (end := buf.find(b"\r\n", self._scan, limit)) >= 0:
-            self.scanned += end + 2 - self._scan
-            if end == self._line_start and end > 0:
+        while (lf := buf.find(b"\n", self._scan, limit)) >= 0:
+            self.scanned += lf + 1 - self._scan
+            if lf == 0 or buf[lf - 1] != 0x0D:  # refused at once, not a 408 later
+                raise HandshakeError("Bare LF in the head: lines end with CRLF (RFC 7230 §3.5)")
+            end = lf - 1
+            self._line_start, start = lf + 1, self._line_start
+            self._scan = lf + 1
+            if end == start == 0:  # RFC 7230 §3.5: SHOULD ignore one CRLF before the start line
+                self._head_start = 2
+            elif end == start:
                 self._done = True
-                head, rest = bytes(buf[: end - 2]), bytes(buf[end + 2 :])
+                head, rest = bytes(buf[self._head_start : end - 2]), bytes(buf[lf + 1 :])
                 self._buf = bytearray()
                 return head, rest
-            self._lines += 1
-            if self._lines - 1 > self.max_headers:
-                raise HeadersTooLarge(f"More than {self.max_headers} header fields")
-            self._line_start = self._scan = end + 2
+            else:
+                self._lines += 1
+                if self._lines - 1 > self.max_headers:
+                    raise HeadersTooLarge(f"More than {self.max_headers} header fields")
         self.scanned += max(limit - self._scan, 0)
-        self._scan = max(self._scan, limit - 1)  # a lone "\r" at the end is searched again
+        self._scan = max(self._scan, limit)
         if len(buf) > self.max_bytes:
+            if not self._lines:  # RFC 9110 §15.5.15: the request line alone is too long
+                raise URITooLong(f"Request line longer than {self.max_bytes} bytes")
             raise HeadersTooLarge(f"Request head larger than {self.max_bytes} bytes")
         return None
 
@@ -342,14 +353,20 @@ def build_accept(
 
 
 def build_response(
-    status: int, body: bytes = b"", *, content_type: str = TEXT_PLAIN, headers: Headers = ()
+    status: int,
+    body: bytes = b"",
+    *,
+    content_type: str = TEXT_PLAIN,
+    headers: Headers = (),
+    head_only: bool = False,
 ) -> bytes:
     """Return a complete HTTP/1.1 response with ``Connection: close``.
 
     For rejections (``build_response(exc.status, msg, headers=exc.headers)``) and plain
     pages; 204/304 carry no body, Content-Type or Content-Length. Raises ValueError for a
     status outside 200-599, a 204/304 body, CR/LF or controls in a header (response
-    splitting), or an extra Content-Length/Connection.
+    splitting), or an extra Content-Length/Connection. ``head_only`` (the answer to HEAD)
+    keeps the headers, Content-Length included, and leaves the body out (RFC 9110 §9.3.2).
     """
     if not 200 <= status <= 599:
         raise ValueError(f"Invalid status for a final response: {status}")
@@ -364,7 +381,8 @@ def build_response(
         fields += [("Content-Type", content_type), ("Content-Length", str(len(body)))]
     fields += [("Connection", "close"), *extra]
     reason = REASONS.get(status, "Unknown")
-    return _encode_head(f"HTTP/1.1 {status} {reason}", fields) + body
+    head = _encode_head(f"HTTP/1.1 {status} {reason}", fields)
+    return head if head_only else head + body
 
 
 def build_request(
@@ -397,17 +415,34 @@ def parse_response(
     Returns ``(subprotocol or None, Sec-WebSocket-Extensions value or "", headers)``. The
     extensions value is syntax-checked only: the caller checks it against its offer (step 5).
     """
-    if not (match := _STATUS_B.fullmatch(head.partition(b"\r\n")[0])):
-        raise InvalidHandshakeResponse("Malformed status line in handshake response")
+    status, fields, index = _parse_response_head(head)
     # 4.1 step 1: "If the status code received from the server is not 101, the client
     # handles the response per HTTP procedures": for us, the handshake failed.
-    if (status := int(match[1])) != 101:
-        raise InvalidHandshakeResponse(f"Server rejected the handshake with status {status}")
+    if status != 101:
+        raise HandshakeRejected(status, fields)
+    return (*_check_response_headers(index, key, subprotocols), fields)
+
+
+def parse_response_head(head: bytes) -> tuple[int, tuple[tuple[str, str], ...]]:
+    """Return the status and the fields (names lower-cased) of any HTTP/1.1 response head.
+
+    Raises:
+        InvalidHandshakeResponse: a malformed status line or header field.
+    """
+    status, fields, _ = _parse_response_head(head)
+    return status, fields
+
+
+def _parse_response_head(head: bytes) -> tuple[int, tuple[tuple[str, str], ...], Index]:
+    if not (match := _STATUS_B.fullmatch(head.partition(b"\r\n")[0])):
+        raise InvalidHandshakeResponse("Malformed status line in handshake response")
     try:
         _, fields, index = _parse_head(head)
     except HandshakeError as exc:
+        if int(match[1]) != 101:  # a refusal with unreadable headers is still a refusal
+            return int(match[1]), (), {}
         raise InvalidHandshakeResponse(f"Malformed handshake response: {exc}") from None
-    return (*_check_response_headers(index, key, subprotocols), fields)
+    return int(match[1]), fields, index
 
 
 def _check_response_headers(index: Index, key: str, offered: Sequence[str]) -> Negotiated:

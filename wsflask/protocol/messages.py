@@ -1,24 +1,8 @@
 """Reassembly of fragmented and compressed messages under a budget (RFC 6455 §5.4, §10.4).
 
-A ``MessageAssembler`` takes the data frames of one direction that are not plain whole
-messages (``Connection`` delivers those itself, on its hot path) and returns the message once
-its final fragment arrives:
-
-* §5.4: "the fragments of one message MUST NOT be interleaved between the fragments of
-  another message": a TEXT or BINARY frame inside a message, or a continuation without
-  one, fails with 1002;
-* §8.1: text is validated fragment by fragment, failing at the first invalid one (1007);
-* §10.4: the message budget is ``max_message_size``; each continuation frame is charged
-  ``fragment_overhead`` more, so floods of tiny or empty fragments end in 1009; the frame
-  decoder's ``max_payload`` is lowered to what is left, so an oversized fragment is refused
-  from its header, before any of it is kept;
-* RFC 7692 §6: RSV1 on a message's first frame marks it compressed (per message); RSV1 "of
-  control frames and non-first fragments of a data message" fails with 1002. A compressed
-  message is inflated fragment by fragment as it arrives, under the same budget counted in
-  inflated bytes (1009 at the first byte over); its compressed bytes are limited too, to the
-  budget plus ``compressed_slack()`` for DEFLATE's expansion of incompressible data.
-
-This module does no I/O.
+``MessageAssembler`` takes the data frames that are not plain whole messages (``Connection``
+delivers those itself) and returns each message once its final fragment arrived; its class
+docstring lists the RFC rules it enforces. This module does no I/O.
 """
 
 from __future__ import annotations
@@ -44,7 +28,24 @@ def compressed_slack(max_message_size: int) -> int:
 
 
 class MessageAssembler:
-    """The fragmented (or compressed) message in progress on one connection, if any."""
+    """The fragmented (or compressed) message in progress on one connection, if any.
+
+    Rules enforced:
+
+    * §5.4: "the fragments of one message MUST NOT be interleaved between the fragments of
+      another message": a TEXT or BINARY frame inside a message, or a continuation without
+      one, fails with 1002;
+    * §8.1: text is validated fragment by fragment, failing at the first invalid one (1007);
+    * §10.4: the message budget is ``max_message_size``; each continuation frame is charged
+      ``fragment_overhead`` more, so floods of tiny or empty fragments end in 1009; the frame
+      decoder's ``max_payload`` is lowered to what is left, so an oversized fragment is refused
+      from its header, before any of it is kept;
+    * RFC 7692 §6: RSV1 on a message's first frame marks it compressed (per message); RSV1 "of
+      control frames and non-first fragments of a data message" fails with 1002. A compressed
+      message is inflated fragment by fragment as it arrives, under the same budget counted in
+      inflated bytes (1009 at the first byte over); its compressed bytes are limited too, to the
+      budget plus ``compressed_slack()`` for DEFLATE's expansion of incompressible data.
+    """
 
     __slots__ = (
         "_compressed", "_decoder", "_limit", "_opcode", "_overhead", "_parts", "_text",

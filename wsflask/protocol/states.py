@@ -1,7 +1,6 @@
 """Which side a connection plays, its states, and what a peer may make it hold (RFC 6455 §4, §7).
 
-Shared by ``connection.py`` (which re-exports them) and ``opening.py``.
-This module does no I/O.
+Used by ``connection.py``, which re-exports them. This module does no I/O.
 """
 
 from __future__ import annotations
