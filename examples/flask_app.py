@@ -3,7 +3,7 @@
 Run it with either::
 
     python examples/flask_app.py                      # gevent.pywsgi on 127.0.0.1:8080
-    gunicorn -k wsflask.wsgi.GeventWorker -b 127.0.0.1:8080 examples.flask_app:flask_app
+    gunicorn -k wsflask.gunicorn.GeventWorker -b 127.0.0.1:8080 examples.flask_app:flask_app
 
 then open http://127.0.0.1:8080/, log in with any name, and chat (two tabs, two names).
 Set ``FLASK_SECRET_KEY`` when running more than one process (gunicorn ``-w 2``): each would

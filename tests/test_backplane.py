@@ -106,7 +106,7 @@ def test_router_maps_rooms_personal_ids_and_everyone() -> None:
     router = Router()
     node = ids.new_node_id()
     assert node_of(ids.new_id(node)) == node and node_of(ids.new_id()) is None
-    assert node_of(f"{node}.1f") == node  # removed at merge: old <node>.<counter> ids
+    assert node_of(f"{node}.1f") is None  # a short token is not an id: a plain room name
     assert node_of("lobby") is None and node_of(f"{node}.lobby") is None
     assert router.route(None) == (["wsflask:all"], None)
     assert router.route("lobby") == (["wsflask:room:lobby"], ["lobby"])
@@ -114,11 +114,8 @@ def test_router_maps_rooms_personal_ids_and_everyone() -> None:
     channels, names = router.route(["a", own, "a", other], node)
     assert channels == ["wsflask:room:a", "wsflask:node:ffffffffffff"]  # own ids stay local
     assert names == ["a", own, other]
-    # removed at merge: an old-form id is also a joinable room name, so it goes to both
-    assert router.route("ffffffffffff.3", node)[0] == [
-        "wsflask:room:ffffffffffff.3",
-        "wsflask:node:ffffffffffff",
-    ]
+    # a name shaped like an id of the old form is a room name like any other
+    assert router.route("ffffffffffff.3", node)[0] == ["wsflask:room:ffffffffffff.3"]
 
 
 def test_config_and_factory_validate_the_url() -> None:

@@ -1,4 +1,4 @@
-"""gunicorn with ``-k wsflask.wsgi.GeventWorker``: Flask pages and WebSockets, then SIGTERM.
+"""gunicorn with ``-k wsflask.gunicorn.GeventWorker``: Flask pages and WebSockets, then SIGTERM.
 
 gunicorn runs in a subprocess on 127.0.0.1:0 (the port is read from its log); the fixture
 kills it if the test fails before it exits by itself.
@@ -62,7 +62,7 @@ def gunicorn(tmp_path: Path) -> Iterator[tuple[Any, int]]:
             "-m",
             "gunicorn",
             "-k",
-            "wsflask.wsgi.GeventWorker",
+            "wsflask.gunicorn.GeventWorker",
             "-b",
             "127.0.0.1:0",
             "-w",

@@ -19,10 +19,12 @@ from gevent import socket as gsocket
 from wsflask import App
 from wsflask.backplane import Bridge
 from wsflask.config import Config
-from wsflask.heartbeat import Heartbeat, Pingable, Service, Watcher
+from wsflask.heartbeat import Heartbeat, Pingable
 from wsflask.metrics import Metrics
 from wsflask.protocol import Opcode, encode_frame
 from wsflask.rooms import Rooms
+from wsflask.server import Service
+from wsflask.websocket import Watcher
 
 _ids = itertools.count(1)
 

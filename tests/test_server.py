@@ -483,19 +483,6 @@ def test_heartbeat_watcher_sees_open_and_close_with_ids_from_new_id(serve: Any) 
     assert log == ["add c1", "remove c1"]
 
 
-def test_legacy_heartbeat_with_start_stop_is_run_as_a_service(serve: Any) -> None:
-    log: list[str] = []
-
-    class Legacy(Watcher, Recorder):
-        def __init__(self) -> None:
-            Watcher.__init__(self, log)
-            Recorder.__init__(self, "hb", log)
-
-    server = serve(echo, heartbeat=Legacy(), services=(Recorder("bridge", log),))
-    server.stop(timeout=1)
-    assert log == ["hb.start", "bridge.start", "bridge.stop", "hb.stop"]
-
-
 def test_default_ids_are_unguessable_and_distinct(serve: Any) -> None:
     from wsflask.ids import is_connection_id
 

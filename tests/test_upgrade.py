@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ast
 import logging
 from collections.abc import Iterator
 from pathlib import Path
@@ -145,23 +144,6 @@ def test_plain_get_for_a_websocket_route_answers_426(pair: Any) -> None:
     _, answered, statuses, _ = decide(pair, PLAIN_GET, lambda r, a: Upgrade(lambda ws: None))
     assert statuses == [426] and answered.startswith(b"HTTP/1.1 426 Upgrade Required\r\n")
     assert b"Upgrade: websocket\r\n" in answered
-
-
-def _calls_receive_data(path: Path) -> bool:
-    for node in ast.walk(ast.parse(path.read_text(), str(path))):
-        if isinstance(node, ast.Attribute) and node.attr == "receive_data":
-            return True
-    return False
-
-
-def test_only_websocket_py_feeds_the_core() -> None:
-    """STYLE.md rule 5: websocket.py is the one driver that calls receive_data."""
-    feeders = {
-        p.relative_to(PACKAGE).as_posix()
-        for p in PACKAGE.rglob("*.py")
-        if "protocol" not in p.parts and _calls_receive_data(p)
-    }
-    assert feeders == {"websocket.py"}
 
 
 REFUSED_BY_BUILD_RESPONSE = {

@@ -31,6 +31,8 @@ def wsgi_serve() -> Iterator[Callable[..., Any]]:
     """``wsgi_serve(wsgi_app, handler_class=None, server_class=WSGIServer)`` -> started server."""
     servers: list[Any] = []
 
+    apps: list[Any] = []
+
     def start(wsgi_app: Any, handler_class: Any = None, server_class: Any = WSGIServer) -> Any:
         kwargs = {"handler_class": handler_class} if handler_class is not None else {}
         server = server_class(("127.0.0.1", 0), wsgi_app, log=None, **kwargs)
@@ -41,6 +43,11 @@ def wsgi_serve() -> Iterator[Callable[..., Any]]:
     yield start
     for server in servers:
         server.stop(timeout=2)
+        for holder in (server.handler_class, server.application, server):
+            if getattr(holder, "ws_app", None) is not None:  # the App serving upgrades
+                apps.append(holder.ws_app)
+    for app in apps:  # under pywsgi the App's heartbeat runs until its owner stops it
+        app.heartbeat.stop()
 
 
 def http_get(port: int, path: str, headers: str = "") -> tuple[int, str, bytes]:
@@ -89,7 +96,6 @@ def flask_pages() -> Flask:
 # -- one port: WSGI pages and App routes ---------------------------------------------------------
 
 
-@pytest.mark.leaks_greenlets("the App heartbeat a WSGI upgrade starts is stopped by nobody")
 def test_pages_and_websocket_routes_share_one_port(wsgi_serve: Any) -> None:
     ws_app = echo_app()
     server = wsgi_serve(flask_pages(), ws_app.handler_class, pywsgi.WSGIServer)
@@ -108,12 +114,12 @@ def test_pages_and_websocket_routes_share_one_port(wsgi_serve: Any) -> None:
     assert http_get(server.server_port, "/")[0] == 200  # the server still serves pages
 
 
-@pytest.mark.leaks_greenlets("the App heartbeat a WSGI upgrade starts is stopped by nobody")
 def test_middleware_routes_upgrades_under_the_plain_handler(wsgi_serve: Any) -> None:
     ws_app = echo_app()
     flask_app = flask_pages()
     flask_app.wsgi_app = ws_app.wsgi_middleware(flask_app.wsgi_app)  # type: ignore[method-assign]
     server = wsgi_serve(flask_app)  # WSGIServer: WebSocketHandler, bound to no App
+    server.ws_app = ws_app  # for the fixture: this App's heartbeat runs until it is stopped
     ws = connect(url(server, "/echo"), timeout=WAIT)
     ws.send("via middleware")
     assert ws.receive(timeout=WAIT) == "via middleware"
@@ -136,7 +142,6 @@ def test_middleware_without_the_handler_answers_501(wsgi_serve: Any) -> None:
 # -- the App's rules apply: core validation, limits, Origin, hooks, subprotocols, heartbeat --
 
 
-@pytest.mark.leaks_greenlets("the App heartbeat a WSGI upgrade starts is stopped by nobody")
 def test_the_head_is_validated_by_the_protocol_core(wsgi_serve: Any, raw_peer: Any) -> None:
     server = wsgi_serve(flask_pages(), echo_app().handler_class)
     peer = raw_peer(server.server_port)
@@ -150,7 +155,6 @@ def test_the_head_is_validated_by_the_protocol_core(wsgi_serve: Any, raw_peer: A
     peer.read_until_eof(timeout=WAIT)  # and the socket is closed
 
 
-@pytest.mark.leaks_greenlets("the App heartbeat a WSGI upgrade starts is stopped by nobody")
 def test_bytes_sent_right_after_the_head_reach_the_app(wsgi_serve: Any, raw_peer: Any) -> None:
     server = wsgi_serve(flask_pages(), echo_app().handler_class)
     peer = raw_peer(server.server_port)
@@ -163,7 +167,6 @@ def test_bytes_sent_right_after_the_head_reach_the_app(wsgi_serve: Any, raw_peer
     assert peer.read_frame(timeout=WAIT) == (0x1, b"early")
 
 
-@pytest.mark.leaks_greenlets("the App heartbeat a WSGI upgrade starts is stopped by nobody")
 def test_limits_origin_hooks_and_subprotocols_apply(wsgi_serve: Any) -> None:
     ws_app = echo_app(max_message_size=1024)
     chosen = ws_app.route("/proto", subprotocols=("v2", "v1"))
@@ -396,5 +399,6 @@ def test_pywsgi_access_log_of_an_upgrade_leaves_the_query_out(wsgi_serve: Any) -
         assert logged.wait(WAIT)
     finally:
         server.stop(timeout=2)
+        ws_app.heartbeat.stop()
     (line,) = [line for line in lines if "/echo" in line]
     assert "s3cret" not in line and '"GET /echo HTTP/1.1" 101' in line

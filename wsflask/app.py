@@ -13,18 +13,19 @@ from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import urlsplit
 
-from .backplane.bridge import Bridge, NodeLifecycle
+from .backplane.bridge import Bridge
 from .config import Config
 from .dispatch import Dispatcher
 from .envelopes import encode
 from .errors import Reject, SetupError
 from .heartbeat import Heartbeat
+from .ids import new_id
 from .metrics import Metrics
 from .pages import Pages
 from .protocol import Forbidden, HandshakeError, NotFound, Request
 from .rooms import BroadcastResult, Rooms
 from .routing import Route, canonical_path, setupmethod
-from .server import Server
+from .server import Server, Service
 from .upgrade import HTTPResponse, Upgrade
 
 if TYPE_CHECKING:
@@ -56,8 +57,7 @@ class App:
             config = config.replace(**settings)  # ConfigError names unknown or bad keys
         self.config: Config = config
         self.metrics = Metrics()
-        self.rooms = Rooms(policy=config.backpressure_policy)
-        self.rooms.metrics = self.metrics
+        self.rooms = Rooms(policy=config.backpressure_policy, metrics=self.metrics)
         #: the heartbeat the server runs, and the backplane bridge with ``backplane=`` (started
         #: with the server) or None; ``configure`` rebuilds both
         self.heartbeat, self.cluster = self._build_services(config)
@@ -341,13 +341,24 @@ class App:
                 port if port is not None else self.config.port,
             )
         )
-        heartbeat = (
-            self.heartbeat if self.cluster is None else NodeLifecycle(self.heartbeat, self.cluster)
-        )
         self.server = Server(
-            address, self.resolve, self.config, metrics=self.metrics, heartbeat=heartbeat
+            address,
+            self.resolve,
+            self.config,
+            metrics=self.metrics,
+            heartbeat=self.heartbeat,
+            services=self._services(),
+            new_id=self._new_id,
         )
         return self.server
+
+    def _services(self) -> tuple[Service, ...]:
+        """What the server starts (in order) and stops (in reverse) around its connections."""
+        return (self.heartbeat,) if self.cluster is None else (self.heartbeat, self.cluster)
+
+    def _new_id(self) -> str:
+        """A connection id, prefixed with this node's id when a backplane is configured."""
+        return new_id(self.cluster.node if self.cluster is not None else "")
 
     def run(self, host: str | None = None, port: int | None = None) -> None:
         """Serve until SIGTERM/SIGINT (then drain, ARCHITECTURE.md §4). Blocks."""
@@ -369,7 +380,7 @@ class App:
 
     def wsgi_middleware(self, wsgi_app: Callable[..., Any]) -> WebSocketMiddleware:
         """Wrap a WSGI app so that upgrades to this app's routes are served here (needs
-        ``wsflask.wsgi.WebSocketHandler`` or ``-k wsflask.wsgi.GeventWorker``). Ends the
+        ``wsflask.wsgi.WebSocketHandler`` or ``-k wsflask.gunicorn.GeventWorker``). Ends the
         setup phase."""
         from .wsgi import WebSocketMiddleware
 

@@ -2,7 +2,7 @@
 
 gunicorn's gevent pywsgi worker (it monkey-patches each worker itself) with wsflask's
 ``WebSocketHandler`` and ``WSGIServer``, so SIGTERM sends 1001 to every WebSocket within
-``--graceful-timeout``. ``wsflask.wsgi.GeventWorker`` is the same class. Imports gunicorn.
+``--graceful-timeout``. Only this module imports gunicorn.
 """
 
 from __future__ import annotations

@@ -1,9 +1,8 @@
-"""The heartbeat (one greenlet pings every connection), and the two roles a server runs.
+"""The heartbeat: one greenlet pings every connection and fails the ones that stop answering.
 
-``Service`` is what a server starts and stops with itself (the heartbeat, a backplane
-bridge); ``Watcher`` is told as each connection opens and closes. ``Heartbeat`` is both:
-it pings each connection every interval and fails one that stops answering with 1011.
-No timer or greenlet per connection, no ping per message, no close on mere idleness.
+``Heartbeat`` is a server ``Service`` (started and stopped with it) and a ``Watcher`` (told
+as each connection opens and closes); it fails a silent peer with 1011. No timer or greenlet
+per connection, no ping per message, no close on mere idleness.
 """
 
 from __future__ import annotations
@@ -22,28 +21,13 @@ from .protocol import CloseCode
 
 if TYPE_CHECKING:
     from .metrics import Metrics
-    from .websocket import WebSocket
 
-__all__ = ["Heartbeat", "Pingable", "Service", "Watcher"]
+__all__ = ["Heartbeat", "Pingable"]
 
 logger = logging.getLogger("wsflask.heartbeat")
 
 #: Golden-ratio conjugate: consecutive multiples mod 1 spread evenly over [0, 1).
 _PHI = 0.6180339887498949
-
-
-class Service(Protocol):
-    """Runs alongside a server: started with it, stopped after its connections drained."""
-
-    def start(self) -> None: ...
-    def stop(self) -> None: ...
-
-
-class Watcher(Protocol):
-    """Told about every connection: ``add`` when it opens, ``remove`` when it closes."""
-
-    def add(self, ws: WebSocket) -> None: ...
-    def remove(self, ws: WebSocket) -> None: ...
 
 
 class Pingable(Protocol):

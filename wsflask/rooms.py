@@ -146,9 +146,6 @@ class Rooms(Generic[M]):
         """
         if ws.id in self._connections:
             return
-        # removed at merge: ids come from Server(new_id=...)
-        if self._node and "." not in ws.id:
-            ws.id = f"{self._node}.{ws.id}"  # type: ignore[misc]
         self._connections[ws.id] = ws
         self._add(ws.id, ws)
         ws.add_close_callback(self.forget)

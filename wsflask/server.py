@@ -75,8 +75,8 @@ class Server(StreamServer):  # type: ignore[misc]
             ``HandshakeError`` (or ``Reject``) to refuse with its status and headers.
         config: limits and timeouts (``Config``).
         metrics: counters to bump (handshakes by status, connections, messages...).
-        heartbeat: told of every connection's open and close (``Watcher``). Temporarily, one
-            with ``start``/``stop`` that is not in ``services`` is started and stopped too.
+        heartbeat: told of every connection's open and close (``Watcher``); to run it,
+            pass it in ``services`` too.
         services: started in order by ``start()``, stopped in reverse by ``stop()``.
         new_id: gives each connection its id, once, at construction.
         ssl_context: an ``ssl.SSLContext`` to use instead of ``config.certfile``.
@@ -129,17 +129,8 @@ class Server(StreamServer):  # type: ignore[misc]
         """Bind (if needed) and start accepting; start the services. Returns at once."""
         super().start()
         self.is_ready = True
-        for service in self._all_services():
+        for service in self.services:
             service.start()
-
-    def _all_services(self) -> tuple[Service, ...]:
-        """The services, after a heartbeat passed as one (compatibility, until callers pass
-        it in ``services``)."""
-        heartbeat: Any = self.heartbeat
-        if (hasattr(heartbeat, "start") and hasattr(heartbeat, "stop")
-                and all(service is not heartbeat for service in self.services)):  # fmt: skip
-            return (heartbeat, *self.services)
-        return self.services
 
     def wait_drained(self, timeout: float | None = None) -> bool:
         """Wait until no connection is open; False when ``timeout`` passed first."""
@@ -356,7 +347,7 @@ class Server(StreamServer):  # type: ignore[misc]
             self.pool.join(timeout=grace)
             self.pool.kill(block=True, timeout=1.0)  # killed handlers drop TCP: no waits
             self._shed_pool.kill(block=True, timeout=1.0)
-            for service in reversed(self._all_services()):
+            for service in reversed(self.services):
                 service.stop()
         finally:
             self._stopped.set()

@@ -46,7 +46,7 @@ if TYPE_CHECKING:
 
     from .metrics import Metrics
 
-__all__ = ["HeartbeatLike", "Watcher", "WebSocket", "ending"]
+__all__ = ["Watcher", "WebSocket", "ending"]
 
 logger = logging.getLogger("wsflask")
 
@@ -58,13 +58,6 @@ class Watcher(Protocol):
 
     def add(self, ws: WebSocket) -> None: ...
     def remove(self, ws: WebSocket) -> None: ...
-
-
-class HeartbeatLike(Watcher, Protocol):
-    """Deprecated: a ``Watcher`` the server also starts and stops; use ``Server(services=)``."""
-
-    def start(self) -> None: ...
-    def stop(self) -> None: ...
 
 
 class WebSocket:

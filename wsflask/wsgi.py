@@ -33,7 +33,7 @@ logger = logging.getLogger("wsflask.wsgi")
 
 WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 _DEFAULT_CONFIG = Config()
-_NEEDS_HANDLER = b"needs wsflask.wsgi.WebSocketHandler (pywsgi) or wsflask.wsgi.GeventWorker\n"
+_NEEDS_HANDLER = b"needs wsflask.wsgi.WebSocketHandler (pywsgi) or wsflask.gunicorn.GeventWorker\n"
 
 
 class AppHeartbeat(Watcher, Protocol):
@@ -384,16 +384,6 @@ class WSGIServer(pywsgi.WSGIServer):  # type: ignore[misc]
 def bind_handler(app: WebSocketApp) -> type[WebSocketHandler]:
     """A ``WebSocketHandler`` subclass serving ``app``'s routes (``App.handler_class``)."""
     return type("WebSocketHandler", (WebSocketHandler,), {"ws_app": app})
-
-
-def __getattr__(name: str) -> Any:
-    """``wsflask.wsgi.GeventWorker`` is ``wsflask.gunicorn.GeventWorker``, imported on first
-    lookup so that gunicorn is imported only by those who use it."""
-    if name == "GeventWorker":
-        from .gunicorn import GeventWorker
-
-        return GeventWorker
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def _wants_websocket(environ: dict[str, Any]) -> bool:

@@ -2,16 +2,22 @@
 
 tests/test_typing.py type-checks this file against the INSTALLED wheel (so ``py.typed`` and the
 public annotations are what is tested, not the source tree). It is never run by pytest; it
-uses only the public API: ``from wsflask import ...`` (``Request`` from ``wsflask.protocol``
-until the top level exports it).
+uses only the public API: ``from wsflask import ...``.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from wsflask import App, BroadcastResult, HTTPResponse, Reject, TestClient, WebSocket
-from wsflask.protocol import Request
+from wsflask import (
+    App,
+    BroadcastResult,
+    HTTPResponse,
+    Reject,
+    Request,
+    TestClient,
+    WebSocket,
+)
 
 app = App(ping_interval=5.0)
 chat = app.route("/chat/<room>", json=True)

@@ -31,9 +31,8 @@ if TYPE_CHECKING:
     from ..config import Config
     from ..metrics import MetricsSink
     from ..rooms import Rooms
-    from ..websocket import HeartbeatLike, WebSocket
 
-__all__ = ["Bridge", "NodeLifecycle", "default_gap_message"]
+__all__ = ["Bridge", "default_gap_message"]
 
 logger = logging.getLogger("wsflask.backplane")
 
@@ -436,32 +435,6 @@ class Bridge:
                 logger.warning("backplane presence write failed on node %s: %s", self.node, exc)
             else:
                 logger.exception("backplane presence write failed on node %s", self.node)
-
-
-class NodeLifecycle:  # removed at merge: Server(services=(heartbeat, bridge))
-    """Runs the bridge with the server: a ``HeartbeatLike`` the server starts and stops.
-
-    ``Server.start()`` starts the heartbeat then the bridge; ``Server.stop()`` stops them
-    after the connections drained (so the node leaves the bus last).
-    """
-
-    def __init__(self, heartbeat: HeartbeatLike, bridge: Bridge) -> None:
-        self.heartbeat = heartbeat
-        self.bridge = bridge
-
-    def add(self, ws: WebSocket) -> None:
-        self.heartbeat.add(ws)
-
-    def remove(self, ws: WebSocket) -> None:
-        self.heartbeat.remove(ws)
-
-    def start(self) -> None:
-        self.heartbeat.start()
-        self.bridge.start()
-
-    def stop(self) -> None:
-        self.heartbeat.stop()
-        self.bridge.stop()
 
 
 def _safe_url(url: str) -> str:

@@ -8,7 +8,6 @@ per node, and "everyone") and routes a broadcast target to them. No I/O, no deli
 from __future__ import annotations
 
 import json
-import re
 import struct
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -24,9 +23,6 @@ KINDS = ("t", "b", "g", "p")
 _HEAD = struct.Struct(">I")
 #: A header larger than this is refused (a header holds names and ids, not messages).
 MAX_HEADER = 1 << 20
-#: Connection ids of the old form ``<12 hex node id>.<hex counter>`` (removed at merge:
-#: ids come from Server(new_id=...) as ``ids.new_id(node)``).
-_OLD_CONNECTION_ID = re.compile(r"([0-9a-f]{12})\.[0-9a-f]+")
 
 
 class BadEnvelope(ValueError):
@@ -116,12 +112,7 @@ def _strings(value: object) -> bool:
 
 def node_of(connection_id: str) -> str | None:
     """The node id inside a node-prefixed connection id, else None (a plain room name)."""
-    return ids.node_of(connection_id) or _old_node_of(connection_id)
-
-
-def _old_node_of(name: str) -> str | None:  # removed at merge: old <node>.<counter> ids
-    match = _OLD_CONNECTION_ID.fullmatch(name)
-    return match.group(1) if match else None
+    return ids.node_of(connection_id)
 
 
 class Router:
@@ -174,7 +165,6 @@ class Router:
             node = ids.node_of(name)
             if node is None:
                 channels.append(self.room(name))
-                node = _old_node_of(name)  # removed at merge: also a joinable room name
             if node is not None and node != local_node:
                 channels.append(self.node(node))
         return list(dict.fromkeys(channels)), names
