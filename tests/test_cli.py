@@ -27,6 +27,7 @@ from wsflask.cli import collect_settings, main, render_default_toml
 from wsflask.config import load_toml
 from wsflask.errors import ConfigError
 from wsflask.logs import JSONFormatter, TextFormatter, setup
+from wsflask.protocol import speedups_active
 
 ROOT = Path(__file__).resolve().parent.parent
 Run = Callable[..., Any]
@@ -273,6 +274,8 @@ def test_sigterm_drains_with_1001_and_exits_0(wsflask_run: Run) -> None:
     assert {"id", "peer", "route", "duration", "ts", "level"} <= set(closes[0])
     assert closes[0]["route"] == "/echo"
     assert any("draining" in line["msg"] for line in lines)
+    path = "compiled" if speedups_active() else "pure Python"  # the child has our environment
+    assert f"protocol speedups: {path}" in [line["msg"] for line in lines]
 
 
 def test_metrics_healthz_readyz_and_plain_http(wsflask_run: Run) -> None:

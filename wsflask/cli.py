@@ -26,6 +26,7 @@ from . import frames_tool, logs
 from .cli_client import CLIError, cmd_client
 from .config import Config, load_toml
 from .errors import ConfigError
+from .protocol import speedups_active
 
 if TYPE_CHECKING:
     from .app import App
@@ -150,6 +151,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise CLIError(str(exc)) from None
     app = load_app(args.app)
     app.configure(settings.apply(app.config))
+    logger.info("protocol speedups: %s", "compiled" if speedups_active() else "pure Python")
     if args.workers != 1:  # pre-forked workers on one socket (wsflask/workers.py)
         from .workers import run_workers
 
