@@ -6,6 +6,7 @@ Real sockets on 127.0.0.1:0 through the test client; a gevent Timeout bounds eve
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import gevent
@@ -100,7 +101,7 @@ def test_configure_rebuilds_the_heartbeat_and_the_bridge() -> None:
     assert app.cluster is None
 
 
-def test_before_upgrade_rejects_and_fills_the_session(app_factory: Any) -> None:
+def test_before_upgrade_rejects_and_fills_the_session(app_factory: Callable[..., App]) -> None:
     app = app_factory()
 
     @app.before_upgrade
@@ -125,7 +126,7 @@ def test_before_upgrade_rejects_and_fills_the_session(app_factory: Any) -> None:
         assert client.receive(ws) == "ann/admin"
 
 
-def test_before_upgrade_crash_is_a_500_without_detail(app_factory: Any) -> None:
+def test_before_upgrade_crash_is_a_500_without_detail(app_factory: Callable[..., App]) -> None:
     app = app_factory()
     app.route("/")
 
@@ -201,7 +202,7 @@ def test_defect14_same_origin_compares_scheme_host_and_port(
         assert handshake_status(raw_peer, port, "example.com", "http://example.com", proxied) == 403
 
 
-def test_subprotocol_over_sockets(app_factory: Any) -> None:
+def test_subprotocol_over_sockets(app_factory: Callable[..., App]) -> None:
     app = app_factory()
 
     @app.route("/s", subprotocols=["b", "a"])
@@ -226,7 +227,9 @@ def test_setup_error_after_the_test_client_started(app_factory: Any) -> None:
             app.route("/late")
 
 
-def test_emit_always_sends_an_envelope_and_send_always_sends_raw_data(app_factory: Any) -> None:
+def test_emit_always_sends_an_envelope_and_send_always_sends_raw_data(
+    app_factory: Callable[..., App],
+) -> None:
     app = app_factory()
     by_id: dict[str, Any] = {}
 

@@ -7,12 +7,14 @@ Real sockets on 127.0.0.1 (the app's test server) and wsflask's own client with
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any
 
 import gevent
 import gevent.event
 import pytest
 
+from wsflask import App
 from wsflask.client import connect
 from wsflask.config import Config
 from wsflask.errors import ConfigError
@@ -45,7 +47,7 @@ def test_config_defaults_and_validation() -> None:
             Config(**bad)
 
 
-def test_client_offer_is_accepted_and_send_can_opt_out(app_factory: Any) -> None:
+def test_client_offer_is_accepted_and_send_can_opt_out(app_factory: Callable[..., App]) -> None:
     app = app_factory()
     server_side: list[Any] = []
 
@@ -74,7 +76,7 @@ def test_client_offer_is_accepted_and_send_can_opt_out(app_factory: Any) -> None
         ws.close()
 
 
-def test_server_with_compression_off_declines(app_factory: Any) -> None:
+def test_server_with_compression_off_declines(app_factory: Callable[..., App]) -> None:
     app = app_factory(compression=False)
 
     @app.route("/echo")
@@ -92,7 +94,7 @@ def test_server_with_compression_off_declines(app_factory: Any) -> None:
 
 @pytest.mark.parametrize("no_takeover", [False, True], ids=["takeover", "no-takeover"])
 def test_room_broadcast_reaches_compressed_and_plain_members(
-    app_factory: Any, no_takeover: bool
+    app_factory: Callable[..., App], no_takeover: bool
 ) -> None:
     app = app_factory(deflate_no_context_takeover=no_takeover)
     members: list[Any] = []
@@ -117,7 +119,7 @@ def test_room_broadcast_reaches_compressed_and_plain_members(
             assert shared[0] is not None and len(set(shared)) == 1
         else:  # each compressed in its own stream
             assert shared == [None, None, None]
-        messages = [payload(i) for i in range(5)] + ["short", b"\x00" * 4096]
+        messages: list[str | bytes] = [*(payload(i) for i in range(5)), "short", b"\x00" * 4096]
         for message in messages:
             assert app.rooms.broadcast("r", message).sent == 4
         for ws in clients:
@@ -137,7 +139,9 @@ def test_room_broadcast_reaches_compressed_and_plain_members(
             ws.close()
 
 
-def test_closed_connections_keep_their_bytes_in_the_metrics(app_factory: Any) -> None:
+def test_closed_connections_keep_their_bytes_in_the_metrics(
+    app_factory: Callable[..., App],
+) -> None:
     app = app_factory()
     done = gevent.event.Event()
 

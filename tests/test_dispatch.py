@@ -8,14 +8,19 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from typing import Any
 
 import gevent
 import gevent.event
 import pytest
 
+from wsflask import App, Route
 
-def test_event_handlers_get_path_params_and_disconnect_once(app_factory: Any) -> None:
+
+def test_event_handlers_get_path_params_and_disconnect_once(
+    app_factory: Callable[..., App],
+) -> None:
     app = app_factory()
     room = app.route("/r/<name>")
     calls: list[tuple[str, Any]] = []
@@ -44,7 +49,7 @@ def test_event_handlers_get_path_params_and_disconnect_once(app_factory: Any) ->
     assert calls == [("connect", "x"), ("message", b"\x01"), ("disconnect", "x")]
 
 
-def test_app_on_registers_on_the_default_route(app_factory: Any) -> None:
+def test_app_on_registers_on_the_default_route(app_factory: Callable[..., App]) -> None:
     app = app_factory()
 
     @app.on("message")
@@ -57,7 +62,9 @@ def test_app_on_registers_on_the_default_route(app_factory: Any) -> None:
         assert client.receive(ws) == "x"
 
 
-def test_connect_handler_refusal_closes_1008_without_disconnect(app_factory: Any) -> None:
+def test_connect_handler_refusal_closes_1008_without_disconnect(
+    app_factory: Callable[..., App],
+) -> None:
     app = app_factory()
     disconnects: list[Any] = []
 
@@ -75,7 +82,7 @@ def test_connect_handler_refusal_closes_1008_without_disconnect(app_factory: Any
     assert disconnects == []
 
 
-def json_app(app_factory: Any) -> Any:
+def json_app(app_factory: Callable[..., App]) -> tuple[App, Route]:
     app = app_factory()
     api = app.route("/api", json=True)
 
@@ -151,7 +158,7 @@ def test_defect9_client_input_is_echoed_only_as_a_short_prefix(app_factory: Any)
         assert json.loads(str(client.receive(ws))).get("id") is None
 
 
-def test_json_catch_all(app_factory: Any) -> None:
+def test_json_catch_all(app_factory: Callable[..., App]) -> None:
     app, api = json_app(app_factory)
 
     @api.on("*")
@@ -166,7 +173,9 @@ def test_json_catch_all(app_factory: Any) -> None:
         assert client.receive_json(ws)["data"] == 4
 
 
-def test_handler_exception_goes_to_errorhandler_then_1011_without_detail(app_factory: Any) -> None:
+def test_handler_exception_goes_to_errorhandler_then_1011_without_detail(
+    app_factory: Callable[..., App],
+) -> None:
     app = app_factory()
     handled: list[tuple[Any, BaseException]] = []
 
@@ -193,7 +202,9 @@ def test_handler_exception_goes_to_errorhandler_then_1011_without_detail(app_fac
         assert "secret" not in ws.close_reason
 
 
-def test_json_handler_exception_answers_an_error_envelope_and_stays_open(app_factory: Any) -> None:
+def test_json_handler_exception_answers_an_error_envelope_and_stays_open(
+    app_factory: Callable[..., App],
+) -> None:
     app, api = json_app(app_factory)
 
     @api.on("boom")
@@ -215,7 +226,7 @@ def test_json_handler_exception_answers_an_error_envelope_and_stays_open(app_fac
         assert client.receive_json(ws) == {"event": "ack", "id": 10, "data": 1}
 
 
-def test_json_errorhandler_runs_and_may_close_instead(app_factory: Any) -> None:
+def test_json_errorhandler_runs_and_may_close_instead(app_factory: Callable[..., App]) -> None:
     app, api = json_app(app_factory)
     seen: list[BaseException] = []
 
@@ -239,7 +250,7 @@ def test_json_errorhandler_runs_and_may_close_instead(app_factory: Any) -> None:
     assert [exc.args[0] for exc in seen] == ["soft", "fatal"]
 
 
-def test_close_races_call_disconnect_exactly_once(app_factory: Any) -> None:
+def test_close_races_call_disconnect_exactly_once(app_factory: Callable[..., App]) -> None:
     app = app_factory(close_timeout=0.5)
     counts: dict[str, int] = {}
     opened: list[Any] = []
@@ -276,7 +287,7 @@ def test_close_races_call_disconnect_exactly_once(app_factory: Any) -> None:
     assert app.rooms.count("all") == 0
 
 
-def test_shutdown_races_with_closes_still_one_disconnect(app_factory: Any) -> None:
+def test_shutdown_races_with_closes_still_one_disconnect(app_factory: Callable[..., App]) -> None:
     app = app_factory(shutdown_grace=1.0, close_timeout=0.5)
     counts: dict[str, int] = {}
     opened: list[Any] = []

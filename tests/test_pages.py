@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
 
 import pytest
 
@@ -61,7 +61,7 @@ def test_page_crash_is_a_500_without_detail_and_post_is_405() -> None:
         app.resolve(request("/healthz", key="", method="POST"), ("127.0.0.1", 1))
 
 
-def test_pages_metrics_health_ready(app_factory: Any) -> None:
+def test_pages_metrics_health_ready(app_factory: Callable[..., App]) -> None:
     app = app_factory()
     app.route("/ws")
 

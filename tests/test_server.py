@@ -16,7 +16,7 @@ import textwrap
 import time
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import gevent
 import gevent.event
@@ -27,13 +27,19 @@ from helpers import require_tool
 from wsflask.client import connect
 from wsflask.config import Config
 from wsflask.errors import ConfigError, HandshakeRejected, NotFound, Reject
+from wsflask.protocol import Request
 from wsflask.server import HTTPResponse, Server, Upgrade
 from wsflask.websocket import WebSocket
 
 pytestmark = pytest.mark.usefixtures("test_deadline")
 
 ROOT = Path(__file__).resolve().parent.parent
-FAST = {"port": 0, "close_timeout": 0.5, "handshake_timeout": 1.0, "shutdown_grace": 1.0}
+FAST: dict[str, Any] = {
+    "port": 0,
+    "close_timeout": 0.5,
+    "handshake_timeout": 1.0,
+    "shutdown_grace": 1.0,
+}
 
 
 def echo(ws: WebSocket) -> None:
@@ -127,7 +133,9 @@ def test_upgrade_session_and_path_params_reach_the_connection(serve: Any) -> Non
 
     def resolve(request: Any, address: Any) -> Upgrade:
         def handler(ws: WebSocket) -> None:
-            seen.append((ws.session, ws.path_params, ws.request.path, ws.remote_address))
+            seen.append(
+                (ws.session, ws.path_params, cast(Request, ws.request).path, ws.remote_address)
+            )
 
         return Upgrade(handler, session={"user": "u1"}, path_params={"room": "r"})
 

@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import gevent
 import pytest
 
+from wsflask import App
 from wsflask.errors import HandshakeRejected
 from wsflask.testing import TestClient
 
 
-def echo_app(app_factory: Any) -> Any:
+def echo_app(app_factory: Callable[..., App]) -> App:
     app = app_factory()
 
     @app.route("/echo")
@@ -70,7 +72,7 @@ def test_assert_refused_checks_the_status(app_factory: Any) -> None:
             client.assert_refused("/echo", 404)
 
 
-def test_assert_closed_and_receive_json_on_close(app_factory: Any) -> None:
+def test_assert_closed_and_receive_json_on_close(app_factory: Callable[..., App]) -> None:
     app = echo_app(app_factory)
 
     @app.route("/bye")

@@ -26,7 +26,12 @@ from wsflask.websocket import WebSocket
 
 pytestmark = pytest.mark.usefixtures("test_deadline")
 
-FAST = {"port": 0, "close_timeout": 0.5, "handshake_timeout": 2.0, "shutdown_grace": 1.0}
+FAST: dict[str, Any] = {
+    "port": 0,
+    "close_timeout": 0.5,
+    "handshake_timeout": 2.0,
+    "shutdown_grace": 1.0,
+}
 
 
 class Recorder:
@@ -240,7 +245,12 @@ def test_close_races_call_the_close_callback_exactly_once(
     peer = raw_peer(server.server_port)
     assert peer.request().startswith(b"HTTP/1.1 101")
     ws = holder.get(timeout=5)
-    ws.add_close_callback(lambda w: (calls.append(w.close_code), called.set()))
+
+    def on_close(w: WebSocket) -> None:
+        calls.append(w.close_code)
+        called.set()
+
+    ws.add_close_callback(on_close)
     peer.send_frame(8, (1001).to_bytes(2, "big"))
     jobs = [gevent.spawn(ws.close, 1000, "app")]
     if "abort" in racers:
@@ -484,7 +494,11 @@ def test_defect10_close_from_another_greenlet_is_answered_while_the_handler_slee
     codes: list[int | None] = []
 
     def handler(ws: WebSocket) -> None:
-        ws.add_close_callback(lambda w: (codes.append(w.close_code), done.set()))
+        def on_close(w: WebSocket) -> None:
+            codes.append(w.close_code)
+            done.set()
+
+        ws.add_close_callback(on_close)
         gevent.spawn(ws.close, 4001, "bye")
         release.wait(10)  # a push-only handler: it never reads
 

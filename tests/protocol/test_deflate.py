@@ -11,6 +11,7 @@ import os
 import random
 import tracemalloc
 import zlib
+from typing import cast
 
 import pytest
 from hypothesis import given, settings
@@ -172,7 +173,9 @@ def test_response_only_holds_what_the_offer_allows(
     if "client_max_window_bits" not in offer:
         assert "client_max_window_bits" not in answered
     if offer.get("server_max_window_bits"):
-        assert int(answered["server_max_window_bits"] or 0) <= int(offer["server_max_window_bits"])
+        assert int(answered["server_max_window_bits"] or 0) <= int(
+            cast(str, offer["server_max_window_bits"])
+        )
     assert answered.get("server_max_window_bits") is None or 9 <= int(answered[_SMWB] or 0) <= 15
     assert answered.get("client_max_window_bits") is None or 8 <= int(answered[_CMWB] or 0) <= 15
 
