@@ -90,12 +90,16 @@ def _fake_server(reply: bool, frames: list[bytes]) -> tuple[Any, Any]:
                 data += sock.recv(4096)
             if not reply:
                 gevent.sleep(30)
-            key = next(line.split(b":", 1)[1].strip() for line in data.split(b"\r\n")
-                       if line.lower().startswith(b"sec-websocket-key:"))
+            key = next(
+                line.split(b":", 1)[1].strip()
+                for line in data.split(b"\r\n")
+                if line.lower().startswith(b"sec-websocket-key:")
+            )
             accept = base64.b64encode(hashlib.sha1(key + GUID.encode()).digest())
-            sock.sendall(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
-                         b"Connection: Upgrade\r\nSec-WebSocket-Accept: " + accept
-                         + b"\r\n\r\n")
+            sock.sendall(
+                b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+                b"Connection: Upgrade\r\nSec-WebSocket-Accept: " + accept + b"\r\n\r\n"
+            )
             while chunk := sock.recv(4096):
                 frames.append(chunk)
 

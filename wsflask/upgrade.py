@@ -43,7 +43,7 @@ class Upgrade:
     subprotocol: str | None = None
     headers: tuple[tuple[str, str], ...] = ()
     session: dict[str, Any] = field(default_factory=dict)
-    path_params: dict[str, str] = field(default_factory=dict)
+    path_params: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass

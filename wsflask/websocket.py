@@ -121,7 +121,7 @@ class WebSocket:
         self.extensions = ""
         self.deflate: PerMessageDeflate | None = None
         self.session: dict[str, Any] = {}
-        self.path_params: dict[str, str] = {}
+        self.path_params: dict[str, Any] = {}
         self.rooms: set[str] = set()
         self.close_code: int | None = None
         self.close_reason = ""
