@@ -9,6 +9,7 @@ routing, no reader greenlet: a handler that does not read leaves the bytes in th
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import os
 from collections import deque
@@ -344,7 +345,7 @@ class WebSocket:
             elif isinstance(event, Opened):
                 self._on_opened(event)
             elif isinstance(event, Request):
-                self.request = event
+                self.request = _with_peer(event, self.remote_address)
             elif isinstance(event, Closed):
                 self._on_closed(event)
 
@@ -799,6 +800,11 @@ def _wait_readable(sock: Any) -> None:
         sock.hub.switch()
     finally:
         watcher.stop()
+
+
+def _with_peer(request: Request, address: tuple[str, int] | None) -> Request:
+    """``request`` with ``remote_addr``: the peer's host, which only the driver knows."""
+    return request if address is None else dataclasses.replace(request, remote_addr=address[0])
 
 
 def _address(address: Any) -> tuple[str, int] | None:
