@@ -271,3 +271,37 @@ def test_locust_client_answers_calls(app_factory: Any) -> None:
             assert json.loads(str(user.receive(timeout=WAIT))) == {"event": "twice", "data": 42}
         finally:
             user.close()
+
+
+def test_a_call_from_the_reader_stops_reading_past_its_read_ahead(app_factory: Any) -> None:
+    from wsflask.websocket import CALL_READ_AHEAD
+
+    app = app_factory()
+    got: list[Any] = []
+
+    @app.route("/plain")
+    def plain(ws: Any) -> None:
+        try:
+            ws.call("slow", timeout=0.5)
+        except TimeoutError:
+            got.append("timeout")
+        got.extend(ws)  # everything that was sent, in order, once we read again
+
+    with app.test_client() as client:
+        ws = connect(client.url("/plain"), timeout=WAIT)
+        try:
+            assert json.loads(str(ws.receive(timeout=WAIT)))["id"] == "s1"
+            for n in range(CALL_READ_AHEAD + 50):  # 1 KB each: more than one read of 64 KiB
+                ws.send(f"m{n}".ljust(1000))
+            ws.send(encode("ack", "late", "s1"))  # behind the flood: never read in time
+            ws.send("last")
+        finally:
+            ws.close()
+        with gevent.Timeout(WAIT):
+            while not got or got[-1] != "last":
+                gevent.sleep(0.01)
+    assert got[0] == "timeout"
+    assert got[1 : CALL_READ_AHEAD + 51] == [
+        f"m{n}".ljust(1000) for n in range(CALL_READ_AHEAD + 50)
+    ]
+    assert got[-2:] == ['{"event":"ack","data":"late","id":"s1"}', "last"]

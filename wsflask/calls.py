@@ -110,7 +110,9 @@ class Calls:
         """Consume ``message`` if it is a reply to a pending call (resolve it; returns an
         empty dict) or, with ``handlers``, a call of the peer (returns the envelope for
         ``answer()``). None: an ordinary message."""
-        if '"s' not in message:  # every envelope this module handles carries an id "s..."
+        if not self.pending and self.handlers is None:
+            return None  # a connection that called once pays nothing after its replies
+        if '"id"' not in message:  # every envelope handled here carries an id "s..."
             return None
         envelope = decode(message)
         msg_id = None if envelope is None else envelope.get("id")

@@ -53,6 +53,8 @@ __all__ = ["Watcher", "WebSocket", "ending"]
 logger = logging.getLogger("wsflask")
 
 _DEFAULT_CONFIG = Config()
+#: the most messages ``call()`` queues while it reads for its reply (then it stops reading)
+CALL_READ_AHEAD = 128
 
 
 class Watcher(Protocol):
@@ -493,15 +495,18 @@ class WebSocket:
         """Call ``event`` on the peer and return its ``ack`` data (see ``call_async``).
 
         From the greenlet that reads this connection (a handler) it reads while it waits;
-        messages that arrive meanwhile stay queued for the next ``receive()``.
+        messages that arrive meanwhile stay queued for the next ``receive()``, up to
+        ``CALL_READ_AHEAD``: then it stops reading (TCP pushes back on the peer) and the
+        call may time out, so memory stays bounded.
         """
         result = self.call_async(event, data, timeout=timeout)
         limit = self._config.call_timeout if timeout is None else timeout
         deadline = monotonic() + limit
         while not result.ready() and not self._reading and self._owner in (None, getcurrent()):
             left = deadline - monotonic()
-            if left <= 0:
-                break  # the call's timer fails it next
+            queued = self._messages
+            if left <= 0 or (queued is not None and len(queued) >= CALL_READ_AHEAD):
+                break  # the call's timer (or the close) settles it
             self._pump(left)
         return result.get()
 
