@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import gevent
 from gevent import Timeout, getcurrent
+from gevent.event import AsyncResult
 
 from .calls import CallHandler, Calls
 from .config import Backpressure, Config
@@ -467,7 +468,9 @@ class WebSocket:
 
     # ------------------------------------------------------------------ calls (calls.py)
 
-    def call_async(self, event: str, data: Any = None, *, timeout: float | None = None) -> Any:
+    def call_async(
+        self, event: str, data: Any = None, *, timeout: float | None = None
+    ) -> AsyncResult:
         """Send ``{"event", "data", "id": "s<n>"}``; return a ``gevent.event.AsyncResult``
         that the peer's ``ack`` sets to its data. Its ``get()`` raises ``CallError`` for an
         ``error`` reply, ``TimeoutError`` after ``timeout`` (default ``call_timeout``) and
