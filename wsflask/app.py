@@ -13,6 +13,8 @@ from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import urlsplit
 
+import gevent
+
 from .backplane.bridge import Bridge
 from .config import Config
 from .dispatch import Dispatcher
@@ -20,6 +22,8 @@ from .envelopes import encode
 from .errors import Reject, SetupError
 from .heartbeat import Heartbeat
 from .ids import new_id
+from .lifecycle import Lifecycle, Started, host
+from .logs import TextFormatter
 from .metrics import Metrics
 from .pages import Pages
 from .protocol import Forbidden, HandshakeError, NotFound, Request
@@ -72,6 +76,8 @@ class App:
         #: route -> what runs its connections (``Upgrade.handler`` is its ``serve``)
         self._dispatchers: dict[Route, Dispatcher] = {}
         self._setup_finished = False
+        #: startup/shutdown hooks and background tasks (``lifecycle.py``)
+        self.lifecycle = Lifecycle()
 
     def _build_services(self, config: Config) -> tuple[Heartbeat, Bridge | None]:
         """What the server runs besides connections, for ``config``: heartbeat and bridge."""
@@ -104,7 +110,12 @@ class App:
     def route(
         self, path: str, *, json: bool | None = None, subprotocols: Iterable[str] | None = None
     ) -> Route:
-        """Return the ``Route`` for ``path`` (created once); use it as a decorator or keep it."""
+        """Return the ``Route`` for ``path`` (created once); use it as a decorator or keep it.
+
+        A route with ``@route.on("connect")``/``"disconnect"``/event handlers plays the role
+        of a Socket.IO namespace: one path per concern (``/chat``, ``/admin``), each with its
+        own connect check, events and rooms; clients open one connection per route.
+        """
         return self.add_route(path, json=json, subprotocols=subprotocols)
 
     @setupmethod
@@ -353,15 +364,72 @@ class App:
         return self.server
 
     def _services(self) -> tuple[Service, ...]:
-        """What the server starts (in order) and stops (in reverse) around its connections."""
-        return (self.heartbeat,) if self.cluster is None else (self.heartbeat, self.cluster)
+        """What the server starts (in order) and stops (in reverse) around its connections;
+        the lifecycle last, so startup hooks see a bound server and shutdown hooks run first
+        after the drain."""
+        started = Started(self.lifecycle, self._bound_address)
+        if self.cluster is None:
+            return (self.heartbeat, started)
+        return (self.heartbeat, self.cluster, started)
+
+    def _bound_address(self) -> tuple[str, int]:
+        server = self.server
+        assert server is not None, "the lifecycle service runs only inside make_server()'s"
+        return str(server.server_host), int(server.server_port)
+
+    # -- lifecycle (lifecycle.py) ---------------------------------------------------------------
+
+    def on_startup(self, func: F) -> F:
+        """Register ``func()``: it runs in each serving process once the server is bound
+        (``app.address`` then holds the real ``(host, port)``); an exception stops the start."""
+        self._check_setup_finished("on_startup")
+        self.lifecycle.startup.append(func)
+        return func
+
+    def on_shutdown(self, func: F) -> F:
+        """Register ``func()``: it runs in each serving process after the drain and after
+        the background tasks were killed; exceptions are logged."""
+        self._check_setup_finished("on_shutdown")
+        self.lifecycle.shutdown.append(func)
+        return func
+
+    def start_background_task(
+        self, func: Callable[..., Any], *args: Any, **kwargs: Any
+    ) -> gevent.Greenlet:
+        """Run ``func(*args, **kwargs)`` in a greenlet that the stop kills and joins."""
+        return self.lifecycle.spawn(func, *args, **kwargs)
+
+    @property
+    def address(self) -> tuple[str, int] | None:
+        """``(host, port)`` this process serves on, from ``notify_started``; else None."""
+        return self.lifecycle.address
+
+    def notify_started(self, address: tuple[str, int]) -> None:
+        """For servers other than wsflask's: the app is bound at ``address``. Runs the
+        startup hooks; idempotent per process. ``make_server()``, the pywsgi handler and
+        ``wsflask.gunicorn`` call it."""
+        self.lifecycle.notify_started(address)
+
+    def notify_stopped(self) -> None:
+        """For servers other than wsflask's: the app drained. Kills and joins the background
+        tasks, then runs the shutdown hooks; idempotent."""
+        self.lifecycle.notify_stopped()
 
     def _new_id(self) -> str:
         """A connection id, prefixed with this node's id when a backplane is configured."""
         return new_id(self.cluster.node if self.cluster is not None else "")
 
     def run(self, host: str | None = None, port: int | None = None) -> None:
-        """Serve until SIGTERM/SIGINT (then drain, ARCHITECTURE.md §4). Blocks."""
+        """Serve until SIGTERM/SIGINT (then drain, ARCHITECTURE.md §4). Blocks.
+
+        ``WSFLASK_*`` environment variables override the app's settings (as with ``wsflask
+        run``); ``host``/``port`` override both. The address is logged at INFO on the
+        ``wsflask`` logger, which gets a stderr handler only when logging is unconfigured.
+        """
+        overrides = Config.env_overrides()
+        if overrides:
+            self.configure(self.config.replace(**overrides))
+        _default_log_handler()
         server = self.make_server(host, port)
         server.start()  # binds now, so the log line has the real port
         server.install_signal_handlers()
@@ -376,6 +444,7 @@ class App:
         from .wsgi import bind_handler  # pywsgi is imported only by those who use it
 
         self._setup_finished = True
+        host(self.lifecycle)  # wsflask.wsgi.WSGIServer runs its hooks
         return bind_handler(self)
 
     def wsgi_middleware(self, wsgi_app: Callable[..., Any]) -> WebSocketMiddleware:
@@ -385,6 +454,7 @@ class App:
         from .wsgi import WebSocketMiddleware
 
         self._setup_finished = True
+        host(self.lifecycle)  # wsflask.wsgi.WSGIServer and wsflask.gunicorn run its hooks
         return WebSocketMiddleware(self, wsgi_app)
 
     def test_client(self, **kwargs: Any) -> TestClient:
@@ -392,6 +462,20 @@ class App:
         from .testing import TestClient  # testing never imports app; app imports it lazily
 
         return TestClient(self, **kwargs)
+
+
+def _default_log_handler() -> None:
+    """So that ``run()``'s INFO lines show when logging is unconfigured: a stderr handler on
+    the ``wsflask`` logger (level INFO unless set), only when no handler exists on it or
+    on an ancestor (the root), so a user's configuration is never touched."""
+    wsflask_logger = logging.getLogger("wsflask")
+    if wsflask_logger.hasHandlers():
+        return
+    handler = logging.StreamHandler()
+    handler.setFormatter(TextFormatter())
+    wsflask_logger.addHandler(handler)
+    if wsflask_logger.level == logging.NOTSET:
+        wsflask_logger.setLevel(logging.INFO)
 
 
 #: RFC 6454 §4 step 5: a URI without a port gets its scheme's default

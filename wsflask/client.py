@@ -2,7 +2,8 @@
 
 It opens TCP (and TLS for ``wss://``), runs the client side of the opening handshake
 (``open_client``) under one deadline, and offers permessage-deflate with
-``compression=True``. No reconnection, no proxies, no monkey-patching.
+``compression=True``. The returned ``WebSocket`` answers the server's calls once handlers
+are registered with ``ws.on_call(event, fn)``. No reconnection, no proxies, no monkey-patching.
 """
 
 from __future__ import annotations
@@ -51,7 +52,10 @@ def connect(
             message out.
 
     Returns:
-        an open ``WebSocket``: call ``send()``, ``receive()``, then ``close()``.
+        an open ``WebSocket``: call ``send()``, ``receive()``, then ``close()``. To answer
+        the server's calls (``ws.call`` on its side), register ``ws.on_call(event, fn)``:
+        ``fn(data)`` returns the ack's data; other calls then get an "UnknownEvent" error.
+        Calls are answered while this side reads (``receive()``, ``for m in ws``).
 
     Raises:
         HandshakeRejected: the server answered with a non-101 status (``.status``).

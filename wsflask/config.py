@@ -110,6 +110,11 @@ class Config:
             ``server_no_context_takeover`` and ``client_no_context_takeover``: no zlib state
             kept between messages (about 0-3 KiB per connection), room broadcasts compressed
             once for all members, no history shared across messages (RFC 7692 §8); worse ratio.
+        max_pending_calls: ``128`` calls per connection waiting for the peer's ack
+            (``ws.call``); over -> ``TooManyPendingCalls``, counted as the drop
+            ``pending_calls``. Bounds memory per connection.
+        call_timeout: ``10.0`` s that ``ws.call`` waits for the ack by default; then
+            ``TimeoutError``. Bounds how long a silent peer holds a caller.
     """
 
     host: str = "127.0.0.1"
@@ -141,6 +146,8 @@ class Config:
     deflate_mem_level: int = field(default=5, metadata=_rng(1, 9))
     deflate_no_context_takeover: bool = False
     # -- events and the app API (issue 15): add fields below this line --
+    max_pending_calls: int = field(default=128, metadata=_rng(1, 1_000_000))
+    call_timeout: float = field(default=10.0, metadata=_rng(0.001, 3600))
     # -- operability (issue 16): add fields below this line --
     # -- bounds and admission (issue 18): add fields below this line --
 

@@ -11,12 +11,14 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
+from .calls import REPLY_EVENTS
 from .envelopes import decode, encode, error, quote
 from .errors import ConnectionClosed, Reject
 from .protocol import CloseCode
 from .routing import LIFECYCLE, Route
 
 if TYPE_CHECKING:
+    from .metrics import MetricsSink
     from .rooms import Rooms
     from .websocket import WebSocket
 
@@ -76,8 +78,9 @@ class Dispatcher:
             return
         on_message = route.handlers.get("message")
         if route.json:
+            handlers, metrics = route.handlers, self.rooms.metrics
             for message in ws:
-                dispatch_envelope(ws, message, route.handlers, params, self.on_error)
+                dispatch_envelope(ws, message, handlers, params, self.on_error, metrics)
         elif on_message:
             handler = on_message[0]
             for message in ws:
@@ -136,6 +139,7 @@ def dispatch_envelope(
     handlers: dict[str, list[Callable[..., Any]]],
     params: dict[str, Any],
     on_error: ErrorHook,
+    metrics: MetricsSink | None = None,
 ) -> None:
     """Decode one envelope, call its handler, send the ack or an error envelope.
 
@@ -144,6 +148,9 @@ def dispatch_envelope(
     then, unless that closed the connection, to the client as an error envelope with the
     exception's type and no detail; the connection stays open (a JSON route's client sees
     which request failed, a straight-line route cannot say, so it closes with 1011).
+    An ``ack``/``error`` that answers no pending call (``ws.call``; late, after a timeout)
+    is dropped, counted as the drop ``late_reply`` on ``metrics``, never answered: two peers
+    must not trade error replies.
     """
     if isinstance(message, bytes):
         ws.close(CloseCode.UNSUPPORTED, "binary messages are not accepted on this route")
@@ -153,6 +160,10 @@ def dispatch_envelope(
         ws.send(error("BadEnvelope", 'expected a JSON object {"event": name, "data": ...}'))
         return
     event, data, msg_id = decoded["event"], decoded.get("data"), decoded.get("id")
+    if event in REPLY_EVENTS:
+        if metrics is not None:
+            metrics.dropped("late_reply")
+        return
     if event in LIFECYCLE:
         ws.send(error("BadEnvelope", f"{event!r} is not an event a client may send", msg_id))
         return

@@ -2,11 +2,13 @@
 
 gunicorn's gevent pywsgi worker (it monkey-patches each worker itself) with wsflask's
 ``WebSocketHandler`` and ``WSGIServer``, so SIGTERM sends 1001 to every WebSocket within
-``--graceful-timeout``. Only this module imports gunicorn.
+``--graceful-timeout``; each worker runs the apps' startup hooks when its server starts and
+the shutdown hooks after its drain. Only this module imports gunicorn.
 """
 
 from __future__ import annotations
 
+from .lifecycle import hosted
 from .wsgi import WebSocketHandler, WSGIServer
 
 try:
@@ -27,3 +29,12 @@ class GeventWorker(ggevent.GeventPyWSGIWorker):  # type: ignore[misc]
 
     server_class = WSGIServer
     wsgi_handler = GunicornHandler
+
+    def run(self) -> None:
+        """gunicorn's loop (its ``WSGIServer.start`` runs the apps' startup hooks); when it
+        returns after the drain, stop the background tasks and run the shutdown hooks."""
+        try:
+            super().run()
+        finally:
+            for lifecycle in hosted():
+                lifecycle.notify_stopped()

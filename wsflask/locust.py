@@ -68,7 +68,9 @@ class WebSocketClient:
     routes. For fan-out latency, ``stamp()`` puts the sender's wall-clock time into a payload
     and ``track_fanout(event)`` reports ``now - sent_at`` on each receiver. A reader greenlet
     takes every message: acks wake their ``request()``, tracked events are timed, the rest
-    wait in a bounded inbox for ``receive()``.
+    wait in a bounded inbox for ``receive()``. The server's calls (``ws.call``) are answered
+    by ``on_call(event, fn)`` handlers (``fn(data)`` returns the ack's data), and with an
+    "UnknownEvent" error for events without one.
     """
 
     def __init__(
@@ -94,6 +96,12 @@ class WebSocketClient:
         self._fanout: dict[str, tuple[str, Callable[[Any], float | None]]] = {}
         self._reader: gevent.Greenlet | None = None
         self._closing = False
+        #: event -> handler answering the server's calls (see ``on_call``)
+        self.call_handlers: dict[str, Callable[[Any], Any]] = {}
+
+    def on_call(self, event: str, handler: Callable[[Any], Any]) -> None:
+        """Answer the server's calls of ``event`` with ``handler(data)`` (the ack's data)."""
+        self.call_handlers[event] = handler
 
     @property
     def is_open(self) -> bool:
@@ -110,6 +118,7 @@ class WebSocketClient:
             meta["context"] = {"url": self.url}
         if self.ws is None:
             return False
+        self.ws.answer_calls(self.call_handlers)
         self._reader = gevent.spawn(self._read_loop, self.ws)
         return True
 

@@ -2,16 +2,17 @@
 
 ``app.test_client()`` starts the app's server on first use (``start()`` binds synchronously),
 connects clients with ``wsflask.client.connect``, exchanges JSON envelopes, asserts refusals
-and close codes, and fetches plain pages; every wait is bounded. No monkey-patching, no fake
+and close codes, answers the server's calls (``ws.call``), and fetches plain pages; every
+wait is bounded. No monkey-patching, no fake
 transport, no pytest dependency; it never imports ``wsflask.app``.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from types import TracebackType
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import gevent
 from gevent import socket as gsocket
@@ -24,6 +25,8 @@ from .server import Server
 from .websocket import WebSocket
 
 __all__ = ["HTTPResult", "ServerFactory", "TestClient"]
+
+F = TypeVar("F", bound=Callable[[Any], Any])
 
 
 class ServerFactory(Protocol):
@@ -56,6 +59,10 @@ class TestClient:
 
     Use it as a context manager; ``connect()`` starts the server if needed. Then ``send`` /
     ``receive`` / ``emit`` / ``receive_json`` / ``assert_closed`` on the returned socket.
+
+    Every connection answers the server's calls (``ws.call``) while it is read: with the
+    handlers registered by ``@client.on(event)`` (``fn(data)`` returns the ack's data), and
+    with an ``error`` envelope "UnknownEvent" for any other event.
     """
 
     __test__ = False  # not a pytest test class, despite its name
@@ -65,6 +72,8 @@ class TestClient:
         self.timeout = timeout
         self.server: Server | None = None
         self._clients: list[WebSocket] = []
+        #: event -> handler answering the server's calls, shared by every connection
+        self.call_handlers: dict[str, Callable[[Any], Any]] = {}
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -122,8 +131,19 @@ class TestClient:
             ws = connect(
                 url, headers=tuple(headers), subprotocols=tuple(subprotocols), timeout=limit
             )
+        ws.answer_calls(self.call_handlers)
         self._clients.append(ws)
         return ws
+
+    def on(self, event: str) -> Callable[[F], F]:
+        """Register ``fn(data)`` to answer the server's calls of ``event``: its result is
+        the ack's data, an exception an ``error`` reply. Applies to every connection."""
+
+        def decorator(func: F) -> F:
+            self.call_handlers[event] = func
+            return func
+
+        return decorator
 
     def assert_refused(
         self,

@@ -9,6 +9,7 @@ routing, no reader greenlet: a handler that does not read leaves the bytes in th
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import os
 from collections import deque
@@ -18,7 +19,9 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import gevent
 from gevent import Timeout, getcurrent
+from gevent.event import AsyncResult
 
+from .calls import CallHandler, Calls
 from .config import Backpressure, Config
 from .envelopes import encode
 from .errors import ConnectionClosed
@@ -51,6 +54,8 @@ __all__ = ["Watcher", "WebSocket", "ending"]
 logger = logging.getLogger("wsflask")
 
 _DEFAULT_CONFIG = Config()
+#: the most messages ``call()`` queues while it reads for its reply (then it stops reading)
+CALL_READ_AHEAD = 128
 
 
 class Watcher(Protocol):
@@ -94,7 +99,7 @@ class WebSocket:
     """
 
     __slots__ = (
-        "__weakref__", "_callbacks", "_close_deadline", "_closer", "_config", "_conn",
+        "__weakref__", "_callbacks", "_calls", "_close_deadline", "_closer", "_config", "_conn",
         "_drained", "_finished", "_heartbeat", "_initial", "_messages", "_metrics",
         "_opened_at", "_owner", "_ping_payload", "_raw", "_reading", "_rx", "_sock",
         "_transport", "close_cause", "close_code", "close_reason", "deflate", "extensions",
@@ -150,6 +155,7 @@ class WebSocket:
         self._ping_payload: bytes | None = None
         self._rx = False
         self._drained = True  # the last read emptied the kernel buffer: wait before reading
+        self._calls: Calls | None = None  # made by the first call()/on_call() (calls.py)
 
     def __repr__(self) -> str:
         return f"<WebSocket {self.id} {self._conn.state.name} {self.remote_address}>"
@@ -342,13 +348,15 @@ class WebSocket:
             elif isinstance(event, Opened):
                 self._on_opened(event)
             elif isinstance(event, Request):
-                self.request = event
+                self.request = _with_peer(event, self.remote_address)
             elif isinstance(event, Closed):
                 self._on_closed(event)
 
     def _on_message(self, data: str | bytes) -> None:
         if self._metrics is not None:
             self._metrics.message_in(_nbytes(data))
+        if self._calls is not None and isinstance(data, str) and self._take_call(data):
+            return  # a reply to our call, or the peer's call answered (calls.py)
         if self._conn.close_expected():
             return  # we sent Close: nobody will read it, keep memory bounded
         if self._messages is None:
@@ -457,6 +465,88 @@ class WebSocket:
         """Send the JSON event envelope ``{"event": event, "data": data}`` as text; blocks
         like ``send()``. Raises ``ConnectionClosed`` once closing or closed."""
         self.send(encode(event, data))
+
+    # ------------------------------------------------------------------ calls (calls.py)
+
+    def call_async(
+        self, event: str, data: Any = None, *, timeout: float | None = None
+    ) -> AsyncResult:
+        """Send ``{"event", "data", "id": "s<n>"}``; return a ``gevent.event.AsyncResult``
+        that the peer's ``ack`` sets to its data. Its ``get()`` raises ``CallError`` for an
+        ``error`` reply, ``TimeoutError`` after ``timeout`` (default ``call_timeout``) and
+        ``ConnectionClosed`` as soon as the connection closes. The reply is taken by
+        whichever greenlet reads this connection; ``call()`` reads itself when that is us,
+        so from a handler wait with ``call()`` (earlier results are set meanwhile), not
+        ``get()``: nobody else reads there.
+
+        Raises:
+            TooManyPendingCalls: ``max_pending_calls`` calls wait already (counted).
+            ConnectionClosed: the connection is closing or closed.
+        """
+        calls = self._calls
+        if calls is None:
+            calls = self._calls = Calls(self._config.max_pending_calls, self._metrics)
+        msg_id, result = calls.open(self._config.call_timeout if timeout is None else timeout)
+        try:
+            self.send(encode(event, data, msg_id))
+        except BaseException:
+            calls.forget(msg_id)
+            raise
+        return result
+
+    def call(self, event: str, data: Any = None, *, timeout: float | None = None) -> Any:
+        """Call ``event`` on the peer and return its ``ack`` data (see ``call_async``).
+
+        From the greenlet that reads this connection (a handler) it reads while it waits;
+        messages that arrive meanwhile stay queued for the next ``receive()``, up to
+        ``CALL_READ_AHEAD``: then it stops reading (TCP pushes back on the peer) and the
+        call may time out, so memory stays bounded.
+        """
+        result = self.call_async(event, data, timeout=timeout)
+        limit = self._config.call_timeout if timeout is None else timeout
+        deadline = monotonic() + limit
+        while not result.ready() and not self._reading and self._owner in (None, getcurrent()):
+            left = deadline - monotonic()
+            queued = self._messages
+            if left <= 0 or (queued is not None and len(queued) >= CALL_READ_AHEAD):
+                break  # the call's timer (or the close) settles it
+            self._pump(left)
+        return result.get()
+
+    def on_call(self, event: str, handler: CallHandler) -> None:
+        """Answer the peer's calls of ``event`` (``{"event", "data", "id": "s<n>"}``) with
+        ``handler(data)``: its result is the ``ack``'s data, an exception an ``error``. Runs
+        in the reading greenlet, during ``receive()``; keep it short and non-blocking."""
+        calls = self._calls
+        if calls is None or calls.handlers is None:
+            self.answer_calls({event: handler})
+        else:
+            calls.handlers[event] = handler
+
+    def answer_calls(self, handlers: dict[str, CallHandler] | None = None) -> None:
+        """Answer the peer's calls from now on: with ``handlers`` (kept, not copied, so later
+        entries count), an ``error`` "UnknownEvent" for events without one. Calls already
+        queued (they came with the handshake's last read) are answered now."""
+        if self._calls is None:
+            self._calls = Calls(self._config.max_pending_calls, self._metrics)
+        if handlers is not None:
+            self._calls.handlers = handlers
+        elif self._calls.handlers is None:
+            self._calls.handlers = {}
+        if self._messages:  # calls that came with the handshake's last read
+            kept = [m for m in self._messages if not (isinstance(m, str) and self._take_call(m))]
+            self._messages = deque(kept) if kept else None
+
+    def _take_call(self, data: str) -> bool:
+        """True when ``data`` was a reply to our call or a call of the peer (answered)."""
+        assert self._calls is not None
+        envelope = self._calls.take(data)
+        if envelope is None:
+            return False
+        if envelope:
+            with contextlib.suppress(ConnectionClosed):  # the reader sees the close next
+                self.send(self._calls.answer(envelope))
+        return True
 
     def send_prepared(self, frame: bytes, *, policy: str | None = None) -> bool:
         """Queue a frame from ``protocol.encode_frame()`` without ever blocking.
@@ -621,6 +711,8 @@ class WebSocket:
         self._finished = True
         if self._heartbeat is not None:
             self._heartbeat.remove(self)
+        if self._calls is not None:  # pending calls fail now, not at their timeout
+            self._calls.fail_all(self._closed_error())
         closer, self._closer = self._closer, None
         if closer is not None and closer is not getcurrent():
             closer.kill(block=False)
@@ -716,6 +808,11 @@ def _wait_readable(sock: Any) -> None:
         sock.hub.switch()
     finally:
         watcher.stop()
+
+
+def _with_peer(request: Request, address: tuple[str, int] | None) -> Request:
+    """``request`` with ``remote_addr``: the peer's host, which only the driver knows."""
+    return request if address is None else dataclasses.replace(request, remote_addr=address[0])
 
 
 def _address(address: Any) -> tuple[str, int] | None:

@@ -19,6 +19,7 @@ from gevent import pywsgi
 
 from .config import Config
 from .errors import ConnectionClosed
+from .lifecycle import Lifecycle, hosted
 from .protocol import CloseCode, Connection, HandshakeError, Request, Side
 from .upgrade import HTTPResponse, Upgrade, answer, going_away, read_request
 from .websocket import Watcher, WebSocket, ending
@@ -53,6 +54,8 @@ class WebSocketApp(Protocol):
     def heartbeat(self) -> AppHeartbeat | None: ...
     def match(self, path: str) -> object | None: ...
     def resolve(self, request: Request, addr: tuple[str, int]) -> Upgrade | HTTPResponse: ...
+    def notify_started(self, address: tuple[str, int]) -> None: ...
+    def notify_stopped(self) -> None: ...
 
 
 class WebSocketHandler(pywsgi.WSGIHandler):  # type: ignore[misc]
@@ -106,6 +109,7 @@ class WebSocketHandler(pywsgi.WSGIHandler):  # type: ignore[misc]
             raise RuntimeError("this request was already upgraded")
         if app.match(_path(self.path)) is None:
             return False
+        app.notify_started(_bound(self.server))  # idempotent: a plain pywsgi server's start
         status = _StatusLog(self, app.metrics)
         ws, request = self._take_over(app.config, status, app.heartbeat)
         if request is not None:
@@ -353,6 +357,19 @@ class WSGIServer(pywsgi.WSGIServer):  # type: ignore[misc]
         self.websockets: dict[WebSocket, gevent.Greenlet] = {}
         #: True from the first close(): no new WebSocket is accepted
         self.stopping = False
+        #: the apps whose lifecycle start() began (``lifecycle.py``); stop() ends them
+        self.lifecycles: list[WebSocketApp | Lifecycle] = []
+
+    def start(self) -> None:
+        """Start accepting, then run the startup hooks of the App this server serves (its
+        ``handler_class``'s or middleware's), else of every App hosted in this process."""
+        super().start()
+        own = getattr(self.handler_class, "ws_app", None) or getattr(
+            self.application, "ws_app", None
+        )
+        self.lifecycles = [own] if own is not None else list(hosted())
+        for app in self.lifecycles:
+            app.notify_started(_bound(self))
 
     def track(self, ws: WebSocket) -> None:
         """Register an open WebSocket (the handler calls it); ``untrack()`` when it ends."""
@@ -379,6 +396,9 @@ class WSGIServer(pywsgi.WSGIServer):  # type: ignore[misc]
         super().stop(timeout=grace)
         for greenlet in list(self.websockets.values()):  # killed handlers drop TCP with 1001
             greenlet.kill(block=True, timeout=1.0)
+        lifecycles, self.lifecycles = self.lifecycles, []
+        for app in lifecycles:  # after the drain: background tasks, then shutdown hooks
+            app.notify_stopped()
 
 
 def bind_handler(app: WebSocketApp) -> type[WebSocketHandler]:
@@ -409,6 +429,11 @@ def _buffered(rfile: Any, sock: Any) -> bytes:
     finally:
         with contextlib.suppress(OSError):
             sock.settimeout(None)  # the driver's timers apply from here
+
+
+def _bound(server: Any) -> tuple[str, int]:
+    """The ``(host, port)`` a started pywsgi server listens on."""
+    return str(server.server_host), int(server.server_port)
 
 
 def _stopping(server: Any) -> bool:

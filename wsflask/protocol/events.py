@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from .query import MultiDict, parse_cookies, parse_query
+
 __all__ = [
     "BinaryMessage",
     "Closed",
@@ -34,6 +36,11 @@ class Request:
         subprotocols: the client's ``Sec-WebSocket-Protocol`` offers, in order.
         extensions: the parsed ``Sec-WebSocket-Extensions`` offers (RFC 6455 §9.1), in order,
             each ``(name, ((param, value_or_None), ...))``.
+        remote_addr: the peer's IP address as the server saw it (no proxy headers read),
+            ``None`` when the driver did not know it (the sans-I/O core alone).
+
+    ``args`` and ``cookies`` are parsed on first access and cached: a handshake that never
+    looks pays nothing.
     """
 
     method: str
@@ -44,6 +51,9 @@ class Request:
     key: str
     subprotocols: tuple[str, ...] = ()
     extensions: tuple[tuple[str, tuple[tuple[str, str | None], ...]], ...] = ()
+    remote_addr: str | None = None
+    _args: MultiDict | None = field(default=None, init=False, repr=False, compare=False)
+    _cookies: MultiDict | None = field(default=None, init=False, repr=False, compare=False)
 
     def header(self, name: str, default: str | None = None) -> str | None:
         """Return the first value of header ``name`` (case-insensitive), or ``default``."""
@@ -52,6 +62,25 @@ class Request:
             if key == name:
                 return value
         return default
+
+    @property
+    def args(self) -> MultiDict:
+        """The query's parameters, percent-decoded: ``args.get("token")``,
+        ``args.getlist("x")`` (``query`` keeps the raw string)."""
+        args = self._args
+        if args is None:
+            args = parse_query(self.query)
+            object.__setattr__(self, "_args", args)  # a cache, set once
+        return args
+
+    @property
+    def cookies(self) -> MultiDict:
+        """The ``Cookie`` header's cookies (every ``Cookie`` line), by name: first wins."""
+        cookies = self._cookies
+        if cookies is None:
+            cookies = parse_cookies(value for name, value in self.headers if name == "cookie")
+            object.__setattr__(self, "_cookies", cookies)
+        return cookies
 
     @property
     def is_websocket(self) -> bool:
