@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from typing import Any
 
 import gevent
 import pytest
 from gevent.event import AsyncResult
 
+from wsflask import App
 from wsflask.calls import CallError, TooManyPendingCalls
 from wsflask.client import connect
 from wsflask.envelopes import encode
@@ -21,7 +23,9 @@ from wsflask.protocol import CloseCode
 WAIT = 5.0
 
 
-def test_call_from_connect_handler_gets_the_test_clients_ack(app_factory: Any) -> None:
+def test_call_from_connect_handler_gets_the_test_clients_ack(
+    app_factory: Callable[..., App],
+) -> None:
     app = app_factory()
     api = app.route("/api", json=True)
 
@@ -42,7 +46,7 @@ def test_call_from_connect_handler_gets_the_test_clients_ack(app_factory: Any) -
         assert seen == [[2, 3]]
 
 
-def test_call_wire_format_and_ids_per_connection(app_factory: Any) -> None:
+def test_call_wire_format_and_ids_per_connection(app_factory: Callable[..., App]) -> None:
     app = app_factory()
     api = app.route("/api", json=True)
 
@@ -74,7 +78,7 @@ def test_call_wire_format_and_ids_per_connection(app_factory: Any) -> None:
                 ws.close()
 
 
-def test_call_from_another_greenlet_while_the_route_reads(app_factory: Any) -> None:
+def test_call_from_another_greenlet_while_the_route_reads(app_factory: Callable[..., App]) -> None:
     app = app_factory()
     api = app.route("/api", json=True)
     tasks: list[gevent.Greenlet] = []
@@ -97,7 +101,7 @@ def test_call_from_another_greenlet_while_the_route_reads(app_factory: Any) -> N
         assert all(task.successful() for task in tasks)
 
 
-def test_error_reply_and_unknown_event_raise_call_error(app_factory: Any) -> None:
+def test_error_reply_and_unknown_event_raise_call_error(app_factory: Callable[..., App]) -> None:
     app = app_factory()
     api = app.route("/api", json=True)
     outcomes: list[tuple[str, str]] = []
@@ -122,7 +126,7 @@ def test_error_reply_and_unknown_event_raise_call_error(app_factory: Any) -> Non
     assert outcomes == [("ValueError", "no way"), ("UnknownEvent", "unknown event 'nobody'")]
 
 
-def test_call_times_out_when_the_peer_stays_silent(app_factory: Any) -> None:
+def test_call_times_out_when_the_peer_stays_silent(app_factory: Callable[..., App]) -> None:
     app = app_factory()
     api = app.route("/api", json=True)
 
@@ -143,7 +147,7 @@ def test_call_times_out_when_the_peer_stays_silent(app_factory: Any) -> None:
             ws.close()
 
 
-def test_close_fails_pending_calls_at_once(app_factory: Any) -> None:
+def test_close_fails_pending_calls_at_once(app_factory: Callable[..., App]) -> None:
     app = app_factory()
     api = app.route("/api", json=True)
     failed: AsyncResult = AsyncResult()
@@ -171,7 +175,7 @@ def test_close_fails_pending_calls_at_once(app_factory: Any) -> None:
         gevent.joinall(tasks, timeout=WAIT)
 
 
-def test_pending_calls_are_bounded_and_counted(app_factory: Any) -> None:
+def test_pending_calls_are_bounded_and_counted(app_factory: Callable[..., App]) -> None:
     app = app_factory(max_pending_calls=2)
     api = app.route("/api", json=True)
     refused: list[str] = []
@@ -198,7 +202,7 @@ def test_pending_calls_are_bounded_and_counted(app_factory: Any) -> None:
 
 
 def test_late_or_foreign_replies_are_dropped_counted_and_never_answered(
-    app_factory: Any,
+    app_factory: Callable[..., App],
 ) -> None:
     app = app_factory()
     api = app.route("/api", json=True)
@@ -214,7 +218,7 @@ def test_late_or_foreign_replies_are_dropped_counted_and_never_answered(
     assert app.metrics.drops["late_reply"] == 2
 
 
-def test_plain_route_call_consumes_the_ack_not_the_handler(app_factory: Any) -> None:
+def test_plain_route_call_consumes_the_ack_not_the_handler(app_factory: Callable[..., App]) -> None:
     app = app_factory()
 
     @app.route("/plain")
@@ -233,7 +237,7 @@ def test_plain_route_call_consumes_the_ack_not_the_handler(app_factory: Any) -> 
         assert client.receive(ws) == 'echo {"event":"ack","data":5,"id":"s1"}'
 
 
-def test_wsflask_client_answers_with_on_call(app_factory: Any) -> None:
+def test_wsflask_client_answers_with_on_call(app_factory: Callable[..., App]) -> None:
     app = app_factory()
     api = app.route("/api", json=True)
 
@@ -250,7 +254,7 @@ def test_wsflask_client_answers_with_on_call(app_factory: Any) -> None:
             ws.close()
 
 
-def test_locust_client_answers_calls(app_factory: Any) -> None:
+def test_locust_client_answers_calls(app_factory: Callable[..., App]) -> None:
     pytest.importorskip("locust")
     from locust.env import Environment
 
@@ -273,7 +277,9 @@ def test_locust_client_answers_calls(app_factory: Any) -> None:
             user.close()
 
 
-def test_a_call_from_the_reader_stops_reading_past_its_read_ahead(app_factory: Any) -> None:
+def test_a_call_from_the_reader_stops_reading_past_its_read_ahead(
+    app_factory: Callable[..., App],
+) -> None:
     from wsflask.websocket import CALL_READ_AHEAD
 
     app = app_factory()

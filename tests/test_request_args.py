@@ -4,10 +4,12 @@ lazily and cached, over the built-in server and the pywsgi handler on real socke
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any
 
 from gevent import pywsgi
 
+from wsflask import App
 from wsflask.client import connect
 from wsflask.protocol import Request
 from wsflask.protocol.query import MultiDict, parse_cookies, parse_query
@@ -57,7 +59,7 @@ def test_parsers_on_empty_input() -> None:
     assert parse_query("a=1&b=2&a=3").pairs() == (("a", "1"), ("b", "2"), ("a", "3"))
 
 
-def _record_app(app_factory: Any) -> tuple[Any, list[Any]]:
+def _record_app(app_factory: Callable[..., App]) -> tuple[Any, list[Any]]:
     app = app_factory()
     seen: list[Any] = []
 
@@ -83,7 +85,9 @@ def _record_app(app_factory: Any) -> tuple[Any, list[Any]]:
     return app, seen
 
 
-def test_handler_and_hook_see_args_cookies_and_peer_on_the_server(app_factory: Any) -> None:
+def test_handler_and_hook_see_args_cookies_and_peer_on_the_server(
+    app_factory: Callable[..., App],
+) -> None:
     app, seen = _record_app(app_factory)
     with app.test_client() as client:
         ws = client.connect("/r?token=t%21&x=1&x=2", headers=[("Cookie", "sid=s1; a=b")])
@@ -96,7 +100,7 @@ def test_handler_and_hook_see_args_cookies_and_peer_on_the_server(app_factory: A
     assert seen == [("hook", "t!", "127.0.0.1")]
 
 
-def test_pywsgi_handler_passes_the_peer_too(app_factory: Any) -> None:
+def test_pywsgi_handler_passes_the_peer_too(app_factory: Callable[..., App]) -> None:
     app, seen = _record_app(app_factory)
 
     def wsgi_app(environ: Any, start_response: Any) -> list[bytes]:

@@ -22,7 +22,7 @@ from .envelopes import encode
 from .errors import Reject, SetupError
 from .heartbeat import Heartbeat
 from .ids import new_id
-from .lifecycle import Lifecycle, Started, host
+from .lifespan import Lifespan, Started, host
 from .logs import TextFormatter
 from .metrics import Metrics
 from .pages import Pages
@@ -76,8 +76,8 @@ class App:
         #: route -> what runs its connections (``Upgrade.handler`` is its ``serve``)
         self._dispatchers: dict[Route, Dispatcher] = {}
         self._setup_finished = False
-        #: startup/shutdown hooks and background tasks (``lifecycle.py``)
-        self.lifecycle = Lifecycle()
+        #: startup/shutdown hooks and background tasks (``lifespan.py``)
+        self.lifespan = Lifespan()
 
     def _build_services(self, config: Config) -> tuple[Heartbeat, Bridge | None]:
         """What the server runs besides connections, for ``config``: heartbeat and bridge."""
@@ -365,55 +365,55 @@ class App:
 
     def _services(self) -> tuple[Service, ...]:
         """What the server starts (in order) and stops (in reverse) around its connections;
-        the lifecycle last, so startup hooks see a bound server and shutdown hooks run first
+        the lifespan last, so startup hooks see a bound server and shutdown hooks run first
         after the drain."""
-        started = Started(self.lifecycle, self._bound_address)
+        started = Started(self.lifespan, self._bound_address)
         if self.cluster is None:
             return (self.heartbeat, started)
         return (self.heartbeat, self.cluster, started)
 
     def _bound_address(self) -> tuple[str, int]:
         server = self.server
-        assert server is not None, "the lifecycle service runs only inside make_server()'s"
+        assert server is not None, "the lifespan service runs only inside make_server()'s"
         return str(server.server_host), int(server.server_port)
 
-    # -- lifecycle (lifecycle.py) ---------------------------------------------------------------
+    # -- lifespan (lifespan.py) ---------------------------------------------------------------
 
     def on_startup(self, func: F) -> F:
         """Register ``func()``: it runs in each serving process once the server is bound
         (``app.address`` then holds the real ``(host, port)``); an exception stops the start."""
         self._check_setup_finished("on_startup")
-        self.lifecycle.startup.append(func)
+        self.lifespan.startup.append(func)
         return func
 
     def on_shutdown(self, func: F) -> F:
         """Register ``func()``: it runs in each serving process after the drain and after
         the background tasks were killed; exceptions are logged."""
         self._check_setup_finished("on_shutdown")
-        self.lifecycle.shutdown.append(func)
+        self.lifespan.shutdown.append(func)
         return func
 
     def start_background_task(
         self, func: Callable[..., Any], *args: Any, **kwargs: Any
     ) -> gevent.Greenlet:
         """Run ``func(*args, **kwargs)`` in a greenlet that the stop kills and joins."""
-        return self.lifecycle.spawn(func, *args, **kwargs)
+        return self.lifespan.spawn(func, *args, **kwargs)
 
     @property
     def address(self) -> tuple[str, int] | None:
         """``(host, port)`` this process serves on, from ``notify_started``; else None."""
-        return self.lifecycle.address
+        return self.lifespan.address
 
     def notify_started(self, address: tuple[str, int]) -> None:
         """For servers other than wsflask's: the app is bound at ``address``. Runs the
         startup hooks; idempotent per process. ``make_server()``, the pywsgi handler and
         ``wsflask.gunicorn`` call it."""
-        self.lifecycle.notify_started(address)
+        self.lifespan.notify_started(address)
 
     def notify_stopped(self) -> None:
         """For servers other than wsflask's: the app drained. Kills and joins the background
         tasks, then runs the shutdown hooks; idempotent."""
-        self.lifecycle.notify_stopped()
+        self.lifespan.notify_stopped()
 
     def _new_id(self) -> str:
         """A connection id, prefixed with this node's id when a backplane is configured."""
@@ -444,7 +444,7 @@ class App:
         from .wsgi import bind_handler  # pywsgi is imported only by those who use it
 
         self._setup_finished = True
-        host(self.lifecycle)  # wsflask.wsgi.WSGIServer runs its hooks
+        host(self.lifespan)  # wsflask.wsgi.WSGIServer runs its hooks
         return bind_handler(self)
 
     def wsgi_middleware(self, wsgi_app: Callable[..., Any]) -> WebSocketMiddleware:
@@ -454,7 +454,7 @@ class App:
         from .wsgi import WebSocketMiddleware
 
         self._setup_finished = True
-        host(self.lifecycle)  # wsflask.wsgi.WSGIServer and wsflask.gunicorn run its hooks
+        host(self.lifespan)  # wsflask.wsgi.WSGIServer and wsflask.gunicorn run its hooks
         return WebSocketMiddleware(self, wsgi_app)
 
     def test_client(self, **kwargs: Any) -> TestClient:

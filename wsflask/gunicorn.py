@@ -8,7 +8,7 @@ the shutdown hooks after its drain. Only this module imports gunicorn.
 
 from __future__ import annotations
 
-from .lifecycle import hosted
+from .lifespan import hosted
 from .wsgi import WebSocketHandler, WSGIServer
 
 try:
@@ -36,5 +36,5 @@ class GeventWorker(ggevent.GeventPyWSGIWorker):  # type: ignore[misc]
         try:
             super().run()
         finally:
-            for lifecycle in hosted():
-                lifecycle.notify_stopped()
+            for lifespan in hosted():
+                lifespan.notify_stopped()

@@ -19,7 +19,7 @@ from gevent import pywsgi
 
 from .config import Config
 from .errors import ConnectionClosed
-from .lifecycle import Lifecycle, hosted
+from .lifespan import Lifespan, hosted
 from .protocol import CloseCode, Connection, HandshakeError, Request, Side
 from .upgrade import HTTPResponse, Upgrade, answer, going_away, read_request
 from .websocket import Watcher, WebSocket, ending
@@ -357,8 +357,8 @@ class WSGIServer(pywsgi.WSGIServer):  # type: ignore[misc]
         self.websockets: dict[WebSocket, gevent.Greenlet] = {}
         #: True from the first close(): no new WebSocket is accepted
         self.stopping = False
-        #: the apps whose lifecycle start() began (``lifecycle.py``); stop() ends them
-        self.lifecycles: list[WebSocketApp | Lifecycle] = []
+        #: the apps whose lifespan start() began (``lifespan.py``); stop() ends them
+        self.lifespans: list[WebSocketApp | Lifespan] = []
 
     def start(self) -> None:
         """Start accepting, then run the startup hooks of the App this server serves (its
@@ -367,8 +367,8 @@ class WSGIServer(pywsgi.WSGIServer):  # type: ignore[misc]
         own = getattr(self.handler_class, "ws_app", None) or getattr(
             self.application, "ws_app", None
         )
-        self.lifecycles = [own] if own is not None else list(hosted())
-        for app in self.lifecycles:
+        self.lifespans = [own] if own is not None else list(hosted())
+        for app in self.lifespans:
             app.notify_started(_bound(self))
 
     def track(self, ws: WebSocket) -> None:
@@ -396,8 +396,8 @@ class WSGIServer(pywsgi.WSGIServer):  # type: ignore[misc]
         super().stop(timeout=grace)
         for greenlet in list(self.websockets.values()):  # killed handlers drop TCP with 1001
             greenlet.kill(block=True, timeout=1.0)
-        lifecycles, self.lifecycles = self.lifecycles, []
-        for app in lifecycles:  # after the drain: background tasks, then shutdown hooks
+        lifespans, self.lifespans = self.lifespans, []
+        for app in lifespans:  # after the drain: background tasks, then shutdown hooks
             app.notify_stopped()
 
 

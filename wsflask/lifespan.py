@@ -1,6 +1,6 @@
-"""An app's lifecycle in each serving process: startup and shutdown hooks, background tasks.
+"""An app's lifespan in each serving process: startup and shutdown hooks, background tasks.
 
-``Lifecycle.notify_started(address)`` runs the startup hooks once the server is bound (once
+``Lifespan.notify_started(address)`` runs the startup hooks once the server is bound (once
 per process, so each worker runs them); ``notify_stopped()`` kills and joins the background
 tasks, then runs the shutdown hooks (after the drain). ``Started`` is the ``Server`` service
 that calls both; ``host``/``hosted`` list the apps served under pywsgi or gunicorn in this
@@ -17,7 +17,7 @@ from typing import Any
 
 import gevent
 
-__all__ = ["Hook", "Lifecycle", "Started", "host", "hosted"]
+__all__ = ["Hook", "Lifespan", "Started", "host", "hosted"]
 
 logger = logging.getLogger("wsflask")
 
@@ -27,7 +27,7 @@ Hook = Callable[[], Any]
 TASK_KILL_TIMEOUT = 5.0
 
 
-class Lifecycle:
+class Lifespan:
     """Hooks and background tasks of one app; see the module docstring.
 
     Attributes:
@@ -90,30 +90,30 @@ class Lifecycle:
 
 
 class Started:
-    """The ``Server`` service of a lifecycle: ``start()`` after the bind reports
+    """The ``Server`` service of a lifespan: ``start()`` after the bind reports
     ``address()``, ``stop()`` after the drain (``Server.stop`` stops services then)."""
 
-    def __init__(self, lifecycle: Lifecycle, address: Callable[[], tuple[str, int]]) -> None:
-        self.lifecycle = lifecycle
+    def __init__(self, lifespan: Lifespan, address: Callable[[], tuple[str, int]]) -> None:
+        self.lifespan = lifespan
         self.address = address
 
     def start(self) -> None:
-        self.lifecycle.notify_started(self.address())
+        self.lifespan.notify_started(self.address())
 
     def stop(self) -> None:
-        self.lifecycle.notify_stopped()
+        self.lifespan.notify_stopped()
 
 
-#: the lifecycles of apps served under pywsgi/gunicorn in this process (``App.handler_class``,
+#: the lifespans of apps served under pywsgi/gunicorn in this process (``App.handler_class``,
 #: ``App.wsgi_middleware``); weak, so an app nobody holds is forgotten
-_hosted: weakref.WeakSet[Lifecycle] = weakref.WeakSet()
+_hosted: weakref.WeakSet[Lifespan] = weakref.WeakSet()
 
 
-def host(lifecycle: Lifecycle) -> None:
-    """Record that ``lifecycle``'s app is served by a WSGI server in this process."""
-    _hosted.add(lifecycle)
+def host(lifespan: Lifespan) -> None:
+    """Record that ``lifespan``'s app is served by a WSGI server in this process."""
+    _hosted.add(lifespan)
 
 
-def hosted() -> list[Lifecycle]:
-    """The lifecycles ``host()`` recorded that are still alive."""
+def hosted() -> list[Lifespan]:
+    """The lifespans ``host()`` recorded that are still alive."""
     return list(_hosted)

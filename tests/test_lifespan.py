@@ -1,4 +1,4 @@
-"""Lifecycle hooks (issue 15): ``on_startup`` once bound, background tasks killed and joined
+"""Lifespan hooks (issue 15): ``on_startup`` once bound, background tasks killed and joined
 at stop, ``on_shutdown`` after the drain; in-process for ``make_server`` and pywsgi, and in
 subprocesses for ``app.run()`` (``WSFLASK_*`` and its log line), ``--workers`` and gunicorn."""
 
@@ -8,6 +8,7 @@ import re
 import signal
 import sys
 import textwrap
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,7 @@ from gevent import pywsgi
 from gevent import subprocess as gsubprocess
 from gevent.event import Event
 
+from wsflask import App
 from wsflask.client import connect
 from wsflask.errors import SetupError
 from wsflask.protocol import CloseCode
@@ -25,7 +27,7 @@ from wsflask.wsgi import WSGIServer
 WAIT = 10.0
 
 
-def _recording_app(app_factory: Any) -> tuple[Any, list[Any]]:
+def _recording_app(app_factory: Callable[..., App]) -> tuple[Any, list[Any]]:
     """An echo app whose hooks and background task append to the returned log."""
     app = app_factory(close_timeout=1.0)
     log: list[Any] = []
@@ -56,7 +58,9 @@ def _recording_app(app_factory: Any) -> tuple[Any, list[Any]]:
     return app, log
 
 
-def test_built_in_server_runs_hooks_and_stops_tasks_after_the_drain(app_factory: Any) -> None:
+def test_built_in_server_runs_hooks_and_stops_tasks_after_the_drain(
+    app_factory: Callable[..., App],
+) -> None:
     app, log = _recording_app(app_factory)
     ticking = log.pop()
     server = app.make_server("127.0.0.1", 0)
@@ -76,12 +80,12 @@ def test_built_in_server_runs_hooks_and_stops_tasks_after_the_drain(app_factory:
         stopper.join(timeout=WAIT)
     # the task was killed and joined before the shutdown hook, which saw no connection left
     assert log[1:] == ["task stopped", ("shutdown", 0)]
-    assert not app.lifecycle.tasks
+    assert not app.lifespan.tasks
     app.notify_stopped()  # idempotent
     assert log[1:] == ["task stopped", ("shutdown", 0)]
 
 
-def test_a_startup_hook_that_raises_fails_the_start(app_factory: Any) -> None:
+def test_a_startup_hook_that_raises_fails_the_start(app_factory: Callable[..., App]) -> None:
     app = app_factory()
 
     @app.on_startup
@@ -94,7 +98,7 @@ def test_a_startup_hook_that_raises_fails_the_start(app_factory: Any) -> None:
     server.stop(timeout=1)
 
 
-def test_hooks_are_setup_methods(app_factory: Any) -> None:
+def test_hooks_are_setup_methods(app_factory: Callable[..., App]) -> None:
     app = app_factory()
     app.make_server("127.0.0.1", 0)
     with pytest.raises(SetupError):
@@ -108,7 +112,7 @@ def _wsgi_404(environ: Any, start_response: Any) -> list[bytes]:
     return []
 
 
-def test_wsflask_wsgi_server_runs_hooks_at_start_and_stop(app_factory: Any) -> None:
+def test_wsflask_wsgi_server_runs_hooks_at_start_and_stop(app_factory: Callable[..., App]) -> None:
     app, log = _recording_app(app_factory)
     ticking = log.pop()
     server = WSGIServer(("127.0.0.1", 0), _wsgi_404, handler_class=app.handler_class, log=None)
@@ -122,7 +126,7 @@ def test_wsflask_wsgi_server_runs_hooks_at_start_and_stop(app_factory: Any) -> N
     assert log[1:] == ["task stopped", ("shutdown", None)]
 
 
-def test_plain_pywsgi_server_starts_hooks_on_first_upgrade(app_factory: Any) -> None:
+def test_plain_pywsgi_server_starts_hooks_on_first_upgrade(app_factory: Callable[..., App]) -> None:
     app, log = _recording_app(app_factory)
     ticking = log.pop()
     server = pywsgi.WSGIServer(
