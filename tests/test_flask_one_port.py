@@ -142,6 +142,21 @@ def test_a_signal_drains_every_websocket_with_1001_and_exits_0(
     assert "Traceback" not in proc.log and "KeyboardInterrupt" not in proc.log, proc.log
 
 
+def test_a_websocket_killed_after_the_grace_ends_its_greenlet_cleanly(
+    wsgi_serve: Any, raw_peer: Any
+) -> None:
+    app = chat_app()
+    server = wsgi_serve(flask_pages(), app.handler_class)
+    peer = raw_peer(server.server_port)  # answers nothing: not even the server's Close
+    assert peer.request("/ws/echo").startswith(b"HTTP/1.1 101 ")
+    wait_until(lambda: len(server.websockets) == 1, WAIT)
+    (greenlet,) = server.websockets.values()
+    server.stop(timeout=0.2)
+    assert peer.read_frame(timeout=WAIT) == (0x8, b"\x03\xe9going away")  # 1001 first
+    assert greenlet.dead
+    assert greenlet.exception is None  # pywsgi wrote no 500 on the WebSocket's socket
+
+
 # -- a plain request to a WebSocket route: 426, in both modes -----------------------------------
 
 
@@ -202,6 +217,9 @@ def test_plain_get_on_a_websocket_route_gets_426(wsgi_serve: Any, mode: str) -> 
 def test_the_example_serves_metrics_health_and_readiness_next_to_flask(
     wsgi_serve: Any, flask_example: Any
 ) -> None:
+    metrics = flask_example.ws_app.metrics  # the module's App: other tests may have used it
+    wait_until(lambda: metrics.connections_current == 0, WAIT)
+    accepted = metrics.handshakes.get(101, 0)
     server = wsgi_serve(flask_example.flask_app)
     port = server.server_port
     ws = connect(
@@ -214,7 +232,7 @@ def test_the_example_serves_metrics_health_and_readiness_next_to_flask(
     assert header(head, "Content-Type") == "text/plain; version=0.0.4; charset=utf-8"
     text = body.decode()
     assert "\nwebsocket_connections_current 1\n" in text
-    assert '\nwebsocket_handshakes_total{status="101"} 1\n' in text
+    assert f'\nwebsocket_handshakes_total{{status="101"}} {accepted + 1}\n' in text
     assert http(port, "/healthz")[0::2] == (200, b"ok")
     assert http(port, "/readyz")[0::2] == (200, b"ready")
     assert http(port, "/metrics", "POST", "Content-Length: 0\r\n")[0] == 405

@@ -174,3 +174,15 @@ def test_the_deadline_covers_each_head_of_a_keep_alive_connection(
     peer.sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n")  # the second head stalls
     reply = peer.read_until_eof(timeout=WAIT)
     assert b"HTTP/1.1 408 " in reply, reply
+
+
+def test_a_connection_that_sends_nothing_is_closed_at_the_deadline(
+    serve_app: Any, raw_peer: Any
+) -> None:
+    app = echo_app(handshake_timeout=0.5)
+    server = serve_app(app)
+    started = time.monotonic()
+    peer = raw_peer(server.server_port)
+    assert peer.read_until_eof(timeout=WAIT) == b""  # nothing came: nothing to answer
+    assert 0.4 < time.monotonic() - started < 3.0
+    assert app.metrics.handshakes[408] == 1

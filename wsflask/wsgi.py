@@ -94,6 +94,8 @@ class WebSocketHandler(pywsgi.WSGIHandler):  # type: ignore[misc]
     _deadline: Timeout | None = None
     #: this request holds a WebSocket slot of the server (``WSGIServer.admit``)
     _admitted = False
+    #: a request line was read on this connection (later ones may idle first: keep-alive)
+    _had_request = False
 
     def handle_one_request(self) -> Any:
         """pywsgi's, with the request head read under ``handshake_timeout`` (then 408)."""
@@ -104,11 +106,20 @@ class WebSocketHandler(pywsgi.WSGIHandler):  # type: ignore[misc]
 
     def read_requestline(self) -> str:
         """pywsgi's, read as ``Server`` reads heads: one empty line before the request line
-        is ignored (RFC 7230 §3.5), a bare-LF line ending is remembered, and the deadline
-        starts with the first byte (the idle wait before it is pywsgi's keep-alive)."""
-        if not self._await_request():
+        is ignored (RFC 7230 §3.5), a bare-LF line ending is remembered. The deadline runs
+        from the connection's start (first request) or from the first byte (keep-alive)."""
+        timeout = self._config().handshake_timeout
+        if not self._had_request:
+            self._had_request = True
+            self._deadline = Timeout.start_new(timeout, _HeadTimeout())
+        try:
+            if not self._await_request():
+                return ""
+        except _HeadTimeout:  # not one byte in time: nothing to answer (as on ``Server``)
+            self._timed_out()
             return ""
-        self._deadline = Timeout.start_new(self._config().handshake_timeout, _HeadTimeout())
+        if self._deadline is None:
+            self._deadline = Timeout.start_new(timeout, _HeadTimeout())
         try:
             line: str = super().read_requestline()
             if line == "\r\n":
@@ -128,6 +139,15 @@ class WebSocketHandler(pywsgi.WSGIHandler):  # type: ignore[misc]
         finally:
             self._end_deadline()
 
+    def handle_error(self, t: type[BaseException], v: BaseException, tb: Any) -> None:
+        """pywsgi's, except once upgraded: the socket is the WebSocket's (or gone), so no
+        500 is written; a kill at the end of ``stop()``'s grace is not logged."""
+        if not self.upgraded:
+            super().handle_error(t, v, tb)
+            return
+        self.close_connection = True
+        self._log_error(t, v, tb)  # pywsgi's: skips GreenletExit
+
     def _handle_client_error(self, ex: Exception) -> Any:
         if isinstance(ex, _HeadTimeout):
             self._timed_out()
@@ -135,9 +155,11 @@ class WebSocketHandler(pywsgi.WSGIHandler):  # type: ignore[misc]
         return super()._handle_client_error(ex)
 
     def _await_request(self) -> bool:
-        """Wait (no deadline) for the first byte of a request; False at EOF or on an error."""
+        """Wait for the first byte of a request; False at EOF or on an error."""
         try:
             return bool(self.rfile.peek(1))
+        except _HeadTimeout:
+            raise
         except (OSError, ValueError):
             return False
 
