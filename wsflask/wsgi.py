@@ -78,6 +78,8 @@ class WebSocketHandler(pywsgi.WSGIHandler):  # type: ignore[misc]
     Use ``app.handler_class`` (bound to an App) or this class with a WSGI app wrapped in
     ``app.wsgi_middleware()``. Upgrade requests not taken by an App see
     ``environ["wsgi.websocket"]`` (a ``GeventWebSocket``) and ``environ["wsflask.upgrade"]``.
+    Every request head must arrive within ``handshake_timeout`` (the bound App's, else the
+    default 5 s); upgrades take a ``WSGIServer.admit`` slot (503/429 past the limits).
     """
 
     #: the App whose routes this handler serves first (set by ``bind_handler``)
