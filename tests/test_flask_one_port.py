@@ -275,3 +275,17 @@ def test_pages_app_alone_answers_404_past_its_pages(wsgi_serve: Any) -> None:
     wait_until(lambda: app.metrics.connections_current == 1, WAIT)
     assert "\nwebsocket_connections_current 1\n" in http(port, "/metrics")[2].decode()
     ws.close()
+
+
+def test_a_backplane_run_as_a_service_gates_readyz_and_stops_with_the_server(
+    wsgi_serve: Any,
+) -> None:
+    app = App(backplane="memory://flask-one-port", backplane_interval=0.05)
+    server = wsgi_serve(pages_app(app), app.handler_class)
+    assert app.cluster is not None
+    port = server.server_port
+    assert http(port, "/readyz")[0::2] == (503, b"not ready: backplane down")
+    server.run_service(app.cluster)
+    wait_until(lambda: http(port, "/readyz")[0] == 200, WAIT)
+    server.stop(timeout=1)
+    assert not app.cluster.ready  # left the bus with the server

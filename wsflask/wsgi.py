@@ -24,6 +24,7 @@ from gevent.event import Event
 from .config import Config
 from .errors import ConnectionClosed
 from .protocol import CloseCode, Connection, HandshakeError, Request, Side
+from .server import Service
 from .upgrade import HTTPResponse, Upgrade, answer, going_away, read_request, reject
 from .websocket import Watcher, WebSocket, ending
 from .wsgi_pages import PagesApp, pages_app
@@ -488,8 +489,8 @@ class WSGIServer(pywsgi.WSGIServer):  # type: ignore[misc]
         self.websockets: dict[WebSocket, gevent.Greenlet] = {}
         #: True from the first close(): no new WebSocket is accepted
         self.stopping = False
-        #: started by the handlers (the Apps' heartbeats), stopped by ``stop()``
-        self.services: list[AppHeartbeat] = []
+        #: started by ``run_service`` (the Apps' heartbeats...), stopped by ``stop()``
+        self.services: list[Service] = []
         #: WebSocket slots held (handshaking or open), in all and per client IP
         self.admitted = 0
         self._per_ip: dict[str, int] = {}
@@ -522,8 +523,12 @@ class WSGIServer(pywsgi.WSGIServer):  # type: ignore[misc]
         else:
             self._per_ip.pop(ip, None)
 
-    def run_service(self, service: AppHeartbeat) -> None:
-        """Start ``service`` (idempotent); ``stop()`` stops it once the WebSockets drained."""
+    def run_service(self, service: Service) -> None:
+        """Start ``service`` (idempotent); ``stop()`` stops it once the WebSockets drained.
+
+        The handlers run the Apps' heartbeats; run a backplane yourself before serving:
+        ``server.run_service(app.cluster)``.
+        """
         if service not in self.services:
             self.services.append(service)
         service.start()
