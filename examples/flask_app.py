@@ -2,21 +2,23 @@
 
 Run it with either::
 
-    python examples/flask_app.py                      # gevent.pywsgi on 127.0.0.1:8080
+    python examples/flask_app.py [PORT]              # gevent.pywsgi on 127.0.0.1:8080
     gunicorn -k wsflask.gunicorn.GeventWorker -b 127.0.0.1:8080 examples.flask_app:flask_app
 
 then open http://127.0.0.1:8080/, log in with any name, and chat (two tabs, two names).
 Set ``FLASK_SECRET_KEY`` when running more than one process (gunicorn ``-w 2``): each would
-otherwise sign sessions with its own random key.
+otherwise sign sessions with its own random key. SIGTERM or Ctrl-C drains: every WebSocket
+gets 1001, then the process exits 0.
 
 How the pieces fit:
 
 * Flask owns ``/``, ``/login`` and ``/logout``; its (signed) session cookie says who you are.
-* wsflask owns the WebSocket route ``/ws/chat``. ``flask_app.wsgi_app`` is wrapped in
-  ``ws_app.wsgi_middleware``, so the pywsgi handler (``wsflask.wsgi.WSGIServer`` uses
+* wsflask owns the WebSocket route ``/ws/chat`` (a plain GET there gets 426) and, through
+  ``pages_app``, ``/metrics``, ``/healthz`` and ``/readyz``. ``flask_app.wsgi_app`` is
+  wrapped in both, so the pywsgi handler (``wsflask.wsgi.WSGIServer`` uses
   ``WebSocketHandler``) or gunicorn's ``GeventWorker`` hands upgrades for ``/ws/chat`` to
-  wsflask and everything else to Flask. Without the middleware, ``WSGIServer(addr, flask_app,
-  handler_class=ws_app.handler_class)`` does the same for pywsgi.
+  wsflask and everything else to Flask. Without the middleware, ``WSGIServer(addr,
+  pages_app(ws_app, flask_app), handler_class=ws_app.handler_class)`` does the same.
 * ``before_upgrade`` decodes Flask's session cookie with Flask's own session serializer
   (itsdangerous, the app's secret key): no session, no WebSocket (401).
 """
@@ -41,6 +43,7 @@ from itsdangerous import BadSignature
 from werkzeug.wrappers import Response
 
 from wsflask import App, Reject, Request, WebSocket
+from wsflask.wsgi import pages_app
 
 flask_app = Flask(__name__)
 flask_app.secret_key = os.environ.get("FLASK_SECRET_KEY") or secrets.token_hex(32)
@@ -158,12 +161,25 @@ def said(ws: WebSocket, text: str | bytes) -> None:
         ws_app.send(json.dumps(message), to=ROOM)
 
 
-flask_app.wsgi_app = ws_app.wsgi_middleware(flask_app.wsgi_app)  # type: ignore[method-assign]
+# upgrades to /ws/chat -> wsflask; /metrics, /healthz, /readyz -> wsflask; the rest -> Flask
+flask_app.wsgi_app = ws_app.wsgi_middleware(  # type: ignore[method-assign]
+    pages_app(ws_app, flask_app.wsgi_app)
+)
+
+
+def main(port: int) -> None:
+    """Serve on 127.0.0.1:``port`` until SIGTERM or Ctrl-C, then drain (1001 to every client)."""
+    from wsflask.wsgi import WSGIServer
+
+    server = WSGIServer(("127.0.0.1", port), flask_app)
+    server.start()
+    server.install_signal_handlers()
+    print(f"serving on http://127.0.0.1:{server.server_port}/ (WebSocket at /ws/chat)")
+    server.serve_forever()
+    print("stopped")
 
 
 if __name__ == "__main__":
-    from wsflask.wsgi import WSGIServer
+    import sys
 
-    server = WSGIServer(("127.0.0.1", 8080), flask_app)
-    print("serving http://127.0.0.1:8080/ (Flask pages, wsflask WebSocket at /ws/chat)")
-    server.serve_forever()
+    main(int(sys.argv[1]) if len(sys.argv) > 1 else 8080)

@@ -107,7 +107,7 @@ def test_pages_and_websocket_routes_share_one_port(wsgi_serve: Any) -> None:
     assert ws.receive(timeout=WAIT) == "ping"
     assert ws.receive(timeout=WAIT) == b"\x00\x01"
     ws.close()
-    assert http_get(server.server_port, "/echo")[0] == 404  # plain GET: Flask's, not ours
+    assert http_get(server.server_port, "/echo")[0] == 426  # plain GET on a WebSocket route
     with pytest.raises(HandshakeRejected) as refused:  # an upgrade nobody serves: Flask's 404
         connect(url(server, "/nowhere"), timeout=WAIT)
     assert refused.value.status == 404

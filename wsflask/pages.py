@@ -37,6 +37,8 @@ class Pages:
     def __init__(self, metrics: Metrics, not_ready: Readiness) -> None:
         self.metrics = metrics
         self.not_ready = not_ready
+        #: what ``GET /metrics`` serves (a pre-forked worker swaps in the sum over workers)
+        self.render_metrics: Callable[[], str] = metrics.render
         self._pages: list[tuple[PathPattern, Callable[..., Any]]] = []
         #: the built-ins; pages registered with ``add()`` take precedence
         self._builtins: list[tuple[PathPattern, Callable[..., Any]]] = [
@@ -76,7 +78,7 @@ class Pages:
     def _metrics_page(self, request: Request) -> HTTPResponse:
         return HTTPResponse(
             200,
-            self.metrics.render().encode(),
+            self.render_metrics().encode(),
             content_type="text/plain; version=0.0.4; charset=utf-8",
         )
 

@@ -3,6 +3,7 @@
 The parent validates what it can (TLS files, the bind), binds one SO_REUSEPORT socket per
 worker, forks, restarts crashed workers with a backoff, gives up (exit 1) when workers keep
 failing at startup, and drains on SIGTERM/SIGINT. It runs no event loop and builds no server.
+Any worker answers ``/metrics`` for all of them (``worker_metrics.py``).
 Not done: hot reload, a dynamic worker count, Windows (no ``fork``).
 """
 
@@ -11,14 +12,17 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import shutil
 import signal
 import socket
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 from .errors import ConfigError
+from .worker_metrics import WorkerMetrics
 
 if TYPE_CHECKING:
     from .app import App
@@ -203,6 +207,8 @@ class _Supervisor:
         self._monotonic: Callable[[], float] = _original("time", "monotonic")
         self._sleep: Callable[[float], None] = _original("time", "sleep")
         self._waitpid: Callable[[int, int], tuple[int, int]] = _original("os", "waitpid")
+        #: the workers' metrics sockets (0700; removed when run() returns)
+        self.metrics_dir = tempfile.mkdtemp(prefix="wsflask-metrics-")
 
     def run(self) -> int:
         set_signal = _original("signal", "signal")
@@ -218,6 +224,7 @@ class _Supervisor:
         finally:
             for sig, handler in previous.items():
                 set_signal(sig, handler)
+            shutil.rmtree(self.metrics_dir, ignore_errors=True)
 
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
         self.stopping = True
@@ -242,7 +249,8 @@ class _Supervisor:
             if pid == 0:
                 os.close(read_end)
                 _close_inherited(self._descriptors(), keep=self.listeners[index])
-                _worker(self.app, self.listeners[index], index, write_end)  # never returns
+                shared = (self.metrics_dir, len(self.slots))
+                _worker(self.app, self.listeners[index], index, write_end, shared)  # no return
         finally:
             signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
         os.close(write_end)
@@ -368,8 +376,13 @@ def _close_inherited(fds: list[int], keep: socket.socket) -> None:
                 os.close(fd)
 
 
-def _worker(app: App, listener: socket.socket, index: int, ready_fd: int) -> None:
-    """A child: serve on the inherited listener until SIGTERM, then ``os._exit``."""
+def _worker(
+    app: App, listener: socket.socket, index: int, ready_fd: int, shared: tuple[str, int]
+) -> None:
+    """A child: serve on the inherited listener until SIGTERM, then ``os._exit``.
+
+    ``shared``: the metrics directory and the worker count (``WorkerMetrics``).
+    """
     code = 1
     early: list[int] = []
     try:
@@ -383,6 +396,9 @@ def _worker(app: App, listener: socket.socket, index: int, ready_fd: int) -> Non
         sock = gevent.socket.socket(fileno=os.dup(listener.fileno()))
         listener.close()
         server = app.make_server(listener=sock)
+        metrics = WorkerMetrics(*shared, index=index, render=app.metrics.render)
+        metrics.start()  # this worker's own text, for its siblings
+        app.pages.render_metrics = metrics.render_all  # GET /metrics: every worker's
         server.start()
         server.install_signal_handlers()
         with contextlib.suppress(OSError):  # the parent is gone: it will not ask
@@ -391,6 +407,7 @@ def _worker(app: App, listener: socket.socket, index: int, ready_fd: int) -> Non
         if early:  # asked to stop while starting: drain at once
             gevent.spawn(server.stop)
         server.serve_forever()
+        metrics.stop()
         code = 0
     except BaseException:
         logger.exception("worker %d failed", index)

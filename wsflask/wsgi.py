@@ -1,46 +1,64 @@
 """WSGI integration: WebSockets next to a WSGI app (Flask...) on one port, under pywsgi.
 
-``WebSocketHandler`` serves upgrades for an App's routes over the same driver and handshake
-decision as ``Server`` (``upgrade.answer``) and the rest through WSGI; ``WebSocketMiddleware``
-does it inside the WSGI stack; ``environ["wsgi.websocket"]`` keeps gevent-websocket's API.
-No HTTP parsing (pywsgi reads, the core validates), no handshake deadline, no monkey-patching.
+``WebSocketHandler`` serves upgrades for an App's routes with ``Server``'s decision
+(``upgrade.answer``), limits (503/429) and head deadline (408), a plain request to them with
+426, the rest through WSGI; ``WebSocketMiddleware`` does it inside the WSGI stack;
+``environ["wsgi.websocket"]`` keeps gevent-websocket's API. No HTTP parsing (pywsgi reads, the
+core validates), no monkey-patching.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import signal
 from collections.abc import Callable, Iterable, Iterator
 from socket import IPPROTO_TCP, TCP_NODELAY
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
+from urllib.parse import quote
 
 import gevent
-from gevent import pywsgi
+from gevent import Timeout, pywsgi
+from gevent.event import Event
 
 from .config import Config
 from .errors import ConnectionClosed
 from .lifespan import Lifespan, hosted
 from .protocol import CloseCode, Connection, HandshakeError, Request, Side
-from .upgrade import HTTPResponse, Upgrade, answer, going_away, read_request
+from .server import Service
+from .upgrade import HTTPResponse, Upgrade, answer, going_away, read_request, reject
 from .websocket import Watcher, WebSocket, ending
+from .wsgi_pages import PagesApp, pages_app
 
 if TYPE_CHECKING:
     from .metrics import Metrics
 
-__all__ = ["GeventWebSocket", "WSGIServer", "WebSocketApp", "WebSocketHandler",
-           "WebSocketMiddleware", "bind_handler"]  # fmt: skip
+__all__ = ["GeventWebSocket", "PagesApp", "WSGIServer", "WebSocketApp", "WebSocketHandler",
+           "WebSocketMiddleware", "bind_handler", "pages_app", "upgrade_required"]  # fmt: skip
 
 logger = logging.getLogger("wsflask.wsgi")
 
 WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 _DEFAULT_CONFIG = Config()
 _NEEDS_HANDLER = b"needs wsflask.wsgi.WebSocketHandler (pywsgi) or wsflask.gunicorn.GeventWorker\n"
+_TIMEOUT_BODY = b"408 Request Timeout\n"
+_REQUEST_TIMEOUT = (
+    b"HTTP/1.1 408 Request Timeout\r\nConnection: close\r\nContent-Type: text/plain\r\n"
+    b"Content-Length: %d\r\n\r\n%s" % (len(_TIMEOUT_BODY), _TIMEOUT_BODY)
+)
+
+
+class _HeadTimeout(OSError):
+    """``handshake_timeout`` passed while pywsgi read a request head (an ``OSError``, so
+    pywsgi's reader gives up on the connection as on a reset)."""
 
 
 class AppHeartbeat(Watcher, Protocol):
-    """The App's heartbeat as pywsgi needs it: told of connections, started on first use."""
+    """The App's heartbeat as pywsgi needs it: told of connections, started on first use,
+    stopped with the server."""
 
     def start(self) -> None: ...
+    def stop(self) -> None: ...
 
 
 class WebSocketApp(Protocol):
@@ -64,6 +82,8 @@ class WebSocketHandler(pywsgi.WSGIHandler):  # type: ignore[misc]
     Use ``app.handler_class`` (bound to an App) or this class with a WSGI app wrapped in
     ``app.wsgi_middleware()``. Upgrade requests not taken by an App see
     ``environ["wsgi.websocket"]`` (a ``GeventWebSocket``) and ``environ["wsflask.upgrade"]``.
+    Every request head must arrive within ``handshake_timeout`` (the bound App's, else the
+    default 5 s); upgrades take a ``WSGIServer.admit`` slot (503/429 past the limits).
     """
 
     #: the App whose routes this handler serves first (set by ``bind_handler``)
@@ -71,24 +91,109 @@ class WebSocketHandler(pywsgi.WSGIHandler):  # type: ignore[misc]
     #: True once the socket belongs to a WebSocket: pywsgi must not write or close it
     upgraded = False
     socket: Any  # pywsgi's; None once a WebSocket owns it
+    result: Any  # pywsgi's: the WSGI app's response
     requestline: str  # pywsgi's, without its line ending
 
     #: the request line ended with a bare LF (the core then answers 400, as on ``Server``)
     bare_lf = False
+    #: the deadline of the head being read (``handshake_timeout``), else None
+    _deadline: Timeout | None = None
+    #: this request holds a WebSocket slot of the server (``WSGIServer.admit``)
+    _admitted = False
+    #: a request line was read on this connection (later ones may idle first: keep-alive)
+    _had_request = False
+
+    def handle_one_request(self) -> Any:
+        """pywsgi's, with the request head read under ``handshake_timeout`` (then 408)."""
+        try:
+            return super().handle_one_request()
+        finally:
+            self._end_deadline()
 
     def read_requestline(self) -> str:
         """pywsgi's, read as ``Server`` reads heads: one empty line before the request line
-        is ignored (RFC 7230 §3.5), and a bare-LF line ending is remembered."""
-        line: str = super().read_requestline()
-        if line == "\r\n":
-            line = super().read_requestline()
+        is ignored (RFC 7230 §3.5), a bare-LF line ending is remembered. The deadline runs
+        from the connection's start (first request) or from the first byte (keep-alive)."""
+        timeout = self._config().handshake_timeout
+        if not self._had_request:
+            self._had_request = True
+            self._deadline = Timeout.start_new(timeout, _HeadTimeout())
+        try:
+            if not self._await_request():
+                return ""
+        except _HeadTimeout:  # not one byte in time: nothing to answer (as on ``Server``)
+            self._timed_out()
+            return ""
+        if self._deadline is None:
+            self._deadline = Timeout.start_new(timeout, _HeadTimeout())
+        try:
+            line: str = super().read_requestline()
+            if line == "\r\n":
+                line = super().read_requestline()
+        except _HeadTimeout:
+            self._timed_out()
+            with Timeout(1.0, False), contextlib.suppress(OSError):
+                self.socket.sendall(_REQUEST_TIMEOUT)
+            return ""
         self.bare_lf = line.endswith("\n") and not line.endswith("\r\n")
         return line
 
+    def read_request(self, raw_requestline: str) -> Any:
+        """pywsgi's header reading, within the head's deadline."""
+        try:
+            return super().read_request(raw_requestline)
+        finally:
+            self._end_deadline()
+
+    def handle_error(self, t: type[BaseException], v: BaseException, tb: Any) -> None:
+        """pywsgi's, except once upgraded: the socket is the WebSocket's (or gone), so no
+        500 is written; a kill at the end of ``stop()``'s grace is not logged."""
+        if not self.upgraded:
+            super().handle_error(t, v, tb)
+            return
+        self.close_connection = True
+        self._log_error(t, v, tb)  # pywsgi's: skips GreenletExit
+
+    def _handle_client_error(self, ex: Exception) -> Any:
+        if isinstance(ex, _HeadTimeout):
+            self._timed_out()
+            return ("408", _REQUEST_TIMEOUT)
+        return super()._handle_client_error(ex)
+
+    def _await_request(self) -> bool:
+        """Wait for the first byte of a request; False at EOF or on an error."""
+        try:
+            return bool(self.rfile.peek(1))
+        except _HeadTimeout:
+            raise
+        except (OSError, ValueError):
+            return False
+
+    def _end_deadline(self) -> None:
+        if self._deadline is not None:
+            self._deadline.close()
+            self._deadline = None
+
+    def _config(self) -> Config:
+        return self.ws_app.config if self.ws_app is not None else _DEFAULT_CONFIG
+
+    def _timed_out(self) -> None:
+        self.close_connection = True
+        metrics = self.ws_app.metrics if self.ws_app is not None else None
+        if metrics is not None:
+            metrics.handshake(408)
+
     def run_application(self) -> None:
-        """Route one request: an App route, else the WSGI app (with ``wsgi.websocket``)."""
+        """Route one request: an App route (426 without an upgrade), else the WSGI app (with
+        ``wsgi.websocket``)."""
         environ = self.environ
+        environ["wsflask.server"] = self.server  # for the pages' /readyz
         if not _wants_websocket(environ):
+            app = self.ws_app
+            if app is not None and app.match(_path(self.path)) is not None:
+                self.result = upgrade_required(app, environ, self.start_response)
+                self.process_result()
+                return
             super().run_application()
             return
         if self.ws_app is not None and self.upgrade(self.ws_app):
@@ -112,13 +217,36 @@ class WebSocketHandler(pywsgi.WSGIHandler):  # type: ignore[misc]
         app.notify_started(_bound(self.server))  # idempotent: a plain pywsgi server's start
         status = _StatusLog(self, app.metrics)
         ws, request = self._take_over(app.config, status, app.heartbeat)
-        if request is not None:
+        if request is None or not self._admit(ws, app.config, status):
+            return True
+        try:
             upgrade = answer(
                 ws, request, app.resolve, stopping=_stopping(self.server), metrics=status
             )
             if upgrade is not None:
                 self._serve(ws, upgrade.handler)
+        finally:
+            self._release()
         return True
+
+    def _admit(self, ws: WebSocket, config: Config, status: _StatusLog) -> bool:
+        """Take a WebSocket slot of the server, or refuse: 503 past ``max_connections``, 429
+        past ``max_connections_per_ip`` (both with ``Retry-After``, as on ``Server``)."""
+        server = self.server
+        if not isinstance(server, WSGIServer):
+            return True
+        refusal = server.admit(self.client_address, config)
+        if refusal is None:
+            self._admitted = True
+            return True
+        status.handshake(refusal)
+        reject(ws, refusal, "too many connections", headers=(("Retry-After", "1"),))
+        return False
+
+    def _release(self) -> None:
+        if self._admitted and isinstance(self.server, WSGIServer):
+            self._admitted = False
+            self.server.release(self.client_address)
 
     # -- the takeover --------------------------------------------------------------------------
 
@@ -137,8 +265,11 @@ class WebSocketHandler(pywsgi.WSGIHandler):  # type: ignore[misc]
         self.response_headers: list[tuple[bytes, bytes]] = []
         with contextlib.suppress(OSError):
             sock.setsockopt(IPPROTO_TCP, TCP_NODELAY, 1)
-        if heartbeat is not None:
-            heartbeat.start()  # idempotent: the App's one heartbeat greenlet
+        if heartbeat is not None:  # the App's one heartbeat greenlet, stopped with the server
+            if isinstance(self.server, WSGIServer):
+                self.server.run_service(heartbeat)
+            else:
+                heartbeat.start()  # idempotent
         conn = Connection(
             Side.SERVER, limits=config.limits(), http=True, deflate=config.deflate_settings()
         )
@@ -195,7 +326,7 @@ class WebSocketHandler(pywsgi.WSGIHandler):  # type: ignore[misc]
             status,
             app.heartbeat if app is not None else None,
         )
-        if request is None:
+        if request is None or not self._admit(ws, ws.config, status):
             return None
         chosen = Upgrade(going_away, subprotocol=subprotocol)  # its handler never runs
         if (
@@ -229,6 +360,7 @@ class WebSocketHandler(pywsgi.WSGIHandler):  # type: ignore[misc]
         finally:
             if compat.websocket is not None and isinstance(self.server, WSGIServer):
                 self.server.untrack(compat.websocket)
+            self._release()
 
 
 class _StatusLog:
@@ -320,7 +452,8 @@ class WebSocketMiddleware:
     """``app.wsgi_middleware(wsgi_app)``: WebSocket upgrades for App routes, the rest to WSGI.
 
     Needs ``WebSocketHandler`` (or ``GeventWorker``) as the server's handler: it provides
-    ``environ["wsflask.upgrade"]``. Without it an upgrade to an App route gets 501.
+    ``environ["wsflask.upgrade"]``. Without it an upgrade to an App route gets 501; a plain
+    request to one gets 426 either way.
     """
 
     def __init__(self, ws_app: WebSocketApp, wsgi_app: WSGIApp) -> None:
@@ -335,7 +468,9 @@ class WebSocketMiddleware:
             environ.setdefault("wsflask.app", self.ws_app)
             if upgrade(self.ws_app):
                 return []
-        elif _wants_websocket(environ) and self.ws_app.match(environ.get("PATH_INFO", "")):
+        elif self.ws_app.match(_environ_path(environ)) is not None:
+            if not _wants_websocket(environ):
+                return upgrade_required(self.ws_app, environ, start_response)
             start_response("501 Not Implemented", [("Content-Type", "text/plain; charset=utf-8")])
             return [_NEEDS_HANDLER]
         return self.wsgi_app(environ, start_response)
@@ -346,7 +481,8 @@ class WSGIServer(pywsgi.WSGIServer):  # type: ignore[misc]
 
     ``close()`` stops accepting, then sends Close 1001 to every open WebSocket (upgrades
     still arriving get 503). ``stop(timeout)`` also waits up to ``timeout`` seconds (default
-    ``stop_timeout``) for their closing handshakes, then kills what is left (TCP dropped).
+    ``stop_timeout``) for their closing handshakes, kills what is left (TCP dropped), then
+    stops the Apps' heartbeats. ``install_signal_handlers()`` makes SIGTERM/SIGINT drain.
     """
 
     handler_class = WebSocketHandler
@@ -359,6 +495,13 @@ class WSGIServer(pywsgi.WSGIServer):  # type: ignore[misc]
         self.stopping = False
         #: the apps whose lifespan start() began (``lifespan.py``); stop() ends them
         self.lifespans: list[WebSocketApp | Lifespan] = []
+        #: started by ``run_service`` (the Apps' heartbeats...), stopped by ``stop()``
+        self.services: list[Service] = []
+        #: WebSocket slots held (handshaking or open), in all and per client IP
+        self.admitted = 0
+        self._per_ip: dict[str, int] = {}
+        self._stop_begun = False
+        self._stopped = Event()
 
     def start(self) -> None:
         """Start accepting, then run the startup hooks of the App this server serves (its
@@ -370,6 +513,42 @@ class WSGIServer(pywsgi.WSGIServer):  # type: ignore[misc]
         self.lifespans = [own] if own is not None else list(hosted())
         for app in self.lifespans:
             app.notify_started(_bound(self))
+
+    def admit(self, address: Any, config: Config) -> int | None:
+        """Take a WebSocket slot for a client at ``address``; ``release()`` it later.
+
+        Returns None, or the refusal's status: 503 at ``config.connection_limit()`` slots,
+        429 at ``max_connections_per_ip`` for that IP. Plain HTTP takes no slot (bound it
+        with pywsgi's ``spawn=N`` pool).
+        """
+        if self.admitted >= config.connection_limit():
+            return 503
+        ip = _ip(address)
+        held = self._per_ip.get(ip, 0)
+        if config.max_connections_per_ip and held >= config.max_connections_per_ip:
+            return 429
+        self.admitted += 1
+        self._per_ip[ip] = held + 1
+        return None
+
+    def release(self, address: Any) -> None:
+        self.admitted -= 1
+        ip = _ip(address)
+        left = self._per_ip.get(ip, 1) - 1
+        if left > 0:
+            self._per_ip[ip] = left
+        else:
+            self._per_ip.pop(ip, None)
+
+    def run_service(self, service: Service) -> None:
+        """Start ``service`` (idempotent); ``stop()`` stops it once the WebSockets drained.
+
+        The handlers run the Apps' heartbeats; run a backplane yourself before serving:
+        ``server.run_service(app.cluster)``.
+        """
+        if service not in self.services:
+            self.services.append(service)
+        service.start()
 
     def track(self, ws: WebSocket) -> None:
         """Register an open WebSocket (the handler calls it); ``untrack()`` when it ends."""
@@ -389,21 +568,62 @@ class WSGIServer(pywsgi.WSGIServer):  # type: ignore[misc]
             ws.close(CloseCode.GOING_AWAY, "going away")
 
     def stop(self, timeout: float | None = None) -> None:
-        """``close()``, wait for the WebSockets (then the pool), kill what is left."""
-        self.close()
-        grace = self.stop_timeout if timeout is None else timeout
-        gevent.joinall(list(self.websockets.values()), timeout=grace)
-        super().stop(timeout=grace)
-        for greenlet in list(self.websockets.values()):  # killed handlers drop TCP with 1001
-            greenlet.kill(block=True, timeout=1.0)
-        lifespans, self.lifespans = self.lifespans, []
-        for app in lifespans:  # after the drain: background tasks, then shutdown hooks
-            app.notify_stopped()
+        """``close()``, wait for the WebSockets (then the pool), kill what is left, stop the
+        services. A second call waits for the first (``serve_forever`` makes one)."""
+        if self._stop_begun:
+            self._stopped.wait()
+            return
+        self._stop_begun = True
+        try:
+            self.close()
+            grace = self.stop_timeout if timeout is None else timeout
+            gevent.joinall(list(self.websockets.values()), timeout=grace)
+            super().stop(timeout=grace)
+            for greenlet in list(self.websockets.values()):  # killed handlers drop TCP
+                greenlet.kill(block=True, timeout=1.0)
+            for service in reversed(self.services):
+                service.stop()
+            lifespans, self.lifespans = self.lifespans, []
+            for app in lifespans:  # after the drain: background tasks, then shutdown hooks
+                app.notify_stopped()
+        finally:
+            self._stopped.set()
+
+    def install_signal_handlers(self) -> None:
+        """On SIGTERM or SIGINT, ``stop()`` in a new greenlet: every WebSocket gets 1001, then
+        ``serve_forever()`` returns (no ``KeyboardInterrupt``). Not under gunicorn: its
+        worker handles the signals."""
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            gevent.signal_handler(signum, self._on_signal, signum)
+
+    def _on_signal(self, signum: int) -> None:
+        logger.info("signal %s: draining connections", signal.Signals(signum).name)
+        gevent.spawn(self.stop)
 
 
 def bind_handler(app: WebSocketApp) -> type[WebSocketHandler]:
     """A ``WebSocketHandler`` subclass serving ``app``'s routes (``App.handler_class``)."""
     return type("WebSocketHandler", (WebSocketHandler,), {"ws_app": app})
+
+
+def upgrade_required(
+    app: WebSocketApp, environ: dict[str, Any], start_response: Callable[..., Any]
+) -> list[bytes]:
+    """426 for a request without an upgrade to a WebSocket route, as ``Server`` answers it
+    (RFC 9110 §15.5.22: with ``Upgrade``); counted on the App's metrics."""
+    if app.metrics is not None:
+        app.metrics.handshake(426)
+    body = b"this resource needs a WebSocket upgrade\n"
+    start_response(
+        "426 Upgrade Required",
+        [
+            ("Upgrade", "websocket"),
+            ("Sec-WebSocket-Version", "13"),
+            ("Content-Type", "text/plain; charset=utf-8"),
+            ("Content-Length", str(len(body))),
+        ],
+    )
+    return [] if environ.get("REQUEST_METHOD") == "HEAD" else [body]
 
 
 def _wants_websocket(environ: dict[str, Any]) -> bool:
@@ -417,6 +637,23 @@ def _path(target: str) -> str:
     if not target.startswith("/") and "://" in target:  # absolute-form
         target = "/" + target.split("://", 1)[1].partition("/")[2]
     return target.partition("?")[0]
+
+
+def _environ_path(environ: dict[str, Any]) -> str:
+    """The request path, percent-encoded as sent (gunicorn's ``RAW_URI``) or re-encoded
+    from ``PATH_INFO`` (which WSGI decodes)."""
+    raw = environ.get("RAW_URI")
+    if raw:
+        return _path(str(raw))
+    path = str(environ.get("SCRIPT_NAME", "")) + str(environ.get("PATH_INFO", ""))
+    try:
+        return quote(path.encode("latin-1"), safe="/:@!$&'()*+,;=-._~")
+    except UnicodeEncodeError:  # not a PEP 3333 value: match it as it is
+        return path
+
+
+def _ip(address: Any) -> str:
+    return str(address[0]) if isinstance(address, tuple) and address else str(address)
 
 
 def _buffered(rfile: Any, sock: Any) -> bytes:
