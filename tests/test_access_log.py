@@ -36,3 +36,31 @@ def test_defect15_open_and_close_lines_carry_the_same_id(
     assert isinstance(seen, str) and is_connection_id(seen)
     if backplane is not None:
         assert app.cluster is not None and node_of(seen) == app.cluster.node
+
+
+def test_pywsgi_upgrades_get_the_apps_node_prefixed_ids() -> None:
+    """Under pywsgi too, ids come from the App: ``to=ws.id`` must reach across nodes."""
+    from gevent import pywsgi
+
+    from wsflask.client import connect
+
+    app = App(backplane="memory://pywsgi-ids", close_timeout=1.0)
+
+    @app.route("/id")
+    def who(ws: WebSocket) -> None:
+        ws.send(ws.id)
+
+    assert app.cluster is not None
+    app.cluster.start()
+    server = pywsgi.WSGIServer(("127.0.0.1", 0), lambda e, s: [], handler_class=app.handler_class)
+    server.start()
+    try:
+        ws = connect(f"ws://127.0.0.1:{server.server_port}/id", timeout=5)
+        seen = ws.receive(timeout=5)
+        ws.close()
+    finally:
+        server.stop(timeout=2)
+        app.notify_stopped()
+        app.heartbeat.stop()
+        app.cluster.stop()
+    assert isinstance(seen, str) and node_of(seen) == app.cluster.node

@@ -15,13 +15,13 @@ from urllib.parse import urlsplit
 
 import gevent
 
+from . import ids
 from .backplane.bridge import Bridge
 from .config import Config
 from .dispatch import Dispatcher
 from .envelopes import encode
 from .errors import Reject, SetupError
 from .heartbeat import Heartbeat
-from .ids import new_id
 from .lifespan import Lifespan, Started, host
 from .logs import TextFormatter
 from .metrics import Metrics
@@ -359,7 +359,7 @@ class App:
             metrics=self.metrics,
             heartbeat=self.heartbeat,
             services=self._services(),
-            new_id=self._new_id,
+            new_id=self.new_id,
         )
         return self.server
 
@@ -415,9 +415,9 @@ class App:
         tasks, then runs the shutdown hooks; idempotent."""
         self.lifespan.notify_stopped()
 
-    def _new_id(self) -> str:
+    def new_id(self) -> str:
         """A connection id, prefixed with this node's id when a backplane is configured."""
-        return new_id(self.cluster.node if self.cluster is not None else "")
+        return ids.new_id(self.cluster.node if self.cluster is not None else "")
 
     def run(self, host: str | None = None, port: int | None = None) -> None:
         """Serve until SIGTERM/SIGINT (then drain, ARCHITECTURE.md §4). Blocks.

@@ -74,6 +74,7 @@ class WebSocketApp(Protocol):
     def resolve(self, request: Request, addr: tuple[str, int]) -> Upgrade | HTTPResponse: ...
     def notify_started(self, address: tuple[str, int]) -> None: ...
     def notify_stopped(self) -> None: ...
+    def new_id(self) -> str: ...
 
 
 class WebSocketHandler(pywsgi.WSGIHandler):  # type: ignore[misc]
@@ -216,7 +217,7 @@ class WebSocketHandler(pywsgi.WSGIHandler):  # type: ignore[misc]
             return False
         app.notify_started(_bound(self.server))  # idempotent: a plain pywsgi server's start
         status = _StatusLog(self, app.metrics)
-        ws, request = self._take_over(app.config, status, app.heartbeat)
+        ws, request = self._take_over(app.config, status, app.heartbeat, app.new_id())
         if request is None or not self._admit(ws, app.config, status):
             return True
         try:
@@ -251,7 +252,11 @@ class WebSocketHandler(pywsgi.WSGIHandler):  # type: ignore[misc]
     # -- the takeover --------------------------------------------------------------------------
 
     def _take_over(
-        self, config: Config, status: _StatusLog, heartbeat: AppHeartbeat | None
+        self,
+        config: Config,
+        status: _StatusLog,
+        heartbeat: AppHeartbeat | None,
+        connection_id: str | None,
     ) -> tuple[WebSocket, Request | None]:
         """Hand the socket and the head pywsgi read to a WebSocket. pywsgi keeps no
         reference to the socket afterwards, so only the WebSocket closes it."""
@@ -280,6 +285,7 @@ class WebSocketHandler(pywsgi.WSGIHandler):  # type: ignore[misc]
             metrics=status.metrics,
             heartbeat=heartbeat,
             remote_address=self.client_address,
+            connection_id=connection_id,
             initial=self._head() + leftover,
         )
         # pywsgi's access log prints the request line: leave the query (tokens) out, as
@@ -325,6 +331,7 @@ class WebSocketHandler(pywsgi.WSGIHandler):  # type: ignore[misc]
             app.config if app is not None else _DEFAULT_CONFIG,
             status,
             app.heartbeat if app is not None else None,
+            app.new_id() if app is not None else None,
         )
         if request is None or not self._admit(ws, ws.config, status):
             return None
