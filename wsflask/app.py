@@ -19,6 +19,7 @@ from .dispatch import Dispatcher
 from .envelopes import encode
 from .errors import Reject, SetupError
 from .heartbeat import Heartbeat
+from .hosts import host_allowed
 from .ids import new_id
 from .metrics import Metrics
 from .pages import Pages
@@ -212,6 +213,8 @@ class App:
                 ``Reject``, ``MethodNotAllowed`` for plain non-GET requests, 400 for a path
                 that is not UTF-8 once percent-decoded.
         """
+        if not host_allowed(request.host, self.config.allowed_hosts, self._bound_host()):
+            raise HandshakeError(f"host {(request.host or '')[:64]!r} not allowed")  # 400
         path = canonical_path(request.path)
         if path is None:
             raise HandshakeError("the path is not UTF-8 once percent-decoded")  # 400
@@ -256,6 +259,11 @@ class App:
             if any(_allows(entry, theirs) for entry in allowed):
                 return
         raise Forbidden(f"origin {origin[:64]!r} not allowed")
+
+    def _bound_host(self) -> str | None:
+        """The address this app's own server listens on; None under a WSGI host (unknown:
+        ``allowed_hosts=()`` then allows any name)."""
+        return None if self.server is None else str(self.server.server_host)
 
     def _run_hooks(self, request: Request) -> dict[str, Any]:
         session: dict[str, Any] = {}

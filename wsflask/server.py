@@ -26,8 +26,10 @@ from gevent.pool import Pool
 from gevent.server import StreamServer
 
 from . import ids
+from .admission import Admission, Refusal
 from .config import Config
-from .errors import ConfigError
+from .degradation import CircuitBreaker
+from .errors import ConfigError, Reject
 from .protocol import CloseCode, Connection, HandshakeError, Request, Side, State
 from .protocol.handshake import build_response
 from .transport import Transport, wrap_tls
@@ -80,6 +82,9 @@ class Server(StreamServer):  # type: ignore[misc]
         services: started in order by ``start()``, stopped in reverse by ``stop()``.
         new_id: gives each connection its id, once, at construction.
         ssl_context: an ``ssl.SSLContext`` to use instead of ``config.certfile``.
+        admission: who may start a handshake (default ``Admission(config)``; tests inject
+            one with a fake probe and clock).
+        breaker: the handshake circuit breaker (default from ``circuit_breaker_*``).
 
     Raises:
         ConfigError: the certificate or key cannot be loaded (fail fast, battery TL-04).
@@ -96,8 +101,14 @@ class Server(StreamServer):  # type: ignore[misc]
         services: Sequence[Service] = (),
         new_id: Callable[[], str] = ids.new_id,
         ssl_context: ssl.SSLContext | None = None,
+        admission: Admission | None = None,
+        breaker: CircuitBreaker | None = None,
     ) -> None:
         self.config = config or Config()
+        self.admission = admission if admission is not None else Admission(self.config)
+        self.breaker = breaker or CircuitBreaker(
+            self.config.circuit_breaker_failures, self.config.circuit_breaker_reset
+        )
         self.resolve = resolve
         self.metrics = metrics
         self.heartbeat = heartbeat
@@ -143,8 +154,11 @@ class Server(StreamServer):  # type: ignore[misc]
     ) -> Any:
         """The ``spawn`` of StreamServer: a pool greenlet, or the 503/429 shedding path."""
         sock, address = args
-        if self._stopping or self.pool.full():
+        if self._stopping:
             return self._shed(sock, 503)
+        refusal = self.admission.check(_ip(address), len(self.pool))
+        if refusal is not None:
+            return self._shed(sock, refusal.status, refusal)
         cap = self.config.max_connections_per_ip
         if cap:
             ip = _ip(address)
@@ -164,18 +178,21 @@ class Server(StreamServer):  # type: ignore[misc]
             else:
                 self._per_ip.pop(ip, None)
 
-    def _shed(self, sock: Any, status: int) -> None:
+    def _shed(self, sock: Any, status: int, refusal: Refusal | None = None) -> None:
         if self._shed_pool.full():  # a flood: do not even answer, never queue
             self._count(status)
             _abort_socket(sock)
             return
-        self._shed_pool.spawn(self._refuse, sock, status)
+        self._shed_pool.spawn(self._refuse, sock, status, refusal)
 
-    def _refuse(self, sock: Any, status: int) -> None:
+    def _refuse(self, sock: Any, status: int, refusal: Refusal | None = None) -> None:
         """Answer ``status`` without reading the request; wait briefly for the peer's FIN."""
         self._count(status)
-        extra = (("Retry-After", "1"),) if status in (429, 503) else ()
+        retry = str(refusal.retry_after if refusal is not None else 1)
+        extra = (("Retry-After", retry),) if status in (429, 503) else ()
         body = f"{status} {HTTPStatus(status).phrase}\n".encode()
+        if refusal is not None:
+            body = f"{status} {HTTPStatus(status).phrase}: {refusal.reason}\n".encode()
         limit = min(1.0, self.config.close_timeout)
         transport = Transport(sock, limit=self.config.max_backpressure)
         timer = Timeout(limit)
@@ -221,6 +238,11 @@ class Server(StreamServer):  # type: ignore[misc]
         try:
             with contextlib.suppress(OSError):  # not TCP (a UNIX socket), or already reset
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                if self.config.tcp_keepalive:
+                    _keepalive(sock)
+            delay = self.admission.handshake_delay(len(self.pool))
+            if delay:  # the soft limit: slow new handshakes down near the cap (ER-12)
+                gevent.sleep(delay)
             if self._stopping:
                 self._refuse(sock, 503)
                 return
@@ -273,11 +295,35 @@ class Server(StreamServer):  # type: ignore[misc]
             self._handshaking.pop(me, None)
         if isinstance(outcome, Request) and ws is not None:
             upgrade = answer(
-                ws, outcome, self.resolve, stopping=self._stopping, metrics=self.metrics
+                ws, outcome, self._resolve_guarded, stopping=self._stopping, metrics=self.metrics
             )
             return None if upgrade is None else (ws, upgrade)
         self._give_up(ws, sock, outcome)
         return None
+
+    def _resolve_guarded(self, request: Request, address: tuple[str, int]) -> Any:
+        """``resolve`` behind the circuit breaker, then the reserved-slot check (ER-10)."""
+        breaker = self.breaker
+        if not breaker.allow():
+            retry = (("Retry-After", str(breaker.retry_after())),)
+            raise Reject(503, "service unavailable: handshake circuit open", retry)
+        try:
+            result = self.resolve(request, address)
+        except HandshakeError as exc:
+            if exc.status >= 500:
+                breaker.failure()
+            else:  # a 4xx: the resolver works, the client was refused
+                breaker.success()
+            raise
+        except Exception:
+            breaker.failure()
+            raise
+        breaker.success()
+        if isinstance(result, Upgrade) and request.key:
+            refusal = self.admission.check_priority(result.session, len(self.pool))
+            if refusal is not None:
+                raise Reject(refusal.status, refusal.reason, (("Retry-After", "1"),))
+        return result
 
     def _give_up(self, ws: WebSocket | None, sock: Any, outcome: object) -> None:
         """The handshake did not produce a request: count it and close."""
@@ -408,3 +454,13 @@ def _ip(address: Any) -> str:
 def _abort_socket(sock: Any) -> None:
     with contextlib.suppress(OSError):
         sock.close()
+
+
+def _keepalive(sock: Any) -> None:
+    """TCP keep-alive: probe an idle peer after 60 s, every 10 s, 5 times (where the OS
+    lets us tune it), so a vanished peer is found even without the heartbeat (X-04)."""
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    for name, value in (("TCP_KEEPIDLE", 60), ("TCP_KEEPINTVL", 10), ("TCP_KEEPCNT", 5)):
+        option = getattr(socket, name, None)
+        if option is not None:
+            sock.setsockopt(socket.IPPROTO_TCP, option, value)

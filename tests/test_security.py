@@ -1,0 +1,216 @@
+"""Security regressions over real sockets: Host allowlist (DNS rebinding), Origin scheme, and
+a slow reader that must read its 1013 Close instead of a TCP reset.
+
+Servers bind 127.0.0.1:0 (one test binds 0.0.0.0:0 to check the non-loopback default); the
+``test_deadline`` fixture and gevent timeouts bound every wait.
+"""
+
+from __future__ import annotations
+
+import socket
+import struct
+from typing import Any
+
+import gevent
+import gevent.event
+import pytest
+from gevent.queue import Queue
+from helpers import wait_until
+
+from wsflask import App
+from wsflask.config import Config
+from wsflask.hosts import host_allowed, hostname_of
+from wsflask.protocol import CloseCode, encode_frame
+from wsflask.websocket import WebSocket
+
+pytestmark = pytest.mark.usefixtures("test_deadline")
+
+FAST = {"port": 0, "close_timeout": 2.0, "handshake_timeout": 2.0, "shutdown_grace": 1.0}
+
+
+def status_of(raw_peer: Any, port: int, host: str, origin: str = "", extra: str = "") -> int:
+    """The status the server answers to a handshake with these Host/Origin headers."""
+    peer = raw_peer(port)
+    origin_line = f"Origin: {origin}\r\n" if origin else ""
+    peer.sock.sendall(
+        f"GET / HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
+        f"{origin_line}{extra}\r\n".encode()
+    )
+    status = int(bytes(peer.read_head()).split(b" ", 2)[1])
+    peer.close()
+    return status
+
+
+# -- Host allowlist ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("header", "allowed", "bound", "ok"),
+    [
+        ("localhost:8080", (), "127.0.0.1", True),
+        ("127.0.0.1", (), "127.0.0.1", True),
+        ("127.0.0.2:1", (), "127.0.0.1", True),
+        ("[::1]:8080", (), "::1", True),
+        ("app.localhost", (), "localhost", True),
+        ("evil.example", (), "127.0.0.1", False),
+        ("evil.example", (), "0.0.0.0", True),  # a public bind: any name unless set
+        ("evil.example", (), None, True),  # bind unknown (WSGI host)
+        (None, (), "127.0.0.1", False),
+        ("localhost:x", (), "127.0.0.1", False),
+        ("[::1", (), "127.0.0.1", False),
+        ("api.example.com", (".example.com",), "0.0.0.0", True),
+        ("example.com:443", (".example.com",), "0.0.0.0", True),
+        ("evilexample.com", (".example.com",), "0.0.0.0", False),
+        ("localhost", ("app.example",), "127.0.0.1", False),  # a set list is exact
+        ("APP.example.", ("app.example",), "127.0.0.1", True),
+        ("evil.example", ("*",), "127.0.0.1", True),
+    ],
+)
+def test_host_allowed_table(
+    header: str | None, allowed: tuple[str, ...], bound: str | None, ok: bool
+) -> None:
+    assert host_allowed(header, allowed, bound) is ok
+
+
+def test_hostname_of_strips_port_and_brackets() -> None:
+    assert hostname_of("[::1]:80") == "::1"
+    assert hostname_of("Example.COM:8080") == "example.com"
+    assert hostname_of(":80") is None
+
+
+def test_loopback_server_refuses_evil_host_and_evil_origin(app_factory: Any, raw_peer: Any) -> None:
+    app = app_factory()
+    app.route("/")
+    with app.test_client() as client:
+        port = client.port
+        # DNS rebinding: a page on evil.example whose name now resolves to 127.0.0.1
+        assert status_of(raw_peer, port, "evil.example", "http://evil.example") == 400
+        evil = f"evil.example:{port}"
+        assert status_of(raw_peer, port, evil, f"http://{evil}") == 400
+        assert status_of(raw_peer, port, f"localhost:{port}", f"http://localhost:{port}") == 101
+        assert status_of(raw_peer, port, f"127.0.0.1:{port}") == 101
+        assert status_of(raw_peer, port, f"[::1]:{port}", f"http://[::1]:{port}") == 101
+        # pages too (/metrics must not be readable through a rebound name)
+        peer = raw_peer(port)
+        peer.sock.sendall(b"GET /metrics HTTP/1.1\r\nHost: evil.example\r\n\r\n")
+        assert peer.read_head().startswith(b"HTTP/1.1 400 ")
+
+
+def test_allowed_hosts_setting_names_the_hosts(app_factory: Any, raw_peer: Any) -> None:
+    app = app_factory(allowed_hosts=(".example.com",))
+    app.route("/")
+    with app.test_client() as client:
+        port = client.port
+        assert status_of(raw_peer, port, "api.example.com", "http://api.example.com") == 101
+        assert status_of(raw_peer, port, "localhost") == 400
+        assert status_of(raw_peer, port, "evil.example") == 400
+
+
+def test_public_bind_accepts_any_host_by_default(raw_peer: Any) -> None:
+    app = App(port=0)
+    app.route("/")
+    server = app.make_server("0.0.0.0", 0)
+    server.start()
+    try:
+        assert status_of(raw_peer, server.server_port, "anything.example") == 101
+    finally:
+        server.stop(timeout=1)
+        app.heartbeat.stop()
+
+
+# -- Origin scheme (reliability audit HS-08) -----------------------------------------------------
+
+
+def test_http_origin_for_an_https_page_is_refused(app_factory: Any, raw_peer: Any) -> None:
+    app = app_factory(allowed_origins=("https://app.example",), allowed_hosts=("*",))
+    app.route("/")
+    tls = "X-Forwarded-Proto: https\r\n"  # the page is served as https (a TLS proxy)
+    with app.test_client() as client:
+        port = client.port
+        assert status_of(raw_peer, port, "app.example", "http://app.example", tls) == 403
+        assert status_of(raw_peer, port, "app.example", "https://app.example", tls) == 101
+        evil = "https://app.example.evil.com"
+        assert status_of(raw_peer, port, "app.example", evil, tls) == 403
+        # the allowlist names the scheme too: http://app.example is not https://app.example
+        assert status_of(raw_peer, port, "other.example", "http://app.example") == 403
+        host = f"127.0.0.1:{port}"
+        assert status_of(raw_peer, port, host, f"http://{host}", tls) == 403
+        assert status_of(raw_peer, port, host, f"https://{host}", tls) == 101
+
+
+# -- control frames jump the outbox ------------------------------------------------------------
+
+
+def _fill_outbox(ws: WebSocket, frames: int) -> list[bytes]:
+    """Queue ``frames`` numbered 1 KiB frames (the peer reads nothing yet)."""
+    sent = []
+    for index in range(frames):
+        payload = struct.pack("!I", index) + b"x" * 1020
+        assert ws.send_prepared(encode_frame(2, payload), policy="drop")
+        sent.append(payload)
+    return sent
+
+
+def test_heartbeat_ping_jumps_the_outbox_queue(serve: Any, raw_peer: Any) -> None:
+    holder: Queue = Queue()
+    release = gevent.event.Event()
+
+    def handler(ws: WebSocket) -> None:
+        holder.put(ws)
+        release.wait()
+
+    config = Config(**FAST, max_backpressure=4 << 20)
+    server = serve(handler, config=config)
+    peer = raw_peer(server.server_port, rcvbuf=4096)
+    assert peer.request().startswith(b"HTTP/1.1 101")
+    ws = holder.get(timeout=5)
+    ws.transport.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 8192)  # keep it in our outbox
+    _fill_outbox(ws, 2000)
+    assert ws.buffered_amount > 100_000  # most of it waits in our outbox, not the kernel
+    ws.send_heartbeat_ping()
+    order = []
+    while True:
+        opcode, payload = peer.read_frame()
+        if opcode == 0x9:
+            break
+        order.append(struct.unpack("!I", payload[:4])[0])
+    assert order == list(range(len(order)))  # no frame split or reordered before the ping
+    assert len(order) < 1000  # the ping overtook the queued frames
+    remaining = [struct.unpack("!I", peer.read_frame()[1][:4])[0] for _ in range(2000 - len(order))]
+    assert remaining == list(range(len(order), 2000))  # then the rest, in order
+    release.set()
+
+
+def test_slow_reader_closed_with_1013_reads_the_close_frame(serve: Any, raw_peer: Any) -> None:
+    holder: Queue = Queue()
+
+    def handler(ws: WebSocket) -> None:
+        holder.put(ws)
+        for _ in ws:
+            pass
+
+    config = Config(**FAST, max_backpressure=64 * 1024, backpressure_policy="close")
+    server = serve(handler, config=config)
+    peer = raw_peer(server.server_port, rcvbuf=4096)
+    assert peer.request().startswith(b"HTTP/1.1 101")
+    ws = holder.get(timeout=5)
+    frame = encode_frame(2, b"y" * 2048)
+    sent = 0
+    while ws.send_prepared(frame):  # a broadcaster that never blocks
+        sent += 1
+        assert sent < 100_000
+    assert ws.close_code == CloseCode.TRY_AGAIN_LATER
+    # the slow reader wakes up and reads: data first, then the Close, never a reset
+    data_frames = 0
+    while True:
+        opcode, payload = peer.read_frame(timeout=5)
+        if opcode == 0x8:
+            break
+        assert opcode == 0x2 and len(payload) == 2048  # whole frames only
+        data_frames += 1
+    assert struct.unpack("!H", payload[:2])[0] == CloseCode.TRY_AGAIN_LATER
+    assert 0 < data_frames < sent  # queued data behind the Close was discarded
+    peer.sock.sendall(encode_frame(8, payload[:2], mask=b"\x01\x02\x03\x04"))
+    assert peer.read_until_eof() == b""
+    wait_until(lambda: server.connections == set(), timeout=5)
