@@ -59,6 +59,7 @@ class App:
         self.config: Config = config
         self.metrics = Metrics()
         self.rooms = Rooms(policy=config.backpressure_policy, metrics=self.metrics)
+        self.rooms.max_message_size = config.max_message_size  # outbound check (CM-17)
         #: the heartbeat the server runs, and the backplane bridge with ``backplane=`` (started
         #: with the server) or None; ``configure`` rebuilds both
         self.heartbeat, self.cluster = self._build_services(config)
@@ -98,6 +99,7 @@ class App:
         """
         self.config = config
         self.rooms.policy = config.backpressure_policy
+        self.rooms.max_message_size = config.max_message_size
         self.heartbeat, self.cluster = self._build_services(config)
 
     # -- registration: decorators over add_* ------------------------------------------------

@@ -28,6 +28,7 @@ from gevent.server import StreamServer
 from . import ids
 from .admission import Admission, Refusal
 from .config import Config
+from .deadlines import Deadlines
 from .degradation import CircuitBreaker
 from .errors import ConfigError, Reject
 from .protocol import CloseCode, Connection, HandshakeError, Request, Side, State
@@ -131,6 +132,8 @@ class Server(StreamServer):  # type: ignore[misc]
         super().__init__(listener, self.handle, spawn=self._admit)
         #: The bounded pool every connection greenlet runs in (max_connections).
         self.pool = Pool(self.config.connection_limit())
+        #: fragment_timeout and session expiry, checked on a tick over ``connections``
+        self.deadlines = Deadlines(self.connections, self.config)
 
     def full(self) -> bool:
         """Never stop accepting: over capacity, clients get a 503 instead of a queue."""
@@ -140,6 +143,7 @@ class Server(StreamServer):  # type: ignore[misc]
         """Bind (if needed) and start accepting; start the services. Returns at once."""
         super().start()
         self.is_ready = True
+        self.deadlines.start()
         for service in self.services:
             service.start()
 
@@ -395,6 +399,7 @@ class Server(StreamServer):  # type: ignore[misc]
             self._shed_pool.kill(block=True, timeout=1.0)
             for service in reversed(self.services):
                 service.stop()
+            self.deadlines.stop()
         finally:
             self._stopped.set()
 
