@@ -244,7 +244,7 @@ class Server(StreamServer):  # type: ignore[misc]
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
                 if self.config.tcp_keepalive:
                     _keepalive(sock)
-            delay = self.admission.handshake_delay(len(self.pool))
+            delay = self.admission.handshake_delay(len(self.pool) - 1)  # the others
             if delay:  # the soft limit: slow new handshakes down near the cap (ER-12)
                 gevent.sleep(delay)
             if self._stopping:
