@@ -20,6 +20,7 @@ from helpers import wait_until
 from wsflask import App
 from wsflask.config import Config
 from wsflask.hosts import host_allowed, hostname_of
+from wsflask.metrics import Metrics
 from wsflask.protocol import CloseCode, encode_frame
 from wsflask.websocket import WebSocket
 
@@ -191,7 +192,8 @@ def test_slow_reader_closed_with_1013_reads_the_close_frame(serve: Any, raw_peer
             pass
 
     config = Config(**FAST, max_backpressure=64 * 1024, backpressure_policy="close")
-    server = serve(handler, config=config)
+    metrics = Metrics()
+    server = serve(handler, config=config, metrics=metrics)
     peer = raw_peer(server.server_port, rcvbuf=4096)
     assert peer.request().startswith(b"HTTP/1.1 101")
     ws = holder.get(timeout=5)
@@ -210,7 +212,9 @@ def test_slow_reader_closed_with_1013_reads_the_close_frame(serve: Any, raw_peer
         assert opcode == 0x2 and len(payload) == 2048  # whole frames only
         data_frames += 1
     assert struct.unpack("!H", payload[:2])[0] == CloseCode.TRY_AGAIN_LATER
-    assert 0 < data_frames < sent  # queued data behind the Close was discarded
+    assert 0 < data_frames < sent  # queued data behind the Close was discarded ...
+    assert metrics.drops["closing"] == sent - data_frames  # ... and counted, frame by frame
+    assert metrics.slow_consumers_closed == 1
     peer.sock.sendall(encode_frame(8, payload[:2], mask=b"\x01\x02\x03\x04"))
     assert peer.read_until_eof() == b""
     wait_until(lambda: server.connections == set(), timeout=5)

@@ -16,14 +16,12 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from .limits import TokenBucket
+from .resources import Probe, system_probe
 
 if TYPE_CHECKING:
     from .config import Config
 
 __all__ = ["Admission", "Probe", "Refusal"]
-
-#: A resource probe: named usage ratios, e.g. ``{"memory": 0.42, "fds": 0.1}``.
-Probe = Callable[[], Mapping[str, float]]
 
 #: Once full, accept again only below this share of the cap (seed audit ER-11).
 RESUME_BELOW = 0.95
@@ -53,7 +51,7 @@ class Admission:
     Args:
         config: ``connection_limit()``, ``reserved_connections``, ``connection_rate_per_ip``,
             ``connection_rate_window``, ``resource_threshold``, ``new_connection_delay``.
-        probe: resource ratios (default ``degradation.system_probe``); injected in tests.
+        probe: resource ratios (default ``resources.system_probe``); injected in tests.
         clock: monotonic seconds; injected in tests.
     """
 
@@ -65,8 +63,6 @@ class Admission:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if probe is None:
-            from .degradation import system_probe
-
             probe = system_probe
         self.cap = config.connection_limit()
         #: slots only ``{"priority": True}`` sessions may take
@@ -84,6 +80,8 @@ class Admission:
         self._sampled_at = -math.inf
         #: set by the degradation monitor: refuse every new handshake with this (or None)
         self.refuse_all: Refusal | None = None
+        #: set by the degradation monitor: every new handshake waits this long first
+        self.pressure_delay = 0.0
 
     def check(self, ip: str | None, occupied: int) -> Refusal | None:
         """The refusal for a new connection from ``ip`` with ``occupied`` slots taken, or
@@ -138,12 +136,12 @@ class Admission:
         """Seconds a new handshake waits first: ``new_connection_delay`` above 80 % of the
         cap, until occupancy falls below 70 % (hysteresis); else 0."""
         if not self.delay:
-            return 0.0
+            return self.pressure_delay
         if occupied > SLOW_ABOVE * self.cap:
             self._slow = True
         elif occupied < SLOW_UNTIL * self.cap:
             self._slow = False
-        return self.delay if self._slow else 0.0
+        return max(self.delay if self._slow else 0.0, self.pressure_delay)
 
     def check_priority(self, session: Mapping[str, Any], occupied: int) -> Refusal | None:
         """After the resolver: outside the reserve unless ``session["priority"]`` is true.

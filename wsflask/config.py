@@ -137,6 +137,10 @@ class Config:
         circuit_breaker_failures: ``0`` (off). After this many consecutive resolver or
             ``before_upgrade`` failures (exceptions, 5xx) handshakes get 503 at once ...
         circuit_breaker_reset: ``5.0`` s ... until one trial request is let through.
+        pressure_threshold: ``0`` (off). Memory or descriptor ratio at which the server
+            degrades (warning: ping interval doubled, handshakes slowed; over 1.1 times it,
+            critical: handshakes get 503 and idle connections without
+            ``session["priority"]`` are shed with 1013 until pressure is back below it).
     """
 
     host: str = "127.0.0.1"
@@ -183,6 +187,7 @@ class Config:
     message_burst: int = field(default=0, metadata=_rng(0, 10_000_000))
     circuit_breaker_failures: int = field(default=0, metadata=_rng(0, 1_000_000))
     circuit_breaker_reset: float = field(default=5.0, metadata=_rng(0.001, 3600))
+    pressure_threshold: float = field(default=0.0, metadata=_rng(0, 1))
 
     def __post_init__(self) -> None:
         for spec in dataclasses.fields(self):

@@ -45,6 +45,7 @@ class Deadlines:
         config: ``fragment_timeout`` (``0``: no limit).
         clock: monotonic seconds, for fragment ages; wall: Unix seconds, for ``expires``.
         max_tick: the coarsest tick; a fragment timeout ``t`` ticks every ``t / 4`` at most.
+        note: told ``"fragment_timeout"`` or ``"session_expired"`` per close (metrics).
 
     A message is timed from the first tick that sees it unfinished, so it is closed between
     ``fragment_timeout`` and ``fragment_timeout`` plus two ticks after its first fragment.
@@ -58,8 +59,10 @@ class Deadlines:
         clock: Callable[[], float] = time.monotonic,
         wall: Callable[[], float] = time.time,
         max_tick: float = 1.0,
+        note: Callable[[str], None] | None = None,
     ) -> None:
         self.connections = connections
+        self.note = note
         self.fragment_timeout = config.fragment_timeout
         self.clock = clock
         self.wall = wall
@@ -117,5 +120,7 @@ class Deadlines:
     def _close(self, ws: Timed, kind: str, reason: str) -> int:
         self._seen.pop(ws, None)
         self.closed[kind] += 1
+        if self.note is not None:
+            self.note("session_expired" if kind == "expired" else kind)
         ws.close_now(CloseCode.POLICY, reason)
         return 1

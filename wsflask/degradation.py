@@ -1,58 +1,29 @@
-"""Graceful degradation: resource pressure, quality levels, load shedding, a handshake circuit
-breaker and an error classifier.
+"""Graceful degradation under resource pressure: levels, and what each level does.
 
-``system_probe`` samples memory and descriptor use; ``ResourceMonitor`` turns samples into
+``ResourceMonitor`` turns samples (``resources.system_probe``, or a fake) into
 levels (normal, warning, critical) with hysteresis; ``Degrader`` acts on levels (stretch the
-heartbeat, refuse handshakes, shed low-priority idle connections with 1013); ``CircuitBreaker``
-fails handshakes fast after repeated resolver failures; ``classify`` maps an error to a
-category, severity and close code. No I/O of its own beyond reading /proc.
+heartbeat, slow or refuse handshakes, shed low-priority idle connections with 1013). The
+handshake circuit breaker is ``breaker.py``, the error classifier ``classify.py``.
 """
 
 from __future__ import annotations
 
 import enum
-import errno
 import logging
-import os
 import time
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Collection, Mapping
+from typing import Any, Protocol
 
-__all__ = [
-    "Breaker", "CircuitBreaker", "Classified", "Level", "ResourceMonitor", "classify",
-    "system_probe",
-]  # fmt: skip
+import gevent
+from gevent.event import Event
+
+from .admission import Admission, Refusal
+from .protocol import CloseCode
+from .resources import system_probe
+
+__all__ = ["Degrader", "Level", "ResourceMonitor"]
 
 logger = logging.getLogger("wsflask.degradation")
-
-
-def system_probe() -> dict[str, float]:
-    """Usage ratios of this process: ``memory`` (RSS / physical RAM) and ``fds`` (open
-    descriptors / RLIMIT_NOFILE soft limit). Missing sources (no /proc) read as 0."""
-    return {"memory": _memory_ratio(), "fds": _fd_ratio()}
-
-
-def _memory_ratio() -> float:
-    try:
-        with open("/proc/self/statm") as statm:
-            rss_pages = int(statm.read().split()[1])
-        total = os.sysconf("SC_PHYS_PAGES")
-    except (OSError, ValueError, IndexError):
-        return 0.0
-    return rss_pages / total if total > 0 else 0.0
-
-
-def _fd_ratio() -> float:
-    try:
-        import resource
-
-        soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-        used = len(os.listdir("/proc/self/fd"))
-    except (ImportError, OSError, ValueError):
-        return 0.0
-    if soft == resource.RLIM_INFINITY or soft <= 0:
-        return 0.0
-    return used / soft
 
 
 # -- resource levels ---------------------------------------------------------------------------
@@ -104,20 +75,19 @@ class ResourceMonitor:
             worst = max(worst, value / scale)
         return worst
 
-    def update(self) -> Level:
-        """Sample the probe and return the (possibly new) level; logs each change."""
-        self.last = self.probe()
+    def update(self, extra: Mapping[str, float] | None = None) -> Level:
+        """Sample the probe (plus ``extra``, e.g. the measured ``loop_lag``) and return the
+        (possibly new) level; logs each change."""
+        self.last = {**self.probe(), **(extra or {})}
         pressure = self.pressure()
         down = self.hysteresis / self.threshold  # in pressure units
-        level = self.level
-        if pressure > self.critical:
+        critical = self.level is Level.CRITICAL
+        if pressure > self.critical or (critical and pressure > self.critical - down):
             level = Level.CRITICAL
-        elif pressure >= 1.0:
-            level = max(Level.WARNING, level) if pressure > self.critical - down else Level.WARNING
-        elif pressure < 1.0 - down:
-            level = Level.NORMAL
-        elif level is Level.CRITICAL:
+        elif pressure >= 1.0 or (self.level is not Level.NORMAL and pressure >= 1.0 - down):
             level = Level.WARNING
+        else:
+            level = Level.NORMAL
         if level is not self.level:
             log = logger.critical if level is Level.CRITICAL else logger.warning
             log("resource level %s -> %s (pressure %.2f: %s)", self.level.name, level.name,
@@ -126,99 +96,120 @@ class ResourceMonitor:
         return level
 
 
-# -- the handshake circuit breaker -------------------------------------------------------------
+# -- acting on levels ---------------------------------------------------------------------------
 
 
-class Breaker(enum.Enum):
-    """Circuit-breaker states."""
+class Sheddable(Protocol):
+    """What shedding needs of a connection (``WebSocket`` is one)."""
 
-    CLOSED = "closed"
-    OPEN = "open"
-    HALF_OPEN = "half-open"
+    @property
+    def session(self) -> dict[str, Any]: ...
+    @property
+    def last_received(self) -> float: ...
+    @property
+    def is_open(self) -> bool: ...
+    def close_now(self, code: int, reason: str = "") -> None: ...
 
 
-class CircuitBreaker:
-    """Fail fast after ``failures`` consecutive failures; after ``reset`` seconds let one
-    trial through (half-open): its success closes the circuit, its failure opens it again.
+class Stretchable(Protocol):
+    """A heartbeat whose ``interval`` may be stretched (``Heartbeat`` is one)."""
 
-    ``failures=0`` disables it (``allow()`` is always True).
+    interval: float
+
+
+class Degrader:
+    """Acts on the monitor's level, every ``interval`` seconds (a ``Service``).
+
+    * WARNING and up: the heartbeat interval is doubled (fewer pings) and new handshakes
+      wait ``slow_accept`` seconds first (quality levels, ER-21/ER-25).
+    * CRITICAL: new handshakes get 503 at once, and shedding starts: each tick closes up
+      to ``shed_batch`` connections with 1013, those without ``session["priority"]`` only,
+      the longest idle first (ER-23/ER-24). Shedding stops once the level is back to
+      NORMAL (pressure below the threshold minus the hysteresis), not merely WARNING.
+
+    ``loop_lag`` (how late this greenlet woke, in seconds) is added to every sample;
+    ``note("shed")`` is called per connection shed (metrics).
     """
 
     def __init__(
-        self, failures: int, reset: float, *, clock: Callable[[], float] = time.monotonic
+        self,
+        monitor: ResourceMonitor,
+        *,
+        connections: Collection[Sheddable],
+        admission: Admission,
+        heartbeat: Stretchable | None = None,
+        interval: float = 1.0,
+        shed_batch: int = 10,
+        slow_accept: float = 0.05,
+        clock: Callable[[], float] = time.monotonic,
+        note: Callable[[str], None] | None = None,
     ) -> None:
-        self.failures = failures
-        self.reset = reset
-        self.state = Breaker.CLOSED
-        self.trips = 0  #: times the circuit opened (for /metrics)
-        self._clock = clock
-        self._count = 0
-        self._opened_at = 0.0
+        self.monitor = monitor
+        self.note = note
+        self.connections = connections
+        self.admission = admission
+        self.heartbeat = heartbeat
+        self.interval = interval
+        self.shed_batch = shed_batch
+        self.slow_accept = slow_accept
+        self.clock = clock
+        self.shedding = False
+        self.shed = 0  #: connections closed by shedding (for /metrics)
+        self._base_interval = heartbeat.interval if heartbeat is not None else 0.0
+        self._stopping = Event()
+        self._greenlet: gevent.Greenlet | None = None
 
-    def allow(self) -> bool:
-        """True when a request may go through now (one trial while half-open)."""
-        if self.state is Breaker.CLOSED:
-            return True
-        if self.state is Breaker.OPEN and self._clock() - self._opened_at >= self.reset:
-            self.state = Breaker.HALF_OPEN
-            return True
-        return False
+    def start(self) -> None:
+        """Spawn the greenlet (idempotent)."""
+        if self._greenlet is None or self._greenlet.dead:
+            self._stopping.clear()
+            self._greenlet = gevent.spawn(self._run)
 
-    def retry_after(self) -> int:
-        """Whole seconds until the next trial."""
-        left = self.reset - (self._clock() - self._opened_at)
-        return max(1, int(left + 0.999))
+    def stop(self, timeout: float = 1.0) -> None:
+        """End the greenlet and undo every degradation; idempotent."""
+        greenlet, self._greenlet = self._greenlet, None
+        if greenlet is not None:
+            self._stopping.set()
+            greenlet.join(timeout)
+            if not greenlet.dead:
+                greenlet.kill(block=False)
 
-    def success(self) -> None:
-        """A request went through fine: close the circuit."""
-        self._count = 0
-        if self.state is not Breaker.CLOSED:
-            logger.info("handshake circuit closed")
-        self.state = Breaker.CLOSED
+    def _run(self) -> None:
+        due = self.clock() + self.interval
+        while not self._stopping.wait(max(0.0, due - self.clock())):
+            lag = max(0.0, self.clock() - due)
+            due = self.clock() + self.interval
+            try:
+                self.run_once(lag)
+            except Exception:  # the safety net: keep watching
+                logger.exception("degradation check failed")
 
-    def failure(self) -> None:
-        """A request failed (the resolver raised or answered 5xx)."""
-        self._count += 1
-        if self.failures and (self.state is Breaker.HALF_OPEN or self._count >= self.failures):
-            if self.state is not Breaker.OPEN:
-                self.trips += 1
-                logger.error("handshake circuit open after %d failure(s)", self._count)
-            self.state = Breaker.OPEN
-            self._opened_at = self._clock()
+    def run_once(self, loop_lag: float = 0.0) -> Level:
+        """Sample, then apply the level: quality, admission and shedding. Tests call it."""
+        level = self.monitor.update({"loop_lag": loop_lag})
+        if self.heartbeat is not None and self._base_interval > 0:
+            stretch = 2.0 if level >= Level.WARNING else 1.0
+            self.heartbeat.interval = self._base_interval * stretch
+        self.admission.pressure_delay = self.slow_accept if level >= Level.WARNING else 0.0
+        critical = level is Level.CRITICAL
+        self.admission.refuse_all = Refusal(503, "overloaded", 5) if critical else None
+        if critical:
+            self.shedding = True
+        elif level is Level.NORMAL:
+            self.shedding = False
+        if self.shedding:
+            self._shed_some()
+        return level
 
-
-# -- the error classifier ----------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Classified:
-    """What an error means: ``category`` (protocol, resource, client, network, internal),
-    ``severity`` (a logging level) and the close ``code`` to send."""
-
-    category: str
-    severity: int
-    code: int
-
-
-def classify(exc: BaseException) -> Classified:
-    """Map ``exc`` to its category, severity and close code (ER-03)."""
-    from .errors import ConnectionClosed
-    from .protocol import CloseCode, HandshakeError, ProtocolError
-
-    if isinstance(exc, ProtocolError):
-        code = int(getattr(exc, "close_code", CloseCode.PROTOCOL_ERROR))
-        return Classified("protocol", logging.WARNING, code)
-    if isinstance(exc, HandshakeError):
-        return Classified("client", logging.INFO, CloseCode.POLICY)
-    if isinstance(exc, MemoryError):
-        return Classified("resource", logging.CRITICAL, CloseCode.TRY_AGAIN_LATER)
-    if isinstance(exc, OSError) and exc.errno in _RESOURCE_ERRNOS:
-        return Classified("resource", logging.ERROR, CloseCode.TRY_AGAIN_LATER)
-    if isinstance(exc, ConnectionClosed | ConnectionError | TimeoutError):
-        return Classified("network", logging.INFO, CloseCode.ABNORMAL)
-    if isinstance(exc, OSError):
-        return Classified("network", logging.WARNING, CloseCode.ABNORMAL)
-    return Classified("internal", logging.ERROR, CloseCode.INTERNAL_ERROR)
-
-
-_RESOURCE_ERRNOS = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
+    def _shed_some(self) -> None:
+        idle = sorted(
+            (ws for ws in self.connections if ws.is_open and not ws.session.get("priority")),
+            key=lambda ws: ws.last_received,
+        )
+        for ws in idle[: self.shed_batch]:
+            ws.close_now(CloseCode.TRY_AGAIN_LATER, "server overloaded")
+            self.shed += 1
+            if self.note is not None:
+                self.note("shed")
+        if idle:
+            logger.warning("shed %d connection(s) under pressure", min(len(idle), self.shed_batch))

@@ -27,9 +27,10 @@ from gevent.server import StreamServer
 
 from . import ids
 from .admission import Admission, Refusal
+from .breaker import CircuitBreaker
 from .config import Config
 from .deadlines import Deadlines
-from .degradation import CircuitBreaker
+from .degradation import Degrader, ResourceMonitor
 from .errors import ConfigError, Reject
 from .protocol import CloseCode, Connection, HandshakeError, Request, Side, State
 from .protocol.handshake import build_response
@@ -59,6 +60,8 @@ class _Draining(Exception):
 
 
 _TIMED_OUT = object()
+#: The reason heartbeat.py fails a silent peer with (a partition, for the metrics).
+PING_TIMEOUT = "ping timeout"
 
 
 class Service(Protocol):
@@ -133,7 +136,27 @@ class Server(StreamServer):  # type: ignore[misc]
         #: The bounded pool every connection greenlet runs in (max_connections).
         self.pool = Pool(self.config.connection_limit())
         #: fragment_timeout and session expiry, checked on a tick over ``connections``
-        self.deadlines = Deadlines(self.connections, self.config)
+        self.deadlines = Deadlines(self.connections, self.config, note=self._note)
+        #: graceful degradation under pressure (``pressure_threshold``), else None
+        self.degrader = self._make_degrader(heartbeat)
+
+    def _make_degrader(self, heartbeat: Any) -> Degrader | None:
+        if not self.config.pressure_threshold:
+            return None
+        stretchable = isinstance(getattr(heartbeat, "interval", None), int | float)
+        return Degrader(
+            ResourceMonitor(threshold=self.config.pressure_threshold),
+            connections=self.connections,
+            admission=self.admission,
+            heartbeat=heartbeat if stretchable else None,  # Heartbeat.interval is stretched
+            note=self._note,
+        )
+
+    def _note(self, event: str) -> None:
+        """Count a bound or degradation event (``websocket_degradation_events_total``)."""
+        record = getattr(self.metrics, "degradation", None)  # stand-ins may lack it
+        if record is not None:
+            record(event)
 
     def full(self) -> bool:
         """Never stop accepting: over capacity, clients get a 503 instead of a queue."""
@@ -144,6 +167,8 @@ class Server(StreamServer):  # type: ignore[misc]
         super().start()
         self.is_ready = True
         self.deadlines.start()
+        if self.degrader is not None:
+            self.degrader.start()
         for service in self.services:
             service.start()
 
@@ -315,12 +340,12 @@ class Server(StreamServer):  # type: ignore[misc]
             result = self.resolve(request, address)
         except HandshakeError as exc:
             if exc.status >= 500:
-                breaker.failure()
+                self._breaker_failure()
             else:  # a 4xx: the resolver works, the client was refused
                 breaker.success()
             raise
         except Exception:
-            breaker.failure()
+            self._breaker_failure()
             raise
         breaker.success()
         if isinstance(result, Upgrade) and request.key:
@@ -328,6 +353,12 @@ class Server(StreamServer):  # type: ignore[misc]
             if refusal is not None:
                 raise Reject(refusal.status, refusal.reason, (("Retry-After", "1"),))
         return result
+
+    def _breaker_failure(self) -> None:
+        trips = self.breaker.trips
+        self.breaker.failure()
+        if self.breaker.trips != trips:
+            self._note("breaker_open")
 
     def _give_up(self, ws: WebSocket | None, sock: Any, outcome: object) -> None:
         """The handshake did not produce a request: count it and close."""
@@ -359,6 +390,8 @@ class Server(StreamServer):  # type: ignore[misc]
             self.connections.discard(ws)
             if not self.connections:
                 self._drained.set()
+            if ws.close_reason == PING_TIMEOUT:  # TCP up, peer silent: a partition (ER-27)
+                self._note("partition")
             if opened:
                 _log_access("close", ws, monotonic() - opened)
 
@@ -400,6 +433,8 @@ class Server(StreamServer):  # type: ignore[misc]
             for service in reversed(self.services):
                 service.stop()
             self.deadlines.stop()
+            if self.degrader is not None:
+                self.degrader.stop()
         finally:
             self._stopped.set()
 

@@ -123,27 +123,30 @@ class Transport:
             self.drop()
             return False
 
-    def write_urgent(self, data: bytes, *, last: bool = False) -> bool:
+    def write_urgent(self, data: bytes, *, last: bool = False) -> int:
         """Queue a control frame (Ping, Close) ahead of every queued data frame, never
         splitting the frame the writer has begun (RFC 6455 §5.4: control frames may be
         injected between frames, never inside one). Never blocks.
 
         ``last``: ``data`` is a Close; everything queued behind it is discarded (RFC 6455
-        §5.5.1: no data frames after a Close). Returns False when the transport is gone.
+        §5.5.1: no data frames after a Close). Returns how many queued chunks were
+        discarded (for the drop counters), ``-1`` when the transport is gone.
         """
         if self.broken:
-            return False
+            return -1
         outbox = self._outbox
         if not outbox:
-            return self.write_nowait(data, budget=None)
+            return 0 if self.write_nowait(data, budget=None) else -1
         at = 1 if self._writer is not None else 0  # the writer owns the head chunk
+        discarded = 0
         if last:
             while len(outbox) > at:
                 self.buffered_amount -= len(outbox.pop())
+                discarded += 1
         outbox.insert(at, data)
         self.buffered_amount += len(data)
         self._start_writer()
-        return True
+        return discarded
 
     def shutdown_read(self) -> None:
         """Wake a greenlet blocked reading (it sees EOF) while queued bytes still drain."""

@@ -637,9 +637,10 @@ class WebSocket:
 
     def close_now(self, code: int, reason: str = "") -> None:
         """Fail the connection now, yet let the peer read why: the Close jumps the outbox
-        (queued data behind it is discarded, a frame begun is finished), the reader is
-        woken, and TCP closes once the Close is flushed (``close_timeout`` at most, then
-        dropped). Never blocks; for slow consumers, floods and expired deadlines.
+        (queued data behind it is discarded and counted as ``closing`` drops, a frame
+        begun is finished), the reader is woken, and TCP closes once the Close is flushed
+        (``close_timeout`` at most, then dropped). Never blocks; for slow consumers,
+        floods and expired deadlines.
         """
         conn = self._conn
         if conn.state is State.CLOSED:
@@ -647,10 +648,15 @@ class WebSocket:
         conn.fail(code, reason)
         self.close_code, self.close_reason = code, reason
         data = conn.data_to_send()
-        if data and self._transport.write_urgent(data, last=True):
-            self._transport.shutdown_read()
-        else:
+        discarded = self._transport.write_urgent(data, last=True) if data else -1
+        if discarded < 0:
             self._transport.drop()
+            return
+        self._transport.shutdown_read()
+        metrics = self._metrics
+        if metrics is not None:
+            for _ in range(discarded):
+                metrics.dropped("closing")  # queued behind the Close: counted, not lost
 
     @property
     def receiving_message(self) -> bool:
