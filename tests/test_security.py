@@ -43,7 +43,7 @@ def status_of(raw_peer: Any, port: int, host: str, origin: str = "", extra: str 
     return status
 
 
-# -- Host allowlist ---------------------------------------------------------------------------
+# -- Host allowlist --------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize(
@@ -120,7 +120,7 @@ def test_public_bind_accepts_any_host_by_default(raw_peer: Any) -> None:
         app.heartbeat.stop()
 
 
-# -- Origin scheme (reliability audit HS-08) -----------------------------------------------------
+# -- Origin scheme (reliability audit HS-08) -------------------------------------------------------
 
 
 def test_http_origin_for_an_https_page_is_refused(app_factory: Any, raw_peer: Any) -> None:
@@ -140,7 +140,7 @@ def test_http_origin_for_an_https_page_is_refused(app_factory: Any, raw_peer: An
         assert status_of(raw_peer, port, host, f"https://{host}", tls) == 101
 
 
-# -- control frames jump the outbox ------------------------------------------------------------
+# -- control frames jump the outbox ----------------------------------------------------------------
 
 
 def _fill_outbox(ws: WebSocket, frames: int) -> list[bytes]:
@@ -218,3 +218,54 @@ def test_slow_reader_closed_with_1013_reads_the_close_frame(serve: Any, raw_peer
     peer.sock.sendall(encode_frame(8, payload[:2], mask=b"\x01\x02\x03\x04"))
     assert peer.read_until_eof() == b""
     wait_until(lambda: server.connections == set(), timeout=5)
+
+
+# -- signed backplane envelopes (FX-08) ------------------------------------------------------------
+
+
+def test_envelope_signature_round_trip_and_forgeries() -> None:
+    from wsflask.backplane.wire import BadSignature, Envelope, decode, encode
+
+    envelope = Envelope.message("node-a", 7, "hi", ["lobby"])
+    signed = encode(envelope, b"k1")
+    assert decode(signed, b"k1") == envelope
+    assert decode(signed) == envelope  # a node without the key (rollout) still reads it
+    with pytest.raises(BadSignature, match="unsigned"):
+        decode(encode(envelope), b"k1")
+    with pytest.raises(BadSignature, match="bad signature"):
+        decode(encode(envelope, b"other key"), b"k1")
+    tampered = signed.replace(b"hi", b"yo")
+    with pytest.raises(BadSignature, match="bad signature"):
+        decode(tampered, b"k1")
+
+
+def test_unsigned_envelope_is_dropped_and_counted(app_factory: Any) -> None:
+    from wsflask.backplane.memory import hub
+    from wsflask.backplane.wire import Envelope, Router, encode
+
+    bus = f"hmac-{id(app_factory)}"
+    app = app_factory(
+        backplane=f"memory://{bus}", backplane_secret="s3cret", backplane_interval=0.2
+    )
+
+    @app.route("/r/<room>")
+    def chat(ws: WebSocket, room: str) -> None:
+        app.rooms.join(room, ws)
+        ws.send("joined")
+        for _ in ws:
+            pass
+
+    with app.test_client() as client:
+        ws = client.connect("/r/lobby")
+        assert ws.receive(timeout=5) == "joined"
+        wait_until(lambda: app.cluster is not None and app.cluster.ready, timeout=5)
+        channel = Router().room("lobby")
+        listeners = hub(bus).listeners
+        forger = next(iter(listeners))  # any handle on the bus publishes like an intruder
+        forger.publish(channel, encode(Envelope.message("intruder", 1, "unsigned", ["lobby"])))
+        forged = encode(Envelope.message("intruder", 2, "forged", ["lobby"]), b"guess")
+        forger.publish(channel, forged)
+        good = encode(Envelope.message("emitter-x", 3, "signed", ["lobby"]), b"s3cret")
+        forger.publish(channel, good)
+        assert ws.receive(timeout=5) == "signed"  # the two before it never arrived
+        assert app.metrics.drops["backplane_unsigned"] == 2

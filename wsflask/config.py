@@ -141,6 +141,9 @@ class Config:
             degrades (warning: ping interval doubled, handshakes slowed; over 1.1 times it,
             critical: handshakes get 503 and idle connections without
             ``session["priority"]`` are shed with 1013 until pressure is back below it).
+        backplane_secret: ``None``. A key shared by every node: envelopes on the bus are
+            signed (HMAC-SHA256) and unsigned or forged ones are dropped and counted
+            (``backplane_unsigned``). Env: ``WSFLASK_BACKPLANE_SECRET``.
     """
 
     host: str = "127.0.0.1"
@@ -188,6 +191,7 @@ class Config:
     circuit_breaker_failures: int = field(default=0, metadata=_rng(0, 1_000_000))
     circuit_breaker_reset: float = field(default=5.0, metadata=_rng(0.001, 3600))
     pressure_threshold: float = field(default=0.0, metadata=_rng(0, 1))
+    backplane_secret: str | None = None
 
     def __post_init__(self) -> None:
         for spec in dataclasses.fields(self):
