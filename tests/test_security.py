@@ -7,21 +7,29 @@ Servers bind 127.0.0.1:0 (one test binds 0.0.0.0:0 to check the non-loopback def
 
 from __future__ import annotations
 
+import os
+import shutil
+import signal
 import socket
+import ssl
 import struct
+import subprocess
+from pathlib import Path
 from typing import Any
 
 import gevent
 import gevent.event
 import pytest
 from gevent.queue import Queue
-from helpers import wait_until
+from helpers import require_tool, wait_until
 
 from wsflask import App
+from wsflask.client import connect
 from wsflask.config import Config
 from wsflask.hosts import host_allowed, hostname_of
 from wsflask.metrics import Metrics
 from wsflask.protocol import CloseCode, encode_frame
+from wsflask.protocol.errors import InvalidHandshakeResponse
 from wsflask.websocket import WebSocket
 
 pytestmark = pytest.mark.usefixtures("test_deadline")
@@ -269,3 +277,88 @@ def test_unsigned_envelope_is_dropped_and_counted(app_factory: Any) -> None:
         forger.publish(channel, good)
         assert ws.receive(timeout=5) == "signed"  # the two before it never arrived
         assert app.metrics.drops["backplane_unsigned"] == 2
+
+
+# -- TLS: certificate reload and client certificates (FX-05) ---------------------------------------
+
+
+def make_certificate(directory: Path, name: str) -> tuple[str, str]:
+    require_tool("openssl", "apt-get install -y openssl")
+    cert, key = str(directory / f"{name}.pem"), str(directory / f"{name}.key")
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", key,
+         "-out", cert, "-days", "1", "-subj", f"/CN={name}",
+         "-addext", "subjectAltName=IP:127.0.0.1"],
+        check=True, capture_output=True, timeout=60,
+    )  # fmt: skip
+    return cert, key
+
+
+def wss(server: Any, context: ssl.SSLContext) -> WebSocket:
+    return connect(f"wss://127.0.0.1:{server.server_port}/", ssl_context=context, timeout=5)
+
+
+def echo(ws: WebSocket) -> None:
+    for message in ws:
+        ws.send(message)
+
+
+def test_certificate_reload_keeps_connections(serve: Any, tmp_path: Path) -> None:
+    old_cert, old_key = make_certificate(tmp_path, "old")
+    new_cert, new_key = make_certificate(tmp_path, "new")
+    live_cert, live_key = str(tmp_path / "live.pem"), str(tmp_path / "live.key")
+    shutil.copy(old_cert, live_cert)
+    shutil.copy(old_key, live_key)
+    server = serve(echo, config=Config(**FAST, certfile=live_cert, keyfile=live_key))
+    trusts_old = ssl.create_default_context(cafile=old_cert)
+    trusts_new = ssl.create_default_context(cafile=new_cert)
+    existing = wss(server, trusts_old)
+    shutil.copy(new_cert, live_cert)
+    shutil.copy(new_key, live_key)
+    server.install_reload_handler()  # removed again by server.stop()
+    before = server._ssl
+    os.kill(os.getpid(), signal.SIGHUP)
+    wait_until(lambda: server._ssl is not before, timeout=5)
+    fresh = wss(server, trusts_new)  # new handshakes see the new certificate
+    with pytest.raises(ssl.SSLCertVerificationError):
+        wss(server, trusts_old)
+    for ws in (existing, fresh):  # and the old session was not dropped
+        ws.send("still up")
+        assert ws.receive(timeout=5) == "still up"
+        ws.close()
+    # a broken file at reload time keeps the working certificate
+    Path(live_cert).write_text("not a certificate")
+    assert server.reload_certificates() is False
+    wss(server, trusts_new).close()
+
+
+def test_required_client_certificate(serve: Any, tmp_path: Path) -> None:
+    cert, key = make_certificate(tmp_path, "server")
+    client_cert, client_key = make_certificate(tmp_path, "client")
+    config = Config(
+        **FAST, certfile=cert, keyfile=key, ca_file=client_cert, require_client_cert=True
+    )
+    server = serve(echo, config=config)
+    anonymous = ssl.create_default_context(cafile=cert)
+    # the TLS handshake fails (TLS 1.3: the client learns it at its first read)
+    with pytest.raises((ssl.SSLError, OSError, InvalidHandshakeResponse)):
+        ws = wss(server, anonymous)
+        ws.send("x")  # TLS 1.3 may report the refusal at the first read
+        ws.receive(timeout=5)
+        raise AssertionError("a client without a certificate was served")
+    holder = ssl.create_default_context(cafile=cert)
+    holder.load_cert_chain(client_cert, client_key)
+    ws = wss(server, holder)
+    ws.send("mutual")
+    assert ws.receive(timeout=5) == "mutual"
+    ws.close()
+
+
+def test_require_client_cert_without_ca_file_fails_fast(tmp_path: Path) -> None:
+    from wsflask.errors import ConfigError
+    from wsflask.server import Server
+
+    cert, key = make_certificate(tmp_path, "server")
+    config = Config(port=0, certfile=cert, keyfile=key, require_client_cert=True)
+    with pytest.raises(ConfigError, match="needs ca_file"):
+        Server(("127.0.0.1", 0), lambda request, address: None, config)  # type: ignore

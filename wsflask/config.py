@@ -144,6 +144,10 @@ class Config:
         backplane_secret: ``None``. A key shared by every node: envelopes on the bus are
             signed (HMAC-SHA256) and unsigned or forged ones are dropped and counted
             (``backplane_unsigned``). Env: ``WSFLASK_BACKPLANE_SECRET``.
+        ca_file: ``None``. PEM CA bundle client certificates are verified against (with
+            ``certfile``); a client certificate is then optional unless ...
+        require_client_cert: ``False``. ``True`` (with ``ca_file``): mutual TLS, a client
+            without a valid certificate fails the TLS handshake.
     """
 
     host: str = "127.0.0.1"
@@ -192,6 +196,8 @@ class Config:
     circuit_breaker_reset: float = field(default=5.0, metadata=_rng(0.001, 3600))
     pressure_threshold: float = field(default=0.0, metadata=_rng(0, 1))
     backplane_secret: str | None = None
+    ca_file: str | None = None
+    require_client_cert: bool = False
 
     def __post_init__(self) -> None:
         for spec in dataclasses.fields(self):

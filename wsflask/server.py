@@ -126,6 +126,7 @@ class Server(StreamServer):  # type: ignore[misc]
         self._handshaking: dict[gevent.Greenlet, WebSocket | None] = {}
         self._per_ip: dict[str, int] = {}
         self._ssl = ssl_context if ssl_context is not None else _make_ssl_context(self.config)
+        self._reload_watcher: Any = None  # the SIGHUP handler, once installed
         self._shed_pool = Pool(SHED_CONCURRENCY)
         self._accept_delay = 0.0
         self._stopping = False
@@ -433,6 +434,9 @@ class Server(StreamServer):  # type: ignore[misc]
             for service in reversed(self.services):
                 service.stop()
             self.deadlines.stop()
+            watcher, self._reload_watcher = self._reload_watcher, None
+            if watcher is not None:
+                watcher.cancel()
             if self.degrader is not None:
                 self.degrader.stop()
         finally:
@@ -442,6 +446,28 @@ class Server(StreamServer):  # type: ignore[misc]
         """On SIGTERM or SIGINT, run ``stop()`` in a new greenlet (then serve_forever returns)."""
         for signum in (signal.SIGTERM, signal.SIGINT):
             gevent.signal_handler(signum, self._on_signal, signum)
+        self.install_reload_handler()
+
+    def install_reload_handler(self) -> None:
+        """On SIGHUP, ``reload_certificates()`` (TLS from ``certfile`` only); the handler is
+        removed by ``stop()``."""
+        if self.config.certfile and self._ssl is not None and self._reload_watcher is None:
+            self._reload_watcher = gevent.signal_handler(signal.SIGHUP, self.reload_certificates)
+
+    def reload_certificates(self) -> bool:
+        """Load ``certfile``/``keyfile`` (and ``ca_file``) again for new handshakes; open
+        connections keep their session. A file that does not load is logged and the old
+        certificate stays. Returns True when the new one is in use (FX-05)."""
+        try:
+            context = _make_ssl_context(self.config)
+        except ConfigError as exc:
+            logger.error("certificate reload failed, keeping the old one: %s", exc)
+            return False
+        if context is None:
+            return False
+        self._ssl = context
+        logger.info("certificate reloaded from %s", self.config.certfile)
+        return True
 
     def _on_signal(self, signum: int) -> None:
         logger.info("signal %s: draining connections", signal.Signals(signum).name)
@@ -484,7 +510,22 @@ def _make_ssl_context(config: Config) -> ssl.SSLContext | None:
         raise ConfigError(
             f"certfile={config.certfile!r} keyfile={config.keyfile!r} cannot be loaded: {exc}"
         ) from exc
+    _client_certificates(context, config)
     return context
+
+
+def _client_certificates(context: ssl.SSLContext, config: Config) -> None:
+    """``ca_file``: verify client certificates against it, required with
+    ``require_client_cert`` (mutual TLS), else optional."""
+    if config.require_client_cert and not config.ca_file:
+        raise ConfigError("require_client_cert=True needs ca_file (the CA of client certificates)")
+    if not config.ca_file:
+        return
+    try:
+        context.load_verify_locations(config.ca_file)
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(f"ca_file={config.ca_file!r} cannot be loaded: {exc}") from exc
+    context.verify_mode = ssl.CERT_REQUIRED if config.require_client_cert else ssl.CERT_OPTIONAL
 
 
 def _ip(address: Any) -> str:
