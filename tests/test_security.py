@@ -362,3 +362,16 @@ def test_require_client_cert_without_ca_file_fails_fast(tmp_path: Path) -> None:
     config = Config(port=0, certfile=cert, keyfile=key, require_client_cert=True)
     with pytest.raises(ConfigError, match="needs ca_file"):
         Server(("127.0.0.1", 0), lambda request, address: None, config)  # type: ignore
+
+
+@pytest.mark.parametrize("bad", ["app.example", ("",), (1,)])
+def test_allowed_hosts_must_be_a_tuple_of_names(bad: Any) -> None:
+    from wsflask.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="allowed_hosts="):
+        Config(allowed_hosts=bad)
+
+
+def test_allowed_hosts_from_the_environment() -> None:
+    config = Config.from_env("WSFLASK", {"WSFLASK_ALLOWED_HOSTS": "app.example, .example.com"})
+    assert config.allowed_hosts == ("app.example", ".example.com")

@@ -211,6 +211,13 @@ class Config:
                 f"allowed_origins={self.allowed_origins!r} is invalid: expected "
                 "a tuple of non-empty origin strings, e.g. ('https://app.example',)"
             )
+        if isinstance(self.allowed_hosts, str) or not all(
+            isinstance(h, str) and h for h in self.allowed_hosts
+        ):
+            raise ConfigError(
+                f"allowed_hosts={self.allowed_hosts!r} is invalid: expected a tuple of "
+                "non-empty host names, e.g. ('app.example', '.example.com')"
+            )
         if self.backplane is not None and not self.backplane.startswith(
             ("memory://", "redis://", "unix://")
         ):

@@ -95,7 +95,7 @@ class WebSocket:
     """
 
     __slots__ = (
-        "__weakref__", "_callbacks", "_close_deadline", "_closer", "_config", "_conn",
+        "__weakref__", "_big", "_callbacks", "_close_deadline", "_closer", "_config", "_conn",
         "_drained", "_finished", "_heartbeat", "_initial", "_messages", "_metrics",
         "_opened_at", "_owner", "_ping_payload", "_rate", "_raw", "_reading", "_rx", "_sock",
         "_transport", "close_cause", "close_code", "close_reason", "deflate", "extensions",
@@ -139,6 +139,8 @@ class WebSocket:
             read_size=config.read_size,
             write_timeout=config.write_timeout,
         )
+        #: sends longer than this get the exact outbound size check (one compare otherwise)
+        self._big = config.max_message_size >> 2
         #: the message-rate token bucket; None (no per-message cost) when the limit is off
         self._rate = MessageRate.of(config) if config.max_messages_per_second else None
         #: the OS socket for reads without gevent layers; None under TLS
@@ -451,7 +453,7 @@ class WebSocket:
         transport = self._transport
         if conn.state is not State.OPEN or transport.broken:
             raise self._closed_error()
-        if len(data) > self._config.max_message_size >> 2:  # one compare for small messages
+        if len(data) > self._big:  # one compare for small messages
             self._check_size(data)
         timed = self.deflate is not None and self._metrics is not None
         started = perf_counter() if timed else 0.0
