@@ -181,7 +181,7 @@ def handshake_status(raw_peer: Any, port: int, host: str, origin: str, extra: st
 def test_defect14_same_origin_compares_scheme_host_and_port(
     app_factory: Any, raw_peer: Any
 ) -> None:
-    app = app_factory()
+    app = app_factory(allowed_hosts=("example.com", "::1"))  # a loopback bind: name them
     app.route("/")
     with app.test_client() as client:
         port = client.port

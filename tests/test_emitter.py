@@ -108,3 +108,27 @@ def test_defect3_an_emitter_shared_by_threads_loses_no_message(
     for n in range(threads):  # every message, each thread's in the order it sent them
         assert [m for m in got if m.startswith(f"{n}:")] == [f"{n}:{i}" for i in range(sends)]
     assert not app.metrics.drops
+
+
+def test_an_emitter_given_the_secret_signs_and_one_without_is_dropped_and_counted() -> None:
+    """With ``backplane_secret`` set, nodes drop unsigned envelopes: an Emitter must sign."""
+    bus = f"memory://e{next(_names)}"
+    app = App(backplane=bus, backplane_secret="s3cret", **FAST)
+
+    @app.route("/r/<room>")
+    def chat(ws: Any, room: str) -> None:
+        app.rooms.join(room, ws)
+        ws.send("joined")
+        for _ in ws:
+            pass
+
+    with app.test_client(timeout=10) as client:
+        ws = client.connect("/r/t")
+        assert client.receive(ws) == "joined"
+        ready(app)
+        with Emitter(bus) as unsigned:
+            unsigned.send("dropped", to="t")
+        with Emitter(bus, secret="s3cret") as signed:
+            signed.send("delivered", to="t")
+        assert client.receive(ws) == "delivered"  # the unsigned one never arrived
+        wait_until(lambda: app.metrics.drops.get("backplane_unsigned") == 1)

@@ -16,6 +16,7 @@ import gevent
 import pytest
 from gevent.event import Event
 from gevent.queue import Queue
+from helpers import wait_until
 
 from wsflask.client import connect
 from wsflask.config import Config
@@ -342,7 +343,10 @@ def test_bp01_stalled_reader_is_bounded_and_others_keep_receiving(
     assert peak <= budget + len(frame)
     if policy == "close":
         assert stalled.close_code == 1013 and metrics.calls["slow"] == 1
-        assert stalled.buffered_amount == 0
+        # the Close jumped the queue; the rest was freed at once, the frame begun and the
+        # Close itself once close_timeout passed (this peer never reads)
+        assert stalled.buffered_amount <= len(frame) + 128
+        wait_until(lambda: stalled.buffered_amount == 0, timeout=5)
     else:
         assert stalled.is_open and metrics.dropped_reasons["backpressure"] > 100
     assert other.is_open

@@ -22,6 +22,7 @@ from .dispatch import Dispatcher
 from .envelopes import encode
 from .errors import Reject, SetupError
 from .heartbeat import Heartbeat
+from .hosts import host_allowed
 from .lifespan import Lifespan, Started, host
 from .logs import TextFormatter
 from .metrics import Metrics
@@ -62,6 +63,7 @@ class App:
         self.config: Config = config
         self.metrics = Metrics()
         self.rooms = Rooms(policy=config.backpressure_policy, metrics=self.metrics)
+        self.rooms.max_message_size = config.max_message_size  # outbound check (CM-17)
         #: the heartbeat the server runs, and the backplane bridge with ``backplane=`` (started
         #: with the server) or None; ``configure`` rebuilds both
         self.heartbeat, self.cluster = self._build_services(config)
@@ -103,6 +105,7 @@ class App:
         """
         self.config = config
         self.rooms.policy = config.backpressure_policy
+        self.rooms.max_message_size = config.max_message_size
         self.heartbeat, self.cluster = self._build_services(config)
 
     # -- registration: decorators over add_* ------------------------------------------------
@@ -223,6 +226,8 @@ class App:
                 ``Reject``, ``MethodNotAllowed`` for plain non-GET requests, 400 for a path
                 that is not UTF-8 once percent-decoded.
         """
+        if not host_allowed(request.host, self.config.allowed_hosts, self._bound_host()):
+            raise HandshakeError(f"host {(request.host or '')[:64]!r} not allowed")  # 400
         path = canonical_path(request.path)
         if path is None:
             raise HandshakeError("the path is not UTF-8 once percent-decoded")  # 400
@@ -267,6 +272,11 @@ class App:
             if any(_allows(entry, theirs) for entry in allowed):
                 return
         raise Forbidden(f"origin {origin[:64]!r} not allowed")
+
+    def _bound_host(self) -> str | None:
+        """The address this app's own server listens on; None under a WSGI host (unknown:
+        ``allowed_hosts=()`` then allows any name)."""
+        return None if self.server is None else str(self.server.server_host)
 
     def _run_hooks(self, request: Request) -> dict[str, Any]:
         session: dict[str, Any] = {}

@@ -115,6 +115,44 @@ class Config:
             ``pending_calls``. Bounds memory per connection.
         call_timeout: ``10.0`` s that ``ws.call`` waits for the ack by default; then
             ``TimeoutError``. Bounds how long a silent peer holds a caller.
+        allowed_hosts: ``()`` = on a loopback bind (``127.0.0.1``, ``::1``, ``localhost``)
+            only loopback ``Host`` names, any name on other binds; ``("*",)`` = any; else
+            the listed names (any port; ``".example.com"`` adds its subdomains). Others
+            get 400. Bounds DNS rebinding.
+        fragment_timeout: ``30.0`` s a fragmented message may stay unfinished; over -> close
+            ``1008`` (checked every second at most); ``0`` disables. Bounds held budgets.
+        write_timeout: ``10.0`` s a blocking ``send()`` may wait for a reader that stopped;
+            over -> TCP dropped, ``ConnectionClosed`` (1013), counted as a slow consumer.
+            ``0`` disables.
+        tcp_keepalive: ``True``. SO_KEEPALIVE on accepted sockets (idle 60 s), so dead peers
+            are found even with the heartbeat off.
+        connection_rate_per_ip: ``0`` (off). Handshakes per IP per ``connection_rate_window``
+            (token bucket); over -> 429 with ``Retry-After``. Bounds reconnect storms.
+        connection_rate_window: ``60.0`` s, the window of ``connection_rate_per_ip``.
+        new_connection_delay: ``0.0`` s (off). Above 80 % of the connection cap each new
+            handshake first waits this long (until occupancy is below 70 % again).
+        resource_threshold: ``0.95``. Memory (RSS of the machine's RAM) or descriptor use
+            (of RLIMIT_NOFILE) at or over this fraction -> new handshakes get 503; ``0``
+            disables. Sampled at most once a second.
+        reserved_connections: ``0``. Slots of ``max_connections`` kept for connections a
+            ``before_upgrade`` hook marks ``{"priority": True}``.
+        max_messages_per_second: ``0`` (off). Messages a connection may send per second on
+            average (token bucket); over -> close ``1008``. Bounds floods.
+        message_burst: ``0`` (= 2 s worth of ``max_messages_per_second``). The bucket size.
+        circuit_breaker_failures: ``0`` (off). After this many consecutive resolver or
+            ``before_upgrade`` failures (exceptions, 5xx) handshakes get 503 at once ...
+        circuit_breaker_reset: ``5.0`` s ... until one trial request is let through.
+        pressure_threshold: ``0`` (off). Memory or descriptor ratio at which the server
+            degrades (warning: ping interval doubled, handshakes slowed; over 1.1 times it,
+            critical: handshakes get 503 and idle connections without
+            ``session["priority"]`` are shed with 1013 until pressure is back below it).
+        backplane_secret: ``None``. A key shared by every node: envelopes on the bus are
+            signed (HMAC-SHA256) and unsigned or forged ones are dropped and counted
+            (``backplane_unsigned``). Env: ``WSFLASK_BACKPLANE_SECRET``.
+        ca_file: ``None``. PEM CA bundle client certificates are verified against (with
+            ``certfile``); a client certificate is then optional unless ...
+        require_client_cert: ``False``. ``True`` (with ``ca_file``): mutual TLS, a client
+            without a valid certificate fails the TLS handshake.
     """
 
     host: str = "127.0.0.1"
@@ -150,6 +188,23 @@ class Config:
     call_timeout: float = field(default=10.0, metadata=_rng(0.001, 3600))
     # -- operability (issue 16): add fields below this line --
     # -- bounds and admission (issue 18): add fields below this line --
+    allowed_hosts: tuple[str, ...] = ()
+    fragment_timeout: float = field(default=30.0, metadata=_rng(0, 86400))
+    write_timeout: float = field(default=10.0, metadata=_rng(0, 86400))
+    tcp_keepalive: bool = True
+    connection_rate_per_ip: int = field(default=0, metadata=_rng(0, 10_000_000))
+    connection_rate_window: float = field(default=60.0, metadata=_rng(0.001, 86400))
+    new_connection_delay: float = field(default=0.0, metadata=_rng(0, 60))
+    resource_threshold: float = field(default=0.95, metadata=_rng(0, 1))
+    reserved_connections: int = field(default=0, metadata=_rng(0, 10_000_000))
+    max_messages_per_second: float = field(default=0.0, metadata=_rng(0, 10_000_000))
+    message_burst: int = field(default=0, metadata=_rng(0, 10_000_000))
+    circuit_breaker_failures: int = field(default=0, metadata=_rng(0, 1_000_000))
+    circuit_breaker_reset: float = field(default=5.0, metadata=_rng(0.001, 3600))
+    pressure_threshold: float = field(default=0.0, metadata=_rng(0, 1))
+    backplane_secret: str | None = None
+    ca_file: str | None = None
+    require_client_cert: bool = False
 
     def __post_init__(self) -> None:
         for spec in dataclasses.fields(self):
@@ -162,6 +217,13 @@ class Config:
             raise ConfigError(
                 f"allowed_origins={self.allowed_origins!r} is invalid: expected "
                 "a tuple of non-empty origin strings, e.g. ('https://app.example',)"
+            )
+        if isinstance(self.allowed_hosts, str) or not all(
+            isinstance(h, str) and h for h in self.allowed_hosts
+        ):
+            raise ConfigError(
+                f"allowed_hosts={self.allowed_hosts!r} is invalid: expected a tuple of "
+                "non-empty host names, e.g. ('app.example', '.example.com')"
             )
         if self.backplane is not None and not self.backplane.startswith(
             ("memory://", "redis://", "unix://")

@@ -161,6 +161,9 @@ class Metrics:
         #: messages or publishes dropped, by reason ("backpressure", "backplane", ...)
         self.drops: dict[str, int] = {}
         self.slow_consumers_closed = 0
+        #: bounds and degradation at work, by event ("partition", "shed", "breaker_open",
+        #: "fragment_timeout", "session_expired")
+        self.degradations: dict[str, int] = {}
         self.rtt_seconds = Histogram(RTT_BUCKETS)
         self.frame_parse_ms = Histogram(PARSE_BUCKETS_MS)
         self.connection_duration = Histogram(DURATION_BUCKETS)
@@ -236,6 +239,10 @@ class Metrics:
     def slow_consumer_closed(self) -> None:
         """A connection was closed with 1013 because its outbox passed max_backpressure."""
         self.slow_consumers_closed += 1
+
+    def degradation(self, event: str) -> None:
+        """A bound or degradation step acted (``degradations``); rare, never per message."""
+        self.degradations[event] = self.degradations.get(event, 0) + 1
 
     def frame_parse(self, seconds: float) -> None:
         """One ``receive_data()`` call took ``seconds`` (recorded in milliseconds)."""
@@ -376,6 +383,13 @@ class Metrics:
                 "counter",
                 "Connections closed with 1013 for exceeding max_backpressure.",
                 self.slow_consumers_closed,
+            ),
+            _labelled(
+                "websocket_degradation_events_total",
+                "Bounds and degradation at work: partitions detected, connections shed, "
+                "circuit-breaker trips, fragment timeouts, expired sessions.",
+                "event",
+                self.degradations,
             ),
             _histogram(
                 "websocket_rtt_seconds", "Heartbeat ping round-trip time.", self.rtt_seconds

@@ -107,6 +107,8 @@ class Rooms(Generic[M]):
         self._policies: dict[str, Backpressure] = {}
         self._bus: Bus | None = None
         self._node = ""
+        #: outbound limit of ``broadcast()`` (the app sets ``max_message_size``); None: none
+        self.max_message_size: int | None = None
 
     @property
     def policy(self) -> Backpressure:
@@ -252,11 +254,25 @@ class Rooms(Generic[M]):
 
         The frame is encoded once; no member can block the caller. Returns the local counts;
         with a backplane the message is also queued for the other nodes (never blocking).
+
+        Raises:
+            ValueError: ``data`` is over ``max_message_size`` (counted as a ``too_big``
+                drop): every member would fail the connection with 1009.
         """
+        limit = self.max_message_size
+        if limit is not None and len(data) > limit >> 2:
+            self._check_size(data, limit)
         result = self.deliver(room, encode_message(data), exclude=exclude, data=data)
         if self._bus is not None:
             self._bus.publish(room, data, _excluded_ids(exclude))
         return result
+
+    def _check_size(self, data: str | bytes, limit: int) -> None:
+        size = len(data.encode("utf-8")) if isinstance(data, str) else len(data)
+        if size > limit:
+            if self.metrics is not None:
+                self.metrics.dropped("too_big")
+            raise ValueError(f"message of {size} bytes over max_message_size={limit}")
 
     def deliver(
         self,

@@ -26,8 +26,12 @@ from gevent.pool import Pool
 from gevent.server import StreamServer
 
 from . import ids
+from .admission import Admission, Refusal
+from .breaker import CircuitBreaker
 from .config import Config
-from .errors import ConfigError
+from .deadlines import Deadlines
+from .degradation import Degrader, ResourceMonitor
+from .errors import ConfigError, Reject
 from .protocol import CloseCode, Connection, HandshakeError, Request, Side, State
 from .protocol.handshake import build_response
 from .transport import Transport, wrap_tls
@@ -56,6 +60,8 @@ class _Draining(Exception):
 
 
 _TIMED_OUT = object()
+#: The reason heartbeat.py fails a silent peer with (a partition, for the metrics).
+PING_TIMEOUT = "ping timeout"
 
 
 class Service(Protocol):
@@ -80,6 +86,9 @@ class Server(StreamServer):  # type: ignore[misc]
         services: started in order by ``start()``, stopped in reverse by ``stop()``.
         new_id: gives each connection its id, once, at construction.
         ssl_context: an ``ssl.SSLContext`` to use instead of ``config.certfile``.
+        admission: who may start a handshake (default ``Admission(config)``; tests inject
+            one with a fake probe and clock).
+        breaker: the handshake circuit breaker (default from ``circuit_breaker_*``).
 
     Raises:
         ConfigError: the certificate or key cannot be loaded (fail fast, battery TL-04).
@@ -96,8 +105,14 @@ class Server(StreamServer):  # type: ignore[misc]
         services: Sequence[Service] = (),
         new_id: Callable[[], str] = ids.new_id,
         ssl_context: ssl.SSLContext | None = None,
+        admission: Admission | None = None,
+        breaker: CircuitBreaker | None = None,
     ) -> None:
         self.config = config or Config()
+        self.admission = admission if admission is not None else Admission(self.config)
+        self.breaker = breaker or CircuitBreaker(
+            self.config.circuit_breaker_failures, self.config.circuit_breaker_reset
+        )
         self.resolve = resolve
         self.metrics = metrics
         self.heartbeat = heartbeat
@@ -111,6 +126,7 @@ class Server(StreamServer):  # type: ignore[misc]
         self._handshaking: dict[gevent.Greenlet, WebSocket | None] = {}
         self._per_ip: dict[str, int] = {}
         self._ssl = ssl_context if ssl_context is not None else _make_ssl_context(self.config)
+        self._reload_watcher: Any = None  # the SIGHUP handler, once installed
         self._shed_pool = Pool(SHED_CONCURRENCY)
         self._accept_delay = 0.0
         self._stopping = False
@@ -120,6 +136,28 @@ class Server(StreamServer):  # type: ignore[misc]
         super().__init__(listener, self.handle, spawn=self._admit)
         #: The bounded pool every connection greenlet runs in (max_connections).
         self.pool = Pool(self.config.connection_limit())
+        #: fragment_timeout and session expiry, checked on a tick over ``connections``
+        self.deadlines = Deadlines(self.connections, self.config, note=self._note)
+        #: graceful degradation under pressure (``pressure_threshold``), else None
+        self.degrader = self._make_degrader(heartbeat)
+
+    def _make_degrader(self, heartbeat: Any) -> Degrader | None:
+        if not self.config.pressure_threshold:
+            return None
+        stretchable = isinstance(getattr(heartbeat, "interval", None), int | float)
+        return Degrader(
+            ResourceMonitor(threshold=self.config.pressure_threshold),
+            connections=self.connections,
+            admission=self.admission,
+            heartbeat=heartbeat if stretchable else None,  # Heartbeat.interval is stretched
+            note=self._note,
+        )
+
+    def _note(self, event: str) -> None:
+        """Count a bound or degradation event (``websocket_degradation_events_total``)."""
+        record = getattr(self.metrics, "degradation", None)  # stand-ins may lack it
+        if record is not None:
+            record(event)
 
     def full(self) -> bool:
         """Never stop accepting: over capacity, clients get a 503 instead of a queue."""
@@ -129,6 +167,9 @@ class Server(StreamServer):  # type: ignore[misc]
         """Bind (if needed) and start accepting; start the services. Returns at once."""
         super().start()
         self.is_ready = True
+        self.deadlines.start()
+        if self.degrader is not None:
+            self.degrader.start()
         for service in self.services:
             service.start()
 
@@ -143,8 +184,11 @@ class Server(StreamServer):  # type: ignore[misc]
     ) -> Any:
         """The ``spawn`` of StreamServer: a pool greenlet, or the 503/429 shedding path."""
         sock, address = args
-        if self._stopping or self.pool.full():
+        if self._stopping:
             return self._shed(sock, 503)
+        refusal = self.admission.check(_ip(address), len(self.pool))
+        if refusal is not None:
+            return self._shed(sock, refusal.status, refusal)
         cap = self.config.max_connections_per_ip
         if cap:
             ip = _ip(address)
@@ -164,18 +208,21 @@ class Server(StreamServer):  # type: ignore[misc]
             else:
                 self._per_ip.pop(ip, None)
 
-    def _shed(self, sock: Any, status: int) -> None:
+    def _shed(self, sock: Any, status: int, refusal: Refusal | None = None) -> None:
         if self._shed_pool.full():  # a flood: do not even answer, never queue
             self._count(status)
             _abort_socket(sock)
             return
-        self._shed_pool.spawn(self._refuse, sock, status)
+        self._shed_pool.spawn(self._refuse, sock, status, refusal)
 
-    def _refuse(self, sock: Any, status: int) -> None:
+    def _refuse(self, sock: Any, status: int, refusal: Refusal | None = None) -> None:
         """Answer ``status`` without reading the request; wait briefly for the peer's FIN."""
         self._count(status)
-        extra = (("Retry-After", "1"),) if status in (429, 503) else ()
+        retry = str(refusal.retry_after if refusal is not None else 1)
+        extra = (("Retry-After", retry),) if status in (429, 503) else ()
         body = f"{status} {HTTPStatus(status).phrase}\n".encode()
+        if refusal is not None:
+            body = f"{status} {HTTPStatus(status).phrase}: {refusal.reason}\n".encode()
         limit = min(1.0, self.config.close_timeout)
         transport = Transport(sock, limit=self.config.max_backpressure)
         timer = Timeout(limit)
@@ -221,6 +268,11 @@ class Server(StreamServer):  # type: ignore[misc]
         try:
             with contextlib.suppress(OSError):  # not TCP (a UNIX socket), or already reset
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                if self.config.tcp_keepalive:
+                    _keepalive(sock)
+            delay = self.admission.handshake_delay(len(self.pool) - 1)  # the others
+            if delay:  # the soft limit: slow new handshakes down near the cap (ER-12)
+                gevent.sleep(delay)
             if self._stopping:
                 self._refuse(sock, 503)
                 return
@@ -273,11 +325,41 @@ class Server(StreamServer):  # type: ignore[misc]
             self._handshaking.pop(me, None)
         if isinstance(outcome, Request) and ws is not None:
             upgrade = answer(
-                ws, outcome, self.resolve, stopping=self._stopping, metrics=self.metrics
+                ws, outcome, self._resolve_guarded, stopping=self._stopping, metrics=self.metrics
             )
             return None if upgrade is None else (ws, upgrade)
         self._give_up(ws, sock, outcome)
         return None
+
+    def _resolve_guarded(self, request: Request, address: tuple[str, int]) -> Any:
+        """``resolve`` behind the circuit breaker, then the reserved-slot check (ER-10)."""
+        breaker = self.breaker
+        if not breaker.allow():
+            retry = (("Retry-After", str(breaker.retry_after())),)
+            raise Reject(503, "service unavailable: handshake circuit open", retry)
+        try:
+            result = self.resolve(request, address)
+        except HandshakeError as exc:
+            if exc.status >= 500:
+                self._breaker_failure()
+            else:  # a 4xx: the resolver works, the client was refused
+                breaker.success()
+            raise
+        except Exception:
+            self._breaker_failure()
+            raise
+        breaker.success()
+        if isinstance(result, Upgrade) and request.key:
+            refusal = self.admission.check_priority(result.session, len(self.pool))
+            if refusal is not None:
+                raise Reject(refusal.status, refusal.reason, (("Retry-After", "1"),))
+        return result
+
+    def _breaker_failure(self) -> None:
+        trips = self.breaker.trips
+        self.breaker.failure()
+        if self.breaker.trips != trips:
+            self._note("breaker_open")
 
     def _give_up(self, ws: WebSocket | None, sock: Any, outcome: object) -> None:
         """The handshake did not produce a request: count it and close."""
@@ -309,6 +391,8 @@ class Server(StreamServer):  # type: ignore[misc]
             self.connections.discard(ws)
             if not self.connections:
                 self._drained.set()
+            if ws.close_reason == PING_TIMEOUT:  # TCP up, peer silent: a partition (ER-27)
+                self._note("partition")
             if opened:
                 _log_access("close", ws, monotonic() - opened)
 
@@ -349,6 +433,12 @@ class Server(StreamServer):  # type: ignore[misc]
             self._shed_pool.kill(block=True, timeout=1.0)
             for service in reversed(self.services):
                 service.stop()
+            self.deadlines.stop()
+            watcher, self._reload_watcher = self._reload_watcher, None
+            if watcher is not None:
+                watcher.cancel()
+            if self.degrader is not None:
+                self.degrader.stop()
         finally:
             self._stopped.set()
 
@@ -356,6 +446,28 @@ class Server(StreamServer):  # type: ignore[misc]
         """On SIGTERM or SIGINT, run ``stop()`` in a new greenlet (then serve_forever returns)."""
         for signum in (signal.SIGTERM, signal.SIGINT):
             gevent.signal_handler(signum, self._on_signal, signum)
+        self.install_reload_handler()
+
+    def install_reload_handler(self) -> None:
+        """On SIGHUP, ``reload_certificates()`` (TLS from ``certfile`` only); the handler is
+        removed by ``stop()``."""
+        if self.config.certfile and self._ssl is not None and self._reload_watcher is None:
+            self._reload_watcher = gevent.signal_handler(signal.SIGHUP, self.reload_certificates)
+
+    def reload_certificates(self) -> bool:
+        """Load ``certfile``/``keyfile`` (and ``ca_file``) again for new handshakes; open
+        connections keep their session. A file that does not load is logged and the old
+        certificate stays. Returns True when the new one is in use (FX-05)."""
+        try:
+            context = _make_ssl_context(self.config)
+        except ConfigError as exc:
+            logger.error("certificate reload failed, keeping the old one: %s", exc)
+            return False
+        if context is None:
+            return False
+        self._ssl = context
+        logger.info("certificate reloaded from %s", self.config.certfile)
+        return True
 
     def _on_signal(self, signum: int) -> None:
         logger.info("signal %s: draining connections", signal.Signals(signum).name)
@@ -398,7 +510,22 @@ def _make_ssl_context(config: Config) -> ssl.SSLContext | None:
         raise ConfigError(
             f"certfile={config.certfile!r} keyfile={config.keyfile!r} cannot be loaded: {exc}"
         ) from exc
+    _client_certificates(context, config)
     return context
+
+
+def _client_certificates(context: ssl.SSLContext, config: Config) -> None:
+    """``ca_file``: verify client certificates against it, required with
+    ``require_client_cert`` (mutual TLS), else optional."""
+    if config.require_client_cert and not config.ca_file:
+        raise ConfigError("require_client_cert=True needs ca_file (the CA of client certificates)")
+    if not config.ca_file:
+        return
+    try:
+        context.load_verify_locations(config.ca_file)
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(f"ca_file={config.ca_file!r} cannot be loaded: {exc}") from exc
+    context.verify_mode = ssl.CERT_REQUIRED if config.require_client_cert else ssl.CERT_OPTIONAL
 
 
 def _ip(address: Any) -> str:
@@ -408,3 +535,13 @@ def _ip(address: Any) -> str:
 def _abort_socket(sock: Any) -> None:
     with contextlib.suppress(OSError):
         sock.close()
+
+
+def _keepalive(sock: Any) -> None:
+    """TCP keep-alive: probe an idle peer after 60 s, every 10 s, 5 times (where the OS
+    lets us tune it), so a vanished peer is found even without the heartbeat (X-04)."""
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    for name, value in (("TCP_KEEPIDLE", 60), ("TCP_KEEPINTVL", 10), ("TCP_KEEPCNT", 5)):
+        option = getattr(socket, name, None)
+        if option is not None:
+            sock.setsockopt(socket.IPPROTO_TCP, option, value)

@@ -8,10 +8,12 @@ decides what a slow consumer costs: ``WebSocket`` owns it and applies that polic
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import ssl
 import struct
 from collections import deque
+from collections.abc import Callable
 from typing import Any
 
 import gevent
@@ -32,17 +34,23 @@ class Transport:
         sock: a gevent socket (plain or ``gevent.ssl.SSLSocket``) in blocking mode.
         limit: ``max_backpressure``: outbox bytes above which ``write()`` waits.
         read_size: the chunk size used to read the peer's last bytes in ``close()``.
+        write_timeout: seconds a blocking ``write()`` may wait for the peer to read; past
+            it TCP is dropped and ``timed_out`` set. ``0`` waits forever.
 
     Attributes:
         sock: the socket (the TLS socket under TLS).
         broken: True once TCP was dropped: every write fails, readers see EOF.
         buffered_amount: bytes queued in the outbox that the kernel has not taken yet.
+        timed_out: True once a blocking write passed ``write_timeout`` (then ``broken``).
     """
 
-    __slots__ = ("_limit", "_outbox", "_raw", "_read_size", "_turn", "_writer", "_writing",
-                 "broken", "buffered_amount", "sock")  # fmt: skip
+    __slots__ = ("_limit", "_outbox", "_raw", "_read_size", "_turn", "_write_timeout",
+                 "_writer", "_writing", "broken", "buffered_amount", "sock",
+                 "timed_out")  # fmt: skip
 
-    def __init__(self, sock: Any, *, limit: int, read_size: int = 65536) -> None:
+    def __init__(
+        self, sock: Any, *, limit: int, read_size: int = 65536, write_timeout: float = 0.0
+    ) -> None:
         self.sock = sock
         self.broken = False
         #: the OS socket for non-blocking writes; None under TLS (the SSL object must write)
@@ -54,6 +62,8 @@ class Transport:
         self._writer: gevent.Greenlet | None = None  # the short-lived outbox drainer
         self._writing = False  # a blocking sendall is in progress
         self._turn: Event | None = None  # set when that sendall ends (made only when awaited)
+        self._write_timeout = write_timeout
+        self.timed_out = False
 
     @property
     def idle(self) -> bool:
@@ -70,7 +80,8 @@ class Transport:
         if self._writing or self._writer is not None or self._outbox:
             self._enqueue(data)  # keep the order: behind what others queued
             self._start_writer()
-            self._wait_below_limit()
+            if self.buffered_amount > self._limit:
+                self._bounded(self._wait_below_limit)
             return not self.broken
         sent = self._try_send(data)
         if sent == len(data):
@@ -80,8 +91,8 @@ class Transport:
         self._writing = True
         done = False
         try:
-            self.sock.sendall(memoryview(data)[sent:] if sent else data)
-            done = True
+            rest = memoryview(data)[sent:] if sent else data
+            done = self._bounded(self.sock.sendall, rest)
         except OSError:
             pass
         finally:
@@ -93,6 +104,55 @@ class Transport:
             if turn is not None:  # wake the greenlets that queued behind this write
                 turn.set()
         return done
+
+    def _bounded(self, wait: Callable[..., Any], *args: Any) -> bool:
+        """Run the blocking ``wait(*args)`` under ``write_timeout`` (the slow path only):
+        past it, drop TCP and set ``timed_out``. False when it timed out."""
+        if not self._write_timeout:
+            wait(*args)
+            return True
+        timer = Timeout(self._write_timeout)
+        try:
+            with timer:
+                wait(*args)
+            return True
+        except Timeout as exc:
+            if exc is not timer:
+                raise
+            self.timed_out = True
+            self.drop()
+            return False
+
+    def write_urgent(self, data: bytes, *, last: bool = False) -> int:
+        """Queue a control frame (Ping, Close) ahead of every queued data frame, never
+        splitting the frame the writer has begun (RFC 6455 §5.4: control frames may be
+        injected between frames, never inside one). Never blocks.
+
+        ``last``: ``data`` is a Close; everything queued behind it is discarded (RFC 6455
+        §5.5.1: no data frames after a Close). Returns how many queued chunks were
+        discarded (for the drop counters), ``-1`` when the transport is gone.
+        """
+        if self.broken:
+            return -1
+        outbox = self._outbox
+        if not outbox:
+            return 0 if self.write_nowait(data, budget=None) else -1
+        at = 1 if self._writer is not None else 0  # the writer owns the head chunk
+        discarded = 0
+        if last:
+            while len(outbox) > at:
+                self.buffered_amount -= len(outbox.pop())
+                discarded += 1
+        outbox.insert(at, data)
+        self.buffered_amount += len(data)
+        self._start_writer()
+        return discarded
+
+    def shutdown_read(self) -> None:
+        """Wake a greenlet blocked reading (it sees EOF) while queued bytes still drain."""
+        raw = getattr(self.sock, "_sock", self.sock)
+        with contextlib.suppress(OSError):
+            raw.shutdown(socket.SHUT_RD)
 
     def _wait_below_limit(self) -> None:
         """Natural backpressure for blocking writers, whoever holds the socket: the writer

@@ -26,6 +26,7 @@ from .config import Backpressure, Config
 from .envelopes import encode
 from .errors import ConnectionClosed
 from .ids import new_id
+from .limits import MessageRate
 from .protocol import (
     BinaryMessage,
     CloseCode,
@@ -99,9 +100,10 @@ class WebSocket:
     """
 
     __slots__ = (
-        "__weakref__", "_callbacks", "_calls", "_close_deadline", "_closer", "_config", "_conn",
+        "__weakref__", "_big", "_callbacks", "_calls", "_close_deadline", "_closer", "_config",
+        "_conn",
         "_drained", "_finished", "_heartbeat", "_initial", "_messages", "_metrics",
-        "_opened_at", "_owner", "_ping_payload", "_raw", "_reading", "_rx", "_sock",
+        "_opened_at", "_owner", "_ping_payload", "_rate", "_raw", "_reading", "_rx", "_sock",
         "_transport", "close_cause", "close_code", "close_reason", "deflate", "extensions",
         "id", "last_received", "latency", "path_params", "ping_sent_at", "remote_address",
         "request", "rooms", "session", "subprotocol",
@@ -137,7 +139,16 @@ class WebSocket:
         config = config or _DEFAULT_CONFIG
         self._config = config
         self._sock = sock
-        self._transport = Transport(sock, limit=config.max_backpressure, read_size=config.read_size)
+        self._transport = Transport(
+            sock,
+            limit=config.max_backpressure,
+            read_size=config.read_size,
+            write_timeout=config.write_timeout,
+        )
+        #: sends longer than this get the exact outbound size check (one compare otherwise)
+        self._big = config.max_message_size >> 2
+        #: the message-rate token bucket; None (no per-message cost) when the limit is off
+        self._rate = MessageRate.of(config) if config.max_messages_per_second else None
         #: the OS socket for reads without gevent layers; None under TLS
         self._raw = os_socket(sock)
         self._conn = connection
@@ -355,6 +366,9 @@ class WebSocket:
     def _on_message(self, data: str | bytes) -> None:
         if self._metrics is not None:
             self._metrics.message_in(_nbytes(data))
+        if self._rate is not None and not self._rate.take():
+            self.close_now(CloseCode.POLICY, "message rate exceeded")
+            return
         if self._calls is not None and isinstance(data, str) and self._take_call(data):
             return  # a reply to our call, or the peer's call answered (calls.py)
         if self._conn.close_expected():
@@ -448,6 +462,8 @@ class WebSocket:
         transport = self._transport
         if conn.state is not State.OPEN or transport.broken:
             raise self._closed_error()
+        if len(data) > self._big:  # one compare for small messages
+            self._check_size(data)
         timed = self.deflate is not None and self._metrics is not None
         started = perf_counter() if timed else 0.0
         if isinstance(data, str):
@@ -457,9 +473,26 @@ class WebSocket:
         if timed and self._metrics is not None:
             self._metrics.compress_time(perf_counter() - started)
         if not transport.write(conn.data_to_send()):
-            raise self._closed_error()
+            raise self._write_failed()
         if self._metrics is not None:
             self._metrics.message_out(_nbytes(data))
+
+    def _check_size(self, data: str | bytes) -> None:
+        """Refuse (and count) an outbound message over ``max_message_size``: the peer would
+        fail the connection with 1009 anyway (seed audit CM-17)."""
+        limit = self._config.max_message_size
+        if len(data) > limit or _nbytes(data) > limit:
+            if self._metrics is not None:
+                self._metrics.dropped("too_big")
+            raise ValueError(f"message of {_nbytes(data)} bytes over max_message_size={limit}")
+
+    def _write_failed(self) -> ConnectionClosed:
+        """A blocking write failed: past ``write_timeout`` that is a slow consumer (1013)."""
+        if self._transport.timed_out and self.close_code is None:
+            if self._metrics is not None:
+                self._metrics.slow_consumer_closed()
+            self.abort(CloseCode.TRY_AGAIN_LATER, "write timeout")
+        return self._closed_error()
 
     def emit(self, event: str, data: Any = None) -> None:
         """Send the JSON event envelope ``{"event": event, "data": data}`` as text; blocks
@@ -613,7 +646,7 @@ class WebSocket:
         self._conn.send_ping(payload)
         self._ping_payload = payload
         self.ping_sent_at = monotonic()
-        self._transport.write_nowait(self._conn.data_to_send(), budget=None)
+        self._transport.write_urgent(self._conn.data_to_send())  # ahead of queued data
 
     def _over_budget(self, policy: str | None) -> None:
         """The outbox is full: apply the slow-consumer policy (``config.Backpressure``)."""
@@ -623,7 +656,7 @@ class WebSocket:
             return
         if self._metrics is not None:
             self._metrics.slow_consumer_closed()
-        self.abort(CloseCode.TRY_AGAIN_LATER, "try again later")
+        self.close_now(CloseCode.TRY_AGAIN_LATER, "try again later")
 
     def _closed_error(self) -> ConnectionClosed:
         code = CloseCode.ABNORMAL if self.close_code is None else self.close_code
@@ -694,6 +727,34 @@ class WebSocket:
         if data:
             self._transport.write_last(data)
         self._transport.drop()
+
+    def close_now(self, code: int, reason: str = "") -> None:
+        """Fail the connection now, yet let the peer read why: the Close jumps the outbox
+        (queued data behind it is discarded and counted as ``closing`` drops, a frame
+        begun is finished), the reader is woken, and TCP closes once the Close is flushed
+        (``close_timeout`` at most, then dropped). Never blocks; for slow consumers,
+        floods and expired deadlines.
+        """
+        conn = self._conn
+        if conn.state is State.CLOSED:
+            return
+        conn.fail(code, reason)
+        self.close_code, self.close_reason = code, reason
+        data = conn.data_to_send()
+        discarded = self._transport.write_urgent(data, last=True) if data else -1
+        if discarded < 0:
+            self._transport.drop()
+            return
+        self._transport.shutdown_read()
+        metrics = self._metrics
+        if metrics is not None:
+            for _ in range(discarded):
+                metrics.dropped("closing")  # queued behind the Close: counted, not lost
+
+    @property
+    def receiving_message(self) -> bool:
+        """True while a fragmented message is partly received (``fragment_timeout``)."""
+        return self._conn.receiving_message
 
     def add_close_callback(self, callback: Callable[[Self], None]) -> None:
         """Call ``callback(ws)`` once after the socket is closed (at once if it already is)."""

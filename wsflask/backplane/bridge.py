@@ -25,7 +25,7 @@ from ..protocol import Opcode, encode_frame
 from ..rooms import encode_message
 from .base import Backplane, BackplaneDown
 from .factory import open_backplane
-from .wire import BadEnvelope, Envelope, Router, decode, encode
+from .wire import BadEnvelope, BadSignature, Envelope, Router, decode, encode
 
 if TYPE_CHECKING:
     from ..config import Config
@@ -90,6 +90,8 @@ class Bridge:
         self.config = config
         self.metrics = metrics
         self.router = Router()
+        #: the HMAC key of ``backplane_secret``: envelopes signed with it, others dropped
+        self._key = config.backplane_secret.encode() if config.backplane_secret else None
         #: this node's id ("" until start())
         self.node = ""
         #: room -> notice sent to local members after a gap (None: send nothing)
@@ -197,7 +199,7 @@ class Bridge:
                 self._drop(channel)
             return
         self._seq += 1
-        payload = encode(Envelope.message(self.node, self._seq, data, names, exclude))
+        payload = encode(Envelope.message(self.node, self._seq, data, names, exclude), self._key)
         for channel in channels:
             self._queue.append((channel, payload, True))
         self._wake.set()
@@ -290,7 +292,12 @@ class Bridge:
 
     def _receive(self, channel: str, payload: bytes) -> None:
         try:
-            envelope = decode(payload)
+            envelope = decode(payload, self._key)
+        except BadSignature as exc:
+            if self.metrics is not None:
+                self.metrics.dropped("backplane_unsigned")
+            logger.warning("backplane: dropped an envelope on %s: %s", channel, exc)
+            return
         except BadEnvelope as exc:
             if self.metrics is not None:
                 self.metrics.dropped("backplane_invalid")
@@ -335,7 +342,11 @@ class Bridge:
         for channel, rooms in dropped.items():
             self._seq += 1
             self._queue.append(
-                (channel, encode(Envelope(self.node, "g", seq=self._seq, rooms=rooms)), False)
+                (
+                    channel,
+                    encode(Envelope(self.node, "g", seq=self._seq, rooms=rooms), self._key),
+                    False,
+                )
             )
         if dropped:
             self._wake.set()
@@ -384,7 +395,7 @@ class Bridge:
     def _send_probe(self) -> None:
         self._probe_sent = monotonic()
         self._seq += 1
-        probe = encode(Envelope(self.node, "p", seq=self._seq))
+        probe = encode(Envelope(self.node, "p", seq=self._seq), self._key)
         self._queue.append((self.router.node(self.node), probe, False))
         self._wake.set()
 

@@ -36,8 +36,10 @@ class Emitter:
         ConfigError: an unknown URL scheme, or ``redis`` not installed (with the install hint).
     """
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, *, secret: str | None = None) -> None:
         self.url = url
+        #: the nodes' ``backplane_secret``: with one set, unsigned envelopes are dropped
+        self._key = secret.encode() if secret else None
         #: the origin id on the bus (nodes never mistake it for one of theirs)
         self.origin = f"emitter-{secrets.token_hex(6)}"
         self._bus = open_backplane(url, cooperative=False)
@@ -83,7 +85,9 @@ class Emitter:
         excluded = [skip] if isinstance(skip, str) else list(skip)
         with self._lock:
             self._seq += 1
-            payload = encode(Envelope.message(self.origin, self._seq, message, names, excluded))
+            payload = encode(
+                Envelope.message(self.origin, self._seq, message, names, excluded), self._key
+            )
             return sum(self._bus.publish(channel, payload) for channel in channels)
 
     def close(self) -> None:

@@ -1,12 +1,16 @@
 """The bus wire format and channel names: what one node publishes for another, never pickle.
 
 An ``Envelope`` is ``b"WSF1"``, a 4-byte header length, a compact JSON header and the raw
-message body; ``decode()`` checks it strictly. ``Router`` names the channels (one per room,
+message body; ``decode()`` checks it strictly. With a shared key (``backplane_secret``) it is
+wrapped as ``b"WSS1"`` + HMAC-SHA256 of the envelope + the envelope, and nothing else is
+accepted. ``Router`` names the channels (one per room,
 per node, and "everyone") and routes a broadcast target to them. No I/O, no delivery.
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 import struct
 from collections.abc import Iterable
@@ -14,11 +18,17 @@ from dataclasses import dataclass, field
 
 from .. import ids
 
-__all__ = ["PREFIX", "BadEnvelope", "Envelope", "Router", "decode", "encode", "node_of"]
+__all__ = [
+    "PREFIX", "BadEnvelope", "BadSignature", "Envelope", "Router", "decode", "encode", "node_of",
+    "verify",
+]  # fmt: skip
 
 #: Channel name prefix shared by nodes and emitters.
 PREFIX = "wsflask"
 MAGIC = b"WSF1"
+#: A signed envelope: this, a 32-byte HMAC-SHA256 of the envelope, then the envelope.
+SIGNED = b"WSS1"
+_MAC = 32
 KINDS = ("t", "b", "g", "p")
 _HEAD = struct.Struct(">I")
 #: A header larger than this is refused (a header holds names and ids, not messages).
@@ -27,6 +37,11 @@ MAX_HEADER = 1 << 20
 
 class BadEnvelope(ValueError):
     """Bytes on the bus that are not a well-formed wsflask envelope."""
+
+
+class BadSignature(BadEnvelope):
+    """An envelope without a valid HMAC where a shared key is configured (forged or from
+    a sender without the key)."""
 
 
 @dataclass(slots=True)
@@ -61,8 +76,9 @@ class Envelope:
         return cls(origin, "b", bytes(data), seq, rooms, list(exclude))
 
 
-def encode(envelope: Envelope) -> bytes:
-    """Serialize ``envelope`` (JSON header + raw body). Next: ``Backplane.publish``."""
+def encode(envelope: Envelope, key: bytes | None = None) -> bytes:
+    """Serialize ``envelope`` (JSON header + raw body), signed with ``key`` when given.
+    Next: ``Backplane.publish``."""
     header = json.dumps(
         {
             "o": envelope.origin,
@@ -73,11 +89,31 @@ def encode(envelope: Envelope) -> bytes:
         },
         separators=(",", ":"),
     ).encode()
-    return b"".join((MAGIC, _HEAD.pack(len(header)), header, envelope.body))
+    raw = b"".join((MAGIC, _HEAD.pack(len(header)), header, envelope.body))
+    if key is None:
+        return raw
+    return b"".join((SIGNED, hmac.new(key, raw, hashlib.sha256).digest(), raw))
 
 
-def decode(payload: bytes) -> Envelope:
-    """Parse bytes from the bus; raises ``BadEnvelope`` for anything malformed."""
+def verify(payload: bytes, key: bytes | None) -> bytes:
+    """The envelope inside a signed ``payload``; raises ``BadSignature`` unless its HMAC
+    under ``key`` is valid (compared in constant time). Without a key, a signature is
+    skipped unchecked (a node not yet given the key, during a rollout)."""
+    signed = payload[:4] == SIGNED
+    if key is None:
+        return payload[4 + _MAC :] if signed else payload
+    if not signed or len(payload) < 4 + _MAC:
+        raise BadSignature("unsigned envelope")
+    raw = payload[4 + _MAC :]
+    if not hmac.compare_digest(payload[4 : 4 + _MAC], hmac.new(key, raw, hashlib.sha256).digest()):
+        raise BadSignature("bad signature")
+    return raw
+
+
+def decode(payload: bytes, key: bytes | None = None) -> Envelope:
+    """Parse bytes from the bus; raises ``BadEnvelope`` for anything malformed, and
+    ``BadSignature`` when ``key`` is given and the envelope is not signed with it."""
+    payload = verify(payload, key)
     if payload[:4] != MAGIC or len(payload) < 8:
         raise BadEnvelope("not a wsflask envelope")
     (size,) = _HEAD.unpack_from(payload, 4)

@@ -129,6 +129,12 @@ class Connection:
         self._events = []
         return events
 
+    @property
+    def receiving_message(self) -> bool:
+        """True while a fragmented message is partly received (the driver, which has a
+        clock, bounds how long: ``Config.fragment_timeout``)."""
+        return self._messages.in_progress
+
     def close_expected(self) -> bool:
         """True once a Close was sent and the peer's answer is awaited: arm a close timer."""
         return self.state is State.CLOSING
