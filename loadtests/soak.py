@@ -1,15 +1,11 @@
-"""Soak test (battery CN-03, BP-01, HB-02, RD-02): a 2-worker wsflask server and Redis for hours.
+"""Soak: ``wsflask run soak:app --workers 2`` with its own redis-server, under load for hours.
 
-``python loadtests/soak.py --duration 3600 --out loadtests/build/soak`` starts its own
-``redis-server`` on a free loopback port and ``wsflask run soak:app --workers 2`` (the chat-like
-``app`` below), then drives it from this process (gevent): connection churn, acked broadcasts
-to rooms with members on both workers, slow readers under the ``drop`` backpressure policy,
-2 s heartbeats, and a Redis kill -9 + restart half-way. Every 10 s it samples each worker's
-RSS and descriptors (/proc), greenlets and /metrics figures into ``samples.csv``, and draws
-``soak.svg`` (RSS and descriptors over time). Exit 1, with the reason, when a worker grows
-past ``RSS_GROWTH`` / ``FD_GROWTH`` between the first sample after warm-up and the last one
-under load, when a worker dies, or when a delivery went missing that neither a drop counter
-nor a gap notice accounts for. It does not measure throughput or latency (``rivals.py`` does).
+``python loadtests/soak.py --duration 3600 [--out DIR]`` drives the chat-like ``app`` below
+from this process (gevent): churn, acked room broadcasts across both workers, slow readers
+(``drop`` policy), 2 s heartbeats, Redis kill -9 and restart half-way. Every 10 s it samples
+RSS, descriptors, greenlets and /metrics per worker (``samples.csv``, ``soak.svg``). Exit 1
+on growth past ``RSS_GROWTH``/``FD_GROWTH`` after warm-up, a dead worker, or a lost delivery
+no drop counter or gap notice explains. It measures neither throughput nor latency.
 """
 
 from __future__ import annotations
