@@ -8,9 +8,9 @@ negotiated) and ``json`` (``envelopes.decode`` and ``dispatch_envelope``; the co
 through a running ``json=True`` route). Every file is replayed whole and one byte at a time;
 then hypothesis mutates corpus files (overwrite, insert, delete, duplicate, splice, bit
 flips, split points) for ``WSFLASK_FUZZ_EXAMPLES`` examples per target (default 500, about 5 s).
-Long run (about 10 minutes on one core, ~500 examples/s)::
+Long run (about 10 minutes nice'd on a shared machine, ~350 examples/s)::
 
-    WSFLASK_FUZZ_EXAMPLES=75000 nice .venv/bin/python -m pytest \
+    WSFLASK_FUZZ_EXAMPLES=50000 nice .venv/bin/python -m pytest \
         tests/test_fuzz_corpus.py -p no:timeout
 
 Add a case with ``.venv/bin/python tests/fuzz/seed.py`` (it rewrites the seed files).
