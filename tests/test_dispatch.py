@@ -15,7 +15,7 @@ import gevent
 import gevent.event
 import pytest
 
-from wsflask import App, Route
+from wsflask import App, Route, WebSocket
 
 
 def test_event_handlers_get_path_params_and_disconnect_once(
@@ -316,3 +316,34 @@ def test_shutdown_races_with_closes_still_one_disconnect(app_factory: Callable[.
         gevent.joinall(jobs, raise_error=True)
     client.close()
     assert len(counts) == n and set(counts.values()) == {1}
+
+
+def test_results_json_cannot_hold_get_an_error_reply_and_long_ids_are_refused(
+    app_factory: Callable[..., App],
+) -> None:
+    """An ack is strict JSON or an error; an id a reply would echo is short (bounded)."""
+    app = app_factory()
+    api = app.route("/api", json=True)
+
+    @api.on("nan")
+    def nan(ws: WebSocket, data: Any) -> float:
+        return float("nan")
+
+    @api.on("echo")
+    def echo(ws: WebSocket, data: Any) -> Any:
+        return data
+
+    with app.test_client() as client:
+        ws = client.connect("/api")
+        client.emit(ws, "nan", None, id=1)
+        reply = client.receive_json(ws)
+        assert reply["event"] == "error" and reply["id"] == 1
+        assert reply["data"]["type"] == "BadResult"
+        ws.send('{"event": "echo", "data": [NaN, Infinity], "id": 2}')
+        assert client.receive_json(ws)["data"]["type"] == "BadEnvelope"
+        client.emit(ws, "echo", 1, id="x" * 100_000)
+        reply = client.receive_json(ws)
+        assert reply["event"] == "error" and "id" not in reply
+        client.emit(ws, "echo", 3, id="y" * 64)  # the longest id still acked, and the
+        assert client.receive_json(ws) == {"event": "ack", "data": 3, "id": "y" * 64}
+        assert ws.is_open

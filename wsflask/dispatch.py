@@ -8,11 +8,12 @@ envelopes ``envelopes.py``'s; no socket I/O beyond ``ws.send``/``ws.close``.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 from .calls import REPLY_EVENTS
-from .envelopes import decode, encode, error, quote
+from .envelopes import decode, encode, error, quote, valid_id
 from .errors import ConnectionClosed, Reject
 from .protocol import CloseCode
 from .routing import LIFECYCLE, Route
@@ -23,6 +24,8 @@ if TYPE_CHECKING:
     from .websocket import WebSocket
 
 __all__ = ["Dispatcher", "dispatch_envelope"]
+
+logger = logging.getLogger("wsflask")
 
 #: ``on_error(ws, exc)``: the app's error handlers (or its log)
 ErrorHook = Callable[["WebSocket", Exception], None]
@@ -168,14 +171,17 @@ def dispatch_envelope(
         ws.send(error("BadEnvelope", f"{event!r} is not an event a client may send", msg_id))
         return
     found = handlers.get(event)
+    if not found and "*" not in handlers:
+        ws.send(error("UnknownEvent", f"unknown event {quote(event)!r}", msg_id))
+        return
+    if msg_id is not None and not valid_id(msg_id):  # an ack would echo it: keep it short
+        ws.send(error("BadEnvelope", "an id is an int or a string of at most 64 characters"))
+        return
     try:
         if found:
             result = found[0](ws, data, **params)
-        elif "*" in handlers:
-            result = handlers["*"][0](ws, event, data, **params)
         else:
-            ws.send(error("UnknownEvent", f"unknown event {quote(event)!r}", msg_id))
-            return
+            result = handlers["*"][0](ws, event, data, **params)
     except ConnectionClosed:
         raise  # the peer went away: nothing to answer
     except Exception as exc:
@@ -184,4 +190,9 @@ def dispatch_envelope(
             ws.send(error(type(exc).__name__, "internal error", msg_id))
         return
     if msg_id is not None:
-        ws.send(encode("ack", result, msg_id))
+        try:
+            ack = encode("ack", result, msg_id)
+        except (TypeError, ValueError) as exc:  # NaN, a set, an object: not JSON
+            logger.error("handler for %r returned what JSON cannot hold: %s", quote(event), exc)
+            ack = error("BadResult", "the handler's result is not JSON", msg_id)
+        ws.send(ack)

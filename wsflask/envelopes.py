@@ -10,7 +10,7 @@ from __future__ import annotations
 import json as jsonlib
 from typing import Any
 
-__all__ = ["QUOTE_LIMIT", "decode", "encode", "error", "quote"]
+__all__ = ["QUOTE_LIMIT", "decode", "encode", "error", "quote", "valid_id"]
 
 
 def encode(event: str, data: Any = None, id: Any = None) -> str:
@@ -18,26 +18,41 @@ def encode(event: str, data: Any = None, id: Any = None) -> str:
 
     The one encoder of the JSON event format: ``App``, ``WebSocket``, the backplane emitter
     and bridge, ``TestClient`` and ``wsflask.locust`` all call it.
+    Raises ``ValueError`` for NaN or Infinity and ``TypeError`` for what JSON cannot hold:
+    the output is always RFC 8259 JSON, which a browser's ``JSON.parse`` accepts.
     """
     body: dict[str, Any] = {"event": event, "data": data}
     if id is not None:
         body["id"] = id
-    return jsonlib.dumps(body, separators=(",", ":"))
+    return jsonlib.dumps(body, separators=(",", ":"), allow_nan=False)
 
 
 def decode(message: str | bytes) -> dict[str, Any] | None:
     """The envelope in ``message``, or ``None`` when it is not an event envelope.
 
     An envelope is a JSON object with a string ``"event"``; ``"data"`` and ``"id"`` are
-    optional. Never raises on bad input (malformed or deeply nested JSON gives ``None``).
+    optional. Never raises on bad input (malformed or deeply nested JSON, or the
+    ``NaN``/``Infinity`` tokens JSON does not have, give ``None``).
     """
     try:
-        decoded = jsonlib.loads(message)
+        decoded = jsonlib.loads(message, parse_constant=_not_json)
     except (ValueError, RecursionError):
         return None
     if isinstance(decoded, dict) and isinstance(decoded.get("event"), str):
         return decoded
     return None
+
+
+def _not_json(token: str) -> Any:
+    raise ValueError(f"{token} is not JSON (RFC 8259)")
+
+
+def valid_id(id: Any) -> bool:
+    """A request id a reply may echo: a string of at most ``QUOTE_LIMIT`` characters, or an
+    int of at most 64 bits. Longer ids are refused, so a reply never grows with the input."""
+    if isinstance(id, str):
+        return len(id) <= QUOTE_LIMIT
+    return isinstance(id, int) and not isinstance(id, bool) and -(2**63) <= id < 2**63
 
 
 #: the most characters of any client input (an event name, an id) an error reply carries
