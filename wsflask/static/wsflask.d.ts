@@ -95,8 +95,12 @@ export declare class CallError extends Error {
   constructor(type: string, message: string);
 }
 
+/** A URL, or a function called for it at each (re)connection. */
+export type URLSource = string | (() => string);
+
 export declare class Socket {
-  constructor(url: string, options?: ConnectOptions);
+  constructor(url: URLSource, options?: ConnectOptions);
+  /** The URL of the current (or last) connection attempt. */
   readonly url: string;
   /** true while the WebSocket is open. */
   readonly connected: boolean;
@@ -127,5 +131,6 @@ export declare function backoffDelay(
   random?: () => number,
 ): number;
 
-/** Open a connection to `url` (ws://, wss://, or a path on the page's server). */
-export declare function connect(url: string, options?: ConnectOptions): Socket;
+/** Open a connection to `url` (ws://, wss://, or a path on the page's server); a function
+ * is called for the URL at each (re)connection. */
+export declare function connect(url: URLSource, options?: ConnectOptions): Socket;

@@ -53,7 +53,8 @@ function absolute(url) {
 
 export class Socket {
   constructor(url, options = {}) {
-    this.url = absolute(url);
+    this.target = url;           // a URL, or a function giving it at each (re)connection
+    this.url = absolute(typeof url === "function" ? url() : url);
     this.reconnect = options.reconnect ?? true;
     this.backoff = { min: 500, max: 30000, ...(options.backoff || {}) };
     this.jitter = options.jitter ?? true;
@@ -140,6 +141,7 @@ export class Socket {
 
   _open() {
     this.timer = null;
+    if (typeof this.target === "function") this.url = absolute(this.target());
     const ws = this.protocols ? new this.WebSocket(this.url, this.protocols)
       : new this.WebSocket(this.url);
     this.ws = ws;
@@ -232,7 +234,8 @@ export class Socket {
   }
 }
 
-/** Open a connection to `url` (ws://, wss://, or a path on this page's server). */
+/** Open a connection to `url` (ws://, wss://, or a path on this page's server); a function
+ * is called for the URL at each (re)connection (a new token, a new nickname...). */
 export function connect(url, options = {}) {
   return new Socket(url, options);
 }
