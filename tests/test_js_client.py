@@ -13,11 +13,13 @@ import json
 import queue
 import subprocess
 import threading
+import zipfile
 from pathlib import Path
 from typing import Any
 
 import pytest
 from helpers import require_tool
+from test_typing import wheel as built_wheel  # the module fixture that builds the wheel
 
 from wsflask import App
 
@@ -100,7 +102,8 @@ def test_js_client_against_a_real_server(node_ws: str, wsflask_run: Any) -> None
     assert result["emitted"] is True and result["shouted"] == "HELLO"
     assert result["sum"] == 5
     assert result["failed"]["name"] == "CallError" and result["failed"]["type"] == "ValueError"
-    assert result["timedOut"]["type"] == "Timeout" and 200 <= result["timeoutMs"] < 1500
+    # rejected, not resolved by the late answer (1.5 s); Node timers may fire 1 ms early
+    assert result["timedOut"]["type"] == "Timeout" and result["timeoutMs"] >= 190
     # a drop rejects a pending call at once, not after its 60 s timeout; then it reconnects
     assert result["dropped"]["type"] == "Disconnected" and result["dropMs"] < 5000
     assert result["dropClose"] == {
@@ -152,8 +155,12 @@ def test_client_files_are_served_with_etag_and_304() -> None:
         assert types.headers["etag"] != etag
 
 
-def test_client_files_ship_as_package_data() -> None:
-    text = (ROOT / "pyproject.toml").read_text()
-    assert '"static/*"' in text
-    for name in ("wsflask.js", "wsflask.d.ts"):
-        assert (ROOT / "wsflask" / "static" / name).is_file()
+wheel = built_wheel
+
+
+def test_the_wheel_ships_the_client(wheel: Path) -> None:
+    """``/wsflask.js`` works from an installed wheel: the files are package data."""
+    with zipfile.ZipFile(wheel) as archive:
+        for name in ("wsflask.js", "wsflask.d.ts"):
+            shipped = archive.read(f"wsflask/static/{name}")
+            assert shipped == (ROOT / "wsflask" / "static" / name).read_bytes(), name
