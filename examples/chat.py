@@ -9,12 +9,14 @@ are built into ``App``. Unknown paths get 404, a plain GET on a WebSocket route 
 
 WebSocket routes:
 
-* ``/chat/<room>?nick=NAME`` speaks JSON envelopes ``{"event": ..., "data": ..., "id": ...}``.
-  Client to server: ``say {"text"}``, ``nick {"nick"}``, ``ping <any>``; with an ``"id"`` the
-  server answers ``{"event": "ack", "data": result, "id": id}``. Server to client: ``welcome
-  {"id", "nick", "room", "members", "history", "rooms"}``, ``joined {"id", "nick", "count"}``,
-  ``left {"id", "nick", "count"}``, ``said {"id", "nick", "text", "ts"}``, ``renamed {"id",
-  "old", "nick"}``, ``error {"message"}``.
+* ``/chat/<room>?nick=NAME`` speaks JSON envelopes ``{"event": ..., "data": ..., "id": ...}``
+  (the page uses the JavaScript client the app serves at ``/wsflask.js``). Client to server:
+  ``say {"text"}``, ``nick {"nick"}``, ``ping <any>``, ``count``, ``members {"offset"}``; with
+  an ``"id"`` the server answers ``{"event": "ack", "data": result, "id": id}``. Server to
+  client: ``welcome {"id", "nick", "room", "count", "members", "history", "rooms"}`` (members:
+  the first ``MEMBER_PAGE``), ``joined``/``left {"id", "nick", "count"}`` in small rooms,
+  ``count {"count"}`` in big ones (see ``announce``), ``said {"id", "nick", "text", "ts"}``,
+  ``renamed {"id", "old", "nick"}``. Counts and member lists are cluster-wide with a backplane.
 * ``/dashboard/feed``: ``snapshot`` envelopes, one per second, from ONE greenlet for every
   viewer (``Feed``); ``ping`` answers with an ack so the page can time its own round trip.
 * ``/echo``: every message back to its sender.
@@ -59,7 +61,12 @@ MAX_TEXT = 2000
 ROOM_NAME = re.compile(r"^[A-Za-z0-9_-]{1,32}$")
 DASHBOARD = "dashboard"  # the rooms index holds chat rooms as "chat:<name>" next to this one
 
+SMALL_ROOM = 20  # up to this many members, joins and leaves are announced by name
+MEMBER_PAGE = 50  # members in the welcome and in each `members` page
+
 _history: dict[str, deque[dict[str, Any]]] = {}
+_nicks: dict[str, str] = {}  # connection id -> nickname, this node's chat connections
+_announced: dict[str, int] = {}  # room -> the count its members heard last
 
 
 # -- pages ------------------------------------------------------------------------------------
@@ -105,20 +112,50 @@ def clean_nick(raw: Any, fallback: str) -> str:
     return nick or fallback
 
 
-def members(room: str) -> list[dict[str, str]]:
-    return [
-        {"id": ws.id, "nick": ws.session.get("nick", "?")}
-        for ws in app.rooms.members(f"chat:{room}")
-    ]
+def room_count(room: str) -> int:
+    """Members of chat room ``room`` on every node (this node's alone if Redis is down)."""
+    try:
+        return app.rooms.count(f"chat:{room}", cluster=True)
+    except ConnectionError:  # BackplaneDown: Redis is unreachable
+        return app.rooms.count(f"chat:{room}")
+
+
+def member_page(room: str, offset: int = 0) -> list[dict[str, Any]]:
+    """At most ``MEMBER_PAGE`` members from ``offset``: ``{"id", "nick"}``, this node's first;
+    a member on another node has ``"nick": None`` (nicknames live on their own node)."""
+    try:
+        ids = app.rooms.member_ids(f"chat:{room}", cluster=True)
+    except ConnectionError:  # BackplaneDown
+        ids = app.rooms.member_ids(f"chat:{room}")
+    return [{"id": id, "nick": _nicks.get(id)} for id in ids[offset : offset + MEMBER_PAGE]]
 
 
 def active_rooms() -> list[dict[str, Any]]:
-    """Chat rooms with people in them, busiest first (at most 20)."""
+    """This node's chat rooms with people in them, busiest first (at most 20)."""
     rooms = [
         (name[5:], app.rooms.count(name)) for name in app.rooms.rooms() if name.startswith("chat:")
     ]
     rooms.sort(key=lambda item: (-item[1], item[0]))
     return [{"name": name, "members": count} for name, count in rooms[:20]]
+
+
+def announce(room: str, event: str, ws: WebSocket, count: int) -> None:
+    """Tell the room that ``ws`` joined or left, at O(1) frames per member per change.
+
+    A small room (at most ``SMALL_ROOM``) hears ``joined``/``left`` with the nickname. A big
+    one hears only ``count``, and only when the count has doubled or halved since the last
+    one it heard: N joins then cost O(N) frames in all, not O(N²). Pages ask for the exact
+    count themselves (``count`` every few seconds).
+    """
+    if count <= SMALL_ROOM:
+        _announced[room] = count
+        data = {"id": ws.id, "nick": ws.session.get("nick", "?"), "count": count}
+        app.emit(event, data, to=f"chat:{room}", skip=ws)
+        return
+    last = _announced.get(room, 0)
+    if count >= 2 * last or 2 * count <= last:
+        _announced[room] = count
+        app.emit("count", {"count": count}, to=f"chat:{room}", skip=ws)
 
 
 @chat.on("connect")
@@ -127,25 +164,21 @@ def joined(ws: WebSocket, room: str) -> bool:
     if not ROOM_NAME.match(room):
         return False  # closes with 1008: room names are 1-32 of A-Z a-z 0-9 _ -
     query = parse_qs(ws.request.query if ws.request else "")
-    nick = clean_nick(query.get("nick", [""])[0], f"guest-{ws.id}")
-    ws.session["nick"] = nick
+    nick = clean_nick(query.get("nick", [""])[0], f"guest-{ws.id[-6:]}")
+    ws.session["nick"] = _nicks[ws.id] = nick
     app.rooms.join(f"chat:{room}", ws)
-    history = list(_history.get(room, ()))
+    count = room_count(room)
     welcome = {
         "id": ws.id,
         "nick": nick,
         "room": room,
-        "members": members(room),
-        "history": history,
+        "count": count,
+        "members": member_page(room),  # the first page; `members` {"offset"} pages on
+        "history": list(_history.get(room, ())),
         "rooms": active_rooms(),
     }
     app.emit("welcome", welcome, to=ws.id)  # every connection has a personal room: its id
-    app.emit(
-        "joined",
-        {"id": ws.id, "nick": nick, "count": app.rooms.count(f"chat:{room}")},
-        to=f"chat:{room}",
-        skip=ws,
-    )
+    announce(room, "joined", ws, count)
     return True
 
 
@@ -168,10 +201,24 @@ def renamed(ws: WebSocket, data: Any, room: str) -> dict[str, Any]:
     """Change the nickname and tell the room."""
     old = ws.session["nick"]
     new = clean_nick(data.get("nick") if isinstance(data, dict) else data, old)
-    ws.session["nick"] = new
+    ws.session["nick"] = _nicks[ws.id] = new
     if new != old:
         app.emit("renamed", {"id": ws.id, "old": old, "nick": new}, to=f"chat:{room}")
     return {"ok": True, "nick": new}
+
+
+@chat.on("count")
+def counted(ws: WebSocket, data: Any, room: str) -> dict[str, int]:
+    """The room's member count, cluster-wide (pages poll it: big rooms push few updates)."""
+    return {"count": room_count(room)}
+
+
+@chat.on("members")
+def member_list(ws: WebSocket, data: Any, room: str) -> dict[str, Any]:
+    """One page of members from ``{"offset": n}`` (bounded: ``MEMBER_PAGE``)."""
+    offset = data.get("offset", 0) if isinstance(data, dict) else 0
+    offset = offset if isinstance(offset, int) and offset >= 0 else 0
+    return {"offset": offset, "members": member_page(room, offset), "count": room_count(room)}
 
 
 @chat.on("ping")
@@ -181,15 +228,15 @@ def chat_ping(ws: WebSocket, data: Any, room: str) -> Any:
 
 @chat.on("disconnect")
 def left(ws: WebSocket, room: str) -> None:
-    """Tell the room (the connection already left it); forget an emptied room's history."""
-    count = app.rooms.count(f"chat:{room}")
-    if not count:
+    """Tell the room (the connection already left it); forget an emptied room's state."""
+    _nicks.pop(ws.id, None)
+    if not app.rooms.count(f"chat:{room}"):
         _history.pop(room, None)
-    app.emit(
-        "left",
-        {"id": ws.id, "nick": ws.session.get("nick", "?"), "count": count},
-        to=f"chat:{room}",
-    )
+    count = room_count(room)
+    if count:
+        announce(room, "left", ws, count)
+    else:
+        _announced.pop(room, None)
 
 
 # -- echo -------------------------------------------------------------------------------------

@@ -11,6 +11,7 @@ from typing import Any
 
 import gevent
 import pytest
+from helpers import wait_until
 
 from wsflask import connect
 from wsflask.testing import TestClient
@@ -65,12 +66,14 @@ def test_chat_join_say_leave_between_two_clients(chat_client: TestClient) -> Non
     welcome = chat_client.receive_json(alice)
     assert welcome["event"] == "welcome"
     assert welcome["data"]["nick"] == "alice" and welcome["data"]["room"] == "room1"
-    assert [m["nick"] for m in welcome["data"]["members"]] == ["alice"]
+    assert welcome["data"]["members"] == [{"id": welcome["data"]["id"], "nick": "alice"}]
+    assert welcome["data"]["count"] == 1
     assert {"name": "room1", "members": 1} in welcome["data"]["rooms"]
 
     bob = chat_client.connect("/chat/room1?nick=bob")
     bob_welcome = chat_client.receive_json(bob)["data"]
     assert sorted(m["nick"] for m in bob_welcome["members"]) == ["alice", "bob"]
+    assert bob_welcome["count"] == 2
     joined = chat_client.receive_json(alice)
     assert joined == {
         "event": "joined",
@@ -119,6 +122,49 @@ def test_chat_nicknames_renames_and_refusals(chat_client: TestClient) -> None:
     chat_client.assert_closed(bad, 1008)
 
 
+def test_chat_count_and_members_calls(chat_client: TestClient) -> None:
+    alice = chat_client.connect("/chat/paging?nick=alice")
+    chat_client.receive_json(alice)
+    bob = chat_client.connect("/chat/paging?nick=bob")
+    bob_id = chat_client.receive_json(bob)["data"]["id"]
+    assert chat_client.receive_json(alice)["event"] == "joined"
+    chat_client.emit(alice, "count", None, id=1)
+    assert chat_client.receive_json(alice) == {"event": "ack", "data": {"count": 2}, "id": 1}
+    chat_client.emit(alice, "members", {"offset": 1}, id=2)
+    page = chat_client.receive_json(alice)["data"]
+    assert page == {"offset": 1, "members": [{"id": bob_id, "nick": "bob"}], "count": 2}
+    chat_client.emit(alice, "members", {"offset": -5}, id=3)
+    assert chat_client.receive_json(alice)["data"]["offset"] == 0
+
+
+def test_a_thousand_joins_cost_linear_frames(chat_client: TestClient) -> None:
+    """N joins into one room: the server sends O(N) messages in all (not one per member per
+    join, which would be N²/2), each joiner gets a bounded member page, leaving is O(N) too."""
+    n, metrics = 1000, chat.app.metrics
+    before = metrics.messages_out
+    sockets = []
+    for i in range(n):
+        ws = chat_client.connect(f"/chat/big?nick=u{i}")
+        welcome = chat_client.receive_json(ws)  # the join is complete once welcomed
+        assert welcome["event"] == "welcome" and welcome["data"]["count"] == i + 1
+        assert len(welcome["data"]["members"]) == min(i + 1, chat.MEMBER_PAGE)
+        sockets.append(ws)
+    joined_frames = metrics.messages_out - before
+    assert n <= joined_frames <= 3 * n, joined_frames
+    assert chat.app.rooms.count("chat:big") == n
+    # the first member heard every small-room join by name, then a few count updates
+    heard = [chat_client.receive_json(sockets[0]) for _ in range(chat.SMALL_ROOM - 1)]
+    assert [e["event"] for e in heard] == ["joined"] * (chat.SMALL_ROOM - 1)
+    assert chat_client.receive_json(sockets[0]) == {"event": "count", "data": {"count": 40}}
+
+    before = metrics.messages_out
+    for ws in sockets:
+        ws.close()
+    wait_until(lambda: chat.app.rooms.count("chat:big") == 0)
+    left_frames = metrics.messages_out - before
+    assert left_frames <= 3 * n, left_frames
+
+
 # -- dashboard ------------------------------------------------------------------------------------
 
 
@@ -158,7 +204,8 @@ def test_dashboard_feed_pushes_snapshots_from_one_greenlet(chat_client: TestClie
         ("/", "text/html; charset=utf-8", "<title>wsflask chat</title>"),
         ("/dashboard", "text/html; charset=utf-8", '<canvas id="chart-connections"'),
         ("/static/style.css", "text/css; charset=utf-8", "prefers-color-scheme"),
-        ("/static/chat.js", "text/javascript; charset=utf-8", "backoffDelay"),
+        ("/static/chat.js", "text/javascript; charset=utf-8", 'from "/wsflask.js"'),
+        ("/wsflask.js", "text/javascript; charset=utf-8", "export function connect"),
         ("/static/dashboard.js", "text/javascript; charset=utf-8", "class LineChart"),
         ("/static/favicon.svg", "image/svg+xml", "<svg"),
         ("/favicon.ico", "image/svg+xml", "<svg"),

@@ -1,15 +1,20 @@
 """Plain-HTTP pages next to the WebSocket routes: ``@app.get`` pages and the built-ins.
 
 ``Pages`` answers a GET (or HEAD) with the first matching page: the app's own, then
-``/metrics`` (Prometheus text), ``/healthz`` and ``/readyz``. A page handler returns ``str``
+``/metrics`` (Prometheus text), ``/healthz``, ``/readyz`` and the JavaScript client
+``/wsflask.js`` with its types ``/wsflask.d.ts`` (``ETag``; ``304`` to a matching
+``If-None-Match``). A page handler returns ``str``
 (HTML), ``bytes`` or an ``HTTPResponse``; a crash is a 500 without detail. No socket I/O
 here: the server writes the ``HTTPResponse``.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections.abc import Callable
+from functools import cache
+from pathlib import Path
 from typing import Any
 
 from .errors import HandshakeError, MethodNotAllowed, Reject
@@ -45,6 +50,8 @@ class Pages:
             (PathPattern("/metrics"), self._metrics_page),
             (PathPattern("/healthz"), _health_page),
             (PathPattern("/readyz"), self._ready_page),
+            (PathPattern("/wsflask.js"), _client_page),
+            (PathPattern("/wsflask.d.ts"), _client_page),
         ]
 
     def add(self, path: str, func: Callable[..., Any]) -> None:
@@ -91,6 +98,44 @@ class Pages:
 
 def _health_page(request: Request) -> HTTPResponse:
     return HTTPResponse(200, b"ok")
+
+
+#: the JavaScript client's files (shipped in the wheel as package data) and their types
+STATIC = Path(__file__).resolve().parent / "static"
+_CLIENT_TYPES = {
+    "/wsflask.js": "text/javascript; charset=utf-8",
+    "/wsflask.d.ts": "application/typescript; charset=utf-8",
+}
+
+
+@cache
+def _client_file(path: str) -> tuple[bytes, str]:
+    """The file's bytes and its strong ETag (read once per process)."""
+    body = (STATIC / path.lstrip("/")).read_bytes()
+    return body, '"' + hashlib.sha256(body).hexdigest()[:20] + '"'
+
+
+def _client_page(request: Request) -> HTTPResponse:
+    """``/wsflask.js`` or ``/wsflask.d.ts``: revalidated by ETag on every use (``no-cache``),
+    so a new wsflask release reaches the browser without a versioned URL."""
+    path = "/wsflask.d.ts" if request.path.endswith(".d.ts") else "/wsflask.js"
+    body, etag = _client_file(path)
+    headers = (
+        ("ETag", etag),
+        ("Cache-Control", "no-cache"),
+        ("X-Content-Type-Options", "nosniff"),
+    )
+    if _matches(request.header("if-none-match"), etag):
+        return HTTPResponse(304, b"", headers=headers)  # RFC 9110 §13.1.2
+    return HTTPResponse(200, body, content_type=_CLIENT_TYPES[path], headers=headers)
+
+
+def _matches(if_none_match: str | None, etag: str) -> bool:
+    """True when the ``If-None-Match`` list names ``etag`` (weak comparison) or is ``*``."""
+    if not if_none_match:
+        return False
+    tags = [tag.strip().removeprefix("W/") for tag in if_none_match.split(",")]
+    return "*" in tags or etag in tags
 
 
 def as_response(value: Any) -> HTTPResponse:

@@ -1,79 +1,70 @@
-// The chat page: one WebSocket to /chat/<room>?nick=NAME speaking JSON envelopes
-// ({"event", "data", "id"}), reconnecting with exponential backoff and jitter.
-// User text is only ever put into the page with textContent (never innerHTML).
-"use strict";
+// The chat page, on the JavaScript client every wsflask app serves at /wsflask.js: one
+// connection to /chat/<room>?nick=NAME; the client reconnects with capped, jittered backoff
+// and this page shows the countdown. Calls ("say", "nick", "ping", "count", "members") get
+// their answer as a Promise. User text only ever reaches the page through textContent.
+import { connect } from "/wsflask.js";
 
 const $ = (id) => document.getElementById(id);
-const BACKOFF_BASE_MS = 500;
-const BACKOFF_MAX_MS = 30000;
 
 const state = {
-  ws: null,
+  sock: null,
   nick: "",
   room: "",
   myId: null,
-  attempt: 0,          // failed connection attempts since the last welcome
-  retryTimer: null,
   countdown: null,
   lastTs: 0,           // newest message shown: replayed history is not shown twice
-  members: new Map(),  // id -> nick
+  members: new Map(),  // id -> nick (null: a member on another node), a bounded page
+  count: 0,            // members in the room, cluster-wide
   rooms: [],           // [{name, members}]: active rooms when we joined, this one kept current
-  nextId: 1,
-  pings: new Map(),    // ack id -> performance.now() at send
 };
 
 // -- connection -------------------------------------------------------------------------------
 
-function connect() {
-  clearTimeout(state.retryTimer);
-  clearInterval(state.countdown);
-  const scheme = location.protocol === "https:" ? "wss" : "ws";
-  const url = `${scheme}://${location.host}/chat/${encodeURIComponent(state.room)}` +
-    `?nick=${encodeURIComponent(state.nick)}`;
+function open() {
+  // a function: each reconnection uses the nickname the page has then (after /nick too)
+  const url = () =>
+    `/chat/${encodeURIComponent(state.room)}?nick=${encodeURIComponent(state.nick)}`;
   setStatus("connecting", "connecting…");
-  const ws = new WebSocket(url);
-  state.ws = ws;
-  ws.onmessage = (event) => {
-    if (ws === state.ws) handle(JSON.parse(event.data));
-  };
-  ws.onclose = (event) => {
-    if (ws !== state.ws) return;  // a socket we replaced on purpose (room switch)
-    state.ws = null;
+  const sock = connect(url, { backoff: { min: 500, max: 10000 } });
+  state.sock = sock;
+  sock.on("close", (info) => {
+    clearInterval(state.countdown);
     setComposer(false);
-    if (event.code === 1008) {
-      setStatus("error", "refused: check the room name");
-      return;
+    if (info.code === 1008) setStatus("error", "refused: check the room name");
+    else if (!info.willReconnect && !info.deliberate) setStatus("error", `closed (${info.code})`);
+  });
+  sock.on("reconnect", ({ delay }) => {
+    const due = Date.now() + delay;
+    const tick = () => {
+      const left = Math.max(0, Math.ceil((due - Date.now()) / 1000));
+      setStatus("retrying", `reconnecting in ${left} s…`);
+    };
+    tick();
+    state.countdown = setInterval(tick, 250);
+  });
+  sock.on("open", () => {
+    clearInterval(state.countdown);
+    setStatus("connecting", "joining…");
+  });
+  for (const [event, handler] of Object.entries(handlers)) sock.on(event, handler);
+}
+
+function call(event, data) {  // a call whose failure is shown, not thrown
+  return state.sock.call(event, data, { timeout: 10000 }).catch((error) => {
+    if (error.type !== "NotConnected" && error.type !== "Disconnected") {
+      notice(`${event} failed: ${error.message}`, "error");
     }
-    scheduleReconnect();
-  };
+    return null;
+  });
 }
 
-// Exponential backoff with "equal jitter": half the delay is fixed, half random, so a server
-// restart is not met by every tab reconnecting in the same millisecond.
-function backoffDelay(attempt) {
-  const ceiling = Math.min(BACKOFF_MAX_MS, BACKOFF_BASE_MS * 2 ** attempt);
-  return ceiling / 2 + Math.random() * (ceiling / 2);
-}
-
-function scheduleReconnect() {
-  const delay = backoffDelay(state.attempt);
-  state.attempt += 1;
-  const due = Date.now() + delay;
-  const tick = () => {
-    const left = Math.max(0, Math.ceil((due - Date.now()) / 1000));
-    setStatus("retrying", `reconnecting in ${left} s…`);
-  };
-  tick();
-  state.countdown = setInterval(tick, 250);
-  state.retryTimer = setTimeout(connect, delay);
-}
-
-function send(event, data, withAck = false) {
-  if (!state.ws || state.ws.readyState !== WebSocket.OPEN) return null;
-  const envelope = { event, data };
-  if (withAck) envelope.id = state.nextId++;
-  state.ws.send(JSON.stringify(envelope));
-  return envelope.id ?? null;
+async function measure() {  // round trip of one call, and the room's exact count
+  if (!state.sock || !state.sock.connected) return;
+  const started = performance.now();
+  if ((await call("ping", started)) === null) return;  // the ack echoes the data
+  $("latency").textContent = `${(performance.now() - started).toFixed(1)} ms`;
+  const reply = await call("count", null);
+  if (reply) setCount(reply.count);
 }
 
 // -- server events ----------------------------------------------------------------------------
@@ -81,59 +72,46 @@ function send(event, data, withAck = false) {
 const handlers = {
   welcome(data) {
     const again = state.myId !== null;
-    state.attempt = 0;
     state.myId = data.id;
     state.nick = data.nick;
     $("room-name").textContent = data.room;
     document.title = `#${data.room} · wsflask chat`;
     state.members = new Map(data.members.map((m) => [m.id, m.nick]));
-    renderMembers();
     state.rooms = data.rooms;
     renderRooms();
+    setCount(data.count);
     for (const message of data.history) if (message.ts > state.lastTs) showMessage(message);
     notice(again ? `Reconnected to #${data.room} as ${data.nick}` :
       `You joined #${data.room} as ${data.nick}`);
     setStatus("open", "connected");
     setComposer(true);
+    measure();
   },
   joined(data) {
     state.members.set(data.id, data.nick);
-    renderMembers();
-    updateRoomCount(data.count);
+    setCount(data.count);
     notice(`${data.nick} joined`);
   },
   left(data) {
     state.members.delete(data.id);
-    renderMembers();
-    updateRoomCount(data.count);
+    setCount(data.count);
     notice(`${data.nick} left`);
   },
+  count(data) {  // a big room: the count changed a lot, no names
+    setCount(data.count);
+  },
   renamed(data) {
-    state.members.set(data.id, data.nick);
+    if (state.members.has(data.id)) state.members.set(data.id, data.nick);
     renderMembers();
-    notice(`${data.old} is now ${data.nick}`);
+    if (data.id !== state.myId) notice(`${data.old} is now ${data.nick}`);  // ours: the ack
   },
   said(data) {
     showMessage(data);
-  },
-  ack(data, id) {
-    const sent = state.pings.get(id);
-    if (sent !== undefined) {
-      state.pings.delete(id);
-      $("latency").textContent = `${(performance.now() - sent).toFixed(1)} ms`;
-    } else if (data && data.ok === false) {
-      notice(data.error, "error");
-    }
   },
   error(data) {
     notice(data.message, "error");
   },
 };
-
-function handle(envelope) {
-  const handler = handlers[envelope.event];
-  if (handler) handler(envelope.data, envelope.id);
-}
 
 // -- rendering --------------------------------------------------------------------------------
 
@@ -188,28 +166,35 @@ function notice(text, kind = "info") {
   scrollToEnd();
 }
 
-function renderMembers() {
+function renderMembers() {  // the members we know (a bounded page), "+ N more" for the rest
   const list = $("members");
   list.replaceChildren();
-  const sorted = [...state.members.entries()].sort((a, b) => a[1].localeCompare(b[1]));
-  for (const [id, nick] of sorted) {
+  const label = ([id, nick]) => nick ?? `guest ${id.slice(-6)}`;
+  const sorted = [...state.members.entries()].sort((a, b) => label(a).localeCompare(label(b)));
+  for (const entry of sorted) {
+    const nick = label(entry);
     const item = document.createElement("li");
     const dot = document.createElement("i");
     dot.className = "avatar";
     dot.style.background = colorFor(nick);
     dot.textContent = nick.slice(0, 1).toUpperCase();
     const name = document.createElement("span");
-    name.textContent = id === state.myId ? `${nick} (you)` : nick;
+    name.textContent = entry[0] === state.myId ? `${nick} (you)` : nick;
     item.append(dot, name);
     list.append(item);
   }
-  $("member-count").textContent = String(state.members.size);
+  const more = state.count - state.members.size;
+  $("more-members").hidden = more <= 0;
+  $("more-members").textContent = `Show more (${more})`;
+  $("member-count").textContent = String(state.count);
 }
 
-function updateRoomCount(count) {  // the sidebar's count of this room stays current
+function setCount(count) {  // the room's count (cluster-wide) in the header and the sidebar
+  state.count = Math.max(count, state.members.size);
+  renderMembers();
   const room = state.rooms.find((r) => r.name === state.room);
-  if (room) room.members = count;
-  else state.rooms.push({ name: state.room, members: count });
+  if (room) room.members = state.count;
+  else state.rooms.push({ name: state.room, members: state.count });
   renderRooms();
 }
 
@@ -233,17 +218,18 @@ function renderRooms() {
 
 function enter(room) {
   state.room = room || "lobby";
-  state.attempt = 0;
   state.lastTs = 0;
   state.myId = null;
+  state.members = new Map();
+  state.count = 0;
   $("messages").replaceChildren();
   if (location.hash !== `#${state.room}`) history.replaceState(null, "", `#${state.room}`);
   $("join-view").hidden = true;
   $("chat-view").hidden = false;
-  const old = state.ws;
-  state.ws = null;
+  const old = state.sock;
   if (old) old.close(1000, "switching rooms");
-  connect();
+  clearInterval(state.countdown);
+  open();
 }
 
 $("join-form").addEventListener("submit", (event) => {
@@ -260,13 +246,29 @@ $("switch-form").addEventListener("submit", (event) => {
   $("switch-room").value = "";
 });
 
-$("composer").addEventListener("submit", (event) => {
+$("composer").addEventListener("submit", async (event) => {
   event.preventDefault();
   const text = $("message").value.trim();
   if (!text) return;
-  if (text.startsWith("/nick ")) send("nick", { nick: text.slice(6) }, true);
-  else send("say", { text }, true);
   $("message").value = "";
+  if (text.startsWith("/nick ")) {
+    const reply = await call("nick", { nick: text.slice(6) });
+    if (reply && reply.ok) {
+      state.nick = reply.nick;
+      localStorage.setItem("wsflask-nick", reply.nick);
+      notice(`You are now ${reply.nick}`);
+    }
+    return;
+  }
+  const reply = await call("say", { text });
+  if (reply && reply.ok === false) notice(reply.error, "error");
+});
+
+$("more-members").addEventListener("click", async () => {
+  const reply = await call("members", { offset: state.members.size });
+  if (!reply) return;
+  for (const member of reply.members) state.members.set(member.id, member.nick);
+  setCount(reply.count);
 });
 
 window.addEventListener("hashchange", () => {
@@ -274,10 +276,7 @@ window.addEventListener("hashchange", () => {
   if (state.nick && room && room !== state.room) enter(room);
 });
 
-setInterval(() => {  // the page's own round trip, shown next to the status
-  const id = send("ping", null, true);
-  if (id !== null) state.pings.set(id, performance.now());
-}, 5000);
+setInterval(measure, 5000);
 
 $("nick").value = localStorage.getItem("wsflask-nick") || "";
 $("room").value = decodeURIComponent(location.hash.slice(1)) || "lobby";

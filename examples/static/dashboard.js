@@ -1,6 +1,7 @@
 // The dashboard: snapshots from /dashboard/feed (one per second, pushed by one server
-// greenlet for every viewer) drawn as line charts on <canvas>, by hand, no libraries.
-"use strict";
+// greenlet for every viewer) drawn as line charts on <canvas>, by hand, no libraries; the
+// connection is the JavaScript client the app serves at /wsflask.js (an ES module).
+import { connect } from "/wsflask.js";
 
 const $ = (id) => document.getElementById(id);
 const HISTORY = 120;  // points kept per chart: two minutes at one snapshot per second
@@ -152,32 +153,26 @@ const charts = {
   ]),
 };
 
-const feed = { ws: null, attempt: 0, pageRtt: null, nextId: 1, pings: new Map() };
+const feed = { sock: null, pageRtt: null };
 
-function connectFeed() {
-  const scheme = location.protocol === "https:" ? "wss" : "ws";
-  const ws = new WebSocket(`${scheme}://${location.host}/dashboard/feed`);
-  feed.ws = ws;
+function connectFeed() {  // the JavaScript client reconnects with backoff and jitter
+  const sock = connect("/dashboard/feed", { backoff: { min: 500, max: 10000 } });
+  feed.sock = sock;
   setStatus("connecting", "connecting…");
-  ws.onopen = () => {
-    feed.attempt = 0;
-    setStatus("open", "live");
-  };
-  ws.onmessage = (event) => {
-    const envelope = JSON.parse(event.data);
-    if (envelope.event === "snapshot") show(envelope.data);
-    else if (envelope.event === "ack" && feed.pings.has(envelope.id)) {
-      feed.pageRtt = performance.now() - feed.pings.get(envelope.id);
-      feed.pings.delete(envelope.id);
-    }
-  };
-  ws.onclose = () => {  // exponential backoff with jitter, as on the chat page
-    const ceiling = Math.min(30000, 500 * 2 ** feed.attempt);
-    const delay = ceiling / 2 + Math.random() * (ceiling / 2);
-    feed.attempt += 1;
-    setStatus("retrying", `reconnecting in ${Math.ceil(delay / 1000)} s…`);
-    setTimeout(connectFeed, delay);
-  };
+  sock.on("open", () => setStatus("open", "live"));
+  sock.on("reconnect", ({ delay }) =>
+    setStatus("retrying", `reconnecting in ${Math.ceil(delay / 1000)} s…`));
+  sock.on("snapshot", show);
+}
+
+async function timePage() {  // this page's own round trip: one call, once per snapshot
+  const started = performance.now();
+  try {
+    await feed.sock.call("ping", null, { timeout: 5000 });
+    feed.pageRtt = performance.now() - started;
+  } catch {
+    feed.pageRtt = null;  // disconnected or timed out: a gap in the chart
+  }
 }
 
 function show(snapshot) {
@@ -190,9 +185,7 @@ function show(snapshot) {
   $("stat-total").textContent = snapshot.connections_total;
   $("stat-uptime").textContent = formatUptime(snapshot.uptime_s);
   renderRooms(snapshot.rooms);
-  const id = feed.nextId++;  // time this page's own round trip, once per snapshot
-  feed.pings.set(id, performance.now());
-  feed.ws.send(JSON.stringify({ event: "ping", data: null, id }));
+  timePage();
 }
 
 function renderRooms(rooms) {

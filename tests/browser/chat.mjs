@@ -1,8 +1,11 @@
 // Browser check of examples/chat.py, driven by tests/test_browser.py:
 //   node chat.mjs BASE_URL SCREENSHOT_DIR USER_DATA_DIR
 // Debian's /usr/bin/chromium, headless, through playwright-core (no browser download).
-// Two pages join the same room, one sends, the other must show it; the dashboard must draw
-// its charts. Prints one JSON object with what it saw on stdout; exits 1 on any failure.
+// Two pages join the same room, one sends, the other must show it; a call with an ack
+// (/nick) answers; on the line {"step": "restart"} the test restarts the server on the same
+// port and both pages must reconnect by themselves and chat again; the dashboard must draw
+// its charts. Prints one JSON line per step, the last one with what it saw; exits 1 on any
+// failure.
 import { chromium } from "playwright-core";
 import { mkdirSync } from "node:fs";
 import { join } from "node:path";
@@ -10,6 +13,10 @@ import { join } from "node:path";
 const [base, shots, userDataDir] = process.argv.slice(2);
 const STEP_MS = 20000;  // every wait is bounded
 const ROOM = "e2e";
+
+function say(step, extra = {}) {
+  process.stdout.write(`${JSON.stringify({ step, ...extra })}\n`);
+}
 
 const FLAGS = [
   "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -50,14 +57,20 @@ async function main() {
     timeout: STEP_MS,
   });
   const problems = [];
-  const result = { problems };
+  const refusedWhileDown = [];
+  let restarting = false;
+  const result = { problems, refusedWhileDown };
   try {
     const [alice, bob, board] = [await context.newPage(), await context.newPage(),
       await context.newPage()];
     for (const [name, page] of [["alice", alice], ["bob", bob], ["dashboard", board]]) {
       page.on("pageerror", (error) => problems.push(`${name}: ${error.message}`));
       page.on("console", (msg) => {
-        if (msg.type() === "error") problems.push(`${name} console: ${msg.text()}`);
+        if (msg.type() !== "error") return;
+        // while the server is down, chromium logs each refused reconnection attempt
+        if (restarting && /WebSocket connection to .* failed: .*ERR_CONNECTION_REFUSED/
+          .test(msg.text())) refusedWhileDown.push(name);
+        else problems.push(`${name} console: ${msg.text()}`);
       });
     }
 
@@ -86,8 +99,40 @@ async function main() {
     await alice.fill("#message", "hi bob, welcome to #e2e!");
     await alice.press("#message", "Enter");
     await bob.waitForSelector('.msg .text:text("hi bob")', { timeout: STEP_MS });
+    // a call with an ack: the page shows the server's answer to "nick"
+    await bob.fill("#message", "/nick robert");
+    await bob.press("#message", "Enter");
+    await bob.waitForSelector('.notice:text("You are now robert")', { timeout: STEP_MS });
+    await alice.waitForSelector('.notice:text("bob is now robert")', { timeout: STEP_MS });
+    await alice.waitForFunction(() => /ms$/.test(document.getElementById("latency").textContent),
+      null, { timeout: STEP_MS });  // the ping call's round trip
+    result.latency = await alice.textContent("#latency");
     await alice.screenshot({ path: join(shots, "chat-alice.png") });
     await bob.screenshot({ path: join(shots, "chat-bob.png") });
+
+    // the server restarts: both pages notice, count down, reconnect and chat again
+    restarting = true;
+    say("restart");
+    for (const page of [alice, bob]) {
+      await page.waitForSelector('#status:not([data-state="open"])', { timeout: STEP_MS });
+    }
+    await bob.waitForSelector('#status[data-state="retrying"]', { timeout: STEP_MS });
+    await bob.screenshot({ path: join(shots, "chat-retrying.png") });
+    for (const page of [alice, bob]) {
+      await page.waitForSelector('#status[data-state="open"]', { timeout: 60000 });
+      await page.waitForSelector('.notice:text("Reconnected to #e2e")', { timeout: STEP_MS });
+    }
+    restarting = false;
+    await alice.fill("#message", "still here after the restart");
+    await alice.press("#message", "Enter");
+    const back = await bob.waitForSelector('.msg .text:text("still here after the restart")',
+      { timeout: STEP_MS });
+    result.afterRestart = await back.textContent();
+    await alice.waitForFunction(() => document.querySelectorAll("#members li").length === 2,
+      null, { timeout: STEP_MS });
+    result.aliceMembersAfterRestart = await alice.$$eval("#members li", (items) =>
+      items.map((item) => item.textContent));
+    await bob.screenshot({ path: join(shots, "chat-reconnected.png") });
 
     await board.goto(`${base}/dashboard`, { timeout: STEP_MS });
     await board.waitForFunction(() => {
@@ -110,7 +155,7 @@ async function main() {
   } finally {
     await context.close();
   }
-  process.stdout.write(`${JSON.stringify(result)}\n`);
+  say("done", result);
 }
 
 main().catch((error) => {

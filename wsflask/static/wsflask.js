@@ -1,0 +1,241 @@
+// wsflask.js: the JavaScript client of wsflask's JSON event routes, served by every App at
+// /wsflask.js (types at /wsflask.d.ts). A plain ES module, no dependencies, no build step:
+//
+//   <script type="module">
+//     import { connect } from "/wsflask.js";
+//     const sock = connect("/chat/lobby");
+//     sock.on("said", (data) => console.log(data));
+//     const reply = await sock.call("say", { text: "hi" }, { timeout: 5000 });
+//   </script>
+//
+// Wire format (one JSON text message each way):
+//   client -> server  {"event", "data"}  with "id": <int> when an answer is wanted; the server
+//                     answers {"event":"ack","id","data"} or {"event":"error","id","data":{"type","message"}}
+//   server -> client  {"event", "data"}  with "id": "s<n>" when the server calls; this client
+//                     answers the same way (an unknown event or a throwing handler is an error)
+// Reconnects with capped exponential backoff and full jitter, except after close() and after
+// a close code in DO_NOT_RETRY. Nothing is buffered while disconnected: emit() and send()
+// return false, call() rejects at once.
+
+/** Close codes after which the client does not reconnect: the server refused this client
+ * (1008 policy: a connect handler or the origin check said no) or what it sends (1002
+ * protocol error, 1003 unsupported data, 1007 invalid payload); retrying would repeat it. */
+export const DO_NOT_RETRY = Object.freeze([1002, 1003, 1007, 1008]);
+
+const LIFECYCLE = new Set(["open", "close", "reconnect", "message"]);
+
+/** Why a call() failed: `type` is "Timeout", "Disconnected", "NotConnected", or the type the
+ * other side's error reply named (e.g. "UnknownEvent", "ValueError"). */
+export class CallError extends Error {
+  constructor(type, message) {
+    super(message);
+    this.name = "CallError";
+    this.type = type;
+  }
+}
+
+/** The wait before reconnection attempt `attempt` (0-based), in ms: min * 2^attempt capped at
+ * max; with jitter ("full jitter") a uniform random value between 0 and that. */
+export function backoffDelay(attempt, min, max, jitter = true, random = Math.random) {
+  const ceiling = Math.min(max, min * 2 ** Math.min(attempt, 30));
+  return jitter ? random() * ceiling : ceiling;
+}
+
+/** A ws:// or wss:// URL for `url`; a path ("/chat/x") is resolved against the page. */
+function absolute(url) {
+  if (/^wss?:\/\//i.test(url)) return url;
+  const here = globalThis.location;
+  if (!here) throw new TypeError(`connect() needs a ws:// or wss:// URL outside a page: ${url}`);
+  const resolved = new URL(url, here.href);
+  resolved.protocol = resolved.protocol === "https:" ? "wss:" : "ws:";
+  return resolved.href;
+}
+
+export class Socket {
+  constructor(url, options = {}) {
+    this.target = url;           // a URL, or a function giving it at each (re)connection
+    this.url = absolute(typeof url === "function" ? url() : url);
+    this.reconnect = options.reconnect ?? true;
+    this.backoff = { min: 500, max: 30000, ...(options.backoff || {}) };
+    this.jitter = options.jitter ?? true;
+    this.noRetry = new Set(options.noRetryCodes ?? DO_NOT_RETRY);
+    this.protocols = options.protocols;
+    this.WebSocket = options.WebSocket ?? globalThis.WebSocket;
+    if (typeof this.WebSocket !== "function") {
+      throw new TypeError("no WebSocket here: pass options.WebSocket (e.g. the `ws` package)");
+    }
+    this.ws = null;
+    this.handlers = new Map();   // event -> [handler]
+    this.pending = new Map();    // call id -> {resolve, reject, timer}
+    this.nextId = 1;
+    this.attempt = 0;            // reconnection attempts since the last open
+    this.opened = false;         // ever opened: the next open is a reconnection
+    this.closed = false;         // close() was called
+    this.timer = null;
+    this._open();
+  }
+
+  /** True while the WebSocket is open. */
+  get connected() {
+    return this.ws !== null && this.ws.readyState === 1;
+  }
+
+  /** Add a handler: for a server event (its return value or Promise answers a server call)
+   * or a lifecycle event ("open", "close", "reconnect", "message": a non-envelope message). */
+  on(event, handler) {
+    const list = this.handlers.get(event);
+    if (list) list.push(handler);
+    else this.handlers.set(event, [handler]);
+    return this;
+  }
+
+  /** Remove a handler added with on(). */
+  off(event, handler) {
+    const list = this.handlers.get(event) || [];
+    const at = list.indexOf(handler);
+    if (at >= 0) list.splice(at, 1);
+    return this;
+  }
+
+  /** Send the event {"event", "data"}; false when not connected (nothing is queued). */
+  emit(event, data = null) {
+    return this._write({ event, data });
+  }
+
+  /** Send the event with an id; resolves with the server's ack data, rejects with a CallError
+   * on an error reply, after `timeout` ms, and at once when the connection drops. */
+  call(event, data = null, { timeout = 10000 } = {}) {
+    return new Promise((resolve, reject) => {
+      if (!this.connected) {
+        reject(new CallError("NotConnected", `not connected: ${event} was not sent`));
+        return;
+      }
+      const id = this.nextId++;
+      const timer = setTimeout(() => {
+        this.pending.delete(id);
+        reject(new CallError("Timeout", `no answer to ${event} within ${timeout} ms`));
+      }, timeout);
+      this.pending.set(id, { resolve, reject, timer });
+      this._write({ event, data, id });
+    });
+  }
+
+  /** Send a raw text or binary message, not an envelope; false when not connected. */
+  send(raw) {
+    if (!this.connected) return false;
+    this.ws.send(raw);
+    return true;
+  }
+
+  /** Close for good: no reconnection; pending calls reject with "Disconnected". */
+  close(code = 1000, reason = "") {
+    this.closed = true;
+    clearTimeout(this.timer);
+    this.timer = null;
+    const ws = this.ws;
+    if (ws && ws.readyState <= 1) ws.close(code, reason);
+    else if (!ws) this._fire("close", { code, reason, deliberate: true, willReconnect: false });
+  }
+
+  // -- internals ------------------------------------------------------------------------------
+
+  _open() {
+    this.timer = null;
+    if (typeof this.target === "function") this.url = absolute(this.target());
+    const ws = this.protocols ? new this.WebSocket(this.url, this.protocols)
+      : new this.WebSocket(this.url);
+    this.ws = ws;
+    ws.onopen = () => {
+      const reconnected = this.opened;
+      this.opened = true;
+      this.attempt = 0;
+      this._fire("open", { reconnected });
+    };
+    ws.onmessage = (message) => this._receive(message.data);
+    ws.onerror = () => {};  // a close event follows; it decides what happens next
+    ws.onclose = (event) => this._dropped(ws, event.code, event.reason || "");
+  }
+
+  _dropped(ws, code, reason) {
+    if (ws !== this.ws) return;
+    this.ws = null;
+    for (const [id, call] of this.pending) {
+      clearTimeout(call.timer);
+      call.reject(new CallError("Disconnected", `connection closed (${code}) before call ${id} was answered`));
+    }
+    this.pending.clear();
+    const willReconnect = this.reconnect && !this.closed && !this.noRetry.has(code);
+    this._fire("close", { code, reason, deliberate: this.closed, willReconnect });
+    if (!willReconnect) return;
+    const delay = backoffDelay(this.attempt, this.backoff.min, this.backoff.max, this.jitter);
+    this.attempt += 1;
+    this._fire("reconnect", { attempt: this.attempt, delay });
+    this.timer = setTimeout(() => this._open(), delay);
+  }
+
+  _write(envelope) {
+    if (!this.connected) return false;
+    this.ws.send(JSON.stringify(envelope));
+    return true;
+  }
+
+  _receive(raw) {
+    let envelope = null;
+    if (typeof raw === "string") {
+      try {
+        envelope = JSON.parse(raw);
+      } catch {
+        envelope = null;
+      }
+    }
+    if (envelope === null || typeof envelope !== "object" || typeof envelope.event !== "string") {
+      this._fire("message", raw);
+      return;
+    }
+    const { event, data, id } = envelope;
+    if ((event === "ack" || event === "error") && this.pending.has(id)) {
+      const call = this.pending.get(id);
+      this.pending.delete(id);
+      clearTimeout(call.timer);
+      if (event === "ack") call.resolve(data);
+      else call.reject(new CallError(String(data?.type ?? "Error"), String(data?.message ?? "")));
+      return;
+    }
+    if (id === undefined || id === null) {
+      this._fire(event, data);
+      return;
+    }
+    this._answer(event, data, id);
+  }
+
+  async _answer(event, data, id) {
+    const handler = LIFECYCLE.has(event) ? undefined : (this.handlers.get(event) || [])[0];
+    if (!handler) {
+      this._write({ event: "error", id, data: { type: "UnknownEvent", message: `unknown event ${JSON.stringify(event).slice(0, 66)}` } });
+      return;
+    }
+    try {
+      const result = await handler(data);
+      this._write({ event: "ack", id, data: result === undefined ? null : result });
+    } catch (error) {
+      const type = (error && error.name) || "Error";
+      this._write({ event: "error", id, data: { type, message: String((error && error.message) || error) } });
+    }
+  }
+
+  _fire(event, data) {
+    for (const handler of [...(this.handlers.get(event) || [])]) {
+      try {
+        handler(data);
+      } catch (error) {
+        setTimeout(() => { throw error; });  // reported, without stopping the other handlers
+      }
+    }
+  }
+}
+
+/** Open a connection to `url` (ws://, wss://, or a path on this page's server); a function
+ * is called for the URL at each (re)connection (a new token, a new nickname...). */
+export function connect(url, options = {}) {
+  return new Socket(url, options);
+}
