@@ -40,7 +40,7 @@ from gevent.event import AsyncResult, Event
 from greenlet import greenlet
 
 from wsflask import App, WebSocket
-from wsflask.client import connect
+from wsflask.client import connect, open_client
 from wsflask.envelopes import encode
 from wsflask.protocol import Connection, Side
 
@@ -222,7 +222,7 @@ def connect_small_window(url: str) -> WebSocket:
     conn.connect(f"{host}:{port}", "/" + url.split("/", 3)[3])
     ws = WebSocket(sock, conn)
     with gevent.Timeout(10):
-        ws.open_client()
+        open_client(ws)
     return ws
 
 
