@@ -354,3 +354,16 @@ def test_every_relative_link_resolves(doc: Path) -> None:
 
 def test_user_facing_text_has_no_test_battery_ids() -> None:
     assert not re.findall(r"\b(?:[A-Z]{2})-\d{2}\b", README.read_text())
+
+
+def test_the_settings_reference_lists_every_config_field() -> None:
+    """One row per ``Config`` field, with its own variable: a new setting needs its row."""
+    import dataclasses
+
+    from wsflask.config import Config
+
+    rows = re.findall(r"^\| `(\w+)` \| `WSFLASK_(\w+)` \|", README.read_text(), flags=re.M)
+    assert [env for _, env in rows] == [name.upper() for name, _ in rows]
+    names = [name for name, _ in rows]
+    assert len(names) == len(set(names)), "a setting has two rows"
+    assert set(names) == {f.name for f in dataclasses.fields(Config)}
