@@ -257,3 +257,24 @@ def test_each_worker_holds_only_its_listener_and_a_drain_refuses_new_connections
     for ws in (ws for group in by_pid.values() for ws in group):
         assert ws.receive(timeout=15) is None and ws.close_code == 1001
     assert proc.wait_exit(timeout=30) == 0, proc.log
+
+
+def test_sighup_to_the_supervisor_reaches_the_workers_and_kills_nobody(
+    redis_server: Any, wsflask_run: Any
+) -> None:
+    """SIGHUP means "reload the certificate": the supervisor forwards it, and a worker
+    without TLS ignores it. Before, the supervisor died of it (the default action)."""
+    env = {**ENV, "WSFLASK_BACKPLANE": redis_server.url}
+    proc = wsflask_run("tests.backplane_node:app", "--port", "0", "--workers", "2", env=env)
+    port = proc.wait_serving()
+    by_pid = spread(port)
+    proc.proc.send_signal(signal.SIGHUP)
+    ws, pid = member(port)  # the port still answers, from a worker that was already there
+    assert pid in by_pid and proc.proc.poll() is None
+    for worker in by_pid:
+        os.kill(worker, 0)  # alive (raises ProcessLookupError otherwise)
+    for client in [ws, *(w for group in by_pid.values() for w in group)]:
+        client.close()
+    proc.proc.send_signal(signal.SIGTERM)
+    assert proc.wait_exit(timeout=30) == 0, proc.log
+    assert "exited with signal" not in proc.log

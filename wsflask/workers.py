@@ -42,6 +42,8 @@ KILL_MARGIN = 3.0
 POLL = 0.05
 BACKLOG = 2048
 _STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT}
+#: blocked across fork: the stop signals, and SIGHUP (the supervisor forwards it)
+_FORK_BLOCKED = {*_STOP_SIGNALS, signal.SIGHUP}
 _READY = b"\x01"
 
 
@@ -215,6 +217,7 @@ class _Supervisor:
         previous = {
             sig: set_signal(sig, self._on_signal) for sig in (signal.SIGTERM, signal.SIGINT)
         }
+        previous[signal.SIGHUP] = set_signal(signal.SIGHUP, self._forward_hangup)
         try:
             while not self.stopping and self.gave_up is None:
                 self._spawn_due()
@@ -229,6 +232,12 @@ class _Supervisor:
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
         self.stopping = True
 
+    def _forward_hangup(self, signum: int, frame: FrameType | None) -> None:
+        """SIGHUP (reload the TLS certificate) goes to every worker; the supervisor stays."""
+        for slot in self.slots:
+            if slot.pid is not None:
+                _kill(slot.pid, signal.SIGHUP)
+
     def _spawn_due(self) -> None:
         now = self._monotonic()
         for index, slot in enumerate(self.slots):
@@ -241,9 +250,9 @@ class _Supervisor:
 
         read_end, write_end = os.pipe()
         os.set_blocking(read_end, False)
-        # SIGTERM/SIGINT stay blocked across fork: a signal sent to a child before it set its
-        # own handlers stays pending for them (never the copy of the parent's handler)
-        signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
+        # SIGTERM/SIGINT/SIGHUP stay blocked across fork: a signal sent to a child before it
+        # set its own handlers stays pending for them (never the copy of the parent's handler)
+        signal.pthread_sigmask(signal.SIG_BLOCK, _FORK_BLOCKED)
         try:
             pid: int = fork_gevent()  # the original fork; gevent.reinit() in the child
             if pid == 0:
@@ -252,7 +261,7 @@ class _Supervisor:
                 shared = (self.metrics_dir, len(self.slots))
                 _worker(self.app, self.listeners[index], index, write_end, shared)  # no return
         finally:
-            signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, _FORK_BLOCKED)
         os.close(write_end)
         slot.pid, slot.ready_fd, slot.ready = pid, read_end, False
         logger.info("worker %d started (pid %d)", index, pid)
@@ -388,7 +397,10 @@ def _worker(
     try:
         for sig in _STOP_SIGNALS:  # until the server's own handlers are in place
             signal.signal(sig, lambda signum, frame: early.append(signum))
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
+        # SIGHUP reloads the certificate once the server handles it (with certfile); until
+        # then, or without TLS, it is ignored rather than ending the worker
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, _FORK_BLOCKED)
         os.environ["WSFLASK_WORKER"] = str(index)
         import gevent
         import gevent.socket
