@@ -14,9 +14,9 @@ import logging
 import signal
 import socket
 import ssl
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Sequence, Sized
 from http import HTTPStatus
-from time import monotonic
+from time import monotonic, perf_counter
 from typing import TYPE_CHECKING, Any, Protocol
 
 import gevent
@@ -27,11 +27,14 @@ from gevent.server import StreamServer
 
 from . import ids
 from .config import Config
+from .diagnostics import log_handshake_phases
 from .errors import ConfigError
 from .protocol import CloseCode, Connection, HandshakeError, Request, Side, State
 from .protocol.handshake import build_response
+from .replay import KeyReplayCache
 from .transport import Transport, wrap_tls
 from .upgrade import HTTPResponse, Resolver, Upgrade, answer, going_away, read_request
+from .violations import reporter
 from .websocket import Watcher, WebSocket
 
 if TYPE_CHECKING:
@@ -120,6 +123,8 @@ class Server(StreamServer):  # type: ignore[misc]
         super().__init__(listener, self.handle, spawn=self._admit)
         #: The bounded pool every connection greenlet runs in (max_connections).
         self.pool = Pool(self.config.connection_limit())
+        #: Sec-WebSocket-Key values seen lately (``key_replay_ttl``), or None when off.
+        self.replay_cache = _replay_cache(self.config)
 
     def full(self) -> bool:
         """Never stop accepting: over capacity, clients get a 503 instead of a queue."""
@@ -144,11 +149,13 @@ class Server(StreamServer):  # type: ignore[misc]
         """The ``spawn`` of StreamServer: a pool greenlet, or the 503/429 shedding path."""
         sock, address = args
         if self._stopping or self.pool.full():
+            reporter.refusal(_address(address), 503, "over capacity or stopping")
             return self._shed(sock, 503)
         cap = self.config.max_connections_per_ip
         if cap:
             ip = _ip(address)
             if self._per_ip.get(ip, 0) >= cap:
+                reporter.refusal(_address(address), 429, "too many connections from this address")
                 return self._shed(sock, 429)
             self._per_ip[ip] = self._per_ip.get(ip, 0) + 1
         # _serve_and_close instead of gevent's func(handle, close, args): its handle(*args)
@@ -239,6 +246,7 @@ class Server(StreamServer):  # type: ignore[misc]
         ws: WebSocket | None = None
         outcome: object = None
         timer = Timeout(self.config.handshake_timeout)
+        began = perf_counter()
         try:
             with timer:
                 if self._ssl is not None:
@@ -272,20 +280,32 @@ class Server(StreamServer):  # type: ignore[misc]
         finally:
             self._handshaking.pop(me, None)
         if isinstance(outcome, Request) and ws is not None:
+            read = perf_counter() - began
             upgrade = answer(
-                ws, outcome, self.resolve, stopping=self._stopping, metrics=self.metrics
+                ws,
+                outcome,
+                self.resolve,
+                stopping=self._stopping,
+                metrics=self.metrics,
+                replay=self.replay_cache,
             )
+            if logger.isEnabledFor(logging.DEBUG):
+                log_handshake_phases(ws, outcome, read, perf_counter() - began - read)
             return None if upgrade is None else (ws, upgrade)
-        self._give_up(ws, sock, outcome)
+        self._give_up(ws, sock, outcome, _address(address))
         return None
 
-    def _give_up(self, ws: WebSocket | None, sock: Any, outcome: object) -> None:
-        """The handshake did not produce a request: count it and close."""
+    def _give_up(
+        self, ws: WebSocket | None, sock: Any, outcome: object, peer: tuple[str, int] | None
+    ) -> None:
+        """The handshake did not produce a request: count it, log it and close."""
         if isinstance(outcome, HandshakeError):  # the core already answered and closed
             self._count(outcome.status)
+            reporter.refusal(peer, outcome.status, str(outcome))
             return
         live = ws is None or ws.state is State.CONNECTING
         if outcome is _TIMED_OUT:
+            reporter.refusal(peer, 408, "no complete request within handshake_timeout")
             if live and ws is not None and ws.request_started:
                 self._refuse(ws.transport, 408)  # a partial request: say why
                 return
@@ -315,6 +335,34 @@ class Server(StreamServer):  # type: ignore[misc]
     def _count(self, status: int) -> None:
         if self.metrics is not None:
             self.metrics.handshake(status)
+
+    def stats(self) -> dict[str, Any]:
+        """A snapshot for operators: connections by state, bytes queued for slow readers,
+        and the heartbeat's watched count and mean RTT (seconds; None before any pong).
+        O(open connections)."""
+        states = {"handshaking": len(self._handshaking), "open": 0, "closing": 0}
+        buffered = 0
+        rtts = []
+        for ws in list(self.connections):
+            key = "open" if ws.state is State.OPEN else "closing"
+            states[key] += 1
+            buffered += ws.buffered_amount
+            if ws.latency is not None:
+                rtts.append(ws.latency)
+        heartbeat = self.heartbeat
+        return {
+            "connections": states,
+            "buffered_bytes": buffered,
+            "heartbeat_watched": len(heartbeat) if isinstance(heartbeat, Sized) else 0,
+            "mean_rtt": sum(rtts) / len(rtts) if rtts else None,
+        }
+
+    def apply_config(self, config: Config) -> None:
+        """Adopt reloadable settings (``wsflask.reload``): new connections use ``config``;
+        open ones keep the limits they were made with. Capacity and TLS need a restart."""
+        if config.key_replay_ttl != self.config.key_replay_ttl:
+            self.replay_cache = _replay_cache(config)
+        self.config = config
 
     # ------------------------------------------------------------------ shutdown
 
@@ -399,6 +447,17 @@ def _make_ssl_context(config: Config) -> ssl.SSLContext | None:
             f"certfile={config.certfile!r} keyfile={config.keyfile!r} cannot be loaded: {exc}"
         ) from exc
     return context
+
+
+def _replay_cache(config: Config) -> KeyReplayCache | None:
+    return KeyReplayCache(config.key_replay_ttl) if config.key_replay_ttl else None
+
+
+def _address(address: Any) -> tuple[str, int] | None:
+    """``(host, port)`` of a peer address for logs; None for other kinds (UNIX sockets)."""
+    if isinstance(address, tuple) and len(address) >= 2:
+        return str(address[0]), int(address[1])
+    return None
 
 
 def _ip(address: Any) -> str:

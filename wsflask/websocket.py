@@ -17,9 +17,11 @@ from time import monotonic, perf_counter
 from typing import TYPE_CHECKING, Any, Protocol
 
 import gevent
+import gevent.event
 from gevent import Timeout, getcurrent
 
 from .config import Backpressure, Config
+from .diagnostics import tracer
 from .envelopes import encode
 from .errors import ConnectionClosed
 from .ids import new_id
@@ -40,6 +42,7 @@ from .protocol import (
     frame_info,
 )
 from .transport import Transport, os_socket
+from .violations import report_violation
 
 if TYPE_CHECKING:
     from typing import Self
@@ -51,6 +54,8 @@ __all__ = ["Watcher", "WebSocket", "ending"]
 logger = logging.getLogger("wsflask")
 
 _DEFAULT_CONFIG = Config()
+#: heartbeat round-trip times averaged by ``WebSocket.rtt``
+RTT_SAMPLES = 10
 
 
 class Watcher(Protocol):
@@ -96,10 +101,11 @@ class WebSocket:
     __slots__ = (
         "__weakref__", "_callbacks", "_close_deadline", "_closer", "_config", "_conn",
         "_drained", "_finished", "_heartbeat", "_initial", "_messages", "_metrics",
-        "_opened_at", "_owner", "_ping_payload", "_raw", "_reading", "_rx", "_sock",
-        "_transport", "close_cause", "close_code", "close_reason", "deflate", "extensions",
-        "id", "last_received", "latency", "path_params", "ping_sent_at", "remote_address",
-        "request", "rooms", "session", "subprotocol",
+        "_opened_at", "_owner", "_ping_payload", "_raw", "_reading", "_rtts", "_rx", "_sock",
+        "_transport", "_user_pings", "bytes_received", "bytes_sent", "close_cause",
+        "close_code", "close_reason", "deflate", "extensions", "id", "last_received",
+        "latency", "messages_received", "messages_sent", "path_params", "ping_sent_at",
+        "remote_address", "request", "rooms", "session", "subprotocol",
     )  # fmt: skip
 
     def __init__(
@@ -150,6 +156,11 @@ class WebSocket:
         self._ping_payload: bytes | None = None
         self._rx = False
         self._drained = True  # the last read emptied the kernel buffer: wait before reading
+        # -- operability (issue 16): per-connection figures (bytes: counted with metrics on)
+        self.messages_received = self.messages_sent = 0
+        self.bytes_received = self.bytes_sent = 0
+        self._rtts: deque[float] | None = None  # the last RTT_SAMPLES heartbeat RTTs
+        self._user_pings: dict[bytes, gevent.event.Event] | None = None  # ping() waiting
 
     def __repr__(self) -> str:
         return f"<WebSocket {self.id} {self._conn.state.name} {self.remote_address}>"
@@ -347,8 +358,11 @@ class WebSocket:
                 self._on_closed(event)
 
     def _on_message(self, data: str | bytes) -> None:
+        self.messages_received += 1
         if self._metrics is not None:
-            self._metrics.message_in(_nbytes(data))
+            nbytes = _nbytes(data)
+            self.bytes_received += nbytes
+            self._metrics.message_in(nbytes)
         if self._conn.close_expected():
             return  # we sent Close: nobody will read it, keep memory bounded
         if self._messages is None:
@@ -356,11 +370,16 @@ class WebSocket:
         self._messages.append(data)
 
     def _on_pong(self, data: bytes) -> None:
+        if self._user_pings is not None and data in self._user_pings:
+            self._user_pings.pop(data).set()  # ping() is waiting for it
         # Only the pong that answers our heartbeat ping proves liveness (battery HB-03).
         if self._ping_payload is None or data != self._ping_payload:
             return
         now = monotonic()
         self.latency = now - (self.ping_sent_at or now)
+        if self._rtts is None:
+            self._rtts = deque(maxlen=RTT_SAMPLES)
+        self._rtts.append(self.latency)
         self.last_received = now
         self.ping_sent_at = None
         self._ping_payload = None
@@ -377,11 +396,14 @@ class WebSocket:
                 self._metrics.connection_opened(self.deflate)
         if self._heartbeat is not None:
             self._heartbeat.add(self)
+        tracer.record(self.id, State.OPEN, "handshake completed")
 
     def _on_closed(self, event: Closed) -> None:
         self.close_code = event.code
         self.close_reason = event.reason
         self.close_cause = event.cause
+        if event.cause is not None:  # the peer broke the protocol: log it, count it by type
+            report_violation(self.remote_address, self.id, event, self._metrics)
         self._finish()
 
     # ------------------------------------------------------------------ reading
@@ -450,8 +472,11 @@ class WebSocket:
             self._metrics.compress_time(perf_counter() - started)
         if not transport.write(conn.data_to_send()):
             raise self._closed_error()
+        self.messages_sent += 1
         if self._metrics is not None:
-            self._metrics.message_out(_nbytes(data))
+            nbytes = _nbytes(data)
+            self.bytes_sent += nbytes
+            self._metrics.message_out(nbytes)
 
     def emit(self, event: str, data: Any = None) -> None:
         """Send the JSON event envelope ``{"event": event, "data": data}`` as text; blocks
@@ -478,8 +503,11 @@ class WebSocket:
             if not transport.broken:
                 self._over_budget(policy)
             return False
+        self.messages_sent += 1
         if self._metrics is not None:
-            self._metrics.message_out(frame_info(frame).payload_length)
+            nbytes = frame_info(frame).payload_length
+            self.bytes_sent += nbytes
+            self._metrics.message_out(nbytes)
         return True
 
     def send_nowait(self, data: str | bytes, *, policy: str | None = None) -> bool:
@@ -525,6 +553,49 @@ class WebSocket:
         self.ping_sent_at = monotonic()
         self._transport.write_nowait(self._conn.data_to_send(), budget=None)
 
+    @property
+    def rtt(self) -> float | None:
+        """Mean of the last ``RTT_SAMPLES`` (10) heartbeat round-trip times; None before one."""
+        rtts = self._rtts
+        return sum(rtts) / len(rtts) if rtts else None
+
+    def ping(self, timeout: float = 10.0) -> float:
+        """Send a ping and wait for its pong; return the round-trip time in seconds.
+
+        Messages that arrive meanwhile stay queued for ``receive()``.
+
+        Raises:
+            TimeoutError: no matching pong within ``timeout`` seconds.
+            ConnectionClosed: the connection is closing or closed.
+        """
+        conn = self._conn
+        if conn.state is not State.OPEN or self._transport.broken:
+            raise self._closed_error()
+        payload, answered = os.urandom(8), gevent.event.Event()
+        if self._user_pings is None:
+            self._user_pings = {}
+        self._user_pings[payload] = answered
+        sent = monotonic()
+        conn.send_ping(payload)
+        self._transport.write_nowait(conn.data_to_send(), budget=None)
+        try:
+            self._wait_pong(answered, sent + timeout)
+        finally:
+            pending = self._user_pings.pop(payload, None)
+        if pending is not None:  # not answered: _finish() woke us
+            raise self._closed_error()
+        return monotonic() - sent
+
+    def _wait_pong(self, answered: gevent.event.Event, deadline: float) -> None:
+        while not answered.is_set():
+            left = deadline - monotonic()
+            if left <= 0:
+                raise TimeoutError("no pong within the timeout")
+            if self._reading or self._finished:  # the reader sees the pong; _finish wakes us
+                answered.wait(left)
+            else:
+                self._pump(left)
+
     def _over_budget(self, policy: str | None) -> None:
         """The outbox is full: apply the slow-consumer policy (``config.Backpressure``)."""
         if (policy or self._config.backpressure_policy) == Backpressure.DROP:
@@ -556,6 +627,7 @@ class WebSocket:
         if conn.state is not State.OPEN:
             return
         conn.close(code, reason)
+        tracer.record(self.id, State.CLOSING, f"close({code}) sent")
         self._close_deadline = monotonic() + self._config.close_timeout
         self._transport.write_nowait(conn.data_to_send(), budget=None)
         if not self._reading and self._owner in (None, getcurrent()):
@@ -619,6 +691,9 @@ class WebSocket:
         if self._finished:
             return
         self._finished = True
+        for waiting in (self._user_pings or {}).values():  # ping(): no pong is coming
+            waiting.set()
+        tracer.record(self.id, State.CLOSED, f"closed with {self.close_code}")
         if self._heartbeat is not None:
             self._heartbeat.remove(self)
         closer, self._closer = self._closer, None
