@@ -144,7 +144,7 @@ def test_rtt_average_of_last_ten_pongs(serve: Any, raw_peer: Any) -> None:
         assert opcode == 0x9
         previous = ws.latency
         peer.send_frame(0xA, payload)
-        wait_until(lambda: ws.latency is not previous)  # a new float for each pong
+        wait_until(lambda p=previous: ws.latency is not p)  # a new float for each pong
         latencies.append(ws.latency)
     assert all(isinstance(x, float) for x in latencies)
     assert ws.rtt == pytest.approx(sum(latencies[-10:]) / 10, rel=1e-9)
