@@ -152,7 +152,10 @@ class BoundedQueueHandler(logging.Handler):
             while (record := queue.get()) is not _STOP:
                 for target in self.targets:
                     if record.levelno >= target.level:
-                        target.handle(record)
+                        try:
+                            target.handle(record)
+                        except Exception:  # one broken target must not end the writer
+                            target.handleError(record)
         finally:
             self._done.release()
 
