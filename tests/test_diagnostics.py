@@ -189,3 +189,96 @@ def test_setup_writes_through_the_queue_and_keeps_tracebacks() -> None:
         root.setLevel(saved[1])
     (line,) = stream.getvalue().splitlines()
     assert '"msg":"it failed"' in line and "ValueError: boom" in line
+
+
+# -- item 33: reconcile; item 45: the debug page and `wsflask inspect` -----------------------
+
+
+def test_reconcile_removes_orphans(app_factory: Any, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING, logger="wsflask.diagnostics")
+    app = app_factory(port=0, close_timeout=1.0, shutdown_grace=1.0)
+    seen: list[WebSocket] = []
+
+    @app.route("/")
+    def chat(ws: WebSocket) -> None:
+        seen.append(ws)
+        app.rooms.join("lobby", ws)
+
+    server = app.make_server()
+    server.start()
+    client = connect(url(server), timeout=5)
+    assert client.receive(timeout=5) is None  # the handler returned: closed
+    wait_until(lambda: not app.rooms.connections())
+    (ws,) = seen
+    assert ws.state is State.CLOSED
+    app.rooms._connections[ws.id] = ws  # an orphan, as a lost close callback would leave
+    assert app.reconcile() == [ws.id]
+    assert app.rooms.connections() == [] and app.reconcile() == []
+    repairs = [r for r in caplog.records if "reconcile" in r.getMessage()]
+    assert len(repairs) == 1 and ws.id in repairs[0].getMessage()
+
+
+def http_get(port: int, path: str, headers: str = "") -> bytes:
+    import gevent.socket
+
+    sock = gevent.socket.create_connection(("127.0.0.1", port))
+    try:
+        sock.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\n{headers}\r\n".encode())
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+        return data
+    finally:
+        sock.close()
+
+
+def test_dump_lists_open_connections(app_factory: Any) -> None:
+    import json
+    import sys
+
+    import gevent.subprocess
+
+    from wsflask.debug_page import enable_debug_page
+
+    token = "t" * 24
+    app = app_factory(port=0, close_timeout=1.0, shutdown_grace=1.0)
+    enable_debug_page(app, token=token)
+
+    @app.route("/")
+    def chat(ws: WebSocket) -> None:
+        app.rooms.join("lobby", ws)
+        for message in ws:
+            ws.send(message)
+
+    server = app.make_server()
+    server.start()
+    port = server.server_port
+    clients = [connect(url(server), timeout=5) for _ in range(2)]
+    for client in clients:
+        client.send("hi")
+        assert client.receive(timeout=5) == "hi"
+    assert http_get(port, "/debug").startswith(b"HTTP/1.1 404 ")
+    assert http_get(port, "/debug", "Authorization: Bearer wrong\r\n").startswith(b"HTTP/1.1 404")
+    answer = http_get(port, "/debug", f"Authorization: Bearer {token}\r\n")
+    assert answer.startswith(b"HTTP/1.1 200 ")
+    body = json.loads(answer.partition(b"\r\n\r\n")[2])
+    assert body["stats"]["connections"]["open"] == 2
+    rows = body["connections"]
+    assert len(rows) == 2 and all(r["rooms"] == ["lobby"] and r["state"] == "OPEN" for r in rows)
+    assert all(r["messages_in"] == 1 and r["messages_out"] == 1 for r in rows)
+    printed = gevent.subprocess.run(
+        [sys.executable, "-m", "wsflask", "inspect", f"http://127.0.0.1:{port}/debug",
+         "--token", token],
+        capture_output=True, text=True, timeout=60, check=True,
+    ).stdout  # fmt: skip
+    assert "open 2" in printed
+    assert all(row["id"] in printed for row in rows) and "lobby" in printed
+    refused = gevent.subprocess.run(
+        [sys.executable, "-m", "wsflask", "inspect", f"http://127.0.0.1:{port}/debug"],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert refused.returncode != 0 and "404" in refused.stderr
+    with pytest.raises(ValueError):
+        enable_debug_page(app_factory(), token="short")
+    for client in clients:
+        client.close()

@@ -119,6 +119,13 @@ class App:
             if self.server.is_ready:
                 self.heartbeat.start()  # idempotent; it may have been disabled before
 
+    def reconcile(self) -> list[str]:
+        """Remove closed connections the rooms still hold, logging each repair (CM-12);
+        return their ids (``diagnostics.reconcile``)."""
+        from .diagnostics import reconcile
+
+        return reconcile(self.rooms)
+
     # -- registration: decorators over add_* ------------------------------------------------
 
     def route(

@@ -22,7 +22,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from . import frames_tool, logs, reload
+from . import frames_tool, inspect_tool, logs, reload
 from .cli_client import CLIError, cmd_client
 from .config import Config, load_toml
 from .errors import ConfigError
@@ -379,6 +379,7 @@ def build_parser() -> argparse.ArgumentParser:
     default = actions.add_parser("default", help="print every setting and its default")
     default.set_defaults(func=cmd_config_default)
     frames_tool.add_parser(commands)
+    inspect_tool.add_parser(commands)
     return parser
 
 

@@ -27,11 +27,13 @@ from .protocol.handshake import GUID, accept_key
 
 if TYPE_CHECKING:
     from .protocol import Request
+    from .rooms import Rooms
     from .websocket import WebSocket
 
 __all__ = [
     "LEGAL_TRANSITIONS", "HealthThresholds", "LoopLagMonitor", "StateTracer",
-    "health_table", "log_handshake_phases", "memory_report", "performance_snapshot", "tracer",
+    "health_table", "log_handshake_phases", "memory_report", "performance_snapshot", "reconcile",
+    "tracer",
 ]  # fmt: skip
 
 logger = logging.getLogger("wsflask.diagnostics")
@@ -188,6 +190,22 @@ def health_table(
                      "status": status})  # fmt: skip
     rows.sort(key=lambda r: order[str(r["status"])])
     return rows
+
+
+def reconcile(rooms: Rooms[Any]) -> list[str]:
+    """Forget connections the rooms index still holds after they closed (CM-12).
+
+    Their close callback should have removed them; each one found is logged at WARNING as
+    a repair. Returns the ids removed. O(tracked connections).
+    """
+    repaired = []
+    for ws in rooms.connections():
+        if ws.state is State.CLOSED:
+            logger.warning("reconcile: connection %s closed but still in rooms %s; removed",
+                           ws.id, sorted(ws.rooms), extra={"id": ws.id})  # fmt: skip
+            rooms.forget(ws)
+            repaired.append(ws.id)
+    return repaired
 
 
 def log_handshake_phases(
