@@ -23,13 +23,13 @@ from wsflask.config import Config
 from wsflask.diagnostics import (
     HealthThresholds,
     LoopLagMonitor,
-    StateTracer,
     health_table,
     memory_report,
     performance_snapshot,
 )
 from wsflask.metrics import Metrics
 from wsflask.protocol import State
+from wsflask.tracing import StateTracer
 from wsflask.websocket import WebSocket
 
 pytestmark = pytest.mark.usefixtures("test_deadline")

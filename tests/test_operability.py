@@ -18,13 +18,13 @@ from helpers import wait_until
 
 from wsflask.client import connect
 from wsflask.config import Config
-from wsflask.diagnostics import tracer
 from wsflask.errors import Reject
 from wsflask.heartbeat import Heartbeat
 from wsflask.metrics import Metrics
 from wsflask.protocol import CloseCode, State
 from wsflask.protocol.errors import Forbidden, InvalidPayloadData, MessageTooBig, ProtocolError
 from wsflask.server import Upgrade
+from wsflask.tracing import tracer
 from wsflask.violations import VIOLATION_TYPES, Reporter, classify, reporter
 from wsflask.websocket import WebSocket
 

@@ -110,7 +110,7 @@ class BoundedQueueHandler(logging.Handler):
         handlers: what the writer thread passes each record to (their own levels apply).
         size: records waiting at most; past it a record is dropped and counted.
 
-    The thread is a real OS thread even under ``monkey.patch_all()`` (the original
+    The thread is a real OS thread even under gevent's monkey-patching (the original
     ``_thread``), so a handler blocked on a full pipe holds up only itself. Call ``close()``
     to drain (bounded wait) and stop it.
     """

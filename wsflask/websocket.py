@@ -21,7 +21,6 @@ import gevent.event
 from gevent import Timeout, getcurrent
 
 from .config import Backpressure, Config
-from .diagnostics import tracer
 from .envelopes import encode
 from .errors import ConnectionClosed
 from .ids import new_id
@@ -41,6 +40,7 @@ from .protocol import (
     TextMessage,
     frame_info,
 )
+from .tracing import tracer
 from .transport import Transport, os_socket
 from .violations import report_violation
 
