@@ -90,7 +90,7 @@ def performance_snapshot(monitor: LoopLagMonitor | None = None) -> dict[str, Any
         "cpu_system_seconds": usage.ru_stime,
         "rss_bytes": _rss(usage),
         "open_fds": _open_fds(),
-        "greenlets": sum(1 for o in gc.get_objects() if isinstance(o, greenlet.greenlet)),
+        "greenlets": _count_greenlets(),
         "loop_lag_seconds": monitor.last_lag if monitor is not None else None,
         "loop_lag_max_seconds": monitor.max_lag if monitor is not None else None,
     }
@@ -173,6 +173,11 @@ def _level(value: float, threshold: float) -> str:
     if value >= 2 * threshold:
         return "critical"
     return "warn" if value >= threshold else "ok"
+
+
+def _count_greenlets() -> int:
+    # type(), not isinstance(): a dead weak proxy among the objects raises on isinstance
+    return sum(1 for o in gc.get_objects() if issubclass(type(o), greenlet.greenlet))
 
 
 def _rss(usage: Any) -> int:

@@ -13,6 +13,7 @@ import _queue
 import atexit
 import json
 import logging
+import os
 import sys
 import time
 from collections import deque
@@ -119,7 +120,13 @@ class BoundedQueueHandler(logging.Handler):
         super().__init__()
         self.targets = handlers
         self.size = size
-        self._queue: Any = _queue.SimpleQueue()  # C-level, not replaced by gevent's patching
+        self._queue: Any = None
+        self._spawn()
+
+    def _spawn(self) -> None:
+        """A fresh queue and writer thread (at start, and in a forked child: threads do not
+        survive ``fork()``, so a pre-forked worker would otherwise queue and never write)."""
+        self._queue = _queue.SimpleQueue()  # C-level, not replaced by gevent's patching
         self._done = monkey.get_original("_thread", "allocate_lock")()
         self._done.acquire()
         monkey.get_original("_thread", "start_new_thread")(self._run, (self._queue,))
@@ -180,6 +187,15 @@ def shutdown() -> None:
 
 
 atexit.register(shutdown)
+
+
+def _after_fork_in_child() -> None:
+    for handler in _installed:
+        handler._spawn()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def setup(
