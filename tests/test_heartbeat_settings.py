@@ -81,6 +81,15 @@ def test_idle_timeout_closes_a_silent_peer_with_1001_pongs_excluded(
     assert 0.45 <= elapsed < 1.5
 
 
+def test_idle_timeout_shorter_than_the_ping_interval_is_kept(serve: Any, raw_peer: Any) -> None:
+    heartbeat = Heartbeat(30.0, 10.0, idle_timeout=0.3)
+    server = serve(echo, config=FAST, heartbeat=heartbeat, services=[heartbeat])
+    peer = open_peer(server, raw_peer)
+    opened = time.monotonic()
+    assert close_code(peer) == (CloseCode.GOING_AWAY, b"idle timeout")
+    assert time.monotonic() - opened < 1.5  # not at the first ping, 30 s away
+
+
 def test_messages_keep_an_idle_timeout_away(serve: Any, raw_peer: Any) -> None:
     heartbeat = Heartbeat(0, 5.0, idle_timeout=0.3)
     server = serve(echo, config=FAST, heartbeat=heartbeat, services=[heartbeat])

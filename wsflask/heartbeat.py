@@ -168,6 +168,8 @@ class Heartbeat:
         entry = _Entry(ws, now + self.interval * max(phase, 0.05), now)
         self._entries[ws] = entry
         first = entry.next_ping if self.interval > 0 else now + self.idle_timeout
+        if self.idle_timeout > 0 and now + self.idle_timeout < first:
+            first = now + self.idle_timeout  # an idle timeout shorter than the first ping
         self._push(first, entry)
 
     def remove(self, ws: Pingable) -> None:
