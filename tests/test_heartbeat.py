@@ -49,6 +49,10 @@ class StubWS:
         self.latency: float | None = None
         self.pings: list[float] = []
         self.aborted: tuple[int, str] | None = None
+        self.messages_received = 0  # read only with idle_timeout, which these tests leave off
+
+    def close(self, code: int = 1000, reason: str = "") -> None:
+        self.abort(code, reason)
 
     def send_heartbeat_ping(self) -> None:
         self.ping_sent_at = self.clock.now

@@ -83,7 +83,13 @@ class App:
 
     def _build_services(self, config: Config) -> tuple[Heartbeat, Bridge | None]:
         """What the server runs besides connections, for ``config``: heartbeat and bridge."""
-        heartbeat = Heartbeat(config.ping_interval, config.pong_timeout, metrics=self.metrics)
+        heartbeat = Heartbeat(
+            config.ping_interval,
+            config.pong_timeout,
+            max_missed=config.max_missed_pongs,
+            idle_timeout=config.idle_timeout,
+            metrics=self.metrics,
+        )
         bridge = Bridge(self.rooms, config, self.metrics) if config.backplane else None
         return heartbeat, bridge
 
@@ -107,6 +113,27 @@ class App:
         self.rooms.policy = config.backpressure_policy
         self.rooms.max_message_size = config.max_message_size
         self.heartbeat, self.cluster = self._build_services(config)
+
+    def apply_live(self, config: Config) -> None:
+        """Adopt ``config`` while serving (``wsflask.reload`` checked that only reloadable
+        settings changed): origins, rooms' policy, heartbeat timings, the server's settings
+        for new connections. Open connections keep the limits they were made with."""
+        self.config = config
+        self.rooms.policy = config.backpressure_policy
+        self.heartbeat.reconfigure(
+            config.ping_interval, config.pong_timeout, config.max_missed_pongs, config.idle_timeout
+        )
+        if self.server is not None:
+            self.server.apply_config(config)
+            if self.server.is_ready:
+                self.heartbeat.start()  # idempotent; it may have been disabled before
+
+    def reconcile(self) -> list[str]:
+        """Remove closed connections the rooms still hold, logging each repair (CM-12);
+        return their ids (``diagnostics.reconcile``)."""
+        from .diagnostics import reconcile
+
+        return reconcile(self.rooms)
 
     # -- registration: decorators over add_* ------------------------------------------------
 

@@ -22,7 +22,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from . import frames_tool, logs
+from . import frames_tool, inspect_tool, logs, reload
 from .cli_client import CLIError, cmd_client
 from .config import Config, load_toml
 from .errors import ConfigError
@@ -146,11 +146,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     }
     settings = collect_settings(args.config, os.environ, flags)
     try:
-        logs.setup(settings.log_format, settings.log_level)
+        queue_size = int(settings.overrides.get("log_queue", logs.QUEUE_SIZE))
+        logs.setup(settings.log_format, settings.log_level, queue_size=queue_size)
     except ValueError as exc:
         raise CLIError(str(exc)) from None
     app = load_app(args.app)
-    app.configure(settings.apply(app.config))
+    base = app.config
+    app.configure(settings.apply(base))
     logger.info("protocol speedups: %s", "compiled" if speedups_active() else "pure Python")
     if args.workers != 1:  # pre-forked workers on one socket (wsflask/workers.py)
         from .workers import run_workers
@@ -161,7 +163,20 @@ def cmd_run(args: argparse.Namespace) -> int:
             raise CLIError(
                 f"cannot listen on {app.config.host}:{app.config.port}: {exc.strerror or exc}"
             ) from None
+    reload.install(app, lambda: _reloaded_settings(args.config, flags, base))
     return serve(app)
+
+
+def _reloaded_settings(path: str | None, flags: Mapping[str, Any], base: Config) -> Config:
+    """SIGHUP: file, environment and flags read again over the app's own settings; the log
+    level applies at once (``ConfigError``/``ValueError``: nothing changes)."""
+    settings = collect_settings(path, os.environ, flags)
+    config = settings.apply(base)
+    level = settings.log_level.upper()
+    if level not in logs.LEVELS:
+        raise ValueError(f"log level {settings.log_level!r} is invalid")
+    logging.getLogger().setLevel(level)
+    return config
 
 
 def load_app(spec: str) -> App:
@@ -366,6 +381,7 @@ def build_parser() -> argparse.ArgumentParser:
     default = actions.add_parser("default", help="print every setting and its default")
     default.set_defaults(func=cmd_config_default)
     frames_tool.add_parser(commands)
+    inspect_tool.add_parser(commands)
     return parser
 
 

@@ -63,7 +63,7 @@ class Config:
             ``1009``. Bounds inbound memory per connection.
         fragment_overhead: ``256`` bytes charged per continuation frame against
             ``max_message_size``. Bounds floods of tiny fragments.
-        ping_interval: ``30.0`` s between heartbeat pings. Detects dead peers.
+        ping_interval: ``30.0`` s between heartbeat pings; ``0`` sends none. Detects dead peers.
         pong_timeout: ``10.0`` s without any frame after a ping -> close ``1011``. Bounds
             half-open connections.
         close_timeout: ``5.0`` s to wait for the peer's Close (and for its FIN afterwards);
@@ -153,6 +153,16 @@ class Config:
             ``certfile``); a client certificate is then optional unless ...
         require_client_cert: ``False``. ``True`` (with ``ca_file``): mutual TLS, a client
             without a valid certificate fails the TLS handshake.
+        idle_timeout: ``0.0`` = off; else s without a message from the peer (pings and pongs
+            do not count) -> close ``1001`` "idle timeout". Bounds idle connections.
+        max_missed_pongs: ``1`` consecutive heartbeat pings left unanswered for
+            ``pong_timeout`` each -> close ``1011`` "ping timeout". Tolerance of lossy links.
+        handshake_error_header: ``False``. ``True`` adds ``X-WebSocket-Error: <reason>`` to
+            refusals the resolver or server decides (a debugging aid; it tells clients why).
+        key_replay_ttl: ``0.0`` = off; else s a ``Sec-WebSocket-Key`` is remembered: the same
+            key again -> ``400``. Bounds replayed handshakes (memory: 100,000 keys at most).
+        log_queue: ``10000`` log records waiting for the CLI's log writer thread; over ->
+            dropped and counted (``websocket_log_records_dropped_total``). Bounds log memory.
     """
 
     host: str = "127.0.0.1"
@@ -164,7 +174,7 @@ class Config:
     max_headers: int = field(default=100, metadata=_rng(1, 10_000))
     max_message_size: int = field(default=1 << 20, metadata=_rng(1, 2 * _GIB))
     fragment_overhead: int = field(default=256, metadata=_rng(0, 64 * _KIB))
-    ping_interval: float = field(default=30.0, metadata=_rng(0.01, 86400))
+    ping_interval: float = field(default=30.0, metadata=_rng(0, 86400))
     pong_timeout: float = field(default=10.0, metadata=_rng(0.01, 86400))
     close_timeout: float = field(default=5.0, metadata=_rng(0.001, 3600))
     shutdown_grace: float = field(default=10.0, metadata=_rng(0, 3600))
@@ -187,6 +197,11 @@ class Config:
     max_pending_calls: int = field(default=128, metadata=_rng(1, 1_000_000))
     call_timeout: float = field(default=10.0, metadata=_rng(0.001, 3600))
     # -- operability (issue 16): add fields below this line --
+    idle_timeout: float = field(default=0.0, metadata=_rng(0, 86400 * 7))
+    max_missed_pongs: int = field(default=1, metadata=_rng(1, 100))
+    handshake_error_header: bool = False
+    key_replay_ttl: float = field(default=0.0, metadata=_rng(0, 86400))
+    log_queue: int = field(default=10_000, metadata=_rng(1, 10_000_000))
     # -- bounds and admission (issue 18): add fields below this line --
     allowed_hosts: tuple[str, ...] = ()
     fragment_timeout: float = field(default=30.0, metadata=_rng(0, 86400))

@@ -1,8 +1,9 @@
 """The heartbeat: one greenlet pings every connection and fails the ones that stop answering.
 
 ``Heartbeat`` is a server ``Service`` (started and stopped with it) and a ``Watcher`` (told
-as each connection opens and closes); it fails a silent peer with 1011. No timer or greenlet
-per connection, no ping per message, no close on mere idleness.
+as each connection opens and closes); it fails a peer that missed ``max_missed`` pings with
+1011 (logged and counted) and, opt-in, closes with 1001 one that sent no message for
+``idle_timeout``. No timer or greenlet per connection, no ping per message.
 """
 
 from __future__ import annotations
@@ -47,19 +48,25 @@ class Pingable(Protocol):
     def ping_sent_at(self) -> float | None: ...
     @property
     def latency(self) -> float | None: ...
+    @property
+    def messages_received(self) -> int: ...
     def send_heartbeat_ping(self) -> None: ...
     def abort(self, code: int = ..., reason: str = "") -> None: ...
+    def close(self, code: int = ..., reason: str = "") -> None: ...
 
 
 class _Entry:
     """The heartbeat's bookkeeping for one connection."""
 
-    __slots__ = ("next_ping", "pinged", "ws")
+    __slots__ = ("active_at", "missed", "next_ping", "pinged", "seen", "ws")
 
-    def __init__(self, ws: Pingable, next_ping: float) -> None:
+    def __init__(self, ws: Pingable, next_ping: float, now: float) -> None:
         self.ws: Pingable | None = ws  #: None once removed (the heap may still hold the entry)
         self.next_ping = next_ping  #: monotonic time of the next heartbeat ping
         self.pinged = False  #: a ping we sent is not yet recorded as answered
+        self.missed = 0  #: consecutive pings that got no frame back within ``timeout``
+        self.seen = 0  #: ``ws.messages_received`` at the last visit (idle timeout only)
+        self.active_at = now  #: when that count last changed (idle timeout)
 
 
 class Heartbeat:
@@ -76,9 +83,13 @@ class Heartbeat:
     Args:
         interval: seconds between pings of one connection (``Config.ping_interval``);
             ``0`` or less disables the heartbeat (``add()`` then does nothing).
-        timeout: seconds without any frame after a ping before the connection is failed
-            with 1011 (``Config.pong_timeout``).
-        metrics: where round-trip times are recorded, if given.
+        timeout: seconds without any frame after a ping before that ping counts as missed
+            (``Config.pong_timeout``).
+        max_missed: consecutive missed pings that fail the connection with 1011 "ping
+            timeout" (``Config.max_missed_pongs``); a frame in between resets the count.
+        idle_timeout: ``0`` = off; else seconds without a message (pings and pongs do not
+            count) after which the connection is closed with 1001 "idle timeout".
+        metrics: where round-trip times and heartbeat timeouts are recorded, if given.
         max_tick: the coarsest wake-up period in seconds; small intervals tick faster.
         clock: a monotonic clock; it must be the clock the driver stamps
             ``last_received``/``ping_sent_at`` with.
@@ -92,16 +103,20 @@ class Heartbeat:
         interval: float,
         timeout: float,
         *,
+        max_missed: int = 1,
+        idle_timeout: float = 0.0,
         metrics: Metrics | None = None,
         max_tick: float = 1.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.interval = interval
         self.timeout = timeout
+        self.max_missed = max(1, max_missed)
+        self.idle_timeout = idle_timeout
         self.metrics = metrics
         self._clock = clock
-        #: wake-up period: a tenth of the shorter timer, at most max_tick, at least 10 ms
-        self.tick = max(0.01, min(max_tick, interval / 10, timeout / 4)) if interval > 0 else 0
+        self.max_tick = max_tick
+        self.tick = self._tick()
         self._entries: dict[Pingable, _Entry] = {}
         self._heap: list[tuple[float, int, _Entry]] = []
         self._seq = itertools.count()
@@ -109,10 +124,29 @@ class Heartbeat:
         self._stopping = Event()
         self._greenlet: gevent.Greenlet | None = None
 
+    def _tick(self) -> float:
+        """Wake-up period: a tenth of the shortest timer, at most max_tick, at least 10 ms."""
+        timers = [t for t in (self.interval / 10, self.timeout / 4, self.idle_timeout / 10) if t]
+        return max(0.01, min(self.max_tick, *timers)) if self.enabled and timers else 0
+
+    def reconfigure(
+        self, interval: float, timeout: float, max_missed: int, idle_timeout: float
+    ) -> None:
+        """Apply new settings to a running heartbeat (a reload); each entry adopts them at
+        its next visit. Starting or stopping the greenlet is the caller's (``start()``)."""
+        self.interval, self.timeout = interval, timeout
+        self.max_missed, self.idle_timeout = max(1, max_missed), idle_timeout
+        self.tick = self._tick()
+
     @property
     def enabled(self) -> bool:
-        """True when ``interval`` is positive."""
-        return self.interval > 0
+        """True when ``interval`` or ``idle_timeout`` is positive."""
+        return self.interval > 0 or self.idle_timeout > 0
+
+    def mean_rtt(self) -> float | None:
+        """Mean of the watched connections' last round-trip times (O(n)); None without any."""
+        samples = [e.ws.latency for e in self._entries.values() if e.ws and e.ws.latency]
+        return sum(samples) / len(samples) if samples else None
 
     def __len__(self) -> int:
         """The number of connections watched."""
@@ -130,9 +164,13 @@ class Heartbeat:
             return
         self._added += 1
         phase = (self._added * _PHI) % 1.0
-        entry = _Entry(ws, self._clock() + self.interval * max(phase, 0.05))
+        now = self._clock()
+        entry = _Entry(ws, now + self.interval * max(phase, 0.05), now)
         self._entries[ws] = entry
-        self._push(entry.next_ping, entry)
+        first = entry.next_ping if self.interval > 0 else now + self.idle_timeout
+        if self.idle_timeout > 0 and now + self.idle_timeout < first:
+            first = now + self.idle_timeout  # an idle timeout shorter than the first ping
+        self._push(first, entry)
 
     def remove(self, ws: Pingable) -> None:
         """Stop watching ``ws`` at once; idempotent. The driver calls it on close."""
@@ -145,6 +183,12 @@ class Heartbeat:
         if self.enabled and (self._greenlet is None or self._greenlet.dead):
             self._stopping.clear()
             self._greenlet = gevent.spawn(self._run)
+            logger.info(
+                "heartbeat started: ping every %s s, %s s to answer, %d missed to fail, "
+                "idle timeout %s",
+                self.interval or "never", self.timeout, self.max_missed,
+                f"{self.idle_timeout} s" if self.idle_timeout else "off",
+            )  # fmt: skip
 
     def stop(self, timeout: float = 1.0) -> None:
         """Wake and end the heartbeat greenlet, waiting up to ``timeout`` s; idempotent."""
@@ -165,7 +209,7 @@ class Heartbeat:
         """Process what is due, then wait one tick (or until ``stop()``)."""
         while not self._stopping.is_set():
             self.run_due()
-            self._stopping.wait(self.tick)
+            self._stopping.wait(self.tick or self.max_tick)  # tick 0: disabled by a reload
 
     def run_due(self) -> int:
         """Process every deadline that has passed; return how many entries were visited.
@@ -195,21 +239,61 @@ class Heartbeat:
         """Ping, time out or reschedule one connection; return its next due time or None."""
         if not ws.is_open:
             return None
+        idle_due = self._check_idle(entry, ws, now)
+        if idle_due is None:
+            return None
+        if self.interval <= 0:
+            return idle_due
+        due = self._check_pings(entry, ws, now)
+        return None if due is None else min(due, idle_due)
+
+    def _check_idle(self, entry: _Entry, ws: Pingable, now: float) -> float | None:
+        """Close with 1001 a connection silent for ``idle_timeout``; else when to look again."""
+        if self.idle_timeout <= 0:
+            return float("inf")
+        count = ws.messages_received
+        if count != entry.seen:
+            entry.seen, entry.active_at = count, now
+        due = entry.active_at + self.idle_timeout
+        if now < due:
+            return due
+        logger.info("closing connection %s: no message for %s s", ws.id, self.idle_timeout,
+                    extra={"id": ws.id})  # fmt: skip
+        ws.close(CloseCode.GOING_AWAY, "idle timeout")
+        return None
+
+    def _check_pings(self, entry: _Entry, ws: Pingable, now: float) -> float | None:
+        """Ping, count a missed ping, fail after ``max_missed``; else the next due time."""
         self._record_rtt(entry, ws)
         sent_at = ws.ping_sent_at
         if sent_at is not None and ws.last_received < sent_at:
-            # A ping is outstanding and nothing arrived since: dead once timeout passes.
+            # A ping is outstanding and nothing arrived since: missed once timeout passes.
             deadline = sent_at + self.timeout
-            if now >= deadline:
-                ws.abort(CloseCode.INTERNAL_ERROR, "ping timeout")
+            if now < deadline:
+                return deadline if entry.next_ping <= now else min(deadline, entry.next_ping)
+            entry.missed += 1
+            if entry.missed >= self.max_missed:
+                self._timed_out(ws)
                 return None
-            return deadline if entry.next_ping <= now else min(deadline, entry.next_ping)
+            return self._ping(entry, ws, now)  # try again at once
+        entry.missed = 0
         if now >= entry.next_ping:
-            ws.send_heartbeat_ping()
-            entry.pinged = True
-            entry.next_ping = now + self.interval
-            return min(entry.next_ping, now + self.timeout)
+            return self._ping(entry, ws, now)
         return entry.next_ping
+
+    def _ping(self, entry: _Entry, ws: Pingable, now: float) -> float:
+        ws.send_heartbeat_ping()
+        entry.pinged = True
+        entry.next_ping = now + self.interval
+        return min(entry.next_ping, now + self.timeout)
+
+    def _timed_out(self, ws: Pingable) -> None:
+        """Fail a dead peer: 1011 (the documented choice, ARCHITECTURE §4), logged, counted."""
+        logger.warning("ping timeout on connection %s: %d ping(s) unanswered", ws.id,
+                       self.max_missed, extra={"id": ws.id})  # fmt: skip
+        if self.metrics is not None:
+            self.metrics.heartbeat_timeout()
+        ws.abort(CloseCode.INTERNAL_ERROR, "ping timeout")
 
     def _record_rtt(self, entry: _Entry, ws: Pingable) -> None:
         """Record the latency of our last ping once the driver has matched its pong."""

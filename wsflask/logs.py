@@ -1,20 +1,30 @@
-"""Logging setup for the CLI: readable text by default, or one JSON object per line.
+"""Logging setup for the CLI: text or JSON lines, written by a thread behind a bounded queue.
 
-``setup(fmt, level)`` installs one root handler with ``TextFormatter`` or ``JSONFormatter``;
-both render the fields a record carries in ``extra=`` (the access log's id, peer, route...).
-The library itself never calls ``setup()`` and defines no log lines here: the server writes
-the access lines to ``ACCESS_LOGGER``; unconfigured, they cost one level check.
+``setup(fmt, level)`` installs one root ``BoundedQueueHandler``: the hub only copies each
+record into a bounded queue (full: the record is dropped and counted, ``dropped_records()``)
+and a ring buffer (``recent(n)``, for debug exports); an OS thread formats and writes, so a
+slow stderr never stalls the hub. The library itself never calls ``setup()``; unconfigured,
+a record costs one level check.
 """
 
 from __future__ import annotations
 
+import _queue
+import atexit
 import json
 import logging
+import os
 import sys
 import time
+from collections import deque
 from typing import Any, TextIO
 
-__all__ = ["ACCESS_LOGGER", "FORMATS", "LEVELS", "JSONFormatter", "TextFormatter", "setup"]
+from gevent import monkey
+
+__all__ = [
+    "ACCESS_LOGGER", "FORMATS", "LEVELS", "BoundedQueueHandler", "JSONFormatter",
+    "TextFormatter", "dropped_records", "recent", "setup", "shutdown",
+]  # fmt: skip
 
 #: the logger of the one-line-per-connection open/close records
 ACCESS_LOGGER = "wsflask.access"
@@ -64,15 +74,141 @@ class JSONFormatter(logging.Formatter):
         body.update(extra_fields(record))
         if record.exc_info:
             body["exc"] = self.formatException(record.exc_info)
+        elif record.exc_text:  # formatted before the record crossed the log queue
+            body["exc"] = record.exc_text
         if record.stack_info:
             body["stack"] = self.formatStack(record.stack_info)
         return json.dumps(body, default=str, separators=(",", ":"))
 
 
-def setup(fmt: str = "text", level: str | int = "INFO", *, stream: TextIO | None = None) -> None:
+#: records kept for ``recent()`` (the debug export)
+RING_SIZE = 1000
+#: records waiting for the writer thread by default; more are dropped and counted
+QUEUE_SIZE = 10_000
+
+_ring: deque[logging.LogRecord] = deque(maxlen=RING_SIZE)
+_dropped = [0]
+_STOP = object()
+
+
+def dropped_records() -> int:
+    """Records dropped because the log queue was full (``/metrics``)."""
+    return _dropped[0]
+
+
+def recent(n: int = RING_SIZE) -> list[logging.LogRecord]:
+    """The last ``n`` records that went through ``BoundedQueueHandler``, oldest first."""
+    if n <= 0:
+        return []
+    items = list(_ring)
+    return items[-n:]
+
+
+class BoundedQueueHandler(logging.Handler):
+    """Queue records for an OS writer thread; never blocks the caller.
+
+    Args:
+        handlers: what the writer thread passes each record to (their own levels apply).
+        size: records waiting at most; past it a record is dropped and counted.
+
+    The thread is a real OS thread even under gevent's monkey-patching (the original
+    ``_thread``), so a handler blocked on a full pipe holds up only itself. Call ``close()``
+    to drain (bounded wait) and stop it.
+    """
+
+    def __init__(self, handlers: list[logging.Handler], size: int = QUEUE_SIZE) -> None:
+        super().__init__()
+        self.targets = handlers
+        self.size = size
+        self._queue: Any = None
+        self._spawn()
+
+    def _spawn(self) -> None:
+        """A fresh queue and writer thread (at start, and in a forked child: threads do not
+        survive ``fork()``, so a pre-forked worker would otherwise queue and never write)."""
+        self._queue = _queue.SimpleQueue()  # C-level, not replaced by gevent's patching
+        self._done = monkey.get_original("_thread", "allocate_lock")()
+        self._done.acquire()
+        monkey.get_original("_thread", "start_new_thread")(self._run, (self._queue,))
+
+    def emit(self, record: logging.LogRecord) -> None:
+        """Copy ``record`` (message merged, traceback formatted) into the ring and the queue."""
+        try:
+            prepared = self._prepare(record)
+        except Exception:
+            self.handleError(record)
+            return
+        _ring.append(prepared)
+        if self._queue.qsize() >= self.size:
+            _dropped[0] += 1
+            return
+        self._queue.put_nowait(prepared)
+
+    def _prepare(self, record: logging.LogRecord) -> logging.LogRecord:
+        copy = logging.makeLogRecord(vars(record))
+        copy.msg = record.getMessage()
+        copy.args = None
+        if record.exc_info:
+            copy.exc_text = logging.Formatter().formatException(record.exc_info)
+            copy.exc_info = None
+        return copy
+
+    def _run(self, queue: Any) -> None:
+        """The writer thread: hand each record to the targets until the stop marker."""
+        try:
+            while (record := queue.get()) is not _STOP:
+                for target in self.targets:
+                    if record.levelno >= target.level:
+                        try:
+                            target.handle(record)
+                        except Exception:  # one broken target must not end the writer
+                            target.handleError(record)
+        finally:
+            self._done.release()
+
+    def close(self, timeout: float = 2.0) -> None:
+        """Write what is queued (waiting at most ``timeout`` s), stop the thread; idempotent."""
+        if self._queue is not None:
+            self._queue.put_nowait(_STOP)
+            self._queue = None
+            self._done.acquire(True, timeout)
+        super().close()
+
+
+_installed: list[BoundedQueueHandler] = []
+
+
+def shutdown() -> None:
+    """Drain and remove the handler ``setup()`` installed (atexit does it too)."""
+    while _installed:
+        handler = _installed.pop()
+        logging.getLogger().removeHandler(handler)
+        handler.close()
+
+
+atexit.register(shutdown)
+
+
+def _after_fork_in_child() -> None:
+    for handler in _installed:
+        handler._spawn()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def setup(
+    fmt: str = "text",
+    level: str | int = "INFO",
+    *,
+    stream: TextIO | None = None,
+    queue_size: int = QUEUE_SIZE,
+) -> BoundedQueueHandler:
     """Send every log record at ``level`` or above to ``stream`` (stderr) as ``fmt``.
 
-    Replaces the root logger's handlers, so calling it twice does not duplicate lines.
+    Records cross a bounded queue (``queue_size``) to a writer thread. Replaces the root
+    logger's handlers, so calling it twice does not duplicate lines. Returns the handler.
 
     Raises:
         ValueError: ``fmt`` is not "text" or "json", or ``level`` is not a level name.
@@ -83,13 +219,17 @@ def setup(fmt: str = "text", level: str | int = "INFO", *, stream: TextIO | None
         if level.upper() not in LEVELS:
             raise ValueError(f"log level {level!r} is invalid: allowed {', '.join(LEVELS)}")
         level = level.upper()
-    handler = logging.StreamHandler(stream if stream is not None else sys.stderr)
-    handler.setFormatter(JSONFormatter() if fmt == "json" else TextFormatter())
+    writer = logging.StreamHandler(stream if stream is not None else sys.stderr)
+    writer.setFormatter(JSONFormatter() if fmt == "json" else TextFormatter())
+    shutdown()
     root = logging.getLogger()
     for old in list(root.handlers):
         root.removeHandler(old)
+    handler = BoundedQueueHandler([writer], queue_size)
+    _installed.append(handler)
     root.addHandler(handler)
     root.setLevel(level)
+    return handler
 
 
 def _iso(created: float) -> str:

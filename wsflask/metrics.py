@@ -173,6 +173,14 @@ class Metrics:
         self.deflate_closed_bytes = [0, 0, 0, 0]
         #: seconds spent compressing outbound messages (sends, broadcasts)
         self.compress_seconds = 0.0
+        # -- operability (issue 16) --
+        #: protocol violations by ``violations.VIOLATION_TYPES`` entry (a fixed set)
+        self.violations: dict[str, int] = {}
+        #: connections failed because no frame came after a heartbeat ping
+        self.heartbeat_timeouts = 0
+        #: message counts by payload size class ``nbytes.bit_length()``, in and out
+        self.sizes_in = [0] * _SIZE_SLOTS
+        self.sizes_out = [0] * _SIZE_SLOTS
         # (monotonic time, messages in + out) samples taken at render time
         self._rate_samples: deque[tuple[float, int]] = deque([(clock(), 0)])
 
@@ -226,11 +234,13 @@ class Metrics:
         """A complete message of ``nbytes`` payload bytes was received."""
         self.messages_in += 1
         self.bytes_in += nbytes
+        self.sizes_in[nbytes.bit_length()] += 1
 
     def message_out(self, nbytes: int) -> None:
         """A message of ``nbytes`` payload (or frame) bytes was sent or queued."""
         self.messages_out += 1
         self.bytes_out += nbytes
+        self.sizes_out[nbytes.bit_length()] += 1
 
     def dropped(self, reason: str) -> None:
         """A message was dropped instead of delivered, for ``reason``."""
@@ -247,6 +257,14 @@ class Metrics:
     def frame_parse(self, seconds: float) -> None:
         """One ``receive_data()`` call took ``seconds`` (recorded in milliseconds)."""
         self.frame_parse_ms.observe(seconds * 1000.0)
+
+    def violation(self, kind: str) -> None:
+        """A peer broke the protocol; ``kind`` is one of ``violations.VIOLATION_TYPES``."""
+        self.violations[kind] = self.violations.get(kind, 0) + 1
+
+    def heartbeat_timeout(self) -> None:
+        """A connection was failed because its heartbeat ping went unanswered."""
+        self.heartbeat_timeouts += 1
 
     def rtt(self, seconds: float) -> None:
         """A heartbeat ping was answered after ``seconds``."""
@@ -285,7 +303,45 @@ class Metrics:
     def _families(self) -> list[tuple[str, str, str, list[str]]]:
         """``(name, type, help, sample lines)`` for every metric, in a stable order."""
         window = _fmt(self.rate_window)
-        return [*self._core_families(window), *self._deflate_families()]
+        return [
+            *self._core_families(window),
+            *self._deflate_families(),
+            *self._operability_families(),
+        ]
+
+    def _operability_families(self) -> list[_Family]:
+        """Violations by type, heartbeat timeouts, message sizes, dropped log records."""
+        from .logs import dropped_records  # the logging pipeline's own counter
+
+        return [
+            _labelled(
+                "websocket_protocol_violations_total",
+                "Connections failed for breaking RFC 6455, by violation type.",
+                "type",
+                self.violations,
+            ),
+            _single(
+                "websocket_heartbeat_timeouts_total",
+                "counter",
+                "Connections failed because a heartbeat ping went unanswered.",
+                self.heartbeat_timeouts,
+            ),
+            (
+                "websocket_message_size_bytes",
+                "histogram",
+                "Payload size of messages, by direction (power-of-two buckets).",
+                _size_lines("websocket_message_size_bytes", "in", self.sizes_in, self.bytes_in)
+                + _size_lines(
+                    "websocket_message_size_bytes", "out", self.sizes_out, self.bytes_out
+                ),
+            ),
+            _single(
+                "websocket_log_records_dropped_total",
+                "counter",
+                "Log records dropped because the log queue was full.",
+                dropped_records(),
+            ),
+        ]
 
     def _deflate_families(self) -> list[_Family]:
         """permessage-deflate: bytes on the wire and inflated, both ways; ratio; CPU time."""
@@ -408,6 +464,25 @@ class Metrics:
 
 
 _Family = tuple[str, str, str, list[str]]
+
+#: size classes: ``nbytes.bit_length()`` of any payload below 2**64
+_SIZE_SLOTS = 65
+#: the largest size class rendered as its own bucket (le=2**32); larger ones only in +Inf
+_SIZE_SHOWN = 33
+
+
+def _size_lines(name: str, direction: str, counts: list[int], total: int) -> list[str]:
+    """Cumulative ``le`` buckets ``2**k - 1``: exactly the payloads of bit length k or less."""
+    lines = []
+    running = 0
+    for k in range(_SIZE_SHOWN):
+        running += counts[k]
+        lines.append(f'{name}_bucket{{direction="{direction}",le="{(1 << k) - 1}"}} {running}')
+    count = sum(counts)
+    lines.append(f'{name}_bucket{{direction="{direction}",le="+Inf"}} {count}')
+    lines.append(f'{name}_sum{{direction="{direction}"}} {total}')
+    lines.append(f'{name}_count{{direction="{direction}"}} {count}')
+    return lines
 
 
 def _deflate_counters(codec: PerMessageDeflate) -> tuple[int, int, int, int]:

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from time import perf_counter
 from typing import TYPE_CHECKING, Generic, Protocol, cast
 
+import gevent
+
 from . import ids
 from .config import Backpressure
 from .errors import ConfigError
@@ -34,6 +36,9 @@ else:
     M = TypeVar("M", bound="Member")
 
 __all__ = ["BroadcastResult", "Bus", "Member", "Rooms", "encode_message"]
+
+#: members a broadcast reaches between two yields to the hub (CM-19)
+BROADCAST_BATCH = 1000
 
 
 @dataclass(slots=True)
@@ -249,11 +254,16 @@ class Rooms(Generic[M]):
         data: str | bytes,
         *,
         exclude: M | Iterable[M] | None = None,
+        filter: Callable[[M], bool] | None = None,
+        include_only: Iterable[M | str] | None = None,
     ) -> BroadcastResult:
         """Send ``data`` to every member of ``room`` (or of each room given; ``None``: everyone).
 
         The frame is encoded once; no member can block the caller. Returns the local counts;
         with a backplane the message is also queued for the other nodes (never blocking).
+        ``filter(ws)`` and ``include_only`` (connections or ids) narrow the members reached,
+        the others count as ``skipped``; they apply to this node's members only, so such a
+        broadcast is not published on the backplane.
 
         Raises:
             ValueError: ``data`` is over ``max_message_size`` (counted as a ``too_big``
@@ -262,8 +272,12 @@ class Rooms(Generic[M]):
         limit = self.max_message_size
         if limit is not None and len(data) > limit >> 2:
             self._check_size(data, limit)
-        result = self.deliver(room, encode_message(data), exclude=exclude, data=data)
-        if self._bus is not None:
+        narrowed = filter is not None or include_only is not None
+        result = self.deliver(
+            room, encode_message(data), exclude=exclude, data=data, filter=filter,
+            include_only=include_only,
+        )  # fmt: skip
+        if self._bus is not None and not narrowed:
             self._bus.publish(room, data, _excluded_ids(exclude))
         return result
 
@@ -281,6 +295,8 @@ class Rooms(Generic[M]):
         *,
         exclude: M | Iterable[M | str] | str | None = None,
         data: str | bytes | None = None,
+        filter: Callable[[M], bool] | None = None,
+        include_only: Iterable[M | str] | None = None,
     ) -> BroadcastResult:
         """Hand an encoded ``frame`` to the local members of ``room``: the one delivery path.
 
@@ -289,13 +305,22 @@ class Rooms(Generic[M]):
         connection ids (the backplane excludes by id). Members with permessage-deflate get
         the message compressed: one shared compression per ``share_key``, or in their own
         stream with context takeover (RFC 7692). ``data`` is the message ``frame`` holds,
-        read back from the frame when not given.
+        read back from the frame when not given. Every ``BROADCAST_BATCH`` members it
+        yields to the hub (CM-19), so a huge room does not stall heartbeats and reads.
         """
         excluded = _excluded_ids(exclude)
+        only = None if include_only is None else _excluded_ids(include_only)
         result = BroadcastResult()
         shared: dict[ShareKey, tuple[bytes, int, int]] = {}
-        for ws, policy in self._targets(room):
-            if ws.id in excluded or not ws.is_open:
+        for visited, (ws, policy) in enumerate(self._targets(room), 1):
+            if visited % BROADCAST_BATCH == 0:
+                gevent.sleep(0)  # the targets are a snapshot: safe to yield mid-way
+            if (
+                ws.id in excluded
+                or not ws.is_open
+                or (only is not None and ws.id not in only)
+                or (filter is not None and not filter(ws))
+            ):
                 result.skipped += 1
                 continue
             codec = ws.deflate

@@ -14,9 +14,9 @@ import logging
 import signal
 import socket
 import ssl
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Sequence, Sized
 from http import HTTPStatus
-from time import monotonic
+from time import monotonic, perf_counter
 from typing import TYPE_CHECKING, Any, Protocol
 
 import gevent
@@ -31,11 +31,14 @@ from .breaker import CircuitBreaker
 from .config import Config
 from .deadlines import Deadlines
 from .degradation import Degrader, ResourceMonitor
+from .diagnostics import log_handshake_phases
 from .errors import ConfigError, Reject
 from .protocol import CloseCode, Connection, HandshakeError, Request, Side, State
 from .protocol.handshake import build_response
+from .replay import KeyReplayCache
 from .transport import Transport, wrap_tls
 from .upgrade import HTTPResponse, Resolver, Upgrade, answer, going_away, read_request
+from .violations import reporter
 from .websocket import Watcher, WebSocket
 
 if TYPE_CHECKING:
@@ -140,6 +143,8 @@ class Server(StreamServer):  # type: ignore[misc]
         self.deadlines = Deadlines(self.connections, self.config, note=self._note)
         #: graceful degradation under pressure (``pressure_threshold``), else None
         self.degrader = self._make_degrader(heartbeat)
+        #: Sec-WebSocket-Key values seen lately (``key_replay_ttl``), or None when off.
+        self.replay_cache = _replay_cache(self.config)
 
     def _make_degrader(self, heartbeat: Any) -> Degrader | None:
         if not self.config.pressure_threshold:
@@ -185,14 +190,17 @@ class Server(StreamServer):  # type: ignore[misc]
         """The ``spawn`` of StreamServer: a pool greenlet, or the 503/429 shedding path."""
         sock, address = args
         if self._stopping:
+            reporter.refusal(_address(address), 503, "stopping")
             return self._shed(sock, 503)
         refusal = self.admission.check(_ip(address), len(self.pool))
         if refusal is not None:
+            reporter.refusal(_address(address), refusal.status, refusal.reason)
             return self._shed(sock, refusal.status, refusal)
         cap = self.config.max_connections_per_ip
         if cap:
             ip = _ip(address)
             if self._per_ip.get(ip, 0) >= cap:
+                reporter.refusal(_address(address), 429, "too many connections from this address")
                 return self._shed(sock, 429)
             self._per_ip[ip] = self._per_ip.get(ip, 0) + 1
         # _serve_and_close instead of gevent's func(handle, close, args): its handle(*args)
@@ -291,6 +299,7 @@ class Server(StreamServer):  # type: ignore[misc]
         ws: WebSocket | None = None
         outcome: object = None
         timer = Timeout(self.config.handshake_timeout)
+        began = perf_counter()
         try:
             with timer:
                 if self._ssl is not None:
@@ -324,11 +333,19 @@ class Server(StreamServer):  # type: ignore[misc]
         finally:
             self._handshaking.pop(me, None)
         if isinstance(outcome, Request) and ws is not None:
+            read = perf_counter() - began
             upgrade = answer(
-                ws, outcome, self._resolve_guarded, stopping=self._stopping, metrics=self.metrics
+                ws,
+                outcome,
+                self._resolve_guarded,
+                stopping=self._stopping,
+                metrics=self.metrics,
+                replay=self.replay_cache,
             )
+            if logger.isEnabledFor(logging.DEBUG):
+                log_handshake_phases(ws, outcome, read, perf_counter() - began - read)
             return None if upgrade is None else (ws, upgrade)
-        self._give_up(ws, sock, outcome)
+        self._give_up(ws, sock, outcome, _address(address))
         return None
 
     def _resolve_guarded(self, request: Request, address: tuple[str, int]) -> Any:
@@ -361,13 +378,17 @@ class Server(StreamServer):  # type: ignore[misc]
         if self.breaker.trips != trips:
             self._note("breaker_open")
 
-    def _give_up(self, ws: WebSocket | None, sock: Any, outcome: object) -> None:
-        """The handshake did not produce a request: count it and close."""
+    def _give_up(
+        self, ws: WebSocket | None, sock: Any, outcome: object, peer: tuple[str, int] | None
+    ) -> None:
+        """The handshake did not produce a request: count it, log it and close."""
         if isinstance(outcome, HandshakeError):  # the core already answered and closed
             self._count(outcome.status)
+            reporter.refusal(peer, outcome.status, str(outcome))
             return
         live = ws is None or ws.state is State.CONNECTING
         if outcome is _TIMED_OUT:
+            reporter.refusal(peer, 408, "no complete request within handshake_timeout")
             if live and ws is not None and ws.request_started:
                 self._refuse(ws.transport, 408)  # a partial request: say why
                 return
@@ -399,6 +420,34 @@ class Server(StreamServer):  # type: ignore[misc]
     def _count(self, status: int) -> None:
         if self.metrics is not None:
             self.metrics.handshake(status)
+
+    def stats(self) -> dict[str, Any]:
+        """A snapshot for operators: connections by state, bytes queued for slow readers,
+        and the heartbeat's watched count and mean RTT (seconds; None before any pong).
+        O(open connections)."""
+        states = {"handshaking": len(self._handshaking), "open": 0, "closing": 0}
+        buffered = 0
+        rtts = []
+        for ws in list(self.connections):
+            key = "open" if ws.state is State.OPEN else "closing"
+            states[key] += 1
+            buffered += ws.buffered_amount
+            if ws.latency is not None:
+                rtts.append(ws.latency)
+        heartbeat = self.heartbeat
+        return {
+            "connections": states,
+            "buffered_bytes": buffered,
+            "heartbeat_watched": len(heartbeat) if isinstance(heartbeat, Sized) else 0,
+            "mean_rtt": sum(rtts) / len(rtts) if rtts else None,
+        }
+
+    def apply_config(self, config: Config) -> None:
+        """Adopt reloadable settings (``wsflask.reload``): new connections use ``config``;
+        open ones keep the limits they were made with. Capacity and TLS need a restart."""
+        if config.key_replay_ttl != self.config.key_replay_ttl:
+            self.replay_cache = _replay_cache(config)
+        self.config = config
 
     # ------------------------------------------------------------------ shutdown
 
@@ -526,6 +575,17 @@ def _client_certificates(context: ssl.SSLContext, config: Config) -> None:
     except (OSError, ssl.SSLError) as exc:
         raise ConfigError(f"ca_file={config.ca_file!r} cannot be loaded: {exc}") from exc
     context.verify_mode = ssl.CERT_REQUIRED if config.require_client_cert else ssl.CERT_OPTIONAL
+
+
+def _replay_cache(config: Config) -> KeyReplayCache | None:
+    return KeyReplayCache(config.key_replay_ttl) if config.key_replay_ttl else None
+
+
+def _address(address: Any) -> tuple[str, int] | None:
+    """``(host, port)`` of a peer address for logs; None for other kinds (UNIX sockets)."""
+    if isinstance(address, tuple) and len(address) >= 2:
+        return str(address[0]), int(address[1])
+    return None
 
 
 def _ip(address: Any) -> str:

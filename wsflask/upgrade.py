@@ -15,8 +15,10 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from .errors import Reject
 from .protocol import CloseCode, HandshakeError, Request
+from .violations import error_token, reporter
 
 if TYPE_CHECKING:
+    from .replay import KeyReplayCache
     from .websocket import WebSocket
 
 __all__ = [
@@ -122,15 +124,21 @@ def answer(
     *,
     stopping: bool,
     metrics: HandshakeCounter | None,
+    replay: KeyReplayCache | None = None,
 ) -> Upgrade | None:
     """Ask ``resolve`` and answer: 101 (returns the ``Upgrade``), a page, or a refusal.
 
     A ``HandshakeError`` (``Reject``...) is answered with its status, headers and message;
     any other exception, or an answer ``build_response`` refuses, with 500, logged.
-    ``stopping`` refuses with 503. Each final status is counted on ``metrics`` before it is
-    written. Returns ``None`` when the connection is over.
+    ``stopping`` refuses with 503; a key ``replay`` remembers with a generic 400. Each final
+    status is counted on ``metrics`` before it is written, each refusal logged
+    (``violations.reporter``). Returns ``None`` when the connection is over.
     """
-    outcome = _decide(request, resolve, ws.remote_address, stopping)
+    outcome: Upgrade | HTTPResponse | HandshakeError
+    if replay is not None and request.key and replay.seen(request.key):  # HS-17
+        outcome = Reject(400, "bad request")
+    else:
+        outcome = _decide(request, resolve, ws.remote_address, stopping)
     try:
         status = _queue(ws, request, outcome)
     except ValueError as exc:  # nothing was queued: the core refused the answer itself
@@ -138,6 +146,8 @@ def answer(
         outcome = Reject(500, "internal server error")
         status = _queue(ws, request, outcome)
     _count(metrics, status)
+    if isinstance(outcome, HandshakeError):
+        reporter.refusal(ws.remote_address, status, str(outcome))
     if isinstance(outcome, Upgrade):
         ws.flush()
         return outcome
@@ -181,7 +191,10 @@ def _queue(
             outcome.status, outcome.body, content_type=outcome.content_type, headers=outcome.headers
         )
         return outcome.status
-    conn.reject(outcome.status, str(outcome), headers=outcome.headers)
+    headers = outcome.headers
+    if ws.config.handshake_error_header:  # a debugging aid: say why, as a token
+        headers = (*headers, ("X-WebSocket-Error", error_token(str(outcome))))
+    conn.reject(outcome.status, str(outcome), headers=headers)
     return outcome.status
 
 

@@ -18,6 +18,7 @@ from time import monotonic, perf_counter
 from typing import TYPE_CHECKING, Any, Protocol
 
 import gevent
+import gevent.event
 from gevent import Timeout, getcurrent
 from gevent.event import AsyncResult
 
@@ -43,7 +44,9 @@ from .protocol import (
     TextMessage,
     frame_info,
 )
+from .tracing import tracer
 from .transport import Transport, os_socket
+from .violations import report_violation
 
 if TYPE_CHECKING:
     from typing import Self
@@ -57,6 +60,8 @@ logger = logging.getLogger("wsflask")
 _DEFAULT_CONFIG = Config()
 #: the most messages ``call()`` queues while it reads for its reply (then it stops reading)
 CALL_READ_AHEAD = 128
+#: heartbeat round-trip times averaged by ``WebSocket.rtt``
+RTT_SAMPLES = 10
 
 
 class Watcher(Protocol):
@@ -103,10 +108,11 @@ class WebSocket:
         "__weakref__", "_big", "_callbacks", "_calls", "_close_deadline", "_closer", "_config",
         "_conn",
         "_drained", "_finished", "_heartbeat", "_initial", "_messages", "_metrics",
-        "_opened_at", "_owner", "_ping_payload", "_rate", "_raw", "_reading", "_rx", "_sock",
-        "_transport", "close_cause", "close_code", "close_reason", "deflate", "extensions",
-        "id", "last_received", "latency", "path_params", "ping_sent_at", "remote_address",
-        "request", "rooms", "session", "subprotocol",
+        "_opened_at", "_owner", "_ping_payload", "_rate", "_raw", "_reading", "_rtts", "_rx",
+        "_sock", "_transport", "_user_pings", "bytes_received", "bytes_sent", "close_cause",
+        "close_code", "close_reason", "deflate", "extensions", "id", "last_received",
+        "latency", "messages_received", "messages_sent", "path_params", "ping_sent_at",
+        "remote_address", "request", "rooms", "session", "subprotocol",
     )  # fmt: skip
 
     def __init__(
@@ -167,6 +173,11 @@ class WebSocket:
         self._rx = False
         self._drained = True  # the last read emptied the kernel buffer: wait before reading
         self._calls: Calls | None = None  # made by the first call()/on_call() (calls.py)
+        # -- operability (issue 16): per-connection figures (bytes: counted with metrics on)
+        self.messages_received = self.messages_sent = 0
+        self.bytes_received = self.bytes_sent = 0
+        self._rtts: deque[float] | None = None  # the last RTT_SAMPLES heartbeat RTTs
+        self._user_pings: dict[bytes, gevent.event.Event] | None = None  # ping() waiting
 
     def __repr__(self) -> str:
         return f"<WebSocket {self.id} {self._conn.state.name} {self.remote_address}>"
@@ -364,8 +375,11 @@ class WebSocket:
                 self._on_closed(event)
 
     def _on_message(self, data: str | bytes) -> None:
+        self.messages_received += 1
         if self._metrics is not None:
-            self._metrics.message_in(_nbytes(data))
+            nbytes = _nbytes(data)
+            self.bytes_received += nbytes
+            self._metrics.message_in(nbytes)
         if self._rate is not None and not self._rate.take():
             self.close_now(CloseCode.POLICY, "message rate exceeded")
             return
@@ -378,11 +392,16 @@ class WebSocket:
         self._messages.append(data)
 
     def _on_pong(self, data: bytes) -> None:
+        if self._user_pings is not None and data in self._user_pings:
+            self._user_pings.pop(data).set()  # ping() is waiting for it
         # Only the pong that answers our heartbeat ping proves liveness (battery HB-03).
         if self._ping_payload is None or data != self._ping_payload:
             return
         now = monotonic()
         self.latency = now - (self.ping_sent_at or now)
+        if self._rtts is None:
+            self._rtts = deque(maxlen=RTT_SAMPLES)
+        self._rtts.append(self.latency)
         self.last_received = now
         self.ping_sent_at = None
         self._ping_payload = None
@@ -399,11 +418,14 @@ class WebSocket:
                 self._metrics.connection_opened(self.deflate)
         if self._heartbeat is not None:
             self._heartbeat.add(self)
+        tracer.record(self.id, State.OPEN, "handshake completed")
 
     def _on_closed(self, event: Closed) -> None:
         self.close_code = event.code
         self.close_reason = event.reason
         self.close_cause = event.cause
+        if event.cause is not None:  # the peer broke the protocol: log it, count it by type
+            report_violation(self.remote_address, self.id, event, self._metrics)
         self._finish()
 
     # ------------------------------------------------------------------ reading
@@ -474,8 +496,11 @@ class WebSocket:
             self._metrics.compress_time(perf_counter() - started)
         if not transport.write(conn.data_to_send()):
             raise self._write_failed()
+        self.messages_sent += 1
         if self._metrics is not None:
-            self._metrics.message_out(_nbytes(data))
+            nbytes = _nbytes(data)
+            self.bytes_sent += nbytes
+            self._metrics.message_out(nbytes)
 
     def _check_size(self, data: str | bytes) -> None:
         """Refuse (and count) an outbound message over ``max_message_size``: the peer would
@@ -601,8 +626,11 @@ class WebSocket:
             if not transport.broken:
                 self._over_budget(policy)
             return False
+        self.messages_sent += 1
         if self._metrics is not None:
-            self._metrics.message_out(frame_info(frame).payload_length)
+            nbytes = frame_info(frame).payload_length
+            self.bytes_sent += nbytes
+            self._metrics.message_out(nbytes)
         return True
 
     def send_nowait(self, data: str | bytes, *, policy: str | None = None) -> bool:
@@ -648,6 +676,49 @@ class WebSocket:
         self.ping_sent_at = monotonic()
         self._transport.write_urgent(self._conn.data_to_send())  # ahead of queued data
 
+    @property
+    def rtt(self) -> float | None:
+        """Mean of the last ``RTT_SAMPLES`` (10) heartbeat round-trip times; None before one."""
+        rtts = self._rtts
+        return sum(rtts) / len(rtts) if rtts else None
+
+    def ping(self, timeout: float = 10.0) -> float:
+        """Send a ping and wait for its pong; return the round-trip time in seconds.
+
+        Messages that arrive meanwhile stay queued for ``receive()``.
+
+        Raises:
+            TimeoutError: no matching pong within ``timeout`` seconds.
+            ConnectionClosed: the connection is closing or closed.
+        """
+        conn = self._conn
+        if conn.state is not State.OPEN or self._transport.broken:
+            raise self._closed_error()
+        payload, answered = os.urandom(8), gevent.event.Event()
+        if self._user_pings is None:
+            self._user_pings = {}
+        self._user_pings[payload] = answered
+        sent = monotonic()
+        conn.send_ping(payload)
+        self._transport.write_nowait(conn.data_to_send(), budget=None)
+        try:
+            self._wait_pong(answered, sent + timeout)
+        finally:
+            pending = self._user_pings.pop(payload, None)
+        if pending is not None:  # not answered: _finish() woke us
+            raise self._closed_error()
+        return monotonic() - sent
+
+    def _wait_pong(self, answered: gevent.event.Event, deadline: float) -> None:
+        while not answered.is_set():
+            left = deadline - monotonic()
+            if left <= 0:
+                raise TimeoutError("no pong within the timeout")
+            if self._reading or self._finished:  # the reader sees the pong; _finish wakes us
+                answered.wait(left)
+            else:
+                self._pump(left)
+
     def _over_budget(self, policy: str | None) -> None:
         """The outbox is full: apply the slow-consumer policy (``config.Backpressure``)."""
         if (policy or self._config.backpressure_policy) == Backpressure.DROP:
@@ -679,6 +750,7 @@ class WebSocket:
         if conn.state is not State.OPEN:
             return
         conn.close(code, reason)
+        tracer.record(self.id, State.CLOSING, f"close({code}) sent")
         self._close_deadline = monotonic() + self._config.close_timeout
         self._transport.write_nowait(conn.data_to_send(), budget=None)
         if not self._reading and self._owner in (None, getcurrent()):
@@ -770,6 +842,9 @@ class WebSocket:
         if self._finished:
             return
         self._finished = True
+        for waiting in (self._user_pings or {}).values():  # ping(): no pong is coming
+            waiting.set()
+        tracer.record(self.id, State.CLOSED, f"closed with {self.close_code}")
         if self._heartbeat is not None:
             self._heartbeat.remove(self)
         if self._calls is not None:  # pending calls fail now, not at their timeout
