@@ -11,10 +11,10 @@ from __future__ import annotations
 import io
 import logging
 import threading
-import time
 from collections.abc import Callable
 from typing import Any
 
+import gevent.monkey
 import pytest
 from helpers import wait_until
 
@@ -75,9 +75,12 @@ def test_disabled_tracer_keeps_nothing() -> None:
 
 
 def test_performance_snapshot_has_cpu_rss_fds_loop_lag(serve: Any) -> None:
+    # the real sleep even after an earlier test imported locust (which monkey-patches time)
+    blocking_sleep = gevent.monkey.get_original("time", "sleep")
+
     def blocking_echo(ws: WebSocket) -> None:
         for message in ws:
-            time.sleep(0.2)  # deliberately blocks the whole hub
+            blocking_sleep(0.2)  # deliberately blocks the whole hub
             ws.send(message)
 
     monitor = LoopLagMonitor(0.01)
