@@ -120,6 +120,7 @@ class App:
         for new connections. Open connections keep the limits they were made with."""
         self.config = config
         self.rooms.policy = config.backpressure_policy
+        self.rooms.max_message_size = config.max_message_size  # the outbound size check
         self.heartbeat.reconfigure(
             config.ping_interval, config.pong_timeout, config.max_missed_pongs, config.idle_timeout
         )

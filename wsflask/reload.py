@@ -33,6 +33,7 @@ RESTART_REQUIRED = frozenset(
         "host", "port", "max_connections", "certfile", "keyfile", "read_size", "backplane",
         "backplane_interval", "backplane_backoff_max", "backplane_queue", "compression",
         "deflate_window_bits", "deflate_mem_level", "deflate_no_context_takeover", "log_queue",
+        "backplane_secret", "pressure_threshold",  # read once, by the bridge and the degrader
     }
 )  # fmt: skip
 
