@@ -230,7 +230,7 @@ def http_get(port: int, path: str, headers: str = "") -> bytes:
 
     sock = gevent.socket.create_connection(("127.0.0.1", port))
     try:
-        sock.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\n{headers}\r\n".encode())
+        sock.sendall(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n{headers}\r\n".encode())
         data = b""
         while chunk := sock.recv(65536):
             data += chunk
