@@ -21,6 +21,7 @@ from .config import Config
 from .dispatch import Dispatcher
 from .envelopes import encode
 from .errors import Reject, SetupError
+from .handoff import Handoff
 from .heartbeat import Heartbeat
 from .hosts import host_allowed
 from .lifespan import Lifespan, Started, host
@@ -80,6 +81,8 @@ class App:
         self._setup_finished = False
         #: startup/shutdown hooks and background tasks (``lifespan.py``)
         self.lifespan = Lifespan()
+        #: ``emit``/``send`` from other OS threads run in the serving thread (``handoff.py``)
+        self.handoff = Handoff()
 
     def _build_services(self, config: Config) -> tuple[Heartbeat, Bridge | None]:
         """What the server runs besides connections, for ``config``: heartbeat and bridge."""
@@ -330,7 +333,11 @@ class App:
         """Send the event envelope ``{"event": event, "data": data}`` to room(s) ``to``.
 
         ``to=None`` reaches every connection; ``skip`` leaves out connections (or their ids).
+        Safe from any OS thread: another thread's call runs in the serving thread and
+        waits for it there.
         """
+        if self.handoff.foreign():
+            return self.handoff.run(self.rooms.broadcast, to, encode(event, data), exclude=skip)
         return self.rooms.broadcast(to, encode(event, data), exclude=skip)
 
     def send(
@@ -341,6 +348,8 @@ class App:
         skip: WebSocket | Iterable[WebSocket] | None = None,
     ) -> BroadcastResult:
         """Send ``data`` as is (text or binary message) to room(s) ``to``; see ``emit``."""
+        if self.handoff.foreign():
+            return self.handoff.run(self.rooms.broadcast, to, data, exclude=skip)
         return self.rooms.broadcast(to, data, exclude=skip)
 
     def make_server(
@@ -354,6 +363,7 @@ class App:
         stop also join and leave the bus.
         """
         self._setup_finished = True
+        self.handoff.bind()
         address = (
             listener
             if listener is not None
@@ -418,6 +428,7 @@ class App:
         """For servers other than wsflask's: the app is bound at ``address``. Runs the
         startup hooks; idempotent per process. ``make_server()``, the pywsgi handler and
         ``wsflask.gunicorn`` call it."""
+        self.handoff.bind()
         self.lifespan.notify_started(address)
 
     def notify_stopped(self) -> None:

@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from .metrics import MetricsSink
     from .protocol import PerMessageDeflate
     from .protocol.deflate import ShareKey
+    from .recovery import Recovery
     from .websocket import WebSocket
 
     #: the connection type a ``Rooms`` holds (``WebSocket`` unless a test says otherwise)
@@ -109,6 +110,8 @@ class Rooms(Generic[M]):
         self._node = ""
         #: outbound limit of ``broadcast()`` (the app sets ``max_message_size``); None: none
         self.max_message_size: int | None = None
+        #: recoverable rooms (``recoverable()``, ``recovery.py``); None until the first rule
+        self.recovery: Recovery | None = None
 
     @property
     def policy(self) -> Backpressure:
@@ -172,7 +175,12 @@ class Rooms(Generic[M]):
         self.track(ws)
         if room != ws.id and (room in self._connections or ids.is_connection_id(room)):
             raise ValueError(f"room {room!r} is reserved: it is a connection's personal room")
+        recovery, new = self.recovery, room not in ws.rooms
         self._add(room, ws)
+        if recovery is not None and new:
+            rule = recovery.rule_for(room)
+            if rule is not None:
+                recovery.joined(room, rule, ws)
 
     def leave(self, room: str, ws: M) -> None:
         """Remove ``ws`` from ``room`` (idempotent); an emptied room disappears."""
@@ -262,10 +270,54 @@ class Rooms(Generic[M]):
         limit = self.max_message_size
         if limit is not None and len(data) > limit >> 2:
             self._check_size(data, limit)
+        done = None
+        if self.recovery is not None and room is not None:
+            room, done = self._publish_recoverable(room, data, exclude)
+            if not room:
+                return done
         result = self.deliver(room, encode_message(data), exclude=exclude, data=data)
         if self._bus is not None:
             self._bus.publish(room, data, _excluded_ids(exclude))
+        if done is not None:
+            result.sent += done.sent
         return result
+
+    def recoverable(
+        self,
+        pattern: str,
+        *,
+        history_size: int = 1000,
+        history_ttl: float = 300.0,
+        max_replay: int | None = None,
+    ) -> None:
+        """Make rooms matching ``pattern`` (fnmatch: ``"chat:*"``) recoverable.
+
+        Each event to such a room carries ``"room"``, ``"offset"`` and ``"epoch"``; the last
+        ``history_size`` are kept while the room sees a publication every ``history_ttl``
+        seconds, and a member that rejoins with its position gets what it missed (at most
+        ``max_replay``, default ``history_size``) before live traffic (``recovery.py``).
+        """
+        if self.recovery is None:
+            from .recovery import Recovery
+
+            self.recovery = Recovery(self)
+        self.recovery.add(pattern, history_size, history_ttl, max_replay)
+
+    def _publish_recoverable(
+        self, room: str | Iterable[str], data: str | bytes, exclude: M | Iterable[M] | None
+    ) -> tuple[list[str], BroadcastResult]:
+        """Publish to the recoverable rooms of ``room``; return the other rooms."""
+        recovery, done = self.recovery, BroadcastResult()
+        assert recovery is not None
+        names = [room] if isinstance(room, str) else list(dict.fromkeys(room))
+        rest: list[str] = []
+        for name in names:
+            rule = recovery.rule_for(name)
+            if rule is None:
+                rest.append(name)
+            else:
+                done.sent += recovery.publish(name, rule, data, _excluded_ids(exclude))
+        return rest, done
 
     def _check_size(self, data: str | bytes, limit: int) -> None:
         size = len(data.encode("utf-8")) if isinstance(data, str) else len(data)
