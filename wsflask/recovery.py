@@ -146,7 +146,7 @@ class Recovery:
         if size < 1 or ttl <= 0:
             raise ValueError("history_size must be >= 1 and history_ttl > 0")
         replay = size if max_replay is None else max_replay
-        self.rules.append(Rule(pattern, size, float(ttl), max(0, min(replay, size))))
+        self.rules.append(Rule(pattern, size, float(ttl), max(0, replay)))
         self._cache.clear()
 
     def rule_for(self, room: str) -> Rule | None:
@@ -248,7 +248,7 @@ class Recovery:
         except BaseException:
             self._release(room, ws)
             raise
-        self._answer(room, ws, answer, offset is not None)
+        self._answer(room, ws, answer, bad or offset is not None)
 
     def _wait_subscribed(self, room: str) -> None:
         """With Redis, wait (bounded) until this node receives ``room``'s live traffic, so
@@ -304,4 +304,3 @@ def _positions_of(ws: _Member) -> dict[str, _Position] | None:
     if request is None:
         return {}
     return parse_positions(request.args.get(QUERY))
-
