@@ -2,8 +2,9 @@
 
 ``RecoveringClient(url)`` connects with ``wsflask.client.connect``, reads JSON event envelopes,
 records each recoverable room's last ``(offset, epoch)``, and on a lost connection reconnects
-(capped backoff) presenting them in the ``recover`` query parameter. Copies of publications it
-already has are dropped and counted, never shown twice. No send queue while disconnected.
+(capped backoff) presenting them in the ``recover`` query parameter; a ``_gap`` notice for such
+a room makes it reconnect at once. Copies of publications it already has are dropped and
+counted, never shown twice. No send queue while disconnected.
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ __all__ = ["RecoveringClient"]
 
 #: the event the server answers each join of a recoverable room with (``recovery.MARKER``)
 MARKER = "_recovery"
+#: the backplane's gap notice (``bridge.default_gap_message``): a reason to recover at once
+GAP = "_gap"
 
 
 class RecoveringClient:
@@ -93,6 +96,13 @@ class RecoveringClient:
     def _track(self, envelope: dict[str, Any]) -> bool:
         """Update positions; False for a copy already seen."""
         data = envelope.get("data")
+        if (
+            envelope["event"] == GAP
+            and isinstance(data, dict)
+            and data.get("room") in self.positions
+        ):
+            self.drop()  # live traffic may be lost on the server: reconnect and recover it
+            return True
         if envelope["event"] == MARKER and isinstance(data, dict):
             room = str(data.get("room"))
             self.last_markers[room] = data

@@ -136,6 +136,9 @@ class Recovery:
         self._cache: dict[str, Rule | None] = {}
         #: room -> member id -> live publications held while that member replays
         self._held: dict[str, dict[str, list[tuple[int, str, str]]]] = {}
+        #: room -> member id -> (epoch, top) of a finished replay: with Redis, live copies of
+        #: replayed publications may still arrive (another connection); they are skipped
+        self._floors: dict[str, dict[str, tuple[str, int]]] = {}
         self._result: _Counted | None = None
         self._greenlets: set[gevent.Greenlet] = set()
 
@@ -209,18 +212,33 @@ class Recovery:
         """Deliver numbered publication ``offset`` to the local members of ``room``; members
         still replaying get it after their replay (the history backends call this)."""
         message = positioned(body, room, offset, epoch)
-        held = self._held.get(room)
+        held, floors = self._held.get(room), self._floors.get(room)
         skip: Iterable[str] = exclude
-        if held:
+        if held or floors:
             skip = set(exclude)
-            for member_id, queue in held.items():
+            for member_id, queue in (held or {}).items():
                 if member_id not in skip:
                     queue.append((offset, epoch, message))
                 skip.add(member_id)
+            if floors:
+                self._skip_replayed(room, floors, offset, epoch, skip)
         self._result = self.rooms.deliver(room, _frame(message), exclude=skip)
         bus = self.rooms.bus
         if bus is not None and isinstance(self.history, MemoryHistory):
             bus.publish(room, message, exclude)  # other nodes: live only (history is ours)
+
+    def _skip_replayed(
+        self, room: str, floors: dict[str, tuple[str, int]], offset: int, epoch: str, skip: set[str]
+    ) -> None:
+        """Leave out members whose replay already held ``offset``; past their top (live
+        traffic comes in offset order) they need no more checks."""
+        for member_id, (top_epoch, top) in list(floors.items()):
+            if top_epoch == epoch and offset <= top:
+                skip.add(member_id)
+            else:
+                del floors[member_id]
+        if not floors:
+            del self._floors[room]
 
     # -- joining -------------------------------------------------------------------------------
 
@@ -284,6 +302,9 @@ class Recovery:
         for offset, epoch, message in held:
             if epoch != answer.epoch or offset > top:
                 ws.send_prepared(_frame(message), policy=policy)
+                top = offset if epoch == answer.epoch else top
+        if not isinstance(self.history, MemoryHistory):
+            self._floors.setdefault(room, {})[ws.id] = (answer.epoch, top)
 
     def _release(self, room: str, ws: _Member) -> list[tuple[int, str, str]]:
         held = self._held.get(room)
