@@ -21,6 +21,7 @@ from .config import Config
 from .dispatch import Dispatcher
 from .envelopes import encode
 from .errors import Reject, SetupError
+from .group_calls import GroupResult, call_group
 from .handoff import Handoff
 from .heartbeat import Heartbeat
 from .hosts import host_allowed
@@ -351,6 +352,19 @@ class App:
         if self.handoff.foreign():
             return self.handoff.run(self.rooms.broadcast, to, data, exclude=skip)
         return self.rooms.broadcast(to, data, exclude=skip)
+
+    def call(
+        self, event: str, data: Any = None, *, to: str, timeout: float | None = None
+    ) -> GroupResult:
+        """Call ``event`` on every member of room ``to`` on THIS node; one reply each.
+
+        Waits (this greenlet) up to ``timeout`` (default ``call_timeout``); the result says
+        who answered (``replies``, by connection id), who failed (an error reply, or
+        disconnected: counted at once) and who timed out. Members on other nodes of a
+        backplane are not called. Call it from a greenlet that reads no member's socket.
+        """
+        limit = self.config.call_timeout if timeout is None else timeout
+        return call_group(self.rooms.members(to), event, data, limit)
 
     def make_server(
         self, host: str | None = None, port: int | None = None, *, listener: Any = None
