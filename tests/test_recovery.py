@@ -139,14 +139,16 @@ def test_publications_racing_the_replay_are_held(
     marker(rc)
     total, sent = 400, [0]
 
-    def publish() -> None:
+    seen: list[int] = []
+
+    def publish() -> None:  # never more than 40 ahead of the reader: always interleaved
         while sent[0] < total:
-            sent[0] += 1
-            app.emit("msg", sent[0], to="chat:a")
-            gevent.sleep(0)
+            if sent[0] - len(seen) < 40:
+                sent[0] += 1
+                app.emit("msg", sent[0], to="chat:a")
+            gevent.sleep(0.001)
 
     publisher = gevent.spawn(publish)
-    seen: list[int] = []
     drops, last = 0, 0
     try:
         while len(seen) < total:

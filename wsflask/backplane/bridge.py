@@ -110,6 +110,7 @@ class Bridge:
         self._probe_ok = False
         self._probe_sent: float | None = None
         self._failed = False  # a session failed since the last one that came up
+        self._sessions = 0  # sessions that came up since start(): the first is a gap too
         self._seq = 0
         self._seen: dict[str, int] = {}
         self._channels: set[str] = set()
@@ -142,6 +143,7 @@ class Bridge:
         self._bus = self._given if self._given is not None else open_backplane(url)
         self.node = ids.new_node_id()
         self._running, self._failed, self._presence_dirty = True, False, True
+        self._sessions = 0
         self._flushed.clear()
         self.rooms.attach(self, self.node)
         for channel in (self.router.node(self.node), self.router.everyone):
@@ -290,13 +292,16 @@ class Bridge:
         self._session_up, self._probe_ok = True, False
         self._presence_dirty = True
         self._send_probe()
-        if self._failed:
+        first, self._sessions = not self._sessions, self._sessions + 1
+        if self._failed or first:  # members accepted before the bus was up missed traffic
+            if self._failed:
+                logger.warning(
+                    "backplane: node %s reconnected; resubscribed %d channels, sending gap "
+                    "notices",
+                    self.node,
+                    len(self._channels),
+                )
             self._failed = False
-            logger.warning(
-                "backplane: node %s reconnected; resubscribed %d channels, sending gap notices",
-                self.node,
-                len(self._channels),
-            )
             self._notify_gap(None)
         self._flush_gaps()
         self._tick.set()
