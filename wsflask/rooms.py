@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from typing_extensions import Self, TypeVar
 
     from .metrics import MetricsSink
+    from .presence import PresencePage
     from .protocol import PerMessageDeflate
     from .protocol.deflate import ShareKey
     from .recovery import Recovery
@@ -112,6 +113,8 @@ class Rooms(Generic[M]):
         self.max_message_size: int | None = None
         #: recoverable rooms (``recoverable()``, ``recovery.py``); None until the first rule
         self.recovery: Recovery | None = None
+        #: fnmatch patterns of rooms whose members see ``_joined``/``_left`` (``presence.py``)
+        self.presence_patterns: list[str] = []
 
     @property
     def policy(self) -> Backpressure:
@@ -177,6 +180,8 @@ class Rooms(Generic[M]):
             raise ValueError(f"room {room!r} is reserved: it is a connection's personal room")
         recovery, new = self.recovery, room not in ws.rooms
         self._add(room, ws)
+        if new and self.presence_patterns:
+            self._presence_notice(room, ws.id, joined=True)
         if recovery is not None and new:
             rule = recovery.rule_for(room)
             if rule is not None:
@@ -205,6 +210,8 @@ class Rooms(Generic[M]):
                 del self._rooms[room]
             if self._bus is not None and room != ws.id:
                 self._bus.room_changed(room, len(members))
+            if self.presence_patterns and room != ws.id:
+                self._presence_notice(room, ws.id, joined=False)
 
     # -- queries --------------------------------------------------------------------------------
 
@@ -281,6 +288,37 @@ class Rooms(Generic[M]):
         if done is not None:
             result.sent += done.sent
         return result
+
+    def presence_events(self, pattern: str) -> None:
+        """Members of rooms matching ``pattern`` (fnmatch) get ``_joined``/``_left``
+        ``{"room", "id"}`` when a member joins or leaves (closing included), on every node."""
+        self.presence_patterns.append(pattern)
+
+    def _presence_notice(self, room: str, member_id: str, *, joined: bool) -> None:
+        from fnmatch import fnmatchcase
+
+        from .presence import joined_event, left_event
+
+        if not any(fnmatchcase(room, pattern) for pattern in self.presence_patterns):
+            return
+        notice = (joined_event if joined else left_event)(room, member_id)
+        self.deliver(room, encode_message(notice), exclude=member_id)
+        if self._bus is not None:
+            self._bus.publish(room, notice, (member_id,))
+
+    def presence(
+        self, room: str, *, cursor: int = 0, limit: int = 100, cluster: bool = False
+    ) -> PresencePage:
+        """One page of ``room``'s member ids (at most 1000; ``presence.page``)."""
+        from .presence import page
+
+        return page(self, room, cursor=cursor, limit=limit, cluster=cluster)
+
+    def presence_stats(self, room: str, *, cluster: bool = False) -> dict[str, int]:
+        """``{"connections": n, "nodes": k}`` for ``room`` (``presence.stats``)."""
+        from .presence import stats
+
+        return stats(self, room, cluster=cluster)
 
     def recoverable(
         self,
