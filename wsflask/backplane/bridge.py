@@ -110,7 +110,8 @@ class Bridge:
         self._probe_ok = False
         self._probe_sent: float | None = None
         self._failed = False  # a session failed since the last one that came up
-        self._sessions = 0  # sessions that came up since start(): the first is a gap too
+        self._sessions = 0  # sessions that came up since start()
+        self._started_at = 0.0  # monotonic time of start(): a late first session is a gap
         self._seq = 0
         self._seen: dict[str, int] = {}
         self._channels: set[str] = set()
@@ -143,7 +144,7 @@ class Bridge:
         self._bus = self._given if self._given is not None else open_backplane(url)
         self.node = ids.new_node_id()
         self._running, self._failed, self._presence_dirty = True, False, True
-        self._sessions = 0
+        self._sessions, self._started_at = 0, monotonic()
         self._flushed.clear()
         self.rooms.attach(self, self.node)
         for channel in (self.router.node(self.node), self.router.everyone):
@@ -292,8 +293,11 @@ class Bridge:
         self._session_up, self._probe_ok = True, False
         self._presence_dirty = True
         self._send_probe()
-        first, self._sessions = not self._sessions, self._sessions + 1
-        if self._failed or first:  # members accepted before the bus was up missed traffic
+        # A first session later than one interval counts as a reconnection: members accepted
+        # meanwhile may have missed cluster traffic (a prompt one: nothing to notice).
+        late = not self._sessions and monotonic() - self._started_at >= self.interval
+        self._sessions += 1
+        if self._failed or late:
             if self._failed:
                 logger.warning(
                     "backplane: node %s reconnected; resubscribed %d channels, sending gap "
