@@ -300,8 +300,7 @@ class Bridge:
         if self._failed or late:
             if self._failed:
                 logger.warning(
-                    "backplane: node %s reconnected; resubscribed %d channels, sending gap "
-                    "notices",
+                    "backplane: node %s reconnected; resubscribed %d channels, sending gap notices",
                     self.node,
                     len(self._channels),
                 )
