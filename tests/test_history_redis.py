@@ -126,6 +126,8 @@ def test_redis_restart_is_reported_as_a_new_epoch(
     rc.drop()
     wait_until(lambda: a.rooms.count("chat:x") == 0)
     redis_server.stop()
+    lost = a.emit("msg", "lost", to="chat:x")  # Redis is down: not numbered, counted
+    assert (lost.sent, lost.dropped, a.metrics.drops.get("history")) == (0, 1, 1)
     redis_server.start()  # same port, empty: the history is gone
     wait_until(lambda: ca.get("/readyz").status == 200)
     answer = rc.receive(timeout=10)["data"]

@@ -188,7 +188,8 @@ class Recovery:
 
     def publish(self, room: str, rule: Rule, data: str | bytes, exclude: Iterable[str]) -> int:
         """Number ``data`` (an event envelope) in ``room`` and deliver it; returns the members
-        it reached on this node (0 when delivery goes through Redis).
+        it reached on this node (0 when delivery goes through Redis), -1 when the history
+        was unreachable (nothing numbered, nothing delivered; counted as ``history`` drop).
 
         Raises:
             ValueError: ``data`` is not a JSON object as text (recoverable rooms carry
@@ -204,7 +205,7 @@ class Recovery:
             if self.rooms.metrics is not None:
                 self.rooms.metrics.dropped("history")
             logger.warning("recoverable room %s: publication dropped: %s", room, exc)
-            return 0
+            return -1
         result, self._result = self._result, None
         return 0 if result is None else result.sent
 

@@ -287,6 +287,7 @@ class Rooms(Generic[M]):
             self._bus.publish(room, data, _excluded_ids(exclude))
         if done is not None:
             result.sent += done.sent
+            result.dropped += done.dropped
         return result
 
     def presence_events(self, pattern: str) -> None:
@@ -354,7 +355,11 @@ class Rooms(Generic[M]):
             if rule is None:
                 rest.append(name)
             else:
-                done.sent += recovery.publish(name, rule, data, _excluded_ids(exclude))
+                sent = recovery.publish(name, rule, data, _excluded_ids(exclude))
+                if sent < 0:
+                    done.dropped += 1  # the history was unreachable: not published
+                else:
+                    done.sent += sent
         return rest, done
 
     def _check_size(self, data: str | bytes, limit: int) -> None:
