@@ -272,3 +272,20 @@ def test_stress_script_thirty_seconds(tmp_path: Path) -> None:
     )  # fmt: skip
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
     assert "OK" in done.stdout
+
+
+def test_client_repairs_a_gap_by_recovering(app_factory: Callable[..., App], clients: Any) -> None:
+    """A publication the member did not get live (here: ``skip``; in production a ``drop``
+    backpressure policy) is noticed from the next offset and fetched by recovering."""
+    app, client = chat(app_factory)
+    rc = recovering(client, clients)
+    marker(rc)
+    (member,) = app.rooms.members("chat:a")
+    app.emit("msg", 1, to="chat:a")
+    assert rc.receive(timeout=5)["data"] == 1
+    app.emit("msg", 2, to="chat:a", skip=member)  # numbered and kept, not delivered
+    app.emit("msg", 3, to="chat:a")
+    answer = marker(rc)  # the client saw 3 after 1: it reconnected from offset 1
+    assert (answer["recovered"], answer["replayed"]) == (True, 2)
+    assert [rc.receive(timeout=5)["data"] for _ in range(2)] == [2, 3]
+    assert (rc.gaps, rc.duplicates, rc.reconnects) == (1, 0, 2)

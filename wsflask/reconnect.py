@@ -40,7 +40,8 @@ class RecoveringClient:
         connect_kwargs: passed to ``wsflask.client.connect``.
 
     ``positions`` (room -> ``(offset, epoch)``), ``duplicates`` (copies dropped), ``gaps``
-    (offsets skipped within an epoch: zero unless the server broke its promise),
+    (offsets skipped within an epoch, e.g. a member under the ``drop`` backpressure policy:
+    each makes it reconnect and recover from the last offset it has),
     ``reconnects`` and ``last_markers`` (room -> the latest ``_recovery`` data) are public.
     """
 
@@ -106,7 +107,8 @@ class RecoveringClient:
         if envelope["event"] == MARKER and isinstance(data, dict):
             room = str(data.get("room"))
             self.last_markers[room] = data
-            if not data.get("recovered") or room not in self.positions:
+            known = data.get("epoch") and (not data.get("recovered") or room not in self.positions)
+            if known:  # no epoch ("unavailable"): keep what we had, to try again later
                 self.positions[room] = (int(data["offset"]), str(data["epoch"]))
             return True
         where, offset, epoch = envelope.get("room"), envelope.get("offset"), envelope.get("epoch")
@@ -117,8 +119,10 @@ class RecoveringClient:
             if offset <= known[0]:
                 self.duplicates += 1
                 return False
-            if offset > known[0] + 1:
+            if offset > known[0] + 1:  # missed on the way (a drop policy): recover it
                 self.gaps += 1
+                self.drop()
+                return False
         self.positions[where] = (offset, epoch)
         return True
 
