@@ -2,24 +2,44 @@
 
 A ``threading.Thread`` and a ``ThreadPoolExecutor`` emit while the hub serves; every member
 of the room receives every message exactly once, over real sockets. The hub's own thread
-calls ``broadcast`` directly (no handoff).
+calls ``broadcast`` directly (no handoff). Thread ids are the OS ones (``os_thread_id``): the
+suite may run after a test that monkey-patched ``threading``.
 """
 
 from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import gevent
+import pytest
 from gevent.threadpool import ThreadPool
 from helpers import wait_until
 
 from wsflask import App
+from wsflask.handoff import os_thread_id
 
 MEMBERS = 3
+
+
+@pytest.fixture
+def app_factory(app_factory: Callable[..., App]) -> Iterator[Callable[..., App]]:
+    """The shared factory, plus: every test client an app made is closed after the test
+    (its connections too, also when an assertion failed first)."""
+    apps: list[App] = []
+
+    def make(**settings: Any) -> App:
+        app = app_factory(**settings)
+        apps.append(app)
+        return app
+
+    yield make
+    for app in apps:
+        for client in getattr(app, "clients", ()):
+            client.close()
 
 
 def room_app(app_factory: Callable[..., App]) -> tuple[App, Any, list[Any]]:
@@ -30,7 +50,7 @@ def room_app(app_factory: Callable[..., App]) -> tuple[App, Any, list[Any]]:
     deliver = app.rooms.deliver
 
     def spy(*args: Any, **kwargs: Any) -> Any:
-        threads.append(threading.get_ident())
+        threads.append(os_thread_id())
         return deliver(*args, **kwargs)
 
     app.rooms.deliver = spy  # type: ignore[method-assign]
@@ -43,6 +63,7 @@ def room_app(app_factory: Callable[..., App]) -> tuple[App, Any, list[Any]]:
             pass
 
     client = app.test_client(timeout=10)
+    app.clients = [client]  # type: ignore[attr-defined]
     members = [client.connect("/r") for _ in range(MEMBERS)]
     wait_until(lambda: app.rooms.count("room") == MEMBERS)
     return app, client, members
@@ -75,17 +96,15 @@ def test_emit_from_a_thread(app_factory: Callable[..., App]) -> None:
         thread.join(timeout=30)
 
     run_in_thread(work)
-    assert idents and idents[0] != threading.get_ident()
-    assert app.delivered_in == [threading.get_ident()] * 50  # type: ignore[attr-defined]
+    assert idents and idents[0] != os_thread_id()
+    assert app.delivered_in == [os_thread_id()] * 50  # type: ignore[attr-defined]
     assert results == [MEMBERS] * 50  # each broadcast reached every member
     for got in collect(client, members, 50):
         assert [e["data"] for e in got] == list(range(50))
-    for ws in members:
-        ws.close()
 
 
 def emit_all(app: App, count: int, results: list[int], idents: list[int]) -> None:
-    idents.append(threading.get_ident())
+    idents.append(os_thread_id())
     for i in range(count):
         results.append(app.emit("msg", i, to="room").sent)
 
@@ -102,13 +121,11 @@ def test_emit_and_send_from_a_thread_pool(app_factory: Callable[..., App]) -> No
 
     run_in_thread(work)
     assert sent == [MEMBERS] * 80
-    assert app.delivered_in == [threading.get_ident()] * 80  # type: ignore[attr-defined]
+    assert app.delivered_in == [os_thread_id()] * 80  # type: ignore[attr-defined]
     for got in collect(client, members, 80):
         events = sorted(e["data"] for e in got if "event" in e)
         raws = sorted(e["raw"] for e in got if "raw" in e)
         assert events == list(range(40)) and raws == list(range(40))  # once each
-    for ws in members:
-        ws.close()
 
 
 def test_the_hub_thread_is_not_handed_off(app_factory: Callable[..., App]) -> None:
@@ -118,5 +135,3 @@ def test_the_hub_thread_is_not_handed_off(app_factory: Callable[..., App]) -> No
     gevent.idle()
     for got in collect(client, members, 1):
         assert got == [{"event": "msg", "data": 1}]
-    for ws in members:
-        ws.close()

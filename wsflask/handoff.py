@@ -2,23 +2,26 @@
 
 ``Handoff.bind()`` records the serving thread and its hub's loop; ``run(fn, ...)`` called from
 any other thread queues ``fn`` on that loop (``run_callback_threadsafe``), runs it in a new
-greenlet there and waits for its result. No thread pool, no work for the hub's own thread.
+greenlet there and waits for its result on a real OS lock (right even when ``threading`` is
+monkey-patched). No thread pool, no work for the hub's own thread.
 """
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable
-from concurrent.futures import Future
 from typing import Any, TypeVar
 
 import gevent
+from gevent.monkey import get_original
 
-__all__ = ["Handoff"]
+__all__ = ["Handoff", "os_thread_id"]
 
 T = TypeVar("T")
 #: seconds a foreign thread waits for the hub to run its call (the hub is stuck beyond it)
 WAIT = 30.0
+#: the OS thread's id, also when ``threading`` is monkey-patched (its ids then name greenlets)
+os_thread_id: Callable[[], int] = get_original("_thread", "get_ident")
+_allocate_lock: Callable[[], Any] = get_original("_thread", "allocate_lock")
 
 
 class Handoff:
@@ -32,23 +35,33 @@ class Handoff:
 
     def bind(self) -> None:
         """The calling thread serves from now on (``make_server``/``notify_started``)."""
-        self._thread = threading.get_ident()
+        self._thread = os_thread_id()
         self._loop = gevent.get_hub().loop
 
     def foreign(self) -> bool:
-        """True when called from a thread other than the bound one (bound at all)."""
-        return self._thread is not None and threading.get_ident() != self._thread
+        """True when called from an OS thread other than the bound one (bound at all)."""
+        return self._thread is not None and os_thread_id() != self._thread
 
     def run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Run ``fn(*args, **kwargs)`` in a greenlet of the hub thread; return its result
         or raise its exception here. Raises ``TimeoutError`` after ``WAIT`` seconds."""
-        future: Future[T] = Future()
+        done = _allocate_lock()
+        done.acquire()
+        outcome: list[Any] = []
 
         def call() -> None:
             try:
-                future.set_result(fn(*args, **kwargs))
+                outcome.append((True, fn(*args, **kwargs)))
             except BaseException as exc:
-                future.set_exception(exc)
+                outcome.append((False, exc))
+            finally:
+                done.release()
 
         self._loop.run_callback_threadsafe(gevent.spawn, call)
-        return future.result(timeout=WAIT)
+        if not done.acquire(True, WAIT):
+            raise TimeoutError(f"the serving thread did not run the call within {WAIT} s")
+        ok, value = outcome[0]
+        if not ok:
+            raise value
+        result: T = value
+        return result
