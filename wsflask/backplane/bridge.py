@@ -326,7 +326,7 @@ class Bridge:
             )
 
     def _receive(self, channel: str, payload: bytes) -> None:
-        if payload[:4] == b"WSH1":  # a recoverable room's numbered publication (ours too)
+        if payload.startswith(b"WSH1"):  # a recoverable room's numbered publication (ours too)
             if self.on_history is not None:
                 self.on_history(payload)
             return
