@@ -21,6 +21,8 @@ from .config import Config
 from .dispatch import Dispatcher
 from .envelopes import encode
 from .errors import Reject, SetupError
+from .group_calls import GroupResult, call_group
+from .handoff import Handoff
 from .heartbeat import Heartbeat
 from .hosts import host_allowed
 from .lifespan import Lifespan, Started, host
@@ -80,6 +82,8 @@ class App:
         self._setup_finished = False
         #: startup/shutdown hooks and background tasks (``lifespan.py``)
         self.lifespan = Lifespan()
+        #: ``emit``/``send`` from other OS threads run in the serving thread (``handoff.py``)
+        self.handoff = Handoff()
 
     def _build_services(self, config: Config) -> tuple[Heartbeat, Bridge | None]:
         """What the server runs besides connections, for ``config``: heartbeat and bridge."""
@@ -358,7 +362,11 @@ class App:
         """Send the event envelope ``{"event": event, "data": data}`` to room(s) ``to``.
 
         ``to=None`` reaches every connection; ``skip`` leaves out connections (or their ids).
+        Safe from any OS thread: another thread's call runs in the serving thread and
+        waits for it there.
         """
+        if self.handoff.foreign():
+            return self.handoff.run(self.rooms.broadcast, to, encode(event, data), exclude=skip)
         return self.rooms.broadcast(to, encode(event, data), exclude=skip)
 
     def send(
@@ -369,7 +377,22 @@ class App:
         skip: WebSocket | Iterable[WebSocket] | None = None,
     ) -> BroadcastResult:
         """Send ``data`` as is (text or binary message) to room(s) ``to``; see ``emit``."""
+        if self.handoff.foreign():
+            return self.handoff.run(self.rooms.broadcast, to, data, exclude=skip)
         return self.rooms.broadcast(to, data, exclude=skip)
+
+    def call(
+        self, event: str, data: Any = None, *, to: str, timeout: float | None = None
+    ) -> GroupResult:
+        """Call ``event`` on every member of room ``to`` on THIS node; one reply each.
+
+        Waits (this greenlet) up to ``timeout`` (default ``call_timeout``); the result says
+        who answered (``replies``, by connection id), who failed (an error reply, or
+        disconnected: counted at once) and who timed out. Members on other nodes of a
+        backplane are not called. Call it from a greenlet that reads no member's socket.
+        """
+        limit = self.config.call_timeout if timeout is None else timeout
+        return call_group(self.rooms.members(to), event, data, limit)
 
     def make_server(
         self, host: str | None = None, port: int | None = None, *, listener: Any = None
@@ -382,6 +405,7 @@ class App:
         stop also join and leave the bus.
         """
         self._setup_finished = True
+        self.handoff.bind()
         address = (
             listener
             if listener is not None
@@ -446,6 +470,7 @@ class App:
         """For servers other than wsflask's: the app is bound at ``address``. Runs the
         startup hooks; idempotent per process. ``make_server()``, the pywsgi handler and
         ``wsflask.gunicorn`` call it."""
+        self.handoff.bind()
         self.lifespan.notify_started(address)
 
     def notify_stopped(self) -> None:

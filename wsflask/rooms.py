@@ -24,8 +24,10 @@ if TYPE_CHECKING:
     from typing_extensions import Self, TypeVar
 
     from .metrics import MetricsSink
+    from .presence import PresencePage
     from .protocol import PerMessageDeflate
     from .protocol.deflate import ShareKey
+    from .recovery import Recovery
     from .websocket import WebSocket
 
     #: the connection type a ``Rooms`` holds (``WebSocket`` unless a test says otherwise)
@@ -114,6 +116,10 @@ class Rooms(Generic[M]):
         self._node = ""
         #: outbound limit of ``broadcast()`` (the app sets ``max_message_size``); None: none
         self.max_message_size: int | None = None
+        #: recoverable rooms (``recoverable()``, ``recovery.py``); None until the first rule
+        self.recovery: Recovery | None = None
+        #: fnmatch patterns of rooms whose members see ``_joined``/``_left`` (``presence.py``)
+        self.presence_patterns: list[str] = []
 
     @property
     def policy(self) -> Backpressure:
@@ -177,7 +183,14 @@ class Rooms(Generic[M]):
         self.track(ws)
         if room != ws.id and (room in self._connections or ids.is_connection_id(room)):
             raise ValueError(f"room {room!r} is reserved: it is a connection's personal room")
+        recovery, new = self.recovery, room not in ws.rooms
         self._add(room, ws)
+        if new and self.presence_patterns:
+            self._presence_notice(room, ws.id, joined=True)
+        if recovery is not None and new:
+            rule = recovery.rule_for(room)
+            if rule is not None:
+                recovery.joined(room, rule, ws)
 
     def leave(self, room: str, ws: M) -> None:
         """Remove ``ws`` from ``room`` (idempotent); an emptied room disappears."""
@@ -202,6 +215,8 @@ class Rooms(Generic[M]):
                 del self._rooms[room]
             if self._bus is not None and room != ws.id:
                 self._bus.room_changed(room, len(members))
+            if self.presence_patterns and room != ws.id:
+                self._presence_notice(room, ws.id, joined=False)
 
     # -- queries --------------------------------------------------------------------------------
 
@@ -273,13 +288,93 @@ class Rooms(Generic[M]):
         if limit is not None and len(data) > limit >> 2:
             self._check_size(data, limit)
         narrowed = filter is not None or include_only is not None
+        done = None
+        if self.recovery is not None and room is not None and not narrowed:
+            room, done = self._publish_recoverable(room, data, exclude)
+            if not room:
+                return done
         result = self.deliver(
             room, encode_message(data), exclude=exclude, data=data, filter=filter,
             include_only=include_only,
         )  # fmt: skip
         if self._bus is not None and not narrowed:
             self._bus.publish(room, data, _excluded_ids(exclude))
+        if done is not None:
+            result.sent += done.sent
+            result.dropped += done.dropped
         return result
+
+    def presence_events(self, pattern: str) -> None:
+        """Members of rooms matching ``pattern`` (fnmatch) get ``_joined``/``_left``
+        ``{"room", "id"}`` when a member joins or leaves (closing included), on every node."""
+        self.presence_patterns.append(pattern)
+
+    def _presence_notice(self, room: str, member_id: str, *, joined: bool) -> None:
+        from fnmatch import fnmatchcase
+
+        from .presence import joined_event, left_event
+
+        if not any(fnmatchcase(room, pattern) for pattern in self.presence_patterns):
+            return
+        notice = (joined_event if joined else left_event)(room, member_id)
+        self.deliver(room, encode_message(notice), exclude=member_id)
+        if self._bus is not None:
+            self._bus.publish(room, notice, (member_id,))
+
+    def presence(
+        self, room: str, *, cursor: int = 0, limit: int = 100, cluster: bool = False
+    ) -> PresencePage:
+        """One page of ``room``'s member ids (at most 1000; ``presence.page``)."""
+        from .presence import page
+
+        return page(self, room, cursor=cursor, limit=limit, cluster=cluster)
+
+    def presence_stats(self, room: str, *, cluster: bool = False) -> dict[str, int]:
+        """``{"connections": n, "nodes": k}`` for ``room`` (``presence.stats``)."""
+        from .presence import stats
+
+        return stats(self, room, cluster=cluster)
+
+    def recoverable(
+        self,
+        pattern: str,
+        *,
+        history_size: int = 1000,
+        history_ttl: float = 300.0,
+        max_replay: int | None = None,
+    ) -> None:
+        """Make rooms matching ``pattern`` (fnmatch: ``"chat:*"``) recoverable.
+
+        Each event to such a room carries ``"room"``, ``"offset"`` and ``"epoch"``; the last
+        ``history_size`` are kept while the room sees a publication every ``history_ttl``
+        seconds, and a member that rejoins with its position gets what it missed (at most
+        ``max_replay``, default ``history_size``) before live traffic (``recovery.py``).
+        """
+        if self.recovery is None:
+            from .recovery import Recovery
+
+            self.recovery = Recovery(self)
+        self.recovery.add(pattern, history_size, history_ttl, max_replay)
+
+    def _publish_recoverable(
+        self, room: str | Iterable[str], data: str | bytes, exclude: M | Iterable[M] | None
+    ) -> tuple[list[str], BroadcastResult]:
+        """Publish to the recoverable rooms of ``room``; return the other rooms."""
+        recovery, done = self.recovery, BroadcastResult()
+        assert recovery is not None
+        names = [room] if isinstance(room, str) else list(dict.fromkeys(room))
+        rest: list[str] = []
+        for name in names:
+            rule = recovery.rule_for(name)
+            if rule is None:
+                rest.append(name)
+            else:
+                sent = recovery.publish(name, rule, data, _excluded_ids(exclude))
+                if sent < 0:
+                    done.dropped += 1  # the history was unreachable: not published
+                else:
+                    done.sent += sent
+        return rest, done
 
     def _check_size(self, data: str | bytes, limit: int) -> None:
         size = len(data.encode("utf-8")) if isinstance(data, str) else len(data)

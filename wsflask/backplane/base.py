@@ -52,6 +52,10 @@ class Backplane(Protocol):
         """Stop wanting ``channel``."""
         ...
 
+    def is_subscribed(self, channel: str) -> bool:
+        """True once the live session receives ``channel`` (the bus confirmed it)."""
+        ...
+
     def listen(self) -> Iterator[tuple[str, bytes]]:
         """One subscription session: ``READY``, then ``(channel, payload)`` items."""
         ...

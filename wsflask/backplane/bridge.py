@@ -92,6 +92,8 @@ class Bridge:
         self.router = Router()
         #: the HMAC key of ``backplane_secret``: envelopes signed with it, others dropped
         self._key = config.backplane_secret.encode() if config.backplane_secret else None
+        #: where numbered publications of recoverable rooms go (``RedisHistory.receive``)
+        self.on_history: Callable[[bytes], None] | None = None
         #: this node's id ("" until start())
         self.node = ""
         #: room -> notice sent to local members after a gap (None: send nothing)
@@ -108,6 +110,8 @@ class Bridge:
         self._probe_ok = False
         self._probe_sent: float | None = None
         self._failed = False  # a session failed since the last one that came up
+        self._sessions = 0  # sessions that came up since start()
+        self._started_at = 0.0  # monotonic time of start(): a late first session is a gap
         self._seq = 0
         self._seen: dict[str, int] = {}
         self._channels: set[str] = set()
@@ -140,12 +144,14 @@ class Bridge:
         self._bus = self._given if self._given is not None else open_backplane(url)
         self.node = ids.new_node_id()
         self._running, self._failed, self._presence_dirty = True, False, True
+        self._sessions, self._started_at = 0, monotonic()
         self._flushed.clear()
         self.rooms.attach(self, self.node)
         for channel in (self.router.node(self.node), self.router.everyone):
             self._subscribe(channel)
         for room in self.rooms.rooms():
             self._subscribe(self.router.room(room))
+        self._start_recovery(url)
         self._listener = gevent.spawn(self._listen_loop)
         self._greenlets = [
             self._listener,
@@ -154,11 +160,25 @@ class Bridge:
         ]
         logger.info("backplane %s: node %s joining", _safe_url(url), self.node)
 
+    def _start_recovery(self, url: str) -> None:
+        """Recoverable rooms follow this bus: their history in Redis with a Redis bus."""
+        recovery = self.rooms.recovery
+        if recovery is None:
+            return
+        history = None
+        if url.startswith(("redis://", "unix://")):
+            from .history import RedisHistory
+
+            history = RedisHistory(url, recovery.live, self)
+        recovery.start(self, history)
+
     def stop(self, timeout: float = 1.0) -> None:
         """Leave the bus: flush queued publishes (up to ``timeout``), clear presence, close."""
         if not self._running:
             return
         self._running = False
+        if self.rooms.recovery is not None:
+            self.rooms.recovery.stop(self)
         self.rooms.detach()
         bus = self._bus
         self._wake.set()  # the publisher sends what is queued, then ends
@@ -205,6 +225,16 @@ class Bridge:
         self._wake.set()
 
     # -- queries -----------------------------------------------------------------------------
+
+    @property
+    def key(self) -> bytes | None:
+        """The HMAC key envelopes are signed with (``backplane_secret``), else None."""
+        return self._key
+
+    def subscribed(self, room: str) -> bool:
+        """True once this node receives ``room``'s traffic from the bus (a live session)."""
+        bus = self._bus
+        return bus is not None and self._session_up and bus.is_subscribed(self.router.room(room))
 
     def cluster_members(self, room: str) -> dict[str, list[str]]:
         """Connection ids in ``room`` per *other* live node; yields for I/O.
@@ -263,13 +293,18 @@ class Bridge:
         self._session_up, self._probe_ok = True, False
         self._presence_dirty = True
         self._send_probe()
-        if self._failed:
+        # A first session later than one interval counts as a reconnection: members accepted
+        # meanwhile may have missed cluster traffic (a prompt one: nothing to notice).
+        late = not self._sessions and monotonic() - self._started_at >= self.interval
+        self._sessions += 1
+        if self._failed or late:
+            if self._failed:
+                logger.warning(
+                    "backplane: node %s reconnected; resubscribed %d channels, sending gap notices",
+                    self.node,
+                    len(self._channels),
+                )
             self._failed = False
-            logger.warning(
-                "backplane: node %s reconnected; resubscribed %d channels, sending gap notices",
-                self.node,
-                len(self._channels),
-            )
             self._notify_gap(None)
         self._flush_gaps()
         self._tick.set()
@@ -291,6 +326,10 @@ class Bridge:
             )
 
     def _receive(self, channel: str, payload: bytes) -> None:
+        if payload.startswith(b"WSH1"):  # a recoverable room's numbered publication (ours too)
+            if self.on_history is not None:
+                self.on_history(payload)
+            return
         try:
             envelope = decode(payload, self._key)
         except BadSignature as exc:

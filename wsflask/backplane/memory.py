@@ -92,6 +92,9 @@ class MemoryBackplane:
     def unsubscribe(self, channel: str) -> None:
         self.channels.discard(channel)
 
+    def is_subscribed(self, channel: str) -> bool:
+        return self.live and channel in self.channels and self in self.hub.listeners
+
     def listen(self) -> Iterator[tuple[str, bytes]]:
         self.hub.check()
         if self._closed:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import socket
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import gevent
@@ -30,7 +30,7 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
         "the Redis backplane needs the redis package: pip install wsflask[redis]"
     ) from exc
 
-__all__ = ["RedisBackplane"]
+__all__ = ["ERRORS", "RedisBackplane", "cooperative_client"]
 
 #: Seconds to connect to Redis, and to wait for a command's answer (not for pub/sub reads).
 CONNECT_TIMEOUT = 2.0
@@ -43,6 +43,29 @@ _ERRORS = (
     _redis.exceptions.ResponseError,
     OSError,
 )
+ERRORS = _ERRORS
+_SUBSCRIPTION = (b"subscribe", b"unsubscribe")
+
+
+def _options(url: str, cooperative: bool) -> dict[str, Any]:
+    options: dict[str, Any] = {
+        "socket_connect_timeout": CONNECT_TIMEOUT,
+        "socket_timeout": COMMAND_TIMEOUT,
+        "retry": Retry(NoBackoff(), 0),
+        "health_check_interval": 0,
+        "protocol": 2,
+    }  # RESP2: pub/sub replies are plain arrays
+    if cooperative:
+        options["connection_class"] = (
+            _GeventUnixConnection if url.startswith("unix://") else _GeventConnection
+        )
+    return options
+
+
+def cooperative_client(url: str) -> Any:
+    """A redis-py client on gevent sockets with the backplane's timeouts and no retries
+    (the room history's connection pool)."""
+    return _redis.Redis(connection_pool=_redis.ConnectionPool.from_url(url, **_options(url, True)))
 
 
 class _GeventConnection(_redis.connection.Connection):
@@ -89,22 +112,15 @@ class RedisBackplane:
     """
 
     def __init__(self, url: str, *, cooperative: bool = True, prefix: str = "wsflask") -> None:
-        options: dict[str, Any] = {
-            "socket_connect_timeout": CONNECT_TIMEOUT,
-            "socket_timeout": COMMAND_TIMEOUT,
-            "retry": Retry(NoBackoff(), 0),
-            "health_check_interval": 0,
-            "protocol": 2,
-        }  # RESP2: pub/sub replies are plain arrays
-        if cooperative:
-            options["connection_class"] = (
-                _GeventUnixConnection if url.startswith("unix://") else _GeventConnection
-            )
+        options = _options(url, cooperative)
         self.url = url
         self.router = Router(prefix)
         self._pool = _redis.ConnectionPool.from_url(url, **options)
         self._client = _redis.Redis(connection_pool=self._pool)
         self._wanted: set[str] = set()
+        #: channels Redis confirmed in this session, and SUBSCRIBE/UNSUBSCRIBE replies due
+        self._confirmed: set[str] = set()
+        self._due: dict[str, int] = {}
         self._changed = Event()
         self._session: Any = None
         self._closed = False
@@ -139,9 +155,31 @@ class RedisBackplane:
         self._wanted.discard(channel)
         self._changed.set()
 
+    def is_subscribed(self, channel: str) -> bool:
+        return channel in self._wanted and channel in self._confirmed and not self._due.get(channel)
+
+    def _sent(self, channels: Iterable[str]) -> None:
+        for channel in channels:
+            self._due[channel] = self._due.get(channel, 0) + 1
+
+    def _confirm(self, reply: Any) -> None:
+        """Track a SUBSCRIBE/UNSUBSCRIBE reply (``is_subscribed``)."""
+        kind, channel = reply[0], reply[1].decode("utf-8", "replace")
+        due = self._due.get(channel, 0) - 1
+        if due > 0:
+            self._due[channel] = due
+        else:
+            self._due.pop(channel, None)
+        if kind == b"subscribe":
+            self._confirmed.add(channel)
+        else:
+            self._confirmed.discard(channel)
+
     def listen(self) -> Iterator[tuple[str, bytes]]:
         if self._closed:
             return
+        self._confirmed.clear()
+        self._due.clear()
         kwargs = dict(self._pool.connection_kwargs, socket_timeout=None)  # reads wait forever
         conn = self._pool.connection_class(**kwargs)
         current: set[str] = set()
@@ -152,15 +190,20 @@ class RedisBackplane:
             current.update(self._wanted)
             if current:
                 conn.send_command("SUBSCRIBE", *sorted(current))
+                self._sent(current)
             else:
                 conn.send_command("PING")
-            conn.read_response()  # a first answer: Redis itself talks (not just a proxy)
+            first = conn.read_response()  # a first answer: Redis itself talks (not a proxy)
+            if current:
+                self._confirm(first)
             syncer = gevent.spawn(self._sync, conn, current)
             yield READY
             while not self._closed:
                 reply = conn.read_response()
                 if isinstance(reply, list) and len(reply) == 3 and reply[0] == b"message":
                     yield reply[1].decode("utf-8", "replace"), bytes(reply[2])
+                elif isinstance(reply, list) and reply and reply[0] in _SUBSCRIPTION:
+                    self._confirm(reply)
         except _ERRORS as exc:
             if not self._closed:
                 raise BackplaneDown(f"redis subscription lost: {exc}") from exc
@@ -178,8 +221,10 @@ class RedisBackplane:
             add, drop = self._wanted - current, current - self._wanted
             try:
                 if add:
+                    self._sent(add)
                     conn.send_command("SUBSCRIBE", *sorted(add))
                 if drop:
+                    self._sent(drop)
                     conn.send_command("UNSUBSCRIBE", *sorted(drop))
             except _ERRORS:
                 return  # the reader sees the broken connection and ends the session
