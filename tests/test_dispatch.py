@@ -145,11 +145,11 @@ def test_defect9_client_input_is_echoed_only_as_a_short_prefix(app_factory: Any)
     app, _ = json_app(app_factory)
     with app.test_client() as client:
         ws = client.connect("/api")
-        client.emit(ws, "x" * 100_000, id="i" * 100_000)  # an unknown, oversized event
+        client.emit(ws, "x" * 100_000, id="i" * 100_000)  # an oversized event name
         reply = client.receive(ws)
         assert isinstance(reply, str) and len(reply) < 400
         assert "x" * 65 not in reply and "i" * 65 not in reply
-        assert json.loads(reply)["data"]["type"] == "UnknownEvent"
+        assert json.loads(reply)["data"]["type"] == "BadEnvelope"  # over max_event_name
         assert "x" * 64 in reply  # a prefix is still there to debug with
         ws.send('{"event": "connect", "id": "' + "c" * 100_000 + '"}')  # a reserved one
         reply = client.receive(ws)
@@ -346,4 +346,28 @@ def test_results_json_cannot_hold_get_an_error_reply_and_long_ids_are_refused(
         assert reply["event"] == "error" and "id" not in reply
         client.emit(ws, "echo", 3, id="y" * 64)  # the longest id still acked, and the
         assert client.receive_json(ws) == {"event": "ack", "data": 3, "id": "y" * 64}
+        assert ws.is_open
+
+
+def test_nesting_and_event_name_limits_are_settings(app_factory: Callable[..., App]) -> None:
+    """``max_json_depth`` and ``max_event_name``: over them, a bounded error reply and the
+    connection stays; at them, the event is served."""
+    app = app_factory(max_json_depth=4, max_event_name=8)
+    api = app.route("/api", json=True)
+
+    @api.on("echo")
+    def echo(ws: WebSocket, data: Any) -> Any:
+        return data
+
+    with app.test_client() as client:
+        ws = client.connect("/api")
+        client.emit(ws, "echo", [[["x"]]], id=1)  # depth 4 with the envelope object
+        assert client.receive_json(ws) == {"event": "ack", "data": [[["x"]]], "id": 1}
+        client.emit(ws, "echo", [[[["x"]]]], id=2)  # depth 5
+        reply = client.receive_json(ws)
+        assert reply["data"]["type"] == "BadEnvelope" and "4 levels" in reply["data"]["message"]
+        client.emit(ws, "echo", "[[[[[[not nesting]]]]]]", id=3)  # brackets inside a string
+        assert client.receive_json(ws)["id"] == 3
+        client.emit(ws, "e" * 9, None, id=4)
+        assert client.receive_json(ws)["data"]["type"] == "BadEnvelope"
         assert ws.is_open

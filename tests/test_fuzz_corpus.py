@@ -29,6 +29,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from wsflask import App, WebSocket
+from wsflask.config import Config
 from wsflask.dispatch import dispatch_envelope
 from wsflask.envelopes import decode, encode
 from wsflask.protocol import (
@@ -256,11 +257,12 @@ def test_handshake_corpus(name: str, data: bytes) -> None:
 
 
 class StubSocket:
-    """What ``dispatch_envelope`` uses of a ``WebSocket``: send, close, is_open."""
+    """What ``dispatch_envelope`` uses of a ``WebSocket``: send, close, is_open, config."""
 
     def __init__(self) -> None:
         self.sent: list[str | bytes] = []
         self.closed: int | None = None
+        self.config = Config()  # the default JSON limits (max_json_depth, max_event_name)
 
     @property
     def is_open(self) -> bool:

@@ -115,6 +115,10 @@ class Config:
             ``pending_calls``. Bounds memory per connection.
         call_timeout: ``10.0`` s that ``ws.call`` waits for the ack by default; then
             ``TimeoutError``. Bounds how long a silent peer holds a caller.
+        max_json_depth: ``64`` levels of nested arrays/objects in a JSON route's envelope;
+            deeper -> an error reply ``BadEnvelope``, the connection stays. Bounds parser work.
+        max_event_name: ``128`` characters of an event name; longer -> an error reply
+            ``BadEnvelope`` quoting a short prefix. Bounds what a name can cost.
         allowed_hosts: ``()`` = on a loopback bind (``127.0.0.1``, ``::1``, ``localhost``)
             only loopback ``Host`` names, any name on other binds; ``("*",)`` = any; else
             the listed names (any port; ``".example.com"`` adds its subdomains). Others
@@ -196,6 +200,8 @@ class Config:
     # -- events and the app API (issue 15): add fields below this line --
     max_pending_calls: int = field(default=128, metadata=_rng(1, 1_000_000))
     call_timeout: float = field(default=10.0, metadata=_rng(0.001, 3600))
+    max_json_depth: int = field(default=64, metadata=_rng(1, 512))
+    max_event_name: int = field(default=128, metadata=_rng(1, 65536))
     # -- operability (issue 16): add fields below this line --
     idle_timeout: float = field(default=0.0, metadata=_rng(0, 86400 * 7))
     max_missed_pongs: int = field(default=1, metadata=_rng(1, 100))

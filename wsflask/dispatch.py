@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 from .calls import REPLY_EVENTS
-from .envelopes import decode, encode, error, quote, valid_id
+from .envelopes import decode, encode, error, quote, too_deep, valid_id
 from .errors import ConnectionClosed, Reject
 from .protocol import CloseCode
 from .routing import LIFECYCLE, Route
@@ -158,6 +158,10 @@ def dispatch_envelope(
     if isinstance(message, bytes):
         ws.close(CloseCode.UNSUPPORTED, "binary messages are not accepted on this route")
         return
+    config = ws.config
+    if too_deep(message, config.max_json_depth):
+        ws.send(error("BadEnvelope", f"JSON nested deeper than {config.max_json_depth} levels"))
+        return
     decoded = decode(message)  # never raises: malformed or deeply nested JSON gives None
     if decoded is None:
         ws.send(error("BadEnvelope", 'expected a JSON object {"event": name, "data": ...}'))
@@ -169,6 +173,10 @@ def dispatch_envelope(
         return
     if event in LIFECYCLE:
         ws.send(error("BadEnvelope", f"{event!r} is not an event a client may send", msg_id))
+        return
+    if len(event) > config.max_event_name:
+        message = f"event name over {config.max_event_name} characters: {quote(event)!r}"
+        ws.send(error("BadEnvelope", message, msg_id))
         return
     found = handlers.get(event)
     if not found and "*" not in handlers:

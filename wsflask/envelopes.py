@@ -10,7 +10,7 @@ from __future__ import annotations
 import json as jsonlib
 from typing import Any
 
-__all__ = ["QUOTE_LIMIT", "decode", "encode", "error", "quote", "valid_id"]
+__all__ = ["QUOTE_LIMIT", "decode", "encode", "error", "quote", "too_deep", "valid_id"]
 
 
 def encode(event: str, data: Any = None, id: Any = None) -> str:
@@ -41,6 +41,34 @@ def decode(message: str | bytes) -> dict[str, Any] | None:
     if isinstance(decoded, dict) and isinstance(decoded.get("event"), str):
         return decoded
     return None
+
+
+def too_deep(message: str, limit: int) -> bool:
+    """True when JSON ``message`` nests arrays/objects more than ``limit`` deep.
+
+    Free for ordinary messages: the exact scan (brackets outside strings) runs only when the
+    message holds more than ``limit`` opening brackets at all (two C-speed counts).
+    """
+    if message.count("[") + message.count("{") <= limit:
+        return False
+    depth, in_string, escaped = 0, False, False
+    for char in message:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif char == "\\":
+                escaped = True
+            elif char == '"':
+                in_string = False
+        elif char == '"':
+            in_string = True
+        elif char in "[{":
+            depth += 1
+            if depth > limit:
+                return True
+        elif char in "]}":
+            depth -= 1
+    return False
 
 
 def _not_json(token: str) -> Any:
