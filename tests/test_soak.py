@@ -19,7 +19,6 @@ import gc
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -28,6 +27,7 @@ from typing import Any
 import gevent
 import pytest
 from gevent import socket
+from helpers import require_tool
 
 from wsflask.protocol import Connection, encode_frame
 from wsflask.websocket import WebSocket
@@ -110,11 +110,7 @@ def test_cn03_connect_close_cycles_leave_nothing_behind(serve: Any) -> None:
 
 @pytest.mark.timeout(200)
 def test_soak_script_two_workers_redis_restart_no_unaccounted_loss(tmp_path: Path) -> None:
-    if shutil.which("redis-server") is None:
-        reason = "redis-server is not installed (apt-get install redis-server)"
-        if os.environ.get("CI") == "true":
-            pytest.fail(reason)
-        pytest.skip(reason)
+    require_tool("redis-server", "apt-get install -y redis-server")
     run = subprocess.run(
         [sys.executable, str(SOAK), "--duration", "120", "--out", str(tmp_path)],
         capture_output=True,

@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -20,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import wait_until
+from helpers import require_tool, wait_until
 
 from wsflask.client import connect
 
@@ -137,8 +136,7 @@ def failing_app(tmp_path: Path, fail: str, backplane: str) -> dict[str, str]:
 def test_mismatched_certificate_and_key_fail_before_any_fork(
     wsflask_run: Any, tmp_path: Path
 ) -> None:
-    if shutil.which("openssl") is None:
-        pytest.skip("openssl is not installed")
+    require_tool("openssl", "apt-get install -y openssl")
     cert, key, other = (str(tmp_path / name) for name in ("c.pem", "k.pem", "other.pem"))
     ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
     subprocess.run(
