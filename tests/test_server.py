@@ -22,7 +22,7 @@ import gevent
 import gevent.event
 import gevent.subprocess
 import pytest
-from helpers import require_tool
+from helpers import require_tool, wait_until
 
 from wsflask.client import connect
 from wsflask.config import Config
@@ -199,13 +199,8 @@ def test_cn01_full_pool_answers_503_and_recovers(serve: Any, raw_peer: Any) -> N
     first.close()
     second.send("still served")
     assert second.receive(timeout=5) == "still served"
-    with gevent.Timeout(5):
-        while True:  # the slot frees once the server side finished its cleanup
-            try:
-                assert_canary(server)
-                break
-            except HandshakeRejected:
-                gevent.sleep(0.05)
+    wait_until(lambda: len(server.pool) == 1, timeout=5)  # first's slot is free again
+    assert_canary(server)
     assert metrics.statuses.count(503) >= 2
     second.close()
 
@@ -248,7 +243,7 @@ def test_pr03_stop_sends_1001_to_open_and_503_to_handshaking(serve: Any, raw_pee
     clients = [connect(url(server)) for _ in range(3)]
     handshaking = raw_peer(server.server_port)
     handshaking.sock.sendall(b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n")  # head not finished
-    gevent.sleep(0.05)  # let its greenlet start reading (not a startup wait: the server is up)
+    wait_until(lambda: len(server.pool) == 4, timeout=5)  # its greenlet holds a pool slot
     assert server.is_ready
     started = time.monotonic()
     stopper = gevent.spawn(server.stop)
