@@ -156,3 +156,165 @@ def test_hs06_a_thousand_slowloris_connections_are_closed_at_the_deadline(serve:
     assert trips_during > 20
     server.stop(timeout=1)
     wait_until(lambda: open_fds() <= baseline, 5)
+
+
+# -- BP-01: one stalled subscriber among 1 000 ----------------------------------------------
+
+FRAME = 4 + 1024  # a server frame of a 1 KiB binary message: 2-byte header + 16-bit length
+
+
+def rss() -> int:
+    """This process's resident set, in bytes (/proc/self/status VmRSS)."""
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    raise AssertionError("no VmRSS in /proc/self/status")
+
+
+class Subscriber:
+    """A raw upgraded socket reading 1 KiB binary frames in bulk: counts bytes, checks the
+    sequence number of the last whole frame of each read, samples delivery latency."""
+
+    def __init__(self, port: int) -> None:
+        self.sock = gevent.socket.create_connection(("127.0.0.1", port), timeout=10)
+        self.sock.sendall(
+            b"GET /t HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade"
+            b"\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        )
+        head = b""
+        while b"\r\n\r\n" not in head:
+            head += self.sock.recv(4096)
+        assert head.startswith(b"HTTP/1.1 101"), head
+        self.extra = head.partition(b"\r\n\r\n")[2]
+        self.received = len(self.extra)
+        self.latencies: list[float] = []
+        self.last_seq = -1
+        self.greenlet: gevent.Greenlet | None = None
+
+    def read(self, expected: int) -> None:
+        """Read until ``expected`` frames came (fails on a gap or on an early EOF)."""
+        tail = self.extra
+        while self.received < expected * FRAME:
+            chunk = self.sock.recv(65536)
+            assert chunk, f"EOF after {self.received // FRAME} of {expected} messages"
+            now = time.monotonic()
+            self.received += len(chunk)
+            tail = (tail + chunk)[-2 * FRAME :]
+            whole = self.received // FRAME
+            start = len(tail) - (self.received - whole * FRAME) - FRAME
+            if whole and start >= 0:
+                frame = tail[start : start + FRAME]
+                assert frame[:4] == b"\x82\x7e\x04\x00", (frame[:4], self.received)
+                seq = int.from_bytes(frame[4:12], "big")
+                assert seq == whole - 1 and seq > self.last_seq, (seq, whole)
+                self.last_seq = seq
+                self.latencies.append(now - float.fromhex(frame[12:40].decode().strip()))
+
+
+def _payload(seq: int) -> bytes:
+    stamp = time.monotonic().hex().ljust(28).encode()
+    return (seq.to_bytes(8, "big") + stamp).ljust(1024, b"p")
+
+
+def p99(samples: list[float]) -> float:
+    ordered = sorted(samples)
+    return ordered[int(len(ordered) * 0.99)]
+
+
+def test_bp01_one_stalled_subscriber_among_a_thousand(app_factory: Any) -> None:
+    count, budget = scale(1000, 1000), scale(128 * 1024, 1 << 20)
+    rate, seconds = scale(100, 200), scale(5, 60)  # messages of 1 KiB per second, and for how long
+    app = app_factory(  # no heartbeat pings: every byte the subscribers read is a broadcast
+        max_backpressure=budget, close_timeout=0.5, compression=False, ping_interval=3600
+    )
+    stalled_close: list[tuple[int | None, float]] = []
+
+    @app.route("/t")
+    def sub(ws: Any) -> None:
+        app.rooms.join("t", ws)
+        for _ in ws:
+            pass
+
+    @app.route("/stalled")
+    def stalled(ws: Any) -> None:
+        app.rooms.join("t", ws)
+        ws.add_close_callback(lambda w: stalled_close.append((w.close_code, time.monotonic())))
+        for _ in ws:
+            pass
+
+    # Accepted sockets inherit the listener's send buffer: 16 KiB instead of Linux's autotuned
+    # 4 MiB, so the stalled member's bytes pile up in wsflask's outbox, where the budget is.
+    listener = gevent.socket.socket()
+    listener.setsockopt(gevent.socket.SOL_SOCKET, gevent.socket.SO_SNDBUF, 16384)
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(4096)
+    server = app.make_server(listener=listener)
+    server.start()
+    port = server.server_port
+    subscribers = [Subscriber(port) for _ in range(count)]
+    wait_until(lambda: app.rooms.count("t") == count, 20)
+    sent = 0
+    sent_at: list[float] = []
+
+    def publish(n: int) -> None:
+        nonlocal sent
+        for _ in range(n * 20 // rate):  # 20 slices a second
+            for _ in range(rate // 20):
+                app.send(_payload(sent), to="t")
+                sent += 1
+                sent_at.append(time.monotonic())
+            gevent.sleep(0.05)  # the publish pace (the battery's "msgs/s"), not a wait
+
+    def run_phase(n: int) -> list[float]:
+        readers = [gevent.spawn(s.read, sent + n) for s in subscribers]
+        publish(n)
+        gevent.joinall(readers, timeout=60, raise_error=True)
+        assert all(r.successful() for r in readers), "a healthy subscriber missed messages"
+        return [x for s in subscribers for x in s.latencies]
+
+    peak = 0
+
+    def sample() -> None:
+        nonlocal peak
+        while True:
+            peak = max(peak, rss())
+            gevent.sleep(0.02)  # the sampling period
+
+    def measured(n: int) -> tuple[float, int]:
+        """p99 latency of the healthy subscribers and peak RSS over a phase of n messages."""
+        nonlocal peak
+        for s in subscribers:
+            s.latencies.clear()
+        peak = rss()
+        sampler = gevent.spawn(sample)
+        try:
+            return p99(run_phase(n)), peak
+        finally:
+            sampler.kill()
+
+    run_phase(rate)  # warm-up: buffers and greenlet stacks reach their steady size
+    baseline, baseline_peak = measured(rate * seconds)  # without the stalled member
+    stalled_sock = gevent.socket.socket()
+    stalled_sock.setsockopt(gevent.socket.SOL_SOCKET, gevent.socket.SO_RCVBUF, 4096)
+    stalled_sock.connect(("127.0.0.1", port))
+    stalled_sock.sendall(
+        b"GET /stalled HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade"
+        b"\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    )  # and never read again
+    wait_until(lambda: app.rooms.count("t") == count + 1, 10)
+    joined_at = sent
+    stalled_latency, stalled_peak = measured(rate * seconds)
+    assert stalled_close and stalled_close[0][0] == 1013, stalled_close
+    # It got (sent - joined_at) frames; the kernel holds at most 64 KiB of them (16 KiB send
+    # buffer, 4 KiB receive window, doubled by Linux): the budget is crossed by then.
+    over = joined_at + (budget + (64 << 10)) // FRAME + 1
+    assert over < sent, "the stalled member never reached its budget"
+    assert stalled_close[0][1] - sent_at[over] < 2.0  # closed within 2 s of crossing it
+    growth = stalled_peak - baseline_peak  # what the stalled member cost
+    assert growth <= budget + (1 << 20), f"RSS grew {growth >> 10} KiB for the stalled member"
+    assert stalled_latency < 2 * baseline + 0.010, (stalled_latency, baseline)
+    for s in subscribers:
+        s.sock.close()
+    stalled_sock.close()
+    server.stop(timeout=2)
