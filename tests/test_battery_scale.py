@@ -318,3 +318,128 @@ def test_bp01_one_stalled_subscriber_among_a_thousand(app_factory: Any) -> None:
         s.sock.close()
     stalled_sock.close()
     server.stop(timeout=2)
+
+
+# -- CN-01: a flood from one IP; other IPs are served; idle memory per connection ----------
+
+CN01_SERVER = """
+    import sys
+    from wsflask.config import Config
+    from wsflask.server import Server, Upgrade
+
+    def echo(ws):
+        for message in ws:
+            ws.send(message)
+
+    per_ip, total = int(sys.argv[1]), int(sys.argv[2])
+    config = Config(port=0, max_connections=total, max_connections_per_ip=per_ip,
+                    handshake_timeout=2.0, close_timeout=0.5, ping_interval=3600,
+                    compression=False)
+    server = Server(("0.0.0.0", 0), lambda request, address: Upgrade(echo), config)
+    server.install_signal_handlers()
+    server.start()
+    print(server.server_port, flush=True)
+    server.serve_forever()
+"""
+
+UPGRADE = (
+    b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+    b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+)
+
+
+def child_rss(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    raise AssertionError("no VmRSS")
+
+
+def _upgrade_from(source: str, port: int) -> tuple[Any, bytes]:
+    sock = gevent.socket.socket()
+    sock.bind((source, 0))
+    sock.connect(("127.0.0.1", port))
+    sock.sendall(UPGRADE)
+    head = b""
+    with gevent.Timeout(10):
+        while b"\r\n\r\n" not in head:
+            chunk = sock.recv(4096)
+            if not chunk:
+                break
+            head += chunk
+    return sock, head
+
+
+def _echo_from(source: str, port: int) -> None:
+    """The other-IP canary: upgrade from ``source`` and round-trip one masked frame."""
+    sock, head = _upgrade_from(source, port)
+    try:
+        assert head.startswith(b"HTTP/1.1 101"), head[:40]
+        sock.sendall(b"\x81\x82\x00\x00\x00\x00ok")  # "ok", masked with a zero key
+        with gevent.Timeout(5):
+            assert sock.recv(16) == b"\x81\x02ok"
+    finally:
+        sock.close()
+
+
+def _raw_connect_closed(port: int) -> bool:
+    """A TCP connect that sends nothing: True once the server has closed it."""
+    sock = gevent.socket.create_connection(("127.0.0.1", port), timeout=10)
+    try:
+        with gevent.Timeout(10, False):
+            try:
+                while sock.recv(4096):
+                    pass
+            except OSError:
+                pass
+            return True
+        return False
+    finally:
+        sock.close()
+
+
+def test_cn01_one_ip_flood_is_capped_other_ips_served_idle_memory_bounded() -> None:
+    import subprocess
+    import sys
+    import textwrap
+    from pathlib import Path
+
+    import gevent.subprocess
+
+    upgrades, flood = scale(1000, 9000), scale(2000, 50_000)
+    root = str(Path(__file__).resolve().parent.parent)
+    child = gevent.subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(CN01_SERVER), str(upgrades), str(4 * upgrades)],
+        env=dict(os.environ, PYTHONPATH=root),
+        stdout=subprocess.PIPE,
+    )
+    held: list[Any] = []
+    try:
+        port = int(child.stdout.readline())
+        _echo_from("127.0.0.2", port)  # warm: the first connection's one-time costs
+        before = child_rss(child.pid)
+        for _ in range(upgrades):  # up to the per-IP cap: every one is upgraded
+            sock, head = _upgrade_from("127.0.0.1", port)
+            held.append(sock)
+            assert head.startswith(b"HTTP/1.1 101"), head[:40]
+        per_connection = (child_rss(child.pid) - before) / upgrades
+        assert per_connection <= 16 * 1024, f"{per_connection / 1024:.1f} KiB per idle connection"
+        sock, head = _upgrade_from("127.0.0.1", port)  # one more from the same IP
+        sock.close()
+        assert head.startswith(b"HTTP/1.1 429 ") and b"Retry-After: 1\r\n" in head
+        # The flood: raw connects from the capped IP, 500 at a time, each closed by the server,
+        # while another IP upgrades and echoes between waves.
+        for wave in range(flood // 500):
+            closers = [gevent.spawn(_raw_connect_closed, port) for _ in range(500)]
+            gevent.joinall(closers, timeout=30, raise_error=True)
+            assert all(c.value for c in closers), f"wave {wave}: a connect was left open"
+            _echo_from("127.0.0.2", port)
+        held[0].sendall(b"\x81\x82\x00\x00\x00\x00hi")  # the held connections still work
+        with gevent.Timeout(5):
+            assert held[0].recv(16) == b"\x81\x02hi"
+    finally:
+        for sock in held:
+            sock.close()
+        child.terminate()
+        child.wait(timeout=10)
