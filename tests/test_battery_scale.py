@@ -443,3 +443,82 @@ def test_cn01_one_ip_flood_is_capped_other_ips_served_idle_memory_bounded() -> N
             sock.close()
         child.terminate()
         child.wait(timeout=10)
+
+
+# -- PR-01: kill -9 of one node of two, with 1 000 clients each ------------------------------
+
+
+def _node_env(url: str, max_connections: int) -> dict[str, str]:
+    return {
+        "WSFLASK_BACKPLANE": url,
+        "WSFLASK_BACKPLANE_INTERVAL": "1.0",
+        "WSFLASK_BACKPLANE_BACKOFF_MAX": "0.5",
+        "WSFLASK_SHUTDOWN_GRACE": "3",
+        "WSFLASK_CLOSE_TIMEOUT": "1",
+        "WSFLASK_MAX_CONNECTIONS": str(max_connections),
+        "WSFLASK_PING_INTERVAL": "3600",  # no heartbeat frames between the data frames
+    }
+
+
+def _cluster_count(port: int) -> tuple[int, float]:
+    """B's cluster-wide member count of room "t", and how long the request took."""
+    import urllib.request
+
+    started = time.monotonic()
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/count/t", timeout=10) as answer:
+        return int(answer.read()), time.monotonic() - started
+
+
+def _join(raw_peer: Any, port: int) -> Any:
+    peer = raw_peer(port)
+    assert peer.request("/r/t").startswith(b"HTTP/1.1 101")
+    opcode, hello = peer.read_frame(timeout=10)
+    assert opcode == 1 and b'"hello"' in hello
+    return peer
+
+
+def _reconnect(raw_peer: Any, port: int, moved: list[Any]) -> None:
+    """A client of the dead node: exponential backoff with full jitter until B takes it."""
+    import random
+
+    delay = 0.1
+    for _ in range(20):
+        gevent.sleep(random.uniform(0, delay))  # the client's backoff: scenario, not a wait
+        try:
+            moved.append(_join(raw_peer, port))
+            return
+        except (OSError, AssertionError, EOFError, gevent.Timeout):
+            delay = min(delay * 2, 5.0)
+    raise AssertionError("a client of A never got back in")
+
+
+def test_pr01_kill9_one_node_of_two_with_a_thousand_clients_each(
+    redis_server: Any, wsflask_run: Any, raw_peer: Any
+) -> None:
+    import signal
+
+    per_node = scale(1000, 5000)
+    env = _node_env(redis_server.url, 2 * per_node + 100)
+    node_a = wsflask_run("tests.backplane_node:app", "--port", "0", env=env)
+    node_b = wsflask_run("tests.backplane_node:app", "--port", "0", env=env)
+    port_a, port_b = node_a.wait_serving(), node_b.wait_serving()
+    on_a = [_join(raw_peer, port_a) for _ in range(per_node)]
+    on_b = [_join(raw_peer, port_b) for _ in range(per_node)]
+    wait_until(lambda: _cluster_count(port_b)[0] == 2 * per_node, 20)
+    os.kill(node_a.proc.pid, signal.SIGKILL)
+    killed = time.monotonic()
+    node_a.proc.wait(timeout=10)
+    count, took = _cluster_count(port_b)  # no RPC of B waits on the dead node
+    assert took < 1.0 and count in (per_node, 2 * per_node), (count, took)
+    for peer in on_a:  # every client of A sees its connection end
+        assert peer.read_until_eof(timeout=10) == b""
+    moved: list[Any] = []
+    storm = [gevent.spawn(_reconnect, raw_peer, port_b, moved) for _ in on_a]
+    gevent.joinall(storm, timeout=60, raise_error=True)
+    assert len(moved) == per_node and time.monotonic() - killed <= 30.0
+    # A's presence is purged within its TTL (3 intervals): B counts only live members
+    wait_until(lambda: _cluster_count(port_b)[0] == 2 * per_node, 10)
+    assert node_b.proc.poll() is None  # the reconnect storm did not take B down
+    on_b[0].send_frame(1, b"after")
+    for peer in on_b + moved:  # everyone, including the moved clients, gets it exactly once
+        assert peer.read_frame(timeout=10) == (1, b"after")
