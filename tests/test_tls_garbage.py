@@ -8,6 +8,7 @@ connection keeps round-tripping throughout and must never miss an echo.
 
 from __future__ import annotations
 
+import contextlib
 import random
 import ssl
 import subprocess
@@ -161,3 +162,85 @@ def test_tl02_non_tls_bytes_are_closed_within_100ms_and_the_canary_echoes(
     assert fresh.receive(timeout=5) == "after"
     fresh.close()
     assert fresh.close_code == 1000
+
+
+# -- TL-01: 1 000 silent connects and 1 000 half ClientHellos --------------------------------
+
+
+def _half_client_hello() -> bytes:
+    """The first half of a real ClientHello (from an in-memory TLS client)."""
+    context = ssl.create_default_context()
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    client = context.wrap_bio(incoming, outgoing, server_hostname="127.0.0.1")
+    with contextlib.suppress(ssl.SSLWantReadError):  # it waits for the server's answer
+        client.do_handshake()
+    hello = outgoing.read()
+    assert hello[0] == 0x16 and len(hello) > 100
+    return hello[: len(hello) // 2]
+
+
+def _held_until_closed(
+    port: int, data: bytes, closed_after: list[float], holding: list[int]
+) -> None:
+    sock = gevent.socket.create_connection(("127.0.0.1", port), timeout=10)
+    opened = time.monotonic()
+    try:
+        if data:
+            sock.sendall(data)
+        holding.append(1)
+        with gevent.Timeout(30, AssertionError("never closed")):
+            while True:
+                try:
+                    if not sock.recv(4096):
+                        break
+                except OSError:
+                    break
+        closed_after.append(time.monotonic() - opened)
+    finally:
+        sock.close()
+
+
+def test_tl01_silent_and_half_hello_connects_close_at_the_deadline_while_wss_connects_fast(
+    serve: Any, certificate: tuple[str, str]
+) -> None:
+    import os
+
+    count, deadline = 1000, 2.0
+    cert, key = certificate
+    fds = len(os.listdir("/proc/self/fd"))
+    server = serve(
+        echo,
+        config=Config(
+            port=0,
+            close_timeout=0.5,
+            handshake_timeout=deadline,
+            certfile=cert,
+            keyfile=key,
+            max_connections=4 * count,
+        ),
+    )
+    context = ssl.create_default_context(cafile=cert)
+    half = _half_client_hello()
+    closed_after: list[float] = []
+    holding: list[int] = []
+    attackers = [
+        gevent.spawn(_held_until_closed, server.server_port, data, closed_after, holding)
+        for data in (b"", half)
+        for _ in range(count)
+    ]
+    wait_until(lambda: len(holding) == 2 * count, 10)  # all 2 000 are connected and waiting
+    connects: list[float] = []
+    while not all(a.ready() for a in attackers):  # a legitimate wss client throughout
+        started = time.monotonic()
+        ws = connect(f"wss://127.0.0.1:{server.server_port}/", ssl_context=context, timeout=5)
+        connects.append(time.monotonic() - started)
+        ws.send("legit")
+        assert ws.receive(timeout=5) == "legit"
+        ws.close()
+    gevent.joinall(attackers, raise_error=True)
+    assert len(closed_after) == 2 * count
+    early_or_late = [t for t in closed_after if not deadline - 0.05 <= t <= deadline + 1.0]
+    assert not early_or_late, f"{len(early_or_late)} outside the deadline: {early_or_late[:5]}"
+    assert len(connects) >= 3 and max(connects) < 0.100, connects
+    server.stop(timeout=1)
+    wait_until(lambda: len(os.listdir("/proc/self/fd")) <= fds, 5)
