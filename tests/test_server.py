@@ -315,6 +315,13 @@ def test_pr03_sigterm_drains_with_1001_and_exits_0() -> None:
 # -- CN-02: descriptor exhaustion ---------------------------------------------------------------
 
 
+def _cpu_ticks(pid: int) -> int:
+    """utime + stime of ``pid`` in clock ticks (/proc/PID/stat fields 14 and 15)."""
+    with open(f"/proc/{pid}/stat") as stat:
+        fields = stat.read().rpartition(")")[2].split()
+    return int(fields[11]) + int(fields[12])
+
+
 def _upgraded(peer: Any, timeout: float) -> bool:
     try:
         return bool(peer.read_head(timeout=timeout).startswith(b"HTTP/1.1 101"))
@@ -338,6 +345,11 @@ def test_cn02_accept_backs_off_at_the_fd_limit_and_recovers(raw_peer: Any) -> No
         served = [peer for peer, check in zip(peers, checks, strict=True) if check.value]
         waiting = [p for p in peers if p not in served]
         assert 10 < len(served) < 48 and waiting, "the limit did not bite"
+        # No spin while saturated: the accept loop backs off, so the process is nearly idle.
+        cpu, wall = _cpu_ticks(child.pid), time.monotonic()
+        gevent.sleep(1.0)  # the measurement window (scenario time, not a wait for an event)
+        used = (_cpu_ticks(child.pid) - cpu) / os.sysconf("SC_CLK_TCK")
+        assert used < 0.05 * (time.monotonic() - wall), f"{used:.2f} s CPU in a saturated 1 s"
         served[0].send_frame(1, b"alive")
         assert served[0].read_frame() == (1, b"alive")  # existing connections keep working
         for peer in served[1:20]:
