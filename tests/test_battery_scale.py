@@ -534,3 +534,81 @@ def test_pr01_kill9_one_node_of_two_with_a_thousand_clients_each(
     on_b[0].send_frame(1, b"after")
     for peer in on_b + moved:  # everyone, including the moved clients, gets it exactly once
         assert peer.read_frame(timeout=10) == (1, b"after")
+
+
+# -- FR-04: 1 000 connections each holding a declared, never-sent frame ----------------------
+
+FR04_SERVER = """
+    from wsflask import App
+
+    app = App(ping_interval=1.0, pong_timeout=1.0, close_timeout=0.5, compression=False,
+              max_connections=5000)
+
+    @app.route("/")
+    def echo(ws):
+        for message in ws:
+            ws.send(message)
+
+    server = app.make_server("127.0.0.1", 0)
+    server.install_signal_handlers()
+    server.start()
+    print(server.server_port, flush=True)
+    server.serve_forever()
+"""
+
+
+def _declared(length: int) -> bytes:
+    """A masked binary frame header declaring ``length`` payload bytes (none follow)."""
+    return b"\x82\xff" + length.to_bytes(8, "big") + b"\x01\x02\x03\x04"
+
+
+@pytest.mark.timeout(scale(90, 300))
+def test_fr04_declared_lengths_allocate_nothing_and_are_reaped(raw_peer: Any) -> None:
+    import subprocess
+    import sys
+    import textwrap
+    from pathlib import Path
+
+    import gevent.subprocess
+
+    count = scale(1000, 5000)
+    root = str(Path(__file__).resolve().parent.parent)
+    child = gevent.subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(FR04_SERVER)],
+        env=dict(os.environ, PYTHONPATH=root),
+        stdout=subprocess.PIPE,
+    )
+    try:
+        port = int(child.stdout.readline())
+        huge = raw_peer(port)  # 2^40 declared: refused from the header alone
+        assert huge.request().startswith(b"HTTP/1.1 101")
+        huge.sock.sendall(_declared(1 << 40))
+        opcode, payload = huge.read_frame()
+        assert (opcode, payload[:2]) == (8, (1009).to_bytes(2, "big"))
+        before = child_rss(child.pid)
+        peers = [raw_peer(port) for _ in range(count)]
+        for peer in peers:
+            assert peer.request().startswith(b"HTTP/1.1 101")
+            peer.sock.sendall(_declared((1 << 20) - 1))  # max_message - 1, then nothing
+        held, peak = time.monotonic(), [child_rss(child.pid)]
+
+        def sample() -> None:  # the child's RSS while the frames are held, until reaped
+            while True:
+                peak.append(child_rss(child.pid))
+                gevent.sleep(0.02)  # the sampling period
+
+        sampler = gevent.spawn(sample)
+        try:  # the heartbeat still reaps them: ping at 1 s, no pong within 1 s -> 1011
+            for peer in peers:
+                frame = peer.read_frame(timeout=15)
+                while frame[0] == 9:  # the ping we never answer
+                    frame = peer.read_frame(timeout=15)
+                assert frame[0] == 8 and frame[1][:2] == (1011).to_bytes(2, "big"), frame
+        finally:
+            sampler.kill()
+        growth = max(peak) - before
+        assert growth <= count * 64 * 1024, f"{growth / count / 1024:.1f} KiB per connection"
+        assert time.monotonic() - held < 10.0
+    finally:
+        child.terminate()
+        child.wait(timeout=10)
