@@ -150,3 +150,39 @@ def test_hs08_only_the_allowlisted_origin_is_accepted(
         status = peer.read_head().split(b" ")[1]
         assert status == (b"101" if allowed else b"403")
         peer.close()
+
+
+# -- CL-03: close() twice, close() in disconnect, data after the peer's Close ----------------
+
+
+def test_cl03_one_close_frame_on_the_wire_and_nothing_after_it(
+    app_factory: Any, raw_peer: Any
+) -> None:
+    app = app_factory(close_timeout=0.5)
+    disconnects: list[str] = []
+
+    @app.on("connect")
+    def hello(ws: Any) -> None:
+        ws.send("hi")
+        ws.close(4000, "first")
+        ws.close(4001, "second")  # a second close() is a no-op
+
+    @app.on("disconnect")
+    def bye(ws: Any) -> None:
+        disconnects.append(ws.id)
+        ws.close(4002, "in disconnect")  # after the close: nothing more goes out
+        ws.send_nowait("late")
+
+    with app.test_client() as client:
+        client.start()
+        assert app.server is not None
+        peer = raw_peer(app.server.server_port)
+        assert peer.request().startswith(b"HTTP/1.1 101")
+        assert peer.read_frame() == (1, b"hi")
+        opcode, payload = peer.read_frame()
+        assert (opcode, payload) == (8, (4000).to_bytes(2, "big") + b"first")
+        peer.send_frame(1, b"data after the server's Close")  # ignored (RFC 6455 §5.5.1)
+        peer.send_frame(8, (4000).to_bytes(2, "big"))
+        assert peer.read_until_eof(timeout=5) == b""  # no second Close, no data frame
+        assert app.server.wait_drained(5)
+    assert len(disconnects) == 1
