@@ -612,3 +612,77 @@ def test_fr04_declared_lengths_allocate_nothing_and_are_reaped(raw_peer: Any) ->
     finally:
         child.terminate()
         child.wait(timeout=10)
+
+
+# -- CF-02: ping floods from clients that never read ------------------------------------------
+
+CF02_SERVER = FR04_SERVER.replace("ping_interval=1.0, pong_timeout=1.0", "ping_interval=3600.0")
+
+
+def _flood_pings(port: int, sent: list[int]) -> None:
+    """Upgrade, then send 125-byte pings until TCP pushes back for good; never read."""
+    sock = gevent.socket.socket()
+    sock.setsockopt(gevent.socket.SOL_SOCKET, gevent.socket.SO_RCVBUF, 4096)
+    sock.connect(("127.0.0.1", port))
+    sock.sendall(UPGRADE)
+    ping = b"\x89\xfd\x00\x00\x00\x00" + b"p" * 125  # zero mask key: the payload as is
+    batch = ping * 64
+    try:
+        while True:
+            sock.sendall(batch)
+            sent[0] += len(batch)
+    except OSError:  # the server gave up on us: also a bound
+        pass
+    finally:
+        sock.close()
+
+
+def _round_trips(ws: Any, n: int) -> list[float]:
+    trips = []
+    for i in range(n):
+        started = time.monotonic()
+        ws.send(f"c{i}")
+        assert ws.receive(timeout=5) == f"c{i}"
+        trips.append(time.monotonic() - started)
+    return trips
+
+
+@pytest.mark.timeout(scale(60, 300))
+def test_cf02_ping_floods_are_bounded_and_the_canary_keeps_its_latency() -> None:
+    import subprocess
+    import sys
+    import textwrap
+    from pathlib import Path
+
+    import gevent.subprocess
+
+    flooders, seconds, budget = scale(10, 100), scale(3, 30), 1 << 20
+    root = str(Path(__file__).resolve().parent.parent)
+    child = gevent.subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(CF02_SERVER)],
+        env=dict(os.environ, PYTHONPATH=root),
+        stdout=subprocess.PIPE,
+    )
+    floods: list[gevent.Greenlet] = []
+    try:
+        port = int(child.stdout.readline())
+        canary = connect(f"ws://127.0.0.1:{port}/", timeout=5)
+        _round_trips(canary, 100)  # warm-up
+        baseline = p99(_round_trips(canary, 500))
+        before = child_rss(child.pid)
+        sent = [[0] for _ in range(flooders)]
+        floods = [gevent.spawn(_flood_pings, port, s) for s in sent]
+        wait_until(lambda: all(s[0] > 0 for s in sent), 10)
+        started, trips, peak = time.monotonic(), [], before
+        while time.monotonic() - started < seconds:  # the flood's duration
+            trips += _round_trips(canary, 50)
+            peak = max(peak, child_rss(child.pid))
+        growth = peak - before
+        assert growth <= flooders * budget, f"RSS grew {growth >> 10} KiB for {flooders} floods"
+        during = p99(trips)
+        assert during < 2 * baseline, f"canary p99 {during * 1e3:.2f} ms vs {baseline * 1e3:.2f}"
+        canary.close()
+    finally:
+        gevent.killall(floods)
+        child.terminate()
+        child.wait(timeout=10)
