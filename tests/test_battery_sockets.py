@@ -186,3 +186,55 @@ def test_cl03_one_close_frame_on_the_wire_and_nothing_after_it(
         assert peer.read_until_eof(timeout=5) == b""  # no second Close, no data frame
         assert app.server.wait_drained(5)
     assert len(disconnects) == 1
+
+
+# -- BP-03: a flood at a handler that does not read --------------------------------------------
+
+
+def test_bp03_the_server_stops_reading_within_the_inbound_budget(raw_peer: Any) -> None:
+    import socket
+
+    import gevent
+    import gevent.event
+
+    from wsflask.protocol import encode_frame
+    from wsflask.server import Server
+
+    release, first = gevent.event.Event(), gevent.event.Event()
+
+    def slow(ws: WebSocket) -> None:
+        ws.receive()
+        first.set()
+        release.wait()
+        for _ in ws:
+            pass
+
+    # Accepted sockets inherit the listener's 64 KiB receive buffer (no autotuning to 32 MiB),
+    # so what the server accepted beyond the kernel's share sits in wsflask's memory.
+    listener = gevent.socket.socket()
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(16)
+    config = Config(port=0, close_timeout=0.5, handshake_timeout=2.0)
+    server = Server(listener, lambda r, a: Upgrade(slow), config)
+    server.start()
+    try:
+        peer = raw_peer(server.server_port)
+        peer.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 16 * 1024)
+        assert peer.request().startswith(b"HTTP/1.1 101")
+        frame = encode_frame(2, b"y" * 1024, mask=b"\x01\x02\x03\x04")
+        peer.sock.sendall(frame)
+        assert first.wait(5)
+        peer.sock.settimeout(0.5)
+        stream, total = frame * 64, 0
+        try:
+            while total < 64 * 1024 * 1024:
+                total += peer.sock.send(stream[total % len(stream) :])
+        except TimeoutError:
+            pass  # TCP pushed back on us: the server stopped reading
+        budget = config.max_message_size + 64 * 1024 + config.read_size
+        kernel = 2 * (64 + 16) * 1024 * 2  # both buffers, doubled by Linux, with slack
+        assert total <= budget + kernel, f"{total >> 10} KiB accepted from a non-reading app"
+        release.set()
+    finally:
+        server.stop(timeout=1)
