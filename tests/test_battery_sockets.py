@@ -238,3 +238,40 @@ def test_bp03_the_server_stops_reading_within_the_inbound_budget(raw_peer: Any) 
         release.set()
     finally:
         server.stop(timeout=1)
+
+
+# -- HS-05 over a socket: 20 MB of header in one write, and 101 header fields ---------------
+
+
+def _send_quietly(sock: Any, data: bytes) -> None:
+    import contextlib
+
+    with contextlib.suppress(OSError):  # the server answered and closed mid-write: expected
+        sock.sendall(data)
+
+
+def test_hs05_a_20mb_header_gets_431_within_100ms(serve: Any, raw_peer: Any) -> None:
+    import time
+
+    import gevent
+
+    server = serve(echo, config=FAST)
+    peer = raw_peer(server.server_port)
+    head = b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Big: " + b"a" * 20_000_000 + b"\r\n\r\n"
+    started = time.monotonic()
+    writer = gevent.spawn(_send_quietly, peer.sock, head)
+    answer = peer.read_head(timeout=5)
+    elapsed = time.monotonic() - started
+    writer.kill()
+    assert answer.startswith(b"HTTP/1.1 431 "), answer[:60]
+    assert elapsed < 0.100, f"431 after {elapsed * 1e3:.0f} ms"
+    canary(server.server_port)
+
+
+def test_hs05_101_header_fields_get_431(serve: Any, raw_peer: Any) -> None:
+    server = serve(echo, config=FAST)
+    peer = raw_peer(server.server_port)
+    fields = "".join(f"X-H{i}: v\r\n" for i in range(100))  # + Host = 101
+    peer.sock.sendall(f"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n{fields}\r\n".encode())
+    assert peer.read_until_eof(timeout=5).startswith(b"HTTP/1.1 431 ")
+    canary(server.server_port)
