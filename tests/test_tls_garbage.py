@@ -244,3 +244,36 @@ def test_tl01_silent_and_half_hello_connects_close_at_the_deadline_while_wss_con
     assert len(connects) >= 3 and max(connects) < 0.100, connects
     server.stop(timeout=1)
     wait_until(lambda: len(os.listdir("/proc/self/fd")) <= fds, 5)
+
+
+# -- TL-04: certificates that cannot serve fail at construction ---------------------------------
+
+
+def test_tl04_a_key_that_does_not_match_the_certificate_fails_at_construction(
+    certificate: tuple[str, str], tmp_path: Path
+) -> None:
+    from wsflask.errors import ConfigError
+    from wsflask.server import Server
+
+    cert, _ = certificate
+    other = str(tmp_path / "other-key.pem")
+    subprocess.run(
+        ["openssl", "genrsa", "-out", other, "2048"], check=True, capture_output=True, timeout=60
+    )
+    with pytest.raises(ConfigError, match="certfile="):
+        Server(("127.0.0.1", 0), lambda r, a: None, Config(port=0, certfile=cert, keyfile=other))
+
+
+def test_tl04_a_garbage_key_file_fails_at_construction(
+    certificate: tuple[str, str], tmp_path: Path
+) -> None:
+    from wsflask.errors import ConfigError
+    from wsflask.server import Server
+
+    cert, _ = certificate
+    garbage = tmp_path / "garbage.pem"
+    garbage.write_bytes(b"-----BEGIN PRIVATE KEY-----\nnot a key\n-----END PRIVATE KEY-----\n")
+    with pytest.raises(ConfigError, match="certfile="):
+        Server(
+            ("127.0.0.1", 0), lambda r, a: None, Config(port=0, certfile=cert, keyfile=str(garbage))
+        )
