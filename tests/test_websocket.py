@@ -206,7 +206,7 @@ def test_cl02_client_close_is_echoed_and_server_closes_tcp_first(serve: Any, raw
     peer.send_frame(8, (1000).to_bytes(2, "big") + b"bye")
     assert peer.read_frame() == (8, (1000).to_bytes(2, "big"))
     assert peer.read_until_eof(timeout=2) == b""  # the server's FIN; we have not closed
-    assert time.monotonic() - started < 0.5
+    assert time.monotonic() - started < 0.050  # the battery's bound for the closing handshake
 
 
 def test_cl04_peer_never_answers_close_tcp_dropped_after_close_timeout(
