@@ -542,7 +542,7 @@ FR04_SERVER = """
     from wsflask import App
 
     app = App(ping_interval=1.0, pong_timeout=1.0, close_timeout=0.5, compression=False,
-              max_connections=5000)
+              max_connections=20000)
 
     @app.route("/")
     def echo(ws):
@@ -664,6 +664,7 @@ def test_cf02_ping_floods_are_bounded_and_the_canary_keeps_its_latency() -> None
         stdout=subprocess.PIPE,
     )
     floods: list[gevent.Greenlet] = []
+    canary: Any = None
     try:
         port = int(child.stdout.readline())
         canary = connect(f"ws://127.0.0.1:{port}/", timeout=5)
@@ -681,8 +682,9 @@ def test_cf02_ping_floods_are_bounded_and_the_canary_keeps_its_latency() -> None
         assert growth <= flooders * budget, f"RSS grew {growth >> 10} KiB for {flooders} floods"
         during = p99(trips)
         assert during < 2 * baseline, f"canary p99 {during * 1e3:.2f} ms vs {baseline * 1e3:.2f}"
-        canary.close()
     finally:
+        if canary is not None:
+            canary.close()
         gevent.killall(floods)
         child.terminate()
         child.wait(timeout=10)
@@ -764,7 +766,7 @@ def _pd05_cycles(cycles: int) -> tuple[int, list[tuple[int, int]]]:
         return baseline, results
     finally:
         for ws in clients:
-            ws.abort()
+            ws.close()
         child.terminate()
         child.wait(timeout=10)
 
