@@ -619,22 +619,37 @@ def test_fr04_declared_lengths_allocate_nothing_and_are_reaped(raw_peer: Any) ->
 CF02_SERVER = FR04_SERVER.replace("ping_interval=1.0, pong_timeout=1.0", "ping_interval=86400.0")
 
 
-def _flood_pings(port: int, sent: list[int]) -> None:
-    """Upgrade, then send 125-byte pings until TCP pushes back for good; never read."""
-    sock = gevent.socket.socket()
-    sock.setsockopt(gevent.socket.SOL_SOCKET, gevent.socket.SO_RCVBUF, 4096)
-    sock.connect(("127.0.0.1", port))
-    sock.sendall(UPGRADE)
-    ping = b"\x89\xfd\x00\x00\x00\x00" + b"p" * 125  # zero mask key: the payload as is
-    batch = ping * 64
-    try:
-        while True:
-            sock.sendall(batch)
-            sent[0] += len(batch)
-    except OSError:  # the server gave up on us: also a bound
-        pass
-    finally:
-        sock.close()
+#: argv: port, flooders. Each upgrades, then sends 125-byte pings until TCP pushes back for
+#: good (or the server closes it); it never reads. Prints "flooding" once all have started.
+#: A process of its own, so that the flood does not share a hub with the canary.
+FLOODER = """
+    import socket, sys, threading
+    port, count = int(sys.argv[1]), int(sys.argv[2])
+    upgrade = (b"GET / HTTP/1.1\\r\\nHost: 127.0.0.1\\r\\nUpgrade: websocket\\r\\n"
+               b"Connection: Upgrade\\r\\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\\r\\n"
+               b"Sec-WebSocket-Version: 13\\r\\n\\r\\n")
+    batch = (b"\\x89\\xfd\\x00\\x00\\x00\\x00" + b"p" * 125) * 64
+    started = threading.Barrier(count + 1)
+
+    def flood():
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.connect(("127.0.0.1", port))
+        sock.sendall(upgrade)
+        sock.sendall(batch)
+        started.wait()
+        try:
+            while True:
+                sock.sendall(batch)
+        except OSError:
+            pass
+
+    for _ in range(count):
+        threading.Thread(target=flood, daemon=True).start()
+    started.wait()
+    print("flooding", flush=True)
+    sys.stdin.read()  # until the test closes our stdin or kills us
+"""
 
 
 def _round_trips(ws: Any, n: int) -> list[float]:
@@ -663,7 +678,7 @@ def test_cf02_ping_floods_are_bounded_and_the_canary_keeps_its_latency() -> None
         env=dict(os.environ, PYTHONPATH=root),
         stdout=subprocess.PIPE,
     )
-    floods: list[gevent.Greenlet] = []
+    flood: Any = None
     canary: Any = None
     try:
         port = int(child.stdout.readline())
@@ -671,9 +686,12 @@ def test_cf02_ping_floods_are_bounded_and_the_canary_keeps_its_latency() -> None
         _round_trips(canary, 100)  # warm-up
         baseline = p99(_round_trips(canary, 500))
         before = child_rss(child.pid)
-        sent = [[0] for _ in range(flooders)]
-        floods = [gevent.spawn(_flood_pings, port, s) for s in sent]
-        wait_until(lambda: all(s[0] > 0 for s in sent), 10)
+        flood = gevent.subprocess.Popen(
+            [sys.executable, "-c", textwrap.dedent(FLOODER), str(port), str(flooders)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+        )
+        assert flood.stdout.readline() == b"flooding\n"
         started, trips, peak = time.monotonic(), [], before
         while time.monotonic() - started < seconds:  # the flood's duration
             trips += _round_trips(canary, 50)
@@ -685,7 +703,9 @@ def test_cf02_ping_floods_are_bounded_and_the_canary_keeps_its_latency() -> None
     finally:
         if canary is not None:
             canary.close()
-        gevent.killall(floods)
+        if flood is not None:
+            flood.kill()
+            flood.communicate(timeout=10)
         child.terminate()
         child.wait(timeout=10)
 
