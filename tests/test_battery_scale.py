@@ -586,10 +586,12 @@ def test_fr04_declared_lengths_allocate_nothing_and_are_reaped(raw_peer: Any) ->
         opcode, payload = huge.read_frame()
         assert (opcode, payload[:2]) == (8, (1009).to_bytes(2, "big"))
         before = child_rss(child.pid)
-        peers = [raw_peer(port) for _ in range(count)]
-        for peer in peers:
+        peers = []
+        for _ in range(count):  # one at a time: an idle connect would meet handshake_timeout
+            peer = raw_peer(port)
             assert peer.request().startswith(b"HTTP/1.1 101")
             peer.sock.sendall(_declared((1 << 20) - 1))  # max_message - 1, then nothing
+            peers.append(peer)
         held, peak = time.monotonic(), [child_rss(child.pid)]
 
         def sample() -> None:  # the child's RSS while the frames are held, until reaped
