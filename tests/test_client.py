@@ -8,8 +8,10 @@ import time
 from typing import Any
 
 import gevent
+import gevent.event
 import gevent.socket
 import pytest
+from helpers import wait_until
 
 from wsflask.client import _host_header, _parse_url, connect
 from wsflask.config import Config
@@ -89,7 +91,7 @@ def _fake_server(reply: bool, frames: list[bytes]) -> tuple[Any, Any]:
             while b"\r\n\r\n" not in data:
                 data += sock.recv(4096)
             if not reply:
-                gevent.sleep(30)
+                gevent.event.Event().wait()  # never answers; the test kills this greenlet
             key = next(
                 line.split(b":", 1)[1].strip()
                 for line in data.split(b"\r\n")
@@ -112,9 +114,7 @@ def test_client_frames_are_masked_with_fresh_keys() -> None:
     ws = connect(f"ws://127.0.0.1:{listener.getsockname()[1]}/")
     for _ in range(2):
         ws.send(b"same payload")
-    with gevent.Timeout(5):
-        while sum(map(len, frames)) < 2 * (2 + 4 + 12):
-            gevent.sleep(0.01)
+    wait_until(lambda: sum(map(len, frames)) >= 2 * (2 + 4 + 12), 5)
     data = b"".join(frames)
     first, second = data[:18], data[18:36]
     assert first[1] & 0x80 and second[1] & 0x80  # MASK bit set (RFC 6455 §5.3)

@@ -282,7 +282,9 @@ def test_close_races_call_disconnect_exactly_once(app_factory: Callable[..., App
         with gevent.Timeout(10):
             gevent.joinall(jobs, raise_error=True)
         assert all_gone.wait(10)
-        gevent.sleep(0.2)  # a window for any duplicate call to show up
+        # every connection greenlet has ended: a duplicate call would have happened by now
+        assert app.server is not None and app.server.wait_drained(10)
+        assert app.server.pool.join(timeout=10)
     assert len(counts) == n and set(counts.values()) == {1}
     assert app.rooms.count("all") == 0
 

@@ -15,6 +15,7 @@ import gevent
 import gevent.event
 import pytest
 from gevent import socket as gsocket
+from helpers import wait_until
 
 from wsflask import App
 from wsflask.backplane import Bridge
@@ -266,6 +267,7 @@ def hb_app(app_factory: Any, **settings: Any) -> tuple[Any, list[Any]]:
     @app.route("/")
     def idle(ws: Any) -> None:
         seen.append(ws)
+        app.rooms.join("hb", ws)
         for _ in ws:
             pass
 
@@ -293,10 +295,13 @@ def test_hb01_silent_client_is_closed_within_interval_plus_timeout(app_factory: 
     app, _ = hb_app(app_factory)
     with app.test_client() as client:
         sock = raw_connect(client.port)
+        wait_until(lambda: app.rooms.count("hb") == 1, 5)
         took = close_deadline(sock, lambda s, p: None, 0.3 + 0.3 + 1.0)
         assert took < 1.6
         sock.close()
+        assert app.server is not None and app.server.wait_drained(5)
         assert app.metrics.close_codes.get(1011) == 1
+        assert app.rooms.count("hb") == 0  # its subscriptions went with it
 
 
 def test_hb03_pongs_with_wrong_payloads_do_not_count(app_factory: Any) -> None:

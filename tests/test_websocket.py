@@ -212,7 +212,7 @@ def test_cl02_client_close_is_echoed_and_server_closes_tcp_first(serve: Any, raw
     peer.send_frame(8, (1000).to_bytes(2, "big") + b"bye")
     assert peer.read_frame() == (8, (1000).to_bytes(2, "big"))
     assert peer.read_until_eof(timeout=2) == b""  # the server's FIN; we have not closed
-    assert time.monotonic() - started < 0.5
+    assert time.monotonic() - started < 0.050  # the battery's bound for the closing handshake
 
 
 def test_cl04_peer_never_answers_close_tcp_dropped_after_close_timeout(
@@ -429,12 +429,14 @@ def test_heartbeat_ping_matched_pong_sets_latency_wrong_pong_ignored(
     opcode, payload = peer.read_frame()
     assert opcode == 9 and len(payload) == 8 and sent_at is not None
     peer.send_frame(10, b"wrong!!!")  # HB-03: not our payload
+    # The pong is already in the kernel buffer (loopback sendall): the first read takes it,
+    # and no frame may stamp last_received, so the receive must time out.
     with pytest.raises(TimeoutError):
         ws.receive(timeout=0.3)
     assert ws.latency is None and ws.ping_sent_at == sent_at and ws.last_received == before
     peer.send_frame(10, payload)
-    with pytest.raises(TimeoutError):
-        ws.receive(timeout=0.3)
+    peer.send_frame(1, b"after the right pong")
+    assert ws.receive(timeout=5) == "after the right pong"
     assert ws.latency is not None and ws.latency >= 0 and ws.ping_sent_at is None
     assert ws.last_received > before
     done.set()
@@ -449,7 +451,7 @@ def test_abort_from_another_greenlet_wakes_the_reader(serve: Any) -> None:
     ws.add_close_callback(lambda w: codes.append(w.close_code))
     ws.abort(1011, "ping timeout")
     assert client.receive(timeout=5) is None
-    assert client.close_code in (1011, 1006)
+    assert (client.close_code, client.close_reason) == (1011, "ping timeout")
     server.stop(timeout=1)
     assert codes == [1011]
 

@@ -127,6 +127,43 @@ def test_empty_fragment_flood_fg02(side: Side) -> None:
     assert close_code_sent(conn, side) == 1009
 
 
+def test_one_byte_fragment_flood_fg02_heap_and_cpu(side: Side) -> None:
+    """1-byte continuations: closed with 1009 at the exact charge (1 + 257 per fragment over
+    1 MiB), heap peak under the inbound budget (tracemalloc), CPU per frame O(1): 2x the
+    frames costs at most 2.2x the CPU time."""
+    import resource
+    import tracemalloc
+
+    one = peer_frame(side, 0x0, b"y", fin=False)
+
+    def flood(frames: int) -> tuple[float, Connection]:
+        conn, _ = open_side(side)
+        conn.receive_data(peer_frame(side, 0x1, b"x", fin=False))
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        started = usage.ru_utime + usage.ru_stime
+        for _ in range(frames):
+            conn.receive_data(one)
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        return usage.ru_utime + usage.ru_stime - started, conn
+
+    limit = (1 << 20) // 257  # (1 byte + 256 overhead) per fragment, after the 1-byte first
+    tracemalloc.start()
+    try:
+        _, conn = flood(limit)  # the 4 080th still fits; the 4 081st crosses
+        assert conn.state is State.OPEN and conn.events_received() == []
+        conn.receive_data(one)
+        (closed,) = conn.events_received()
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert isinstance(closed, Closed) and closed.code == 1009
+    assert peak <= (1 << 20) + 64 * 1024, f"heap peak {peak >> 10} KiB"
+    flood(1000)  # warm-up
+    small = min(flood(1500)[0] for _ in range(3))
+    large = min(flood(3000)[0] for _ in range(3))
+    assert large <= 2.2 * small, f"2x frames cost {large / small:.2f}x CPU"
+
+
 def test_large_fragment_flood_fg03(side: Side) -> None:
     conn, _ = open_side(side)
     first = peer_frame(side, 0x2, bytes(65536), fin=False)

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import gc
 import random
+import time
 from collections.abc import Sequence
 from typing import cast
 
@@ -378,7 +380,7 @@ def test_plain_http_still_validates_syntax_and_upgrades() -> None:
     assert parse_request(make_head(), http=True).key == RFC_KEY
 
 
-# -- subprotocols (HS-09 style) ---------------------------------------------------------------
+# -- subprotocols (RFC 6455 §4.2.2; HS-07 for the size cases) ---------------------------------
 
 
 def test_subprotocols_across_headers_in_order() -> None:
@@ -410,12 +412,54 @@ def test_no_match_means_no_protocol_header() -> None:
     assert b"Sec-WebSocket-Protocol" not in build_accept(request.key, subprotocol=chosen)
 
 
+def _cpu_to_answer(head: bytes, server: Sequence[str]) -> float:
+    """Best of 9: CPU seconds to read ``head`` and pick a subprotocol (or fail: 431...).
+
+    The cyclic GC is off while measuring: its passes depend on the allocation count, not on
+    the parser, and made the 2x ratio noisy."""
+    best = float("inf")
+    gc.collect()
+    gc.disable()
+    try:
+        for _ in range(9):
+            started = time.process_time()
+            with contextlib.suppress(HandshakeError):
+                done = HeadReader(max_bytes=1 << 20).feed(head)
+                assert done is not None
+                select_subprotocol(parse_request(done[0]).subprotocols, server)
+            best = min(best, time.process_time() - started)
+    finally:
+        gc.enable()
+    return best
+
+
 def test_many_subprotocol_offers_parse_linearly() -> None:
     # HS-07: 5 000 comma-separated tokens
     offers = ", ".join(f"p{i}" for i in range(5000))
     request = parse_request(make_head(extra=[("Sec-WebSocket-Protocol", offers)]))
     assert len(request.subprotocols) == 5000
     assert select_subprotocol(request.subprotocols, ["p4999"]) == "p4999"
+    # CPU time, as a ratio: 2x the tokens costs at most 2.2x (no quadratic split or match)
+    half = make_head(extra=[("Sec-WebSocket-Protocol", ", ".join(f"p{i}" for i in range(2500)))])
+    full = make_head(extra=[("Sec-WebSocket-Protocol", offers)])
+    _cpu_to_answer(half, ["zz"])  # warm-up
+    ratio = _cpu_to_answer(full, ["zz"]) / _cpu_to_answer(half, ["zz"])
+    assert ratio <= 2.2 * (len(full) / len(half)) / 2, f"{ratio:.2f}x CPU for 2x tokens"
+
+
+def test_sixty_thousand_spaces_in_one_offer_hs07() -> None:
+    value = "b" + " " * 60_000 + "x"
+    head = make_head(extra=[("Sec-WebSocket-Protocol", value)])
+    with pytest.raises(HeadersTooLarge):  # 431 by size under the default 16 KiB limit
+        HeadReader().feed(head)
+    with pytest.raises(HandshakeError) as info:  # with no size limit: a precise 400
+        parse_request(head)
+    assert info.value.status == 400
+    # linear in the spaces: 2x the spaces costs at most 2.2x the CPU time
+    half = make_head(extra=[("Sec-WebSocket-Protocol", "b" + " " * 30_000 + "x")])
+    _cpu_to_answer(half, ["b", "x"])  # warm-up
+    ratio = _cpu_to_answer(head, ["b", "x"]) / _cpu_to_answer(half, ["b", "x"])
+    assert ratio <= 2.2 * (len(head) / len(half)) / 2, f"{ratio:.2f}x CPU for 2x spaces"
 
 
 # -- extensions (RFC 6455 §9.1) -------------------------------------------------------------
