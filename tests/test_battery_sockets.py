@@ -7,10 +7,12 @@ request on it gets no answer. HS-08: the origin allowlist refuses look-alike ori
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 
+from wsflask import App
 from wsflask.client import connect
 from wsflask.config import Config
 from wsflask.errors import NotFound
@@ -116,24 +118,15 @@ def test_hs03_hs09_bytes_after_a_refusal_are_never_answered(
         ("null", False),
         ("https://app.example.evil.com", False),
         ("https://app.example:8443", False),
-        pytest.param(
-            "http://app.example",
-            False,
-            marks=pytest.mark.xfail(
-                strict=True,
-                raises=AssertionError,
-                reason="wsflask bug: the same-origin rule still applies when an allowlist is "
-                "set, so a plain-http server (TLS ended at a proxy that sends no "
-                "X-Forwarded-Proto) accepts the downgraded Origin http://app.example although "
-                "allowed_origins=('https://app.example',) (app.py check_origin)",
-            ),
-        ),
+        ("http://app.example", False),  # the allowlist replaces the same-origin default
     ],
 )
 def test_hs08_only_the_allowlisted_origin_is_accepted(
-    app_factory: Any, raw_peer: Any, origin: str, allowed: bool
+    app_factory: Callable[..., App], raw_peer: Any, origin: str, allowed: bool
 ) -> None:
-    app = app_factory(allowed_origins=("https://app.example",), close_timeout=0.5)
+    app = app_factory(
+        allowed_origins=("https://app.example",), allowed_hosts=("app.example",), close_timeout=0.5
+    )
 
     @app.route("/ws")
     def ws_route(ws: Any) -> None:
@@ -157,7 +150,7 @@ def test_hs08_only_the_allowlisted_origin_is_accepted(
 
 
 def test_cl03_one_close_frame_on_the_wire_and_nothing_after_it(
-    app_factory: Any, raw_peer: Any
+    app_factory: Callable[..., App], raw_peer: Any
 ) -> None:
     app = app_factory(close_timeout=0.5)
     disconnects: list[str] = []

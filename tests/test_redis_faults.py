@@ -185,10 +185,6 @@ def test_rd05_a_cluster_scheme_is_refused() -> None:
         open_backplane("redis+cluster://127.0.0.1:7000/0")
 
 
-CLUSTER_REFUSED = "wsflask bug: open_backplane does not say that Redis Cluster is unsupported"
-
-
-@pytest.mark.xfail(strict=True, raises=pytest.fail.Exception, reason=CLUSTER_REFUSED)
 @pytest.mark.parametrize(
     "url",
     [

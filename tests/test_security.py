@@ -157,7 +157,8 @@ def test_http_origin_for_an_https_page_is_refused(
         assert status_of(raw_peer, port, "other.example", "http://app.example") == 403
         host = f"127.0.0.1:{port}"
         assert status_of(raw_peer, port, host, f"http://{host}", tls) == 403
-        assert status_of(raw_peer, port, host, f"https://{host}", tls) == 101
+        # an allowlist replaces the same-origin default: only the listed origins get in
+        assert status_of(raw_peer, port, host, f"https://{host}", tls) == 403
 
 
 # -- control frames jump the outbox ----------------------------------------------------------------

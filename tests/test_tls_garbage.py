@@ -22,6 +22,7 @@ import gevent.socket
 import pytest
 from helpers import require_tool, wait_until
 
+from wsflask import HTTPResponse, Request
 from wsflask.client import connect
 from wsflask.config import Config
 from wsflask.websocket import WebSocket
@@ -151,7 +152,7 @@ def test_tl02_non_tls_bytes_are_closed_within_100ms_and_the_canary_echoes(
             latencies.append(latency)
             assert answer == b"" or answer[0] == 0x15, f"not a TLS alert: {answer[:16]!r}"
             # the canary keeps round-tripping between attacks
-            wait_until(lambda n=trips_before: len(canary.trips) > n + 1 or canary.failure, 2)
+            wait_until(lambda n=trips_before: len(canary.trips) > n + 1 or canary.failure, 2)  # type: ignore[misc]
             assert canary.failure is None
         assert max(latencies) < CLOSE_WITHIN, f"close latencies {latencies}"
     finally:
@@ -261,7 +262,7 @@ def test_tl04_a_key_that_does_not_match_the_certificate_fails_at_construction(
         ["openssl", "genrsa", "-out", other, "2048"], check=True, capture_output=True, timeout=60
     )
     with pytest.raises(ConfigError, match="certfile="):
-        Server(("127.0.0.1", 0), lambda r, a: None, Config(port=0, certfile=cert, keyfile=other))
+        Server(("127.0.0.1", 0), _never_called, Config(port=0, certfile=cert, keyfile=other))
 
 
 def test_tl04_a_garbage_key_file_fails_at_construction(
@@ -274,6 +275,8 @@ def test_tl04_a_garbage_key_file_fails_at_construction(
     garbage = tmp_path / "garbage.pem"
     garbage.write_bytes(b"-----BEGIN PRIVATE KEY-----\nnot a key\n-----END PRIVATE KEY-----\n")
     with pytest.raises(ConfigError, match="certfile="):
-        Server(
-            ("127.0.0.1", 0), lambda r, a: None, Config(port=0, certfile=cert, keyfile=str(garbage))
-        )
+        Server(("127.0.0.1", 0), _never_called, Config(port=0, certfile=cert, keyfile=str(garbage)))
+
+
+def _never_called(request: Request, address: tuple[str, int]) -> HTTPResponse:
+    raise AssertionError("a server whose key does not load never resolves a request")

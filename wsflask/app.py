@@ -283,7 +283,8 @@ class App:
         )
 
     def check_origin(self, request: Request) -> None:
-        """Allow an absent Origin, the same origin, or ``config.allowed_origins``; else 403.
+        """Allow an absent Origin, then: with ``config.allowed_origins`` set, exactly the
+        listed origins (``*``: any); without it, the same origin only. Else 403.
 
         Same origin means the same scheme, host and port (RFC 6454 §4-5, default ports
         normalised): this server's scheme is https with ``certfile``, else http, unless a
@@ -299,9 +300,10 @@ class App:
             scheme = (request.header("x-forwarded-proto") or "").split(",")[0].strip().lower()
             if scheme not in _DEFAULT_PORTS:
                 scheme = "https" if self.config.certfile else "http"
-            if theirs == _authority_of(request.host or "", scheme):
-                return
-            if any(_allows(entry, theirs) for entry in allowed):
+            if allowed:  # an explicit list replaces the same-origin default (battery HS-08)
+                if any(_allows(entry, theirs) for entry in allowed):
+                    return
+            elif theirs == _authority_of(request.host or "", scheme):
                 return
         raise Forbidden(f"origin {origin[:64]!r} not allowed")
 

@@ -75,8 +75,8 @@ class Config:
         backpressure_policy: ``"close"`` (close ``1013`` "try again later") or ``"drop"``
             (discard the message); both are counted in metrics. What a slow reader costs.
         allowed_origins: ``()`` = same-origin or absent ``Origin`` only; ``("*",)`` = any; else
-            the listed origins (``"https://app.example"``). Bounds cross-site WebSocket
-            hijacking.
+            exactly the listed origins (``"https://app.example"``; the list replaces the
+            same-origin default). Bounds cross-site WebSocket hijacking.
         certfile: ``None``. PEM certificate chain; with it the server speaks TLS 1.2+ only.
         keyfile: ``None``. PEM private key for ``certfile`` (``None``: the key is in certfile).
         read_size: ``65536`` bytes read per wake-up. Bounds the inbound bytes taken per

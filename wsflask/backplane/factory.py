@@ -28,6 +28,12 @@ def open_backplane(url: str, *, cooperative: bool = True) -> Backplane:
     Raises:
         ConfigError: an unknown scheme, or ``redis`` is not installed (with the install hint).
     """
+    scheme, _, rest = url.partition("://")
+    if "cluster" in scheme or "cluster=" in rest.partition("?")[2]:
+        raise ConfigError(
+            f"backplane={url!r}: Redis Cluster is not supported; use one Redis primary "
+            "(with replicas behind a failover address: a failover is a restart to wsflask)"
+        )
     if url.startswith("memory://"):
         return MemoryBackplane(url[len("memory://") :] or "default")
     if url.startswith(("redis://", "unix://")):
