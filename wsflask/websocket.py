@@ -43,6 +43,7 @@ from .protocol import (
     State,
     TextMessage,
     frame_info,
+    payload_length,
 )
 from .tracing import tracer
 from .transport import Transport, os_socket
@@ -628,7 +629,7 @@ class WebSocket:
             return False
         self.messages_sent += 1
         if self._metrics is not None:
-            nbytes = frame_info(frame).payload_length
+            nbytes = payload_length(frame)
             self.bytes_sent += nbytes
             self._metrics.message_out(nbytes)
         return True

@@ -129,3 +129,12 @@ def test_large_frame_in_many_reads_keeps_one_partial_copy() -> None:
         frames += list(decoder.feed(wire[i : i + 1000]))
         assert decoder.buffered <= min(len(wire), i + 1000)
     assert frames == [(True, 0x2, 0, payload)]
+
+
+@pytest.mark.parametrize("size", [0, 1, 125, 126, 65535, 65536, 70000])
+@pytest.mark.parametrize("mask", [None, b"\x01\x02\x03\x04"])
+def test_payload_length_agrees_with_frame_info(size: int, mask: bytes | None) -> None:
+    from wsflask.protocol import frame_info, payload_length
+
+    frame = encode_frame(0x2, b"x" * size, mask=mask)
+    assert payload_length(frame) == frame_info(frame).payload_length == size

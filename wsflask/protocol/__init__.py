@@ -43,6 +43,7 @@ from .frames import FrameInfo as FrameInfo
 from .frames import Opcode as Opcode
 from .frames import encode_frame as encode_frame
 from .frames import frame_info as frame_info
+from .frames import payload_length as payload_length
 from .handshake import accept_key as accept_key
 from .speedups import speedups_active as speedups_active
 
@@ -82,6 +83,7 @@ __all__ = [
     "accept_key",
     "encode_frame",
     "frame_info",
+    "payload_length",
     "shared_frame",
     "speedups_active",
 ]
