@@ -11,13 +11,16 @@ while Redis overflows its buffer is disconnected by Redis and recovers as in RD-
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
+import tempfile
 import textwrap
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import gevent.monkey
 import gevent.subprocess
 import pytest
 from helpers import wait_until
@@ -145,6 +148,21 @@ def _rest_of(peer: Any, count: int) -> str:
     return "all"
 
 
+def _run_blocking(argv: list[str], env: dict[str, str]) -> bytes:
+    """Run ``argv`` and block the whole process (the hub too) until it exits, with the
+    original Popen and waitpid: after an earlier test imported locust, which monkey-patches
+    subprocess and os, ``subprocess.run`` would let the hub (and the node) run meanwhile."""
+    popen = gevent.monkey.get_original("subprocess", "Popen")
+    waitpid = gevent.monkey.get_original("os", "waitpid")
+    with tempfile.TemporaryFile() as out:
+        proc = popen(argv, env=env, stdout=out, stderr=subprocess.STDOUT)
+        _, status = waitpid(proc.pid, 0)
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        assert proc.returncode == 0, f"publisher exited {proc.returncode}"
+        out.seek(0)
+        return out.read()
+
+
 def test_rd04_a_node_redis_disconnects_for_its_buffer_recovers_as_rd01(
     redis_server: Any, node: Any
 ) -> None:
@@ -155,16 +173,10 @@ def test_rd04_a_node_redis_disconnects_for_its_buffer_recovers_as_rd01(
     wait_until(lambda: numsub(redis_server) == 1)
     assert app.cluster is not None
     before, failures = subscribers(redis_server), app.cluster.failures_total
-    # The stdlib subprocess.run blocks this whole process, node included: its subscriber
-    # reads nothing while 40 MiB are published, so Redis must hit the limit and drop it.
-    done = subprocess.run(
-        _publisher_argv(redis_server.url, 10_000, 4096),
-        env=_env(),
-        capture_output=True,
-        timeout=120,
-        check=True,
-    )
-    assert b"published 10000" in done.stdout
+    # Blocking this whole process, node included: its subscriber reads nothing while 40 MiB
+    # are published, so Redis must hit the limit and drop it.
+    output = _run_blocking(_publisher_argv(redis_server.url, 10_000, 4096), _env())
+    assert b"published 10000" in output
     assert not subscribers(redis_server) & before, "the freeze did not overflow the buffer"
     wait_until(lambda: app.cluster is not None and app.cluster.failures_total > failures)
     wait_until(lambda: client.get("/readyz").status == 200)  # reconnected, probe echoed
