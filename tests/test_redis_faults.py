@@ -149,15 +149,25 @@ def _rest_of(peer: Any, count: int) -> str:
 
 
 def _run_blocking(argv: list[str], env: dict[str, str]) -> bytes:
-    """Run ``argv`` and block the whole process (the hub too) until it exits, with the
-    original Popen and waitpid: after an earlier test imported locust, which monkey-patches
-    subprocess and os, ``subprocess.run`` would let the hub (and the node) run meanwhile."""
-    popen = gevent.monkey.get_original("subprocess", "Popen")
+    """Run ``argv`` and block the whole process (the hub too) until it exits.
+
+    The child is started as usual; the wait uses the original ``os.waitpid`` and
+    ``time.sleep``, which block even after an earlier test monkey-patched this process
+    (locust on import, ``wsflask run`` in-process), so the node reads nothing meanwhile.
+    """
     waitpid = gevent.monkey.get_original("os", "waitpid")
+    sleep = gevent.monkey.get_original("time", "sleep")
+    clock = gevent.monkey.get_original("time", "monotonic")
     with tempfile.TemporaryFile() as out:
-        proc = popen(argv, env=env, stdout=out, stderr=subprocess.STDOUT)
-        _, status = waitpid(proc.pid, 0)
-        proc.returncode = os.waitstatus_to_exitcode(status)
+        proc = subprocess.Popen(argv, env=env, stdout=out, stderr=subprocess.STDOUT)
+        deadline = clock() + 120
+        while True:
+            pid, status = waitpid(proc.pid, os.WNOHANG)
+            if pid:
+                break
+            assert clock() < deadline, "the publisher did not finish in 120 s"
+            sleep(0.02)
+        proc.returncode = os.waitstatus_to_exitcode(status)  # reaped here, not by Popen
         assert proc.returncode == 0, f"publisher exited {proc.returncode}"
         out.seek(0)
         return out.read()
