@@ -8,13 +8,18 @@ itself (the app refuses with 400) and knows nothing of Origin (``App.check_origi
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 
 __all__ = ["host_allowed", "hostname_of", "is_loopback"]
 
 
+@functools.lru_cache(maxsize=256)  # bounded: names come from clients' Host headers
 def is_loopback(name: str) -> bool:
-    """True for ``localhost`` (and ``*.localhost``, RFC 6761 §6.3) and loopback addresses."""
+    """True for ``localhost`` (and ``*.localhost``, RFC 6761 §6.3) and loopback addresses.
+
+    Cached: every handshake on a loopback bind asks twice (the bind and the Host), and
+    ``ipaddress`` parsing was most of ``host_allowed``'s cost in a handshake profile."""
     name = name.strip("[]").rstrip(".").lower()
     if name == "localhost" or name.endswith(".localhost"):
         return True
