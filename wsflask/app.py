@@ -15,7 +15,7 @@ from urllib.parse import urlsplit
 
 import gevent
 
-from . import ids
+from . import ids, logs
 from .backplane.bridge import Bridge
 from .config import Config
 from .dispatch import Dispatcher
@@ -26,7 +26,6 @@ from .handoff import Handoff
 from .heartbeat import Heartbeat
 from .hosts import host_allowed
 from .lifespan import Lifespan, Started, host
-from .logs import TextFormatter
 from .metrics import Metrics
 from .pages import Pages
 from .protocol import Forbidden, HandshakeError, NotFound, Request
@@ -530,15 +529,14 @@ class App:
 
 
 def _default_log_handler() -> None:
-    """So that ``run()``'s INFO lines show when logging is unconfigured: a stderr handler on
-    the ``wsflask`` logger (level INFO unless set), only when no handler exists on it or
-    on an ancestor (the root), so a user's configuration is never touched."""
+    """So that ``run()``'s INFO lines show when logging is unconfigured: a bounded-queue
+    handler (``logs.attach``: formatted and written by a thread, never in the hub) on the
+    ``wsflask`` logger (level INFO unless set), only when no handler exists on it or on an
+    ancestor (the root), so a user's configuration is never touched."""
     wsflask_logger = logging.getLogger("wsflask")
     if wsflask_logger.hasHandlers():
         return
-    handler = logging.StreamHandler()
-    handler.setFormatter(TextFormatter())
-    wsflask_logger.addHandler(handler)
+    logs.attach(wsflask_logger)
     if wsflask_logger.level == logging.NOTSET:
         wsflask_logger.setLevel(logging.INFO)
 

@@ -14,6 +14,7 @@ import atexit
 import json
 import logging
 import os
+import re
 import sys
 import time
 from collections import deque
@@ -145,7 +146,10 @@ class BoundedQueueHandler(logging.Handler):
         self._queue.put_nowait(prepared)
 
     def _prepare(self, record: logging.LogRecord) -> logging.LogRecord:
-        copy = logging.makeLogRecord(vars(record))
+        # a plain attribute copy: makeLogRecord() would run LogRecord.__init__ again (thread,
+        # process and time look-ups) in the hub, for every record
+        copy = logging.LogRecord.__new__(logging.LogRecord)
+        copy.__dict__.update(record.__dict__)
         copy.msg = record.getMessage()
         copy.args = None
         if record.exc_info:
@@ -175,14 +179,16 @@ class BoundedQueueHandler(logging.Handler):
         super().close()
 
 
-_installed: list[BoundedQueueHandler] = []
+#: (logger, handler) pairs installed by ``setup()`` and ``attach()``
+_installed: list[tuple[logging.Logger, BoundedQueueHandler]] = []
 
 
 def shutdown() -> None:
-    """Drain and remove the handler ``setup()`` installed (atexit does it too)."""
+    """Drain and remove the handlers ``setup()`` and ``attach()`` installed (atexit does it
+    too)."""
     while _installed:
-        handler = _installed.pop()
-        logging.getLogger().removeHandler(handler)
+        owner, handler = _installed.pop()
+        owner.removeHandler(handler)
         handler.close()
 
 
@@ -190,7 +196,7 @@ atexit.register(shutdown)
 
 
 def _after_fork_in_child() -> None:
-    for handler in _installed:
+    for _owner, handler in _installed:
         handler._spawn()
 
 
@@ -226,9 +232,21 @@ def setup(
     for old in list(root.handlers):
         root.removeHandler(old)
     handler = BoundedQueueHandler([writer], queue_size)
-    _installed.append(handler)
+    _installed.append((root, handler))
     root.addHandler(handler)
     root.setLevel(level)
+    return handler
+
+
+def attach(owner: logging.Logger, *, stream: TextIO | None = None) -> BoundedQueueHandler:
+    """Add a text ``BoundedQueueHandler`` to ``owner`` only (not the root), for a server that
+    must show its lines while the application left logging unconfigured (``App.run``): the
+    hub never formats or writes. ``shutdown()`` removes it."""
+    writer = logging.StreamHandler(stream if stream is not None else sys.stderr)
+    writer.setFormatter(TextFormatter())
+    handler = BoundedQueueHandler([writer])
+    _installed.append((owner, handler))
+    owner.addHandler(handler)
     return handler
 
 
@@ -237,6 +255,10 @@ def _iso(created: float) -> str:
     return f"{seconds}.{int(created % 1 * 1000):03d}Z"
 
 
+#: a value holding any of these is quoted, so ``key=value`` pairs stay splittable
+_NEEDS_QUOTES = re.compile(r'[\s"=]').search
+
+
 def _text_value(value: Any) -> str:
     text = str(value)
-    return json.dumps(text) if not text or any(c.isspace() or c in '"=' for c in text) else text
+    return json.dumps(text) if not text or _NEEDS_QUOTES(text) else text

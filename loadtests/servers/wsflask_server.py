@@ -9,10 +9,15 @@ from gevent import monkey
 
 monkey.patch_all()  # the application's first line (README); wsflask never patches
 
+import logging  # noqa: E402
 import sys  # noqa: E402
 
 from wsflask import App, WebSocket  # noqa: E402
 
+# The rivals write no access log by default (aiohttp's needs configuring): neither does this
+# column. wsflask's own INFO lines (where it serves) still show. A deployment that keeps the
+# access log pays two queued records per connection, formatted off the hub (logs.py).
+logging.getLogger("wsflask.access").setLevel(logging.WARNING)
 app = App()
 room = app.route("/room")
 
