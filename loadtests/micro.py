@@ -16,7 +16,7 @@ import os
 import timeit
 from collections.abc import Callable
 
-from wsflask.protocol import Connection, Side, encode_frame, speedups
+from wsflask.protocol import Connection, DeflateSettings, Side, encode_frame, speedups
 from wsflask.protocol.frames import FrameDecoder, encode_frame_python
 from wsflask.protocol.mask import apply_mask_int, apply_mask_reference, apply_mask_translate
 from wsflask.protocol.utf8 import decode_text
@@ -124,13 +124,52 @@ def bench_encode() -> list[Row]:
     return rows
 
 
+#: what Chromium sends (its header set and order), with a permessage-deflate offer
+BROWSER_HEAD = (
+    b"GET /chat?room=a HTTP/1.1\r\nHost: 127.0.0.1:8080\r\nConnection: Upgrade\r\n"
+    b"Pragma: no-cache\r\nCache-Control: no-cache\r\nUser-Agent: Mozilla/5.0 (X11; Linux "
+    b"x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/131.0.0.0 Safari/537.36\r\n"
+    b"Upgrade: websocket\r\nOrigin: http://127.0.0.1:8080\r\nSec-WebSocket-Version: 13\r\n"
+    b"Accept-Encoding: gzip, deflate, br, zstd\r\nAccept-Language: en-US,en;q=0.9\r\n"
+    b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+    b"Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n\r\n"
+)
+
+
+def bench_handshake() -> list[Row]:
+    """One server handshake in the core: parse a browser's head, accept, encode the 101."""
+    rows = []
+    for name, head, deflate in (
+        ("handshake, minimal head", _server_head(), False),
+        ("handshake, browser head + deflate offer", BROWSER_HEAD, True),
+    ):
+
+        def once(head: bytes = head, deflate: bool = deflate) -> None:
+            conn = Connection(Side.SERVER, deflate=DeflateSettings() if deflate else None)
+            conn.receive_data(head)
+            (request,) = conn.events_received()
+            conn.accept(request)  # type: ignore[arg-type]
+            conn.data_to_send()
+
+        t = best(once, 5_000)
+        rows.append((name, t * 1e6, f"{1 / t:,.0f} handshakes/s"))
+    return rows
+
+
+def _server_head() -> bytes:
+    return (
+        b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.parse_args()
     path = "compiled speedups" if speedups.speedups_active() else "pure Python"
     print(f"protocol core path: {path}")
     print(f"{'benchmark':46} {'us/op':>10}  rate")
-    for group in (bench_mask, bench_utf8, bench_decode, bench_encode):
+    for group in (bench_mask, bench_utf8, bench_decode, bench_encode, bench_handshake):
         for name, micros, rate in group():
             print(f"{name:46} {micros:10.3f}  {rate}")
 

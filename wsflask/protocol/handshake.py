@@ -45,6 +45,11 @@ _TCHAR = r"!#$%&'*+\-.^_`|~0-9A-Za-z"
 _TOKEN = re.compile(f"[{_TCHAR}]+")
 _TOKEN_B = re.compile(f"[{_TCHAR}]+".encode())
 _CTL_B = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")  # CTLs except HTAB (RFC 7230 field-vchar)
+#: one ``name:value CRLF`` field line, and a block of them (the fast path of ``_parse_head``):
+#: the value class excludes CR and LF, so each line has one parse and matching is linear
+_FIELD = f"([{_TCHAR}]+):([^\\x00-\\x08\\x0a-\\x1f\\x7f]*)\r\n".encode()
+_FIELD_B = re.compile(_FIELD)
+_FIELDS_B = re.compile(b"(?:" + _FIELD + b")*")
 #: Common header names and values, shared by every request: a Request lives as long as its
 #: connection, so one string per connection for "upgrade" or "websocket" adds up.
 _SHARED = {
@@ -126,6 +131,8 @@ class HeadReader:
         """
         if self._done:
             raise InvalidState("HeadReader.feed() called after the head was complete")
+        if not self._scan and type(data) is bytes and (whole := self._whole(data)) is not None:
+            return whole
         buf = self._buf
         buf += data
         limit = min(len(buf), self.max_bytes)  # a CRLF past the limit ends a too-large head
@@ -155,14 +162,48 @@ class HeadReader:
             raise HeadersTooLarge(f"Request head larger than {self.max_bytes} bytes")
         return None
 
+    def _whole(self, data: bytes) -> tuple[bytes, bytes] | None:
+        """The usual case, a whole head in the first chunk, in a few C-level scans; None
+        when anything is unusual (the line loop then gives the exact answer)."""
+        end = data.find(b"\r\n\r\n", 0, self.max_bytes)
+        if end <= 0 or data.startswith(b"\r\n"):
+            return None
+        size = end + 4
+        lines = data.count(b"\n", 0, size)
+        if lines != data.count(b"\r\n", 0, size) or lines - 2 > self.max_headers:
+            return None  # a bare LF, or too many fields
+        self.scanned += size
+        self._done = True
+        return data[:end], data[size:]
+
 
 def _parse_head(head: bytes) -> tuple[bytes, tuple[tuple[str, str], ...], Index]:
     """Return the start line, the RFC 7230 §3.2 fields (names lower-cased, values trimmed
     of SP/HTAB) and an index of values by name. A trailing CRLFCRLF is ignored."""
-    start, *lines = head.removesuffix(b"\r\n\r\n").split(b"\r\n")
+    start, sep, block = head.removesuffix(b"\r\n\r\n").partition(b"\r\n")
     fields: list[tuple[str, str]] = []
     index: Index = {}
-    for line in lines:
+    if not sep:
+        return start, (), index
+    block += b"\r\n"
+    if not _FIELDS_B.fullmatch(block):
+        return start, *_parse_fields(block)
+    for name, value in _FIELD_B.findall(block):  # every line valid: validated above
+        name, value = name.lower(), value.strip(b" \t")
+        field = (
+            _SHARED.get(name) or name.decode("ascii"),
+            _SHARED.get(value) or value.decode("latin-1"),
+        )
+        fields.append(field)
+        index.setdefault(field[0], []).append(field[1])
+    return start, tuple(fields), index
+
+
+def _parse_fields(block: bytes) -> tuple[tuple[tuple[str, str], ...], Index]:
+    """Line by line, with the precise error for a bad line (``_parse_head``'s slow path)."""
+    fields: list[tuple[str, str]] = []
+    index: Index = {}
+    for line in block.split(b"\r\n")[:-1]:
         if line[:1] in (b" ", b"\t"):
             # RFC 7230 §3.2.4: obs-fold is rejected with 400 outside message/http
             raise HandshakeError("Obsolete line folding in header")
@@ -181,7 +222,7 @@ def _parse_head(head: bytes) -> tuple[bytes, tuple[tuple[str, str], ...], Index]
         )
         fields.append(field)
         index.setdefault(field[0], []).append(field[1])
-    return start, tuple(fields), index
+    return tuple(fields), index
 
 
 def _comma_list(values: Iterable[str]) -> list[str]:
