@@ -33,7 +33,16 @@ from .deadlines import Deadlines
 from .degradation import Degrader, ResourceMonitor
 from .diagnostics import log_handshake_phases
 from .errors import ConfigError, Reject
-from .protocol import CloseCode, Connection, HandshakeError, Request, Side, State
+from .protocol import (
+    CloseCode,
+    Connection,
+    DeflateSettings,
+    HandshakeError,
+    Limits,
+    Request,
+    Side,
+    State,
+)  # fmt: skip
 from .protocol.handshake import build_response
 from .replay import KeyReplayCache
 from .transport import Transport, wrap_tls
@@ -112,6 +121,8 @@ class Server(StreamServer):  # type: ignore[misc]
         breaker: CircuitBreaker | None = None,
     ) -> None:
         self.config = config or Config()
+        self._core_for: Config | None = None  # the config _core was made from
+        self._core: tuple[Limits, DeflateSettings | None] = (Limits(), None)
         self.admission = admission if admission is not None else Admission(self.config)
         self.breaker = breaker or CircuitBreaker(
             self.config.circuit_breaker_failures, self.config.circuit_breaker_reset
@@ -305,12 +316,8 @@ class Server(StreamServer):  # type: ignore[misc]
                 if self._ssl is not None:
                     sock = wrap_tls(sock, self._ssl, server_side=True)
                     sock.do_handshake()
-                conn = Connection(
-                    Side.SERVER,
-                    limits=self.config.limits(),
-                    http=True,
-                    deflate=self.config.deflate_settings(),
-                )
+                limits, deflate = self._core_settings()
+                conn = Connection(Side.SERVER, limits=limits, http=True, deflate=deflate)
                 ws = WebSocket(
                     sock,
                     conn,
@@ -347,6 +354,15 @@ class Server(StreamServer):  # type: ignore[misc]
             return None if upgrade is None else (ws, upgrade)
         self._give_up(ws, sock, outcome, _address(address))
         return None
+
+    def _core_settings(self) -> tuple[Limits, DeflateSettings | None]:
+        """The core's settings for the current ``config``, made once per config (a reload
+        swaps ``config``: the next handshake makes them again)."""
+        config = self.config
+        if self._core_for is not config:
+            self._core = (config.limits(), config.deflate_settings())
+            self._core_for = config
+        return self._core
 
     def _resolve_guarded(self, request: Request, address: tuple[str, int]) -> Any:
         """``resolve`` behind the circuit breaker, then the reserved-slot check (ER-10)."""
@@ -597,11 +613,17 @@ def _abort_socket(sock: Any) -> None:
         sock.close()
 
 
+#: TCP keep-alive tuning where the OS has it: probe after 60 s idle, every 10 s, 5 times
+_KEEPALIVE_TUNING = tuple(
+    (getattr(socket, name), value)
+    for name, value in (("TCP_KEEPIDLE", 60), ("TCP_KEEPINTVL", 10), ("TCP_KEEPCNT", 5))
+    if hasattr(socket, name)
+)
+
+
 def _keepalive(sock: Any) -> None:
     """TCP keep-alive: probe an idle peer after 60 s, every 10 s, 5 times (where the OS
     lets us tune it), so a vanished peer is found even without the heartbeat (X-04)."""
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
-    for name, value in (("TCP_KEEPIDLE", 60), ("TCP_KEEPINTVL", 10), ("TCP_KEEPCNT", 5)):
-        option = getattr(socket, name, None)
-        if option is not None:
-            sock.setsockopt(socket.IPPROTO_TCP, option, value)
+    for option, value in _KEEPALIVE_TUNING:
+        sock.setsockopt(socket.IPPROTO_TCP, option, value)

@@ -9,7 +9,6 @@ routing, no reader greenlet: a handler that does not read leaves the bytes in th
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import logging
 import os
 from collections import deque
@@ -949,7 +948,13 @@ def _wait_readable(sock: Any) -> None:
 
 def _with_peer(request: Request, address: tuple[str, int] | None) -> Request:
     """``request`` with ``remote_addr``: the peer's host, which only the driver knows."""
-    return request if address is None else dataclasses.replace(request, remote_addr=address[0])
+    if address is None:
+        return request
+    r = request  # the fields in order, without dataclasses.replace's keyword round trip
+    return Request(
+        r.method, r.target, r.path, r.query, r.headers, r.key, r.subprotocols, r.extensions,
+        address[0],
+    )  # fmt: skip
 
 
 def _address(address: Any) -> tuple[str, int] | None:
