@@ -902,32 +902,43 @@ class WebSocket:
                 self._pump()
 
 
-@contextlib.contextmanager
-def ending(websocket: Callable[[], WebSocket | None]) -> Iterator[None]:
+class ending:
     """Run a handler's body, then end its connection (``websocket()``) as the body ended.
 
     Returned (or ``ConnectionClosed``): 1000. Raised: 1011, logged to ``wsflask``. Killed
     (``GreenletExit``, a ``Timeout``): 1001 and TCP dropped. While ``websocket()`` is
     ``None`` (no upgrade happened) exceptions propagate untouched.
+
+    A class, not ``@contextmanager``: every idle connection holds one while its handler
+    waits, and a slotted instance is a few hundred bytes smaller than a suspended generator
+    and its wrapper.
     """
-    code: int | None = None
-    try:
-        yield
-        code = CloseCode.NORMAL
-    except ConnectionClosed:
-        if websocket() is None:
-            raise
-        code = CloseCode.NORMAL
-    except Exception:
-        ws = websocket()
-        if ws is None:
-            raise
-        logger.exception("handler failed on connection %s", ws.id)
-        code = CloseCode.INTERNAL_ERROR
-    finally:
-        ws = websocket()
+
+    __slots__ = ("_websocket",)
+
+    def __init__(self, websocket: Callable[[], WebSocket | None]) -> None:
+        self._websocket = websocket
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: Any
+    ) -> bool:
+        ws = self._websocket()
+        code: int | None = CloseCode.NORMAL
+        if kind is None or ws is None:
+            code = CloseCode.NORMAL if kind is None else None
+        elif issubclass(kind, ConnectionClosed):
+            code = CloseCode.NORMAL
+        elif issubclass(kind, Exception):
+            logger.error("handler failed on connection %s", ws.id, exc_info=(kind, exc, tb))  # type: ignore[arg-type]
+            code = CloseCode.INTERNAL_ERROR
+        else:  # GreenletExit, Timeout: drop TCP, let it propagate
+            code = None
         if ws is not None:
             ws.end(code)
+        return kind is not None and ws is not None and code is not None
 
 
 def _wait_readable(sock: Any) -> None:
