@@ -61,7 +61,7 @@ ASAN_DIR := build/asan
 SANITIZE := -fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer
 asan: $(STAMP)
 	rm -rf $(ASAN_DIR) && mkdir -p $(ASAN_DIR)/tests
-	cp -r wsflask $(ASAN_DIR)/ && cp -r tests/conftest.py tests/protocol $(ASAN_DIR)/tests/
+	cp -r wsflask $(ASAN_DIR)/ && cp -r tests/conftest.py tests/helpers.py tests/protocol $(ASAN_DIR)/tests/
 	rm -f $(ASAN_DIR)/wsflask/protocol/_speedups*.so
 	CFLAGS="$(SANITIZE) -O1 -g" LDFLAGS="$(SANITIZE)" $(BIN)/python setup.py -q build_ext \
 		--build-lib $(ASAN_DIR) --build-temp $(ASAN_DIR)/tmp
