@@ -10,6 +10,8 @@ through ``wsflask run --workers 2`` and SIGHUP to the supervisor, over real sock
 
 from __future__ import annotations
 
+import json
+import signal
 import ssl
 import subprocess
 from collections.abc import Callable
@@ -167,3 +169,60 @@ def test_new_certificate_files_serve_new_handshakes_and_tls_connections_stay(
     assert reload(app, loader(settings, base)).restart_required == ["certfile", "keyfile"]
     assert app.config.certfile == new_cert and echoes(existing, "still up")
     existing.close()
+
+
+# -- wsflask run --workers 2: SIGHUP to the supervisor ---------------------------------------
+
+WORKER_ENV = {
+    "WSFLASK_BACKPLANE_INTERVAL": "1.0",
+    "WSFLASK_BACKPLANE_BACKOFF_MAX": "0.5",
+    "WSFLASK_SHUTDOWN_GRACE": "3",
+    "WSFLASK_CLOSE_TIMEOUT": "1",
+}
+
+
+def spread(port: int, attempts: int = 200) -> dict[int, list[WebSocket]]:
+    """Connect to room ``t`` until two workers hold two members each (bounded)."""
+    by_pid: dict[int, list[WebSocket]] = {}
+    for _ in range(attempts):
+        ws = connect(f"ws://127.0.0.1:{port}/r/t", timeout=10)
+        pid = int(json.loads(str(ws.receive(timeout=10)))["pid"])
+        by_pid.setdefault(pid, []).append(ws)
+        if len(by_pid) >= 2 and sorted(len(v) for v in by_pid.values())[-2] >= 2:
+            return by_pid
+    raise AssertionError(f"the kernel never spread members over the workers: {by_pid.keys()}")
+
+
+def test_sighup_to_the_supervisor_reloads_open_connections_in_every_worker(
+    redis_server: Any, wsflask_run: Any, tmp_path: Path
+) -> None:
+    settings = tmp_path / "wsflask.toml"
+    settings.write_text("max_message_size = 2000\n")
+    proc = wsflask_run(
+        "tests.backplane_node:app", "--port", "0", "--workers", "2", "--config", str(settings),
+        env={**WORKER_ENV, "WSFLASK_BACKPLANE": redis_server.url},
+    )  # fmt: skip
+    port = proc.wait_serving()
+    groups = [group for group in spread(port).values() if len(group) >= 2][:2]
+    victims = [group[0] for group in groups]  # one per worker
+    kept = [ws for group in groups for ws in group[1:]]
+    everyone = victims + kept
+    kept[0].send("x" * 1500)  # under the first limit: the room (both workers) gets it
+    assert all(ws.receive(timeout=10) == "x" * 1500 for ws in everyone)
+    settings.write_text("max_message_size = 1000\n")
+    proc.proc.send_signal(signal.SIGHUP)
+    for index in (0, 1):  # each worker logs its own outcome
+        proc.wait_for_log(
+            rf"worker {index} \(pid \d+\): settings reloaded; changed: max_message_size"
+        )
+    assert "SIGHUP forwarded to workers" in proc.log
+    for ws in victims:  # opened under 2000, on either worker
+        ws.send("y" * 1500)
+        assert ws.receive(timeout=10) is None and ws.close_code == CloseCode.TOO_BIG
+    kept[-1].send("after")  # nobody else was dropped, on either worker
+    assert all(ws.receive(timeout=10) == "after" for ws in kept)
+    for ws in kept:
+        ws.close()
+    proc.proc.send_signal(signal.SIGTERM)
+    assert proc.wait_exit(timeout=30) == 0, proc.log
+    assert "exited with signal" not in proc.log
