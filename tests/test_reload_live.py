@@ -5,12 +5,15 @@ message over it on an already-open connection is closed with 1009 while the othe
 echoing; a fragmented message in progress is held to the new budget; a reloaded
 ``fragment_timeout`` and message rate reach open connections; changed TLS files serve new
 handshakes while TLS connections stay; an invalid file keeps the old settings. Then the same
-through ``wsflask run --workers 2`` and SIGHUP to the supervisor, over real sockets.
+through ``wsflask run --workers 2`` and SIGHUP to the supervisor, over real sockets, and a
+worker restarted after the reload starts with the reloaded settings.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import re
 import signal
 import ssl
 import subprocess
@@ -181,12 +184,27 @@ WORKER_ENV = {
 }
 
 
+def member(port: int) -> tuple[WebSocket, int]:
+    """A new member of room ``t`` and the pid of the worker that serves it."""
+    ws = connect(f"ws://127.0.0.1:{port}/r/t", timeout=10)
+    return ws, int(json.loads(str(ws.receive(timeout=10)))["pid"])
+
+
+def member_of(port: int, pid: int, attempts: int = 200) -> WebSocket:
+    """Connect until worker ``pid`` serves the member (the kernel picks; bounded)."""
+    for _ in range(attempts):
+        ws, served_by = member(port)
+        if served_by == pid:
+            return ws
+        ws.close()
+    raise AssertionError(f"worker {pid} never got a connection")
+
+
 def spread(port: int, attempts: int = 200) -> dict[int, list[WebSocket]]:
     """Connect to room ``t`` until two workers hold two members each (bounded)."""
     by_pid: dict[int, list[WebSocket]] = {}
     for _ in range(attempts):
-        ws = connect(f"ws://127.0.0.1:{port}/r/t", timeout=10)
-        pid = int(json.loads(str(ws.receive(timeout=10)))["pid"])
+        ws, pid = member(port)
         by_pid.setdefault(pid, []).append(ws)
         if len(by_pid) >= 2 and sorted(len(v) for v in by_pid.values())[-2] >= 2:
             return by_pid
@@ -203,7 +221,8 @@ def test_sighup_to_the_supervisor_reloads_open_connections_in_every_worker(
         env={**WORKER_ENV, "WSFLASK_BACKPLANE": redis_server.url},
     )  # fmt: skip
     port = proc.wait_serving()
-    groups = [group for group in spread(port).values() if len(group) >= 2][:2]
+    by_pid = {pid: group for pid, group in spread(port).items() if len(group) >= 2}
+    pids, groups = list(by_pid)[:2], list(by_pid.values())[:2]
     victims = [group[0] for group in groups]  # one per worker
     kept = [ws for group in groups for ws in group[1:]]
     everyone = victims + kept
@@ -215,14 +234,22 @@ def test_sighup_to_the_supervisor_reloads_open_connections_in_every_worker(
         proc.wait_for_log(
             rf"worker {index} \(pid \d+\): settings reloaded; changed: max_message_size"
         )
+    proc.wait_for_log(r"supervisor: settings reloaded; changed: max_message_size")
     assert "SIGHUP forwarded to workers" in proc.log
     for ws in victims:  # opened under 2000, on either worker
         ws.send("y" * 1500)
         assert ws.receive(timeout=10) is None and ws.close_code == CloseCode.TOO_BIG
     kept[-1].send("after")  # nobody else was dropped, on either worker
     assert all(ws.receive(timeout=10) == "after" for ws in kept)
+    crashed = pids[0]  # a worker restarted after the reload starts with the new settings
+    os.kill(crashed, signal.SIGKILL)
+    wait_until(lambda: len(re.findall(r"started \(pid (\d+)\)", proc.log)) >= 3, 30)
+    restarted = int(re.findall(r"started \(pid (\d+)\)", proc.log)[-1])
+    fresh = member_of(port, restarted)
+    fresh.send("y" * 1500)
+    assert fresh.receive(timeout=10) is None and fresh.close_code == CloseCode.TOO_BIG
     for ws in kept:
         ws.close()
     proc.proc.send_signal(signal.SIGTERM)
     assert proc.wait_exit(timeout=30) == 0, proc.log
-    assert "exited with signal" not in proc.log
+    assert proc.log.count("exited with signal") == 1  # only the one killed on purpose

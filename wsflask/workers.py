@@ -260,19 +260,18 @@ class _Supervisor:
         self.hangups += 1
 
     def _log_hangups(self) -> None:
-        """After a SIGHUP: say which workers were asked; adopt ``shutdown_grace`` here too
-        (the drain deadline). Each worker logs its own reload outcome."""
+        """After a SIGHUP: say which workers were asked, and reload here too, so that a
+        worker restarted later starts with the new settings (and the drain deadline uses
+        the new ``shutdown_grace``). Each worker logs its own reload outcome."""
         if not self.hangups:
             return
         self.hangups = 0
         pids = [str(slot.pid) for slot in self.slots if slot.pid is not None]
         logger.info("SIGHUP forwarded to workers (pids %s): each reloads", ", ".join(pids))
         if self.reload_settings is not None:
-            try:
-                grace = self.reload_settings().shutdown_grace
-            except (ConfigError, OSError, ValueError):  # the workers log why
-                return
-            self.app.config = self.app.config.replace(shutdown_grace=grace)
+            from .reload import reload
+
+            reload(self.app, self.reload_settings, "supervisor")  # no server here: config only
 
     def _spawn_due(self) -> None:
         now = self._monotonic()
