@@ -1,8 +1,10 @@
 """Live reload (seed-audit-2 item 21): SIGHUP re-reads the settings without dropping anyone.
 
-In process: ``reload.reload()`` applies a raised ``max_message_size`` to new connections while
-an open one stays open, keeps the old settings on an invalid file, and reports settings that
-need a restart. Over a real ``wsflask run`` child: the same through SIGHUP and the CLI.
+In process: ``reload.reload()`` applies a raised ``max_message_size`` to new connections and
+to an open one, keeps the old settings on an invalid file, and reports settings that need a
+restart. Over a real ``wsflask run`` child: the same through SIGHUP and the CLI (the audit's
+acceptance: 1500 bytes on the connection opened under 1000). Lowered limits, timeouts, TLS
+files and ``--workers``: ``test_reload_live.py``.
 """
 
 from __future__ import annotations
@@ -68,8 +70,8 @@ def test_reload_applies_limits_keeps_connections_and_reports_restarts(
     assert app.config.max_message_size == 2000 and app.config.port == 0
     assert app.heartbeat.interval == 5
     assert roundtrip(port, 1500) == (CloseCode.NORMAL, "x" * 1500)
-    kept.send("still open")
-    assert kept.receive(timeout=5) == "still open"
+    kept.send("k" * 1500)  # opened under 1000: the raised limit reached it too
+    assert kept.receive(timeout=5) == "k" * 1500
     assert any("restart required" in r.getMessage() for r in caplog.records)
 
     settings.write_text("max_message_size = -5\n")
@@ -99,8 +101,8 @@ def test_sighup_reloads_limits_without_dropping_connections(
     big.send("y" * 1500)
     assert big.receive(timeout=10) == "y" * 1500
     big.close()
-    kept.send("after")
-    assert kept.receive(timeout=10) == "after"
+    kept.send("z" * 1500)  # the same connection, opened under 1000 (audit item 21)
+    assert kept.receive(timeout=10) == "z" * 1500
     settings.write_text("max_message_size = [\n")  # not TOML
     proc.proc.send_signal(signal.SIGHUP)
     proc.wait_for_log(r"reload failed, the old settings stay")

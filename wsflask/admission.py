@@ -83,6 +83,17 @@ class Admission:
         #: set by the degradation monitor: every new handshake waits this long first
         self.pressure_delay = 0.0
 
+    def reconfigure(self, config: Config) -> None:
+        """Adopt reloaded settings (``wsflask.reload``); the cap (``max_connections``) needs
+        a restart. Per-IP buckets start afresh when the rate or its window changed."""
+        self.reserved = min(config.reserved_connections, self.cap - 1)
+        self.delay = config.new_connection_delay
+        self.threshold = config.resource_threshold
+        refill = config.connection_rate_per_ip / config.connection_rate_window
+        if (config.connection_rate_per_ip, refill) != (self._rate, self._refill):
+            self._rate, self._refill = config.connection_rate_per_ip, refill
+            self._buckets.clear()
+
     def check(self, ip: str | None, occupied: int) -> Refusal | None:
         """The refusal for a new connection from ``ip`` with ``occupied`` slots taken, or
         None to admit it. Order: cap, pressure, resources, per-IP rate."""

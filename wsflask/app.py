@@ -119,8 +119,8 @@ class App:
 
     def apply_live(self, config: Config) -> None:
         """Adopt ``config`` while serving (``wsflask.reload`` checked that only reloadable
-        settings changed): origins, rooms' policy, heartbeat timings, the server's settings
-        for new connections. Open connections keep the limits they were made with."""
+        settings changed): origins, rooms' policy, heartbeat timings, and the server's
+        settings, which open connections adopt too (``Server.apply_config``)."""
         self.config = config
         self.rooms.policy = config.backpressure_policy
         self.rooms.max_message_size = config.max_message_size  # the outbound size check

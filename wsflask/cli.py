@@ -154,16 +154,20 @@ def cmd_run(args: argparse.Namespace) -> int:
     base = app.config
     app.configure(settings.apply(base))
     logger.info("protocol speedups: %s", "compiled" if speedups_active() else "pure Python")
+
+    def load() -> Config:
+        return _reloaded_settings(args.config, flags, base)
+
     if args.workers != 1:  # pre-forked workers on one socket (wsflask/workers.py)
         from .workers import run_workers
 
         try:
-            return run_workers(app, args.workers)
+            return run_workers(app, args.workers, reload_settings=load)
         except OSError as exc:
             raise CLIError(
                 f"cannot listen on {app.config.host}:{app.config.port}: {exc.strerror or exc}"
             ) from None
-    reload.install(app, lambda: _reloaded_settings(args.config, flags, base))
+    reload.install(app, load)
     return serve(app)
 
 

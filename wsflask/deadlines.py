@@ -74,6 +74,12 @@ class Deadlines:
         self._stopping = Event()
         self._greenlet: gevent.Greenlet | None = None
 
+    def reconfigure(self, config: Config, max_tick: float = 1.0) -> None:
+        """Adopt a reloaded ``fragment_timeout`` (``wsflask.reload``) from the next tick."""
+        self.fragment_timeout = config.fragment_timeout
+        limit = self.fragment_timeout / 4 if self.fragment_timeout else max_tick
+        self.tick = max(0.01, min(max_tick, limit))
+
     def start(self) -> None:
         """Spawn the greenlet (idempotent)."""
         if self._greenlet is None or self._greenlet.dead:

@@ -1,7 +1,9 @@
 """Server metrics: counters, gauges and histograms rendered as Prometheus text (``/metrics``).
 
-Increments are plain attribute adds (one thread, nothing yields, no locks); deflate bytes and
-the message rate are computed at render time. Labels stay bounded: statuses, registered close
+Increments are plain attribute adds (one thread, nothing yields, no locks); each
+permessage-deflate codec adds its byte counts to ``deflate_totals`` as it works, so a render
+costs the same with 10,000 compressed connections as with none; the message rate is computed
+at render time. Labels stay bounded: statuses, registered close
 codes (any other is ``code="other"``) and a few drop reasons; never per connection or room.
 No ``prometheus_client`` dependency, no push gateway.
 """
@@ -167,10 +169,9 @@ class Metrics:
         self.rtt_seconds = Histogram(RTT_BUCKETS)
         self.frame_parse_ms = Histogram(PARSE_BUCKETS_MS)
         self.connection_duration = Histogram(DURATION_BUCKETS)
-        #: permessage-deflate codecs of open connections (read at render time)
-        self._codecs: set[PerMessageDeflate] = set()
-        #: deflate byte counters of closed connections: compressed/inflated in, raw/compressed out
-        self.deflate_closed_bytes = [0, 0, 0, 0]
+        #: permessage-deflate bytes of every connection, open or closed: compressed/inflated
+        #: in, raw/compressed out; each codec adds to it as it works (``codec.totals``)
+        self.deflate_totals = [0, 0, 0, 0]
         #: seconds spent compressing outbound messages (sends, broadcasts)
         self.compress_seconds = 0.0
         # -- operability (issue 16) --
@@ -189,13 +190,16 @@ class Metrics:
     def connection_opened(self, deflate: PerMessageDeflate | None = None) -> None:
         """A handshake completed with 101; call ``connection_closed()`` exactly once later.
 
-        ``deflate``: the connection's permessage-deflate codec, whose counters are read at
-        render time.
+        ``deflate``: the connection's permessage-deflate codec; from now on it adds its byte
+        counts to ``deflate_totals`` as it works (what it counted before is added now).
         """
         self.connections_current += 1
         self.connections_total += 1
-        if deflate is not None:
-            self._codecs.add(deflate)
+        if deflate is not None and deflate.totals is not self.deflate_totals:
+            totals = self.deflate_totals
+            for index, value in enumerate(_deflate_counters(deflate)):
+                totals[index] += value
+            deflate.totals = totals
 
     def connection_closed(
         self, code: int, duration: float, deflate: PerMessageDeflate | None = None
@@ -205,10 +209,8 @@ class Metrics:
         label: int | str = code if code in LABELLED_CLOSE_CODES else "other"
         self.close_codes[label] = self.close_codes.get(label, 0) + 1
         self.connection_duration.observe(duration)
-        if deflate is not None and deflate in self._codecs:
-            self._codecs.discard(deflate)
-            for index, value in enumerate(_deflate_counters(deflate)):
-                self.deflate_closed_bytes[index] += value
+        if deflate is not None and deflate.totals is self.deflate_totals:
+            deflate.totals = None  # counted: nothing after the close is
 
     def compress_time(self, seconds: float) -> None:
         """Compressing one outbound message (or one broadcast) took ``seconds``."""
@@ -218,12 +220,9 @@ class Metrics:
         """permessage-deflate bytes so far: compressed in, inflated in, raw out, compressed out.
 
         Counts compressed messages only (uncompressed ones are in the message counters).
-        Sums the open connections' codecs: O(compressed connections), at render time.
+        O(1): the codecs add to ``deflate_totals`` as they work.
         """
-        totals = list(self.deflate_closed_bytes)
-        for codec in self._codecs:
-            for index, value in enumerate(_deflate_counters(codec)):
-                totals[index] += value
+        totals = self.deflate_totals
         return totals[0], totals[1], totals[2], totals[3]
 
     def handshake(self, status: int) -> None:

@@ -433,6 +433,10 @@ class Rooms(Generic[M]):
                     if sent and packed[2]:  # the codec's counters, as if it had compressed
                         codec.raw_out += packed[1]
                         codec.compressed_out += packed[2]
+                        totals = codec.totals
+                        if totals is not None:  # and the server-wide ones (metrics)
+                            totals[2] += packed[1]
+                            totals[3] += packed[2]
             if sent:
                 result.sent += 1
             else:

@@ -64,6 +64,8 @@ SHED_CONCURRENCY = 128
 #: Accept backoff after EMFILE/ENFILE: first and longest sleep, in seconds.
 ACCEPT_BACKOFF_MIN = 0.01
 ACCEPT_BACKOFF_MAX = 1.0
+#: ``apply_config()`` lets the hub run between batches of this many open connections.
+RELOAD_BATCH = 1000
 _ACCEPT_RESOURCE_ERRORS = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
 
 
@@ -219,7 +221,7 @@ class Server(StreamServer):  # type: ignore[misc]
         return self.pool.spawn(_serve_and_close, handle, close, sock, address)
 
     def _release(self, address: Any) -> None:
-        if self.config.max_connections_per_ip:
+        if self._per_ip:  # not the setting: a reload may have turned it off meanwhile
             ip = _ip(address)
             left = self._per_ip.get(ip, 1) - 1
             if left > 0:
@@ -459,11 +461,26 @@ class Server(StreamServer):  # type: ignore[misc]
         }
 
     def apply_config(self, config: Config) -> None:
-        """Adopt reloadable settings (``wsflask.reload``): new connections use ``config``;
-        open ones keep the limits they were made with. Capacity and TLS need a restart."""
-        if config.key_replay_ttl != self.config.key_replay_ttl:
+        """Adopt reloadable settings (``wsflask.reload``): new connections use ``config``
+        and open ones adopt its limits and timeouts (``WebSocket.apply_config``; the walk
+        yields every ``RELOAD_BATCH`` connections). Admission, the circuit breaker,
+        ``fragment_timeout`` and the key replay cache follow; changed TLS files are loaded
+        for new handshakes (a file that does not load is logged, the old context stays).
+        Capacity, the bind and turning TLS on or off need a restart."""
+        old, self.config = self.config, config
+        if config.key_replay_ttl != old.key_replay_ttl:
             self.replay_cache = _replay_cache(config)
-        self.config = config
+        self.admission.reconfigure(config)
+        self.deadlines.reconfigure(config)
+        self.breaker.failures = config.circuit_breaker_failures
+        self.breaker.reset = config.circuit_breaker_reset
+        if self._ssl is not None and _tls_files(config) != _tls_files(old):
+            self.reload_certificates()
+        live = [*self.connections, *filter(None, self._handshaking.values())]
+        for count, ws in enumerate(live, 1):
+            ws.apply_config(config)
+            if count % RELOAD_BATCH == 0:
+                gevent.sleep(0)
 
     # ------------------------------------------------------------------ shutdown
 
@@ -591,6 +608,11 @@ def _client_certificates(context: ssl.SSLContext, config: Config) -> None:
     except (OSError, ssl.SSLError) as exc:
         raise ConfigError(f"ca_file={config.ca_file!r} cannot be loaded: {exc}") from exc
     context.verify_mode = ssl.CERT_REQUIRED if config.require_client_cert else ssl.CERT_OPTIONAL
+
+
+def _tls_files(config: Config) -> tuple[object, ...]:
+    """The settings ``_make_ssl_context`` reads: a change means loading them again."""
+    return config.certfile, config.keyfile, config.ca_file, config.require_client_cert
 
 
 def _replay_cache(config: Config) -> KeyReplayCache | None:

@@ -65,6 +65,11 @@ class Transport:
         self._write_timeout = write_timeout
         self.timed_out = False
 
+    def reconfigure(self, *, limit: int, write_timeout: float) -> None:
+        """Adopt a new outbox limit and ``write_timeout`` (a live reload); the next blocking
+        write is bounded by them."""
+        self._limit, self._write_timeout = limit, write_timeout
+
     @property
     def idle(self) -> bool:
         """True when nothing is queued or being written."""

@@ -204,6 +204,25 @@ class WebSocket:
         """The limits and timeouts this connection runs with."""
         return self._config
 
+    def apply_config(self, config: Config) -> None:
+        """Adopt reloaded settings while open (``wsflask.reload``), never per message: the
+        inbound budget (the next frame header is judged by ``max_message_size``), the
+        outbound size check, ``max_backpressure``, ``write_timeout``, the message rate (a
+        fresh bucket when it changed), ``compress_threshold``, and every setting read
+        through ``config`` (close and call timeouts, envelope limits, policy)."""
+        old, self._config = self._config, config
+        self._big = config.max_message_size >> 2
+        if (old.max_messages_per_second, old.message_burst) != (
+            config.max_messages_per_second, config.message_burst
+        ):  # fmt: skip
+            self._rate = MessageRate.of(config) if config.max_messages_per_second else None
+        self._transport.reconfigure(
+            limit=config.max_backpressure, write_timeout=config.write_timeout
+        )
+        self._conn.set_limits(config.limits())
+        if self.deflate is not None:
+            self.deflate.threshold = config.compress_threshold
+
     @property
     def connection(self) -> Connection:
         """The protocol core; drivers issue handshake commands on it, then ``flush()``."""

@@ -3,8 +3,10 @@
 The parent validates what it can (TLS files, the bind), binds one SO_REUSEPORT socket per
 worker, forks, restarts crashed workers with a backoff, gives up (exit 1) when workers keep
 failing at startup, and drains on SIGTERM/SIGINT. It runs no event loop and builds no server.
+SIGHUP to the parent is forwarded to every worker, which reloads its settings
+(``reload.py``: open connections included) and logs the outcome under ``worker N (pid P)``.
 Any worker answers ``/metrics`` for all of them (``worker_metrics.py``).
-Not done: hot reload, a dynamic worker count, Windows (no ``fork``).
+Not done: a dynamic worker count, Windows (no ``fork``).
 """
 
 from __future__ import annotations
@@ -26,6 +28,10 @@ from .worker_metrics import WorkerMetrics
 
 if TYPE_CHECKING:
     from .app import App
+    from .config import Config
+
+#: ``reload_settings``: reads the settings file (and environment, flags) again on SIGHUP
+Loader = Callable[[], "Config"]
 
 __all__ = ["bind", "bind_group", "check_workers", "run_workers"]
 
@@ -121,6 +127,7 @@ def run_workers(
     port: int | None = None,
     *,
     on_listen: Callable[[str, int], None] | None = None,
+    reload_settings: Loader | None = None,
 ) -> int:
     """Serve ``app`` with ``workers`` pre-forked processes until SIGTERM/SIGINT; exit code.
 
@@ -132,6 +139,8 @@ def run_workers(
         workers: how many processes (``check_workers`` rules apply).
         host, port: default ``app.config.host`` / ``app.config.port``.
         on_listen: called with the bound address before the first fork (default: a log line).
+        reload_settings: on SIGHUP each worker reloads with it (``reload.reload``); None:
+            SIGHUP only reloads the TLS certificate.
 
     Raises:
         ConfigError: see ``check_workers``; the TLS files cannot be loaded.
@@ -151,7 +160,7 @@ def run_workers(
         bound_port,
         workers,
     )
-    return _Supervisor(app, workers, listeners).run()
+    return _Supervisor(app, workers, listeners, reload_settings).run()
 
 
 def check_startup(app: App) -> None:
@@ -197,8 +206,17 @@ class _Supervisor:
     ``signal``, no event loop, no server, so nothing of gevent or Redis crosses a fork.
     """
 
-    def __init__(self, app: App, workers: int, listeners: list[socket.socket]) -> None:
+    def __init__(
+        self,
+        app: App,
+        workers: int,
+        listeners: list[socket.socket],
+        reload_settings: Loader | None = None,
+    ) -> None:
         self.app = app
+        self.reload_settings = reload_settings
+        #: SIGHUPs forwarded and not yet logged (the handler only counts)
+        self.hangups = 0
         #: worker i serves listeners[i] (the same socket for all without SO_REUSEPORT)
         self.listeners: list[socket.socket] = listeners
         self.slots = [_Slot() for _ in range(workers)]
@@ -222,6 +240,7 @@ class _Supervisor:
             while not self.stopping and self.gave_up is None:
                 self._spawn_due()
                 self._reap()
+                self._log_hangups()
                 self._sleep(POLL)
             return self._drain()
         finally:
@@ -233,10 +252,26 @@ class _Supervisor:
         self.stopping = True
 
     def _forward_hangup(self, signum: int, frame: FrameType | None) -> None:
-        """SIGHUP (reload the TLS certificate) goes to every worker; the supervisor stays."""
+        """SIGHUP (reload the settings and certificate) goes to every worker; the supervisor
+        stays. Logged by the loop, not here (a handler may interrupt a log call)."""
         for slot in self.slots:
             if slot.pid is not None:
                 _kill(slot.pid, signal.SIGHUP)
+        self.hangups += 1
+
+    def _log_hangups(self) -> None:
+        """After a SIGHUP: say which workers were asked, and reload here too, so that a
+        worker restarted later starts with the new settings (and the drain deadline uses
+        the new ``shutdown_grace``). Each worker logs its own reload outcome."""
+        if not self.hangups:
+            return
+        self.hangups = 0
+        pids = [str(slot.pid) for slot in self.slots if slot.pid is not None]
+        logger.info("SIGHUP forwarded to workers (pids %s): each reloads", ", ".join(pids))
+        if self.reload_settings is not None:
+            from .reload import reload
+
+            reload(self.app, self.reload_settings, "supervisor")  # no server here: config only
 
     def _spawn_due(self) -> None:
         now = self._monotonic()
@@ -259,7 +294,8 @@ class _Supervisor:
                 os.close(read_end)
                 _close_inherited(self._descriptors(), keep=self.listeners[index])
                 shared = (self.metrics_dir, len(self.slots))
-                _worker(self.app, self.listeners[index], index, write_end, shared)  # no return
+                listener, load = self.listeners[index], self.reload_settings
+                _worker(self.app, listener, index, write_end, shared, load)  # no return
         finally:
             signal.pthread_sigmask(signal.SIG_UNBLOCK, _FORK_BLOCKED)
         os.close(write_end)
@@ -386,11 +422,17 @@ def _close_inherited(fds: list[int], keep: socket.socket) -> None:
 
 
 def _worker(
-    app: App, listener: socket.socket, index: int, ready_fd: int, shared: tuple[str, int]
+    app: App,
+    listener: socket.socket,
+    index: int,
+    ready_fd: int,
+    shared: tuple[str, int],
+    reload_settings: Loader | None = None,
 ) -> None:
     """A child: serve on the inherited listener until SIGTERM, then ``os._exit``.
 
     ``shared``: the metrics directory and the worker count (``WorkerMetrics``).
+    ``reload_settings``: SIGHUP reloads the settings with it (``reload.install``).
     """
     code = 1
     early: list[int] = []
@@ -411,6 +453,10 @@ def _worker(
         metrics = WorkerMetrics(*shared, index=index, render=app.metrics.render)
         metrics.start()  # this worker's own text, for its siblings
         app.pages.render_metrics = metrics.render_all  # GET /metrics: every worker's
+        if reload_settings is not None:  # before the first connection is served
+            from . import reload
+
+            reload.install(app, reload_settings, f"worker {index} (pid {os.getpid()})")
         server.start()
         server.install_signal_handlers()
         with contextlib.suppress(OSError):  # the parent is gone: it will not ask

@@ -97,7 +97,7 @@ class PerMessageDeflate:
         "_deflater", "_inflater", "_key", "_mid_message", "_streams",
         "compressed_in", "compressed_out", "inflated_in", "is_server",
         "local_max_window_bits", "local_no_context_takeover", "raw_out",
-        "remote_max_window_bits", "remote_no_context_takeover", "threshold",
+        "remote_max_window_bits", "remote_no_context_takeover", "threshold", "totals",
     )  # fmt: skip
 
     def __init__(
@@ -120,6 +120,10 @@ class PerMessageDeflate:
         self._mid_message = False  #: a compressed message is being received
         self._streams = 0  #: final blocks seen in the message being received
         self.compressed_in = self.inflated_in = self.raw_out = self.compressed_out = 0
+        #: where the same four counts are added as they happen (compressed in, inflated in,
+        #: raw out, compressed out): a server-wide total shared by many codecs (metrics),
+        #: so nobody sums every codec to read it; None: not counted anywhere else
+        self.totals: list[int] | None = None
 
     @property
     def share_key(self) -> ShareKey | None:
@@ -165,6 +169,10 @@ class PerMessageDeflate:
             # §7.2.1: "Remove 4 octets (that are 0x00 0x00 0xff 0xff) from the tail end."
             out = out[:-4]
         self.compressed_out += len(out)
+        totals = self.totals
+        if totals is not None:
+            totals[2] += len(data)
+            totals[3] += len(out)
         return out
 
     # ------------------------------------------------------------------ decompress
@@ -179,6 +187,9 @@ class PerMessageDeflate:
             CompressionError: the data does not inflate.
         """
         self.compressed_in += len(data)
+        totals = self.totals
+        if totals is not None:
+            totals[0] += len(data)
         out: list[bytes] = []
         if final and not data and not self._mid_message:
             # An empty payload is an empty message: "00 00 ff ff" alone would leave the
@@ -191,6 +202,8 @@ class PerMessageDeflate:
         if tail:
             produced += self._inflate(_TAIL, budget - produced, out)
         self.inflated_in += produced
+        if totals is not None:
+            totals[1] += produced
         self._mid_message = not final
         if final:
             self._streams = 0

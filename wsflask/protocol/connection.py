@@ -135,6 +135,13 @@ class Connection:
         clock, bounds how long: ``Config.fragment_timeout``)."""
         return self._messages.in_progress
 
+    def set_limits(self, limits: Limits) -> None:
+        """Adopt new limits while open (a live reload): the next frame and message are held
+        to the new ``max_message_size`` and ``fragment_overhead`` (a frame whose header
+        already passed keeps its verdict). Header limits matter only before the handshake."""
+        self._limits = limits
+        self._messages.set_budget(limits.max_message_size, limits.fragment_overhead)
+
     def close_expected(self) -> bool:
         """True once a Close was sent and the peer's answer is awaited: arm a close timer."""
         return self.state is State.CLOSING

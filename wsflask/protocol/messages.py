@@ -158,6 +158,19 @@ class MessageAssembler:
             self._text.feed(b"", final=True)  # a code point cut at the end is invalid
         return self._next(fin, self._wire_limit - self._wire)
 
+    def set_budget(self, max_message_size: int, fragment_overhead: int) -> None:
+        """Adopt new limits while open (a live reload): the next frame header is judged by
+        them; a message in progress keeps what it used and gets what the new budget leaves."""
+        self._limit, self._overhead = max_message_size, fragment_overhead
+        self._wire_limit = max_message_size + compressed_slack(max_message_size)
+        if self.codec is not None:
+            self._decoder.compressed_slack = self._wire_limit - self._limit
+        if not self._opcode:
+            self._decoder.max_payload = max_message_size
+            return
+        left = self._wire_limit - self._wire if self._compressed else self._limit - self._used
+        self._decoder.max_payload = max(0, left - self._overhead)
+
     def reset(self) -> None:
         """Forget the message in progress (completed, failed or closed)."""
         self._opcode = self._used = self._wire = 0
