@@ -62,10 +62,12 @@ def _options(url: str, cooperative: bool) -> dict[str, Any]:
     return options
 
 
-def cooperative_client(url: str) -> Any:
-    """A redis-py client on gevent sockets with the backplane's timeouts and no retries
-    (the room history's connection pool)."""
-    return _redis.Redis(connection_pool=_redis.ConnectionPool.from_url(url, **_options(url, True)))
+def cooperative_client(url: str, *, cooperative: bool = True) -> Any:
+    """A redis-py client with the backplane's timeouts and no retries (the room history's
+    connection pool): on gevent sockets, or on plain ones with ``cooperative=False`` (an
+    ``Emitter``'s)."""
+    pool = _redis.ConnectionPool.from_url(url, **_options(url, cooperative))
+    return _redis.Redis(connection_pool=pool)
 
 
 class _GeventConnection(_redis.connection.Connection):
