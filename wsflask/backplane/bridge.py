@@ -25,6 +25,7 @@ from ..protocol import Opcode, encode_frame
 from ..rooms import encode_message
 from .base import Backplane, BackplaneDown
 from .factory import open_backplane
+from .liveness import NodeWatch, grace
 from .wire import BadEnvelope, BadSignature, Envelope, Router, decode, encode
 
 if TYPE_CHECKING:
@@ -72,9 +73,12 @@ class Bridge:
 
     The node subscribes its own channel, "everyone" and one channel per room with local
     members. Every ``backplane_interval`` it publishes a probe to itself (no echo within two
-    intervals: ``ready`` goes false and the session is rebuilt) and writes its presence with
-    a TTL of three intervals. After a session comes back from a failure, local members get
-    ``gap_message(room)`` and the other nodes get a gap envelope for what was dropped.
+    intervals: ``ready`` goes false and the session is rebuilt), writes its presence with
+    a TTL of three intervals and beats (``liveness.py``): when another node's beat lapses
+    (one interval plus ``grace``), its members leave cluster presence and this node's
+    members get ``_left`` for them where presence notices are on. After a session comes
+    back from a failure, local members get ``gap_message(room)`` and the other nodes get a
+    gap envelope for what was dropped.
     Query ``ready`` and ``node``; ``cluster_members(room)`` asks the bus.
     """
 
@@ -123,6 +127,10 @@ class Bridge:
         self._presence_dirty = True
         self._greenlets: list[gevent.Greenlet] = []
         self._listener: gevent.Greenlet | None = None
+        #: the other nodes' liveness, seen from here (made by ``start()``)
+        self.watch: NodeWatch | None = None
+        #: ``hook(node)`` for each node declared lost (cluster group calls fail its members)
+        self.node_lost_hooks: list[Callable[[str], None]] = []
 
     @property
     def interval(self) -> float:
@@ -153,10 +161,19 @@ class Bridge:
             self._subscribe(self.router.room(room))
         self._start_recovery(url)
         self._listener = gevent.spawn(self._listen_loop)
+        self.watch = NodeWatch(
+            self._bus,
+            self.node,
+            self.interval,
+            is_up=lambda: self._session_up,
+            on_lost=self._node_lost,
+            on_back=self._node_back,
+        )
         self._greenlets = [
             self._listener,
             gevent.spawn(self._publish_loop),
             gevent.spawn(self._maintain_loop),
+            gevent.spawn(self.watch.run),
         ]
         logger.info("backplane %s: node %s joining", _safe_url(url), self.node)
 
@@ -471,6 +488,19 @@ class Bridge:
         if sent is None:
             self._send_probe()
 
+    def _node_lost(self, node: str, memberships: dict[str, list[str]]) -> None:
+        """Another node's beat lapsed: its members left (our members hear it), calls fail."""
+        from ..presence import notify_local
+
+        notify_local(self.rooms, memberships, joined=False)
+        for hook in list(self.node_lost_hooks):
+            hook(node)
+
+    def _node_back(self, node: str, memberships: dict[str, list[str]]) -> None:
+        from ..presence import notify_local
+
+        notify_local(self.rooms, memberships, joined=True)
+
     def _write_presence(self) -> None:
         if self._bus is None:
             return
@@ -478,6 +508,7 @@ class Bridge:
         self._presence_dirty = False
         try:
             self._bus.presence_write(self.node, rooms, 3 * self.interval)
+            self._bus.beat(self.node, self.interval + grace(self.interval))
         except Exception as exc:  # BackplaneDown (down, OOM...), or a bug: retried, never fatal
             self._presence_dirty = True
             self.presence_failures += 1

@@ -180,6 +180,14 @@ class Router:
         """The expiring Redis hash with node ``node_id``'s room memberships."""
         return f"{self.prefix}:presence:{node_id}"
 
+    def alive_key(self, node_id: str) -> str:
+        """The Redis key whose TTL is node ``node_id``'s heartbeat (``liveness.py``)."""
+        return f"{self.prefix}:alive:{node_id}"
+
+    def gone_key(self, node_id: str) -> str:
+        """Where a lapsed node's memberships move (same TTL) for the survivors' notices."""
+        return f"{self.prefix}:gone:{node_id}"
+
     @property
     def nodes_key(self) -> str:
         """The Redis set of node ids that wrote presence."""
