@@ -18,6 +18,7 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
+import gevent
 import pytest
 from helpers import wait_until
 
@@ -98,6 +99,32 @@ def test_sigkilled_node_members_leave_within_one_interval(
         app.emit("after", 1, to="t")  # the next message: no second round of notices
         assert json.loads(str(client.receive(mine, timeout=10))) == {"event": "after", "data": 1}
     finally:
+        node_a.proc.wait(timeout=10)
+        for ws in (mine, *theirs):
+            ws.close()
+
+
+def test_a_group_call_fails_a_lost_nodes_members_at_once(
+    redis_server: Any, wsflask_run: Any, survivor: tuple[App, Any]
+) -> None:
+    """Group calls (``backplane/group.py``): members of a node that dies mid-call fail with
+    ``"node_lost"`` once liveness declares it lost, before the call's deadline."""
+    app, _ = survivor
+    node_a, mine, my_id, theirs, their_ids = _cluster_of_two(redis_server, wsflask_run, survivor)
+    caller = gevent.spawn(app.call, "poll", None, to="t", timeout=30.0)
+    try:
+        for ws in theirs:  # the request reached A's members (they never answer)
+            assert json.loads(str(ws.receive(timeout=10)))["event"] == "poll"
+        os.kill(node_a.proc.pid, signal.SIGKILL)
+        assert app.cluster is not None
+        calls = app.cluster.group
+        wait_until(lambda: any(len(r.failed) == 2 for r in calls.in_progress()))
+        assert not caller.ready()  # still waiting for our own silent member
+        partial = calls.in_progress()[0]
+        assert partial.failed == dict.fromkeys(their_ids, "node_lost")
+        assert my_id not in partial.replies and my_id not in partial.failed
+    finally:
+        gevent.kill(caller)
         node_a.proc.wait(timeout=10)
         for ws in (mine, *theirs):
             ws.close()

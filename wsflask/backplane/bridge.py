@@ -25,6 +25,7 @@ from ..protocol import Opcode, encode_frame
 from ..rooms import encode_message
 from .base import Backplane, BackplaneDown
 from .factory import open_backplane
+from .group import GroupCalls
 from .liveness import NodeWatch, grace
 from .wire import BadEnvelope, BadSignature, Envelope, Router, decode, encode
 
@@ -131,11 +132,18 @@ class Bridge:
         self.watch: NodeWatch | None = None
         #: ``hook(node)`` for each node declared lost (cluster group calls fail its members)
         self.node_lost_hooks: list[Callable[[str], None]] = []
+        #: group calls across the cluster (``app.call``)
+        self.group = GroupCalls(self)
 
     @property
     def interval(self) -> float:
         """Seconds between probes and presence writes (``Config.backplane_interval``)."""
         return float(self.config.backplane_interval)
+
+    @property
+    def running(self) -> bool:
+        """True between ``start()`` and ``stop()``."""
+        return self._running
 
     @property
     def ready(self) -> bool:
@@ -194,6 +202,7 @@ class Bridge:
         if not self._running:
             return
         self._running = False
+        self.group.stop()
         if self.rooms.recovery is not None:
             self.rooms.recovery.stop(self)
         self.rooms.detach()
@@ -240,6 +249,21 @@ class Bridge:
         for channel in channels:
             self._queue.append((channel, payload, True))
         self._wake.set()
+
+    def post(self, channels: list[str], kind: str, body: bytes, rooms: list[str] | None) -> bool:
+        """Queue one envelope of ``kind`` (a group call's) for ``channels``; never blocks.
+        False when the session is down or the queue full (counted, not a gap: no member
+        message is lost)."""
+        if not self._session_up or len(self._queue) + len(channels) > self.config.backplane_queue:
+            if self.metrics is not None:
+                self.metrics.dropped("backplane")
+            return False
+        self._seq += 1
+        payload = encode(Envelope(self.node, kind, body, self._seq, rooms), self._key)
+        for channel in channels:
+            self._queue.append((channel, payload, False))
+        self._wake.set()
+        return True
 
     # -- queries -----------------------------------------------------------------------------
 
@@ -374,6 +398,10 @@ class Bridge:
         self._remember(envelope.origin, envelope.seq)
         if envelope.kind == "g":
             self._notify_gap(envelope.rooms)
+        elif envelope.kind == "q":
+            self.group.request(envelope)
+        elif envelope.kind == "a":
+            self.group.answer(envelope)
         elif envelope.kind in ("t", "b"):
             opcode = Opcode.TEXT if envelope.kind == "t" else Opcode.BINARY
             self.rooms.deliver(
