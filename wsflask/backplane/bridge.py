@@ -535,8 +535,10 @@ class Bridge:
         rooms = {room: [ws.id for ws in self.rooms.members(room)] for room in self.rooms.rooms()}
         self._presence_dirty = False
         try:
-            self._bus.presence_write(self.node, rooms, 3 * self.interval)
+            # The beat first: a reader never sees memberships without it (it would retire
+            # them as a lapsed node's, liveness.py); a beat without them is harmless.
             self._bus.beat(self.node, self.interval + grace(self.interval))
+            self._bus.presence_write(self.node, rooms, 3 * self.interval)
         except Exception as exc:  # BackplaneDown (down, OOM...), or a bug: retried, never fatal
             self._presence_dirty = True
             self.presence_failures += 1
