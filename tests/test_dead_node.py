@@ -15,7 +15,8 @@ import json
 import os
 import signal
 import time
-from collections.abc import Iterator
+import uuid
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import gevent
@@ -150,3 +151,49 @@ def test_clean_stop_sends_no_notice(
     finally:
         for ws in (mine, *theirs):
             ws.close()
+
+
+def test_a_stalled_node_leaves_then_comes_back(
+    app_factory: Callable[..., App], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On the memory bus: node A stops renewing its beat (a stall, a partition) -> B's
+    member gets ``_left`` for A's; A beats again -> ``_joined``, and presence lists it."""
+    bus = f"memory://dead-{uuid.uuid4().hex[:8]}"
+    apps = []
+    for _ in range(2):
+        app = app_factory(backplane=bus, backplane_interval=0.2)
+        app.rooms.presence_events("t")
+
+        @app.route("/r/<room>")
+        def handler(ws: Any, room: str, app: App = app) -> None:
+            app.rooms.join(room, ws)
+            ws.send(json.dumps({"id": ws.id}))
+            for _ in ws:
+                pass
+
+        apps.append(app)
+    (a, b), (ca, cb) = apps, [app.test_client(timeout=10) for app in apps]
+    try:
+        wait_until(lambda: ca.get("/readyz").status == 200 and cb.get("/readyz").status == 200)
+        theirs, mine = ca.connect("/r/t"), cb.connect("/r/t")
+        their_id = json.loads(str(ca.receive(theirs)))["id"]
+        my_id = json.loads(str(cb.receive(mine)))["id"]
+        wait_until(lambda: b.rooms.presence("t", cluster=True).ids == [my_id, their_id])
+        assert a.cluster is not None and b.cluster is not None and b.cluster.watch is not None
+        watch = b.cluster.watch
+        wait_until(lambda: a.cluster is not None and a.cluster.node in watch.alive)
+        bus_a = a.cluster._bus
+        assert bus_a is not None
+        monkeypatch.setattr(bus_a, "beat", lambda node, ttl: None)  # A stops renewing
+        left = json.loads(str(cb.receive(mine, timeout=10)))
+        assert left == {"event": "_left", "data": {"room": "t", "id": their_id}}
+        assert b.rooms.presence("t", cluster=True).ids == [my_id]
+        monkeypatch.undo()
+        back = json.loads(str(cb.receive(mine, timeout=10)))
+        assert back == {"event": "_joined", "data": {"room": "t", "id": their_id}}
+        wait_until(lambda: b.rooms.presence("t", cluster=True).ids == [my_id, their_id])
+        theirs.close()
+        mine.close()
+    finally:
+        ca.close()
+        cb.close()
