@@ -133,6 +133,10 @@ def test_a_cluster_call_completes_before_its_deadline(
     assert result.replies == {ws_id: 42 for _, ws_id in members}
     assert (result.failed, result.timed_out, result.complete) == ({}, [], True)
     assert b.call("poll", 1, to="nobody", timeout=30.0).complete  # an empty room: at once
+    too_big = "x" * (a.config.max_message_size + 1)
+    with pytest.raises(ValueError, match="max_message_size"):  # refused before any call
+        a.call("poll", too_big, to="room", timeout=30.0)
+    assert a.metrics.drops.get("too_big") == 1
     for ws, _ in members:
         ws.close()
     gevent.joinall(readers, timeout=10)

@@ -93,6 +93,9 @@ def call_each(
         except WsflaskError as exc:
             settle(ws.id, FAILED, type(exc).__name__)
             continue
+        except ValueError:  # over this connection's max_message_size (counted there)
+            settle(ws.id, FAILED, "TooBig")
+            continue
         answer.rawlink(lambda done, ws_id=ws.id: settle(ws_id, *outcome(done)))
     return called
 

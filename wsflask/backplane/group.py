@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import gevent
 from gevent.event import Event
 
+from ..envelopes import encode
 from ..group_calls import FAILED, REPLY, TIMED_OUT, GroupResult, call_each, call_group
 from .wire import Envelope, Router
 
@@ -180,11 +181,13 @@ class GroupCalls:
         Raises:
             BackplaneDown: cluster presence is unreachable (the call would not be
                 cluster-wide); nobody was called.
+            ValueError: the call is over ``max_message_size`` (counted ``too_big``).
         """
         bridge = self.bridge
         members = bridge.rooms.members(room)
         if not bridge.running:
             return call_group(members, event, data, timeout)
+        self._check_size(event, data)
         others = {node: ids for node, ids in bridge.cluster_members(room).items() if ids}
         cid = f"{bridge.node}:{next(self._ids)}"
         pending = self._pending[cid] = _Pending([ws.id for ws in members], others)
@@ -196,6 +199,19 @@ class GroupCalls:
         finally:
             del self._pending[cid]
         return pending.finish()
+
+    def _check_size(self, event: str, data: Any) -> None:
+        """Refuse (and count) a call over ``max_message_size``, before anyone is called:
+        every member would refuse it (``ValueError``, as from ``ws.call``)."""
+        rooms = self.bridge.rooms
+        limit = rooms.max_message_size
+        if limit is None:
+            return
+        size = len(encode(event, data, "s0").encode("utf-8"))
+        if size > limit:
+            if rooms.metrics is not None:
+                rooms.metrics.dropped("too_big")
+            raise ValueError(f"call of {size} bytes over max_message_size={limit}")
 
     def _request(
         self,
