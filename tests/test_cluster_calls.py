@@ -29,7 +29,7 @@ FAST: dict[str, Any] = {
     "close_timeout": 1.0,
 }
 #: the call's deadline: generous, the outcomes must come from events long before it
-DEADLINE = 8.0
+DEADLINE = 3.0
 
 
 @pytest.fixture
