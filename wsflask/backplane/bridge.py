@@ -2,8 +2,9 @@
 
 ``start()`` joins the bus and ``stop()`` leaves it; broadcasts are queued, never blocking, and
 remote ones are delivered once through ``Rooms.deliver``. A probe checks the link, presence
-feeds cluster counts, and an outage ends in counted drops and gap notices. No message
-history, replay or acknowledgements: a gap notice tells clients to resync.
+feeds cluster counts, beats tell lost nodes (``liveness.py``), group calls travel as ``q``/``a``
+envelopes (``group.py``), and an outage ends in counted drops and gap notices. No message
+history or replay here (``history.py``): a gap notice tells clients to resync.
 """
 
 from __future__ import annotations
