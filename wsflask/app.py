@@ -385,14 +385,17 @@ class App:
     def call(
         self, event: str, data: Any = None, *, to: str, timeout: float | None = None
     ) -> GroupResult:
-        """Call ``event`` on every member of room ``to`` on THIS node; one reply each.
+        """Call ``event`` on every member of room ``to``, on every node; one reply each.
 
         Waits (this greenlet) up to ``timeout`` (default ``call_timeout``); the result says
         who answered (``replies``, by connection id), who failed (an error reply, or
-        disconnected: counted at once) and who timed out. Members on other nodes of a
-        backplane are not called. Call it from a greenlet that reads no member's socket.
+        disconnected: counted at once) and who timed out. With a backplane the other nodes'
+        members are called too (``backplane/group.py``; ``BackplaneDown`` when cluster
+        presence is unreachable). Call it from a greenlet that reads no member's socket.
         """
         limit = self.config.call_timeout if timeout is None else timeout
+        if self.cluster is not None:
+            return self.cluster.group.call(event, data, to, limit)
         return call_group(self.rooms.members(to), event, data, limit)
 
     def make_server(

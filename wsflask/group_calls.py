@@ -3,12 +3,13 @@
 ``call_group(members, event, data, timeout)`` sends ``ws.call_async`` to each member at once and
 waits under one deadline: a member that answers is in ``replies``, one that answers with an
 error, cannot be called or disconnects (at once, not at the deadline) is in ``failed``, the
-rest in ``timed_out``. Local node only: members on other nodes are not called.
+rest in ``timed_out``. Local node only: ``call_each`` (each member's outcome as it
+settles) is what the cluster-wide version (``backplane/group.py``) builds on.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -22,7 +23,11 @@ if TYPE_CHECKING:
 
     from .websocket import WebSocket
 
-__all__ = ["GroupResult", "call_group"]
+__all__ = ["FAILED", "REPLY", "TIMED_OUT", "GroupResult", "call_each", "call_group"]
+
+#: the outcomes ``call_each`` reports: ``settle(id, outcome, value)``
+REPLY, FAILED, TIMED_OUT = "reply", "failed", "timed_out"
+Settle = Callable[[str, str, Any], None]
 
 
 @dataclass(slots=True)
@@ -66,6 +71,42 @@ def call_group(members: Iterable[WebSocket], event: str, data: Any, timeout: flo
         else:
             result.failed[ws_id] = _why(answer.exception)
     return result
+
+
+def call_each(
+    members: Iterable[WebSocket], event: str, data: Any, timeout: float, settle: Settle
+) -> list[str]:
+    """Call ``event`` on every member without waiting; return the ids called.
+
+    ``settle(id, outcome, value)`` runs once per id as its call settles (in the hub, so it
+    must not block): ``REPLY`` with the ``ack`` data, ``FAILED`` with why (a disconnect at
+    once), ``TIMED_OUT`` with None. A member that cannot be called settles at once.
+    """
+    called: list[str] = []
+    for ws in members:
+        called.append(ws.id)
+        try:
+            answer = ws.call_async(event, data, timeout=timeout)
+        except ConnectionClosed:
+            settle(ws.id, FAILED, "disconnected")
+            continue
+        except WsflaskError as exc:
+            settle(ws.id, FAILED, type(exc).__name__)
+            continue
+        except ValueError:  # over this connection's max_message_size (counted there)
+            settle(ws.id, FAILED, "TooBig")
+            continue
+        answer.rawlink(lambda done, ws_id=ws.id: settle(ws_id, *outcome(done)))
+    return called
+
+
+def outcome(answer: AsyncResult) -> tuple[str, Any]:
+    """``(REPLY, data)``, ``(FAILED, why)`` or ``(TIMED_OUT, None)`` of a settled call."""
+    if answer.successful():
+        return REPLY, answer.value
+    if isinstance(answer.exception, TimeoutError):
+        return TIMED_OUT, None
+    return FAILED, _why(answer.exception)
 
 
 def _why(exc: BaseException | None) -> str:

@@ -69,7 +69,22 @@ class Backplane(Protocol):
         ...
 
     def presence_clear(self, node: str) -> None:
-        """Remove ``node``'s memberships now (a clean shutdown)."""
+        """Remove ``node``'s memberships and its beat now (a clean shutdown)."""
+        ...
+
+    def beat(self, node: str, ttl: float) -> None:
+        """Mark ``node`` alive for ``ttl`` seconds (its heartbeat, renewed every interval);
+        ``presence_read`` leaves out the members of a node whose beat lapsed."""
+        ...
+
+    def liveness(self) -> dict[str, float]:
+        """Every node with a beat or memberships stored -> seconds its beat has left
+        (``<= 0``: lapsed). Nodes with neither are forgotten."""
+        ...
+
+    def presence_of(self, node: str) -> dict[str, list[str]]:
+        """``node``'s memberships as last written (room -> ids), also after its beat
+        lapsed, until they expire."""
         ...
 
     def close(self) -> None:

@@ -2,8 +2,9 @@
 
 ``start()`` joins the bus and ``stop()`` leaves it; broadcasts are queued, never blocking, and
 remote ones are delivered once through ``Rooms.deliver``. A probe checks the link, presence
-feeds cluster counts, and an outage ends in counted drops and gap notices. No message
-history, replay or acknowledgements: a gap notice tells clients to resync.
+feeds cluster counts, beats tell lost nodes (``liveness.py``), group calls travel as ``q``/``a``
+envelopes (``group.py``), and an outage ends in counted drops and gap notices. No message
+history or replay here (``history.py``): a gap notice tells clients to resync.
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ from ..protocol import Opcode, encode_frame
 from ..rooms import encode_message
 from .base import Backplane, BackplaneDown
 from .factory import open_backplane
+from .group import GroupCalls
+from .liveness import NodeWatch, grace
 from .wire import BadEnvelope, BadSignature, Envelope, Router, decode, encode
 
 if TYPE_CHECKING:
@@ -72,9 +75,12 @@ class Bridge:
 
     The node subscribes its own channel, "everyone" and one channel per room with local
     members. Every ``backplane_interval`` it publishes a probe to itself (no echo within two
-    intervals: ``ready`` goes false and the session is rebuilt) and writes its presence with
-    a TTL of three intervals. After a session comes back from a failure, local members get
-    ``gap_message(room)`` and the other nodes get a gap envelope for what was dropped.
+    intervals: ``ready`` goes false and the session is rebuilt), writes its presence with
+    a TTL of three intervals and beats (``liveness.py``): when another node's beat lapses
+    (one interval plus ``grace``), its members leave cluster presence and this node's
+    members get ``_left`` for them where presence notices are on. After a session comes
+    back from a failure, local members get ``gap_message(room)`` and the other nodes get a
+    gap envelope for what was dropped.
     Query ``ready`` and ``node``; ``cluster_members(room)`` asks the bus.
     """
 
@@ -123,11 +129,22 @@ class Bridge:
         self._presence_dirty = True
         self._greenlets: list[gevent.Greenlet] = []
         self._listener: gevent.Greenlet | None = None
+        #: the other nodes' liveness, seen from here (made by ``start()``)
+        self.watch: NodeWatch | None = None
+        #: ``hook(node)`` for each node declared lost (cluster group calls fail its members)
+        self.node_lost_hooks: list[Callable[[str], None]] = []
+        #: group calls across the cluster (``app.call``)
+        self.group = GroupCalls(self)
 
     @property
     def interval(self) -> float:
         """Seconds between probes and presence writes (``Config.backplane_interval``)."""
         return float(self.config.backplane_interval)
+
+    @property
+    def running(self) -> bool:
+        """True between ``start()`` and ``stop()``."""
+        return self._running
 
     @property
     def ready(self) -> bool:
@@ -153,10 +170,19 @@ class Bridge:
             self._subscribe(self.router.room(room))
         self._start_recovery(url)
         self._listener = gevent.spawn(self._listen_loop)
+        self.watch = NodeWatch(
+            self._bus,
+            self.node,
+            self.interval,
+            is_up=lambda: self._session_up,
+            on_lost=self._node_lost,
+            on_back=self._node_back,
+        )
         self._greenlets = [
             self._listener,
             gevent.spawn(self._publish_loop),
             gevent.spawn(self._maintain_loop),
+            gevent.spawn(self.watch.run),
         ]
         logger.info("backplane %s: node %s joining", _safe_url(url), self.node)
 
@@ -177,6 +203,7 @@ class Bridge:
         if not self._running:
             return
         self._running = False
+        self.group.stop()
         if self.rooms.recovery is not None:
             self.rooms.recovery.stop(self)
         self.rooms.detach()
@@ -223,6 +250,21 @@ class Bridge:
         for channel in channels:
             self._queue.append((channel, payload, True))
         self._wake.set()
+
+    def post(self, channels: list[str], kind: str, body: bytes, rooms: list[str] | None) -> bool:
+        """Queue one envelope of ``kind`` (a group call's) for ``channels``; never blocks.
+        False when the session is down or the queue full (counted, not a gap: no member
+        message is lost)."""
+        if not self._session_up or len(self._queue) + len(channels) > self.config.backplane_queue:
+            if self.metrics is not None:
+                self.metrics.dropped("backplane")
+            return False
+        self._seq += 1
+        payload = encode(Envelope(self.node, kind, body, self._seq, rooms), self._key)
+        for channel in channels:
+            self._queue.append((channel, payload, False))
+        self._wake.set()
+        return True
 
     # -- queries -----------------------------------------------------------------------------
 
@@ -357,6 +399,10 @@ class Bridge:
         self._remember(envelope.origin, envelope.seq)
         if envelope.kind == "g":
             self._notify_gap(envelope.rooms)
+        elif envelope.kind == "q":
+            self.group.request(envelope)
+        elif envelope.kind == "a":
+            self.group.answer(envelope)
         elif envelope.kind in ("t", "b"):
             opcode = Opcode.TEXT if envelope.kind == "t" else Opcode.BINARY
             self.rooms.deliver(
@@ -471,12 +517,28 @@ class Bridge:
         if sent is None:
             self._send_probe()
 
+    def _node_lost(self, node: str, memberships: dict[str, list[str]]) -> None:
+        """Another node's beat lapsed: its members left (our members hear it), calls fail."""
+        from ..presence import notify_local
+
+        notify_local(self.rooms, memberships, joined=False)
+        for hook in list(self.node_lost_hooks):
+            hook(node)
+
+    def _node_back(self, node: str, memberships: dict[str, list[str]]) -> None:
+        from ..presence import notify_local
+
+        notify_local(self.rooms, memberships, joined=True)
+
     def _write_presence(self) -> None:
         if self._bus is None:
             return
         rooms = {room: [ws.id for ws in self.rooms.members(room)] for room in self.rooms.rooms()}
         self._presence_dirty = False
         try:
+            # The beat first: a reader never sees memberships without it (it would retire
+            # them as a lapsed node's, liveness.py); a beat without them is harmless.
+            self._bus.beat(self.node, self.interval + grace(self.interval))
             self._bus.presence_write(self.node, rooms, 3 * self.interval)
         except Exception as exc:  # BackplaneDown (down, OOM...), or a bug: retried, never fatal
             self._presence_dirty = True

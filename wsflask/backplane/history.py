@@ -17,7 +17,7 @@ from .base import BackplaneDown
 from .redis import ERRORS, cooperative_client
 from .wire import BadEnvelope, Envelope, Router, decode, encode
 
-__all__ = ["HISTORY_MAGIC", "RedisHistory"]
+__all__ = ["HISTORY_MAGIC", "PUBLISH_SCRIPT", "Numbering", "RedisHistory"]
 
 #: the first bytes of a numbered publication on a room channel: then b"<offset>:<epoch>:"
 #: and a (signed, with ``backplane_secret``) wire envelope holding the body
@@ -35,9 +35,12 @@ local offset = redis.call('HINCRBY', KEYS[2], 'o', 1)
 redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[2], offset .. '-0', 'd', ARGV[1])
 redis.call('PEXPIRE', KEYS[1], ARGV[3])
 redis.call('PEXPIRE', KEYS[2], ARGV[3])
-redis.call('PUBLISH', ARGV[4], 'WSH1' .. offset .. ':' .. epoch .. ':' .. ARGV[5])
-return {offset, epoch}
+local reached = redis.call('PUBLISH', ARGV[4], 'WSH1' .. offset .. ':' .. epoch .. ':' .. ARGV[5])
+return {offset, epoch, reached}
 """
+
+#: the script ``Numbering`` runs (an ``Emitter`` registers it on its own client)
+PUBLISH_SCRIPT = _PUBLISH
 
 # KEYS: stream, meta. ARGV: from offset (-1: none), count, ttl ms, new epoch.
 _READ = """
@@ -74,6 +77,39 @@ class Node(Protocol):
     def key(self) -> bytes | None: ...
 
 
+class Numbering:
+    """Numbers and publishes one publication of a recoverable room with the ``_PUBLISH``
+    script: what a node's ``RedisHistory`` does, and what an ``Emitter`` does without one.
+
+    Args:
+        script: ``client.register_script(PUBLISH_SCRIPT)`` of a cooperative or plain client.
+        router: channel names (the prefix nodes and emitters share).
+        origin: the publisher's id on the bus (a node, or ``emitter-...``).
+        key: the ``backplane_secret`` HMAC key, or None.
+    """
+
+    def __init__(self, script: Any, router: Router, origin: str, key: bytes | None) -> None:
+        self.script, self.router, self.origin, self.key = script, router, origin, key
+
+    def publish(
+        self, room: str, body: str, size: int, ttl: float, exclude: list[str]
+    ) -> tuple[int, str, int]:
+        """``(offset, epoch, subscribers reached)`` of ``body`` published to ``room``.
+
+        Raises:
+            BackplaneDown: Redis is unreachable or refused; nothing was numbered.
+        """
+        envelope = encode(Envelope.message(self.origin, 0, body, [room], exclude), self.key)
+        prefix = self.router.prefix
+        keys = [f"{prefix}:hist:{room}", f"{prefix}:hmeta:{room}"]
+        args = [body, size, _ms(ttl), self.router.room(room), envelope, new_epoch()]
+        try:
+            offset, epoch, reached = self.script(keys=keys, args=args)
+        except ERRORS as exc:
+            raise BackplaneDown(f"redis history publish failed: {exc}") from exc
+        return int(offset), _text(epoch), int(reached)
+
+
 class RedisHistory:
     """``History`` in Redis for the nodes of one backplane.
 
@@ -99,13 +135,9 @@ class RedisHistory:
         self, room: str, body: str, size: int, ttl: float, exclude: list[str]
     ) -> tuple[int, str]:
         bridge = self.bridge
-        envelope = encode(Envelope.message(bridge.node, 0, body, [room], exclude), bridge.key)
-        args = [body, size, _ms(ttl), bridge.router.room(room), envelope, new_epoch()]
-        try:
-            offset, epoch = self._publish(keys=self._keys(room), args=args)
-        except ERRORS as exc:
-            raise BackplaneDown(f"redis history publish failed: {exc}") from exc
-        return int(offset), _text(epoch)
+        writer = Numbering(self._publish, bridge.router, bridge.node, bridge.key)
+        offset, epoch, _ = writer.publish(room, body, size, ttl, exclude)
+        return offset, epoch
 
     def read(
         self, room: str, offset: int | None, epoch: str | None, limit: int, size: int, ttl: float

@@ -32,6 +32,8 @@ class Hub:
         self.listeners: set[MemoryBackplane] = set()
         #: node -> (monotonic expiry, room -> ids)
         self.presence: dict[str, tuple[float, dict[str, list[str]]]] = {}
+        #: node -> monotonic time its beat lapses
+        self.alive: dict[str, float] = {}
 
     def cut(self) -> None:
         """Simulate an outage: sessions end with ``BackplaneDown``; publishes raise."""
@@ -128,12 +130,38 @@ class MemoryBackplane:
         for node, (expiry, rooms) in list(self.hub.presence.items()):
             if expiry <= now:
                 del self.hub.presence[node]
-            elif room in rooms:
+            elif room in rooms and self.hub.alive.get(node, 0.0) > now:
                 out[node] = list(rooms[room])
         return out
 
     def presence_clear(self, node: str) -> None:
         self.hub.presence.pop(node, None)
+        self.hub.alive.pop(node, None)
+
+    def beat(self, node: str, ttl: float) -> None:
+        self.hub.check()
+        self.hub.alive[node] = time.monotonic() + ttl
+
+    def liveness(self) -> dict[str, float]:
+        self.hub.check()
+        now = time.monotonic()
+        out: dict[str, float] = {}
+        for node in set(self.hub.alive) | set(self.hub.presence):
+            left = self.hub.alive.get(node, now) - now
+            stored = self.hub.presence.get(node, (now, {}))[0] > now
+            if left > 0 or stored:
+                out[node] = max(0.0, left)
+            else:
+                self.hub.alive.pop(node, None)
+                self.hub.presence.pop(node, None)
+        return out
+
+    def presence_of(self, node: str) -> dict[str, list[str]]:
+        self.hub.check()
+        expiry, rooms = self.hub.presence.get(node, (0.0, {}))
+        if expiry <= time.monotonic():
+            return {}
+        return {room: list(ids) for room, ids in rooms.items()}
 
     def close(self) -> None:
         if not self._closed:

@@ -62,10 +62,12 @@ def _options(url: str, cooperative: bool) -> dict[str, Any]:
     return options
 
 
-def cooperative_client(url: str) -> Any:
-    """A redis-py client on gevent sockets with the backplane's timeouts and no retries
-    (the room history's connection pool)."""
-    return _redis.Redis(connection_pool=_redis.ConnectionPool.from_url(url, **_options(url, True)))
+def cooperative_client(url: str, *, cooperative: bool = True) -> Any:
+    """A redis-py client with the backplane's timeouts and no retries (the room history's
+    connection pool): on gevent sockets, or on plain ones with ``cooperative=False`` (an
+    ``Emitter``'s)."""
+    pool = _redis.ConnectionPool.from_url(url, **_options(url, cooperative))
+    return _redis.Redis(connection_pool=pool)
 
 
 class _GeventConnection(_redis.connection.Connection):
@@ -103,7 +105,9 @@ class RedisBackplane:
     session; publishes go through a second, pooled connection (``publish_many``: one
     pipelined round trip). Presence is a hash per node, ``wsflask:presence:<node>`` (room ->
     JSON list of ids), written in one ``MULTI`` with a ``PEXPIRE``, plus the set
-    ``wsflask:nodes``; readers prune nodes whose hash expired.
+    ``wsflask:nodes``; readers prune nodes whose hash expired. A node's heartbeat is the
+    TTL of ``wsflask:alive:<node>`` (``beat``); readers leave out nodes whose beat lapsed
+    and move their hash to ``wsflask:gone:<node>`` (``presence_of`` still reads it).
 
     Args:
         url: ``redis://[:password@]host:port/db`` or ``unix:///path/redis.sock?db=0``.
@@ -260,29 +264,88 @@ class RedisBackplane:
             for node in nodes:
                 pipe.hget(self.router.presence_key(node), room)
                 pipe.exists(self.router.presence_key(node))
+                pipe.exists(self.router.alive_key(node))
             answers = pipe.execute()
             out: dict[str, list[str]] = {}
-            dead = []
+            dead, lapsed = [], []
             for i, node in enumerate(nodes):
-                ids, alive = answers[2 * i], answers[2 * i + 1]
-                if not alive:
+                ids, stored, beating = answers[3 * i : 3 * i + 3]
+                if not stored:
                     dead.append(node)
+                elif not beating:  # a dead node's ghosts: out of presence at once
+                    lapsed.append(node)
                 elif ids is not None:
                     out[node] = [str(item) for item in json.loads(ids)]
             if dead:
                 self._client.srem(self.router.nodes_key, *dead)
+            if lapsed:
+                self._retire(lapsed)
             return out
         except _ERRORS as exc:
             raise BackplaneDown(f"redis presence read failed: {exc}") from exc
 
+    def _retire(self, nodes: list[str]) -> None:
+        """Move lapsed nodes' memberships to their ``gone`` key (RENAME keeps the TTL): the
+        survivors' liveness watch still reads them; presence no longer does."""
+        pipe = self._client.pipeline(transaction=False)
+        for node in nodes:
+            pipe.rename(self.router.presence_key(node), self.router.gone_key(node))
+        pipe.execute(raise_on_error=False)  # another reader may have moved one first
+
     def presence_clear(self, node: str) -> None:
         try:
             pipe = self._client.pipeline(transaction=True)
-            pipe.delete(self.router.presence_key(node))
+            pipe.delete(self.router.presence_key(node), self.router.alive_key(node))
             pipe.srem(self.router.nodes_key, node)
             pipe.execute()
         except _ERRORS as exc:
             raise BackplaneDown(f"redis presence clear failed: {exc}") from exc
+
+    def beat(self, node: str, ttl: float) -> None:
+        try:
+            pipe = self._client.pipeline(transaction=False)
+            pipe.set(self.router.alive_key(node), b"1", px=max(1, int(ttl * 1000)))
+            pipe.sadd(self.router.nodes_key, node)
+            pipe.execute()
+        except _ERRORS as exc:
+            raise BackplaneDown(f"redis heartbeat failed: {exc}") from exc
+
+    def liveness(self) -> dict[str, float]:
+        try:
+            raw: Any = self._client.smembers(self.router.nodes_key)
+            nodes = sorted(n.decode() if isinstance(n, bytes) else str(n) for n in raw)
+            pipe = self._client.pipeline(transaction=False)
+            for node in nodes:
+                pipe.pttl(self.router.alive_key(node))
+                pipe.exists(self.router.presence_key(node), self.router.gone_key(node))
+            answers = pipe.execute()
+            out: dict[str, float] = {}
+            for i, node in enumerate(nodes):
+                left_ms, stored = int(answers[2 * i]), answers[2 * i + 1]
+                if left_ms > 0 or stored:  # PTTL: -2 no key, -1 no expiry (never written so)
+                    out[node] = max(0, left_ms) / 1000.0
+            gone = [node for node in nodes if node not in out]
+            if gone:
+                self._client.srem(self.router.nodes_key, *gone)
+            return out
+        except _ERRORS as exc:
+            raise BackplaneDown(f"redis liveness read failed: {exc}") from exc
+
+    def presence_of(self, node: str) -> dict[str, list[str]]:
+        try:
+            pipe = self._client.pipeline(transaction=False)
+            pipe.hgetall(self.router.presence_key(node))
+            pipe.hgetall(self.router.gone_key(node))
+            current, gone = pipe.execute()
+            raw: Any = current or gone
+            return {
+                (room.decode() if isinstance(room, bytes) else str(room)): [
+                    str(item) for item in json.loads(ids)
+                ]
+                for room, ids in raw.items()
+            }
+        except _ERRORS as exc:
+            raise BackplaneDown(f"redis presence read failed: {exc}") from exc
 
     def close(self) -> None:
         if self._closed:

@@ -29,7 +29,7 @@ MAGIC = b"WSF1"
 #: A signed envelope: this, a 32-byte HMAC-SHA256 of the envelope, then the envelope.
 SIGNED = b"WSS1"
 _MAC = 32
-KINDS = ("t", "b", "g", "p")
+KINDS = ("t", "b", "g", "p", "q", "a")
 _HEAD = struct.Struct(">I")
 #: A header larger than this is refused (a header holds names and ids, not messages).
 MAX_HEADER = 1 << 20
@@ -49,7 +49,8 @@ class Envelope:
     """One message on the bus.
 
     Header keys on the wire: ``o`` origin (a node or an emitter), ``k`` kind (``t`` text,
-    ``b`` binary, ``g`` gap notice, ``p`` probe), ``s`` the origin's sequence number (one per
+    ``b`` binary, ``g`` gap notice, ``p`` probe, ``q``/``a`` a group call's request and
+    answers, JSON bodies: ``backplane/group.py``), ``s`` the origin's sequence number (one per
     envelope, however many channels carry it, so a node handles it once), ``r`` the target
     rooms (``null``: everyone), ``x`` connection ids to leave out.
     """
@@ -179,6 +180,14 @@ class Router:
     def presence_key(self, node_id: str) -> str:
         """The expiring Redis hash with node ``node_id``'s room memberships."""
         return f"{self.prefix}:presence:{node_id}"
+
+    def alive_key(self, node_id: str) -> str:
+        """The Redis key whose TTL is node ``node_id``'s heartbeat (``liveness.py``)."""
+        return f"{self.prefix}:alive:{node_id}"
+
+    def gone_key(self, node_id: str) -> str:
+        """Where a lapsed node's memberships move (same TTL) for the survivors' notices."""
+        return f"{self.prefix}:gone:{node_id}"
 
     @property
     def nodes_key(self) -> str:
