@@ -24,6 +24,7 @@ from wsflask.protocol import (
 )
 from wsflask.protocol.errors import FRAME_DUMP_BYTES, VIOLATION_CODES
 from wsflask.protocol.frames import FrameDecoder, frame_dump
+from wsflask.protocol.handshake import error_token
 
 from .conftest import MASK, feed, open_pair, open_side
 from .test_deflate_connection import deflate_pair
@@ -569,3 +570,25 @@ def test_frame_dump_shows_the_real_length_and_is_bounded() -> None:
     assert dump == b"\x41\x7f" + (70000).to_bytes(8, "big") + b"x" * 54
     assert len(frame_dump(True, 0x2, 0, b"y" * 300)) == FRAME_DUMP_BYTES
     assert frame_dump(True, 0x2, 0, b"y" * 300)[:4] == b"\x82\x7e\x01\x2c"
+
+
+@pytest.mark.parametrize("enabled", [False, True])
+def test_core_refusal_reason_header_is_opt_in(enabled: bool) -> None:
+    server = Connection(Side.SERVER)
+    server.error_header = enabled
+    server.receive_data(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+    response = server.data_to_send()
+    assert response.startswith(b"HTTP/1.1 400 ")
+    header = b"\r\nX-WebSocket-Error: missing-connection-header\r\n"
+    assert (header in response) is enabled
+    (closed,) = server.events_received()
+    assert isinstance(closed, Closed) and closed.violation is None  # a refusal, not a violation
+
+
+def test_error_token_is_a_bounded_header_token() -> None:
+    assert error_token('Connection header must contain "Upgrade"') == (
+        "connection-header-must-contain-upgrade"
+    )
+    assert error_token("") == error_token("«»") == "refused"
+    long = error_token("word " * 40)
+    assert len(long) == 64 and set(long) <= set("word-")
