@@ -2,8 +2,9 @@
 
 A straight-line route calls ``handler(ws, **params)``; an event route runs connect handlers,
 then message handlers (or JSON event envelopes, acked or answered with an error envelope),
-then disconnect handlers once. Registration is ``routing.py``'s job, the wire format of
-envelopes ``envelopes.py``'s; no socket I/O beyond ``ws.send``/``ws.close``.
+then disconnect handlers once; its "error" handlers hear of its handlers' exceptions and of a
+close for a protocol violation (``Closed.cause``). Registration is ``routing.py``'s job, the
+wire format of envelopes ``envelopes.py``'s; no socket I/O beyond ``ws.send``/``ws.close``.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 from .calls import REPLY_EVENTS
 from .envelopes import decode, encode, error, quote, too_deep, valid_id
 from .errors import ConnectionClosed, Reject
-from .protocol import CloseCode
+from .protocol import CloseCode, ProtocolError
 from .routing import LIFECYCLE, Route
 
 if TYPE_CHECKING:
@@ -66,13 +67,22 @@ class Dispatcher:
         except ConnectionClosed:
             pass  # the peer went away while the handler was sending: not an error
         except Exception as exc:
-            self.on_error(ws, exc)
+            errors = route.handlers.get("error")  # the route's own, else the app's
+            if errors:
+                _RouteErrors(errors, params)(ws, exc)
+            else:
+                self.on_error(ws, exc)
             ws.close(CloseCode.INTERNAL_ERROR, "")  # no detail leaks to the peer
 
     def _run_events(self, route: Route, ws: WebSocket, params: dict[str, Any]) -> None:
         if not ws.is_open:
             return  # closed before we started: no connect, so no disconnect either
-        disconnect = _Disconnect(route.handlers.get("disconnect", ()), params, self.on_error)
+        on_error: ErrorHook = self.on_error
+        errors = route.handlers.get("error")
+        if errors:  # registered before disconnect: a violation is reported first
+            on_error = route_errors = _RouteErrors(errors, params)
+            ws.add_close_callback(route_errors.closed)
+        disconnect = _Disconnect(route.handlers.get("disconnect", ()), params, on_error)
         if disconnect.handlers:  # registered after rooms.track(): runs after it
             ws.add_close_callback(disconnect)
         if not _connected(route, ws, params):
@@ -83,7 +93,7 @@ class Dispatcher:
         if route.json:
             handlers, metrics = route.handlers, self.rooms.metrics
             for message in ws:
-                dispatch_envelope(ws, message, handlers, params, self.on_error, metrics)
+                dispatch_envelope(ws, message, handlers, params, on_error, metrics)
         elif on_message:
             handler = on_message[0]
             for message in ws:
@@ -105,6 +115,32 @@ def _connected(route: Route, ws: WebSocket, params: dict[str, Any]) -> bool:
     except Reject:
         return False
     return True
+
+
+class _RouteErrors:
+    """A route's "error" handlers: the ``ErrorHook`` for its handlers' exceptions, and
+    (``closed``) the close callback that reports a protocol violation."""
+
+    __slots__ = ("handlers", "params")
+
+    def __init__(self, handlers: Iterable[Callable[..., Any]], params: dict[str, Any]) -> None:
+        self.handlers: tuple[Callable[..., Any], ...] = tuple(handlers)
+        self.params = params
+
+    def __call__(self, ws: WebSocket, exc: Exception) -> None:
+        for handler in self.handlers:
+            try:
+                handler(ws, exc, **self.params)
+            except ConnectionClosed:
+                pass  # sending from an error handler after the close
+            except Exception:
+                logger.exception("error handler %r failed", handler)
+
+    def closed(self, ws: WebSocket) -> None:
+        """Close callback: the peer broke the protocol (never called for a normal close)."""
+        cause = ws.close_cause
+        if isinstance(cause, ProtocolError):
+            self(ws, cause)
 
 
 class _Disconnect:

@@ -25,7 +25,8 @@ R = TypeVar("R")
 S = TypeVar("S", bound="SetupGuard")
 
 #: events the framework runs itself: several handlers may stack, clients may not send them
-LIFECYCLE = ("connect", "disconnect")
+#: ("error" is also a reply a client sends to ``ws.call``; ``calls.REPLY_EVENTS``)
+LIFECYCLE = ("connect", "disconnect", "error")
 
 _PART = re.compile(r"<(?:(?P<conv>[a-zA-Z_][a-zA-Z0-9_]*):)?(?P<name>[a-zA-Z_][a-zA-Z0-9_]*)>")
 
@@ -191,8 +192,16 @@ class Route:
         return func
 
     def on(self, event: str) -> Callable[[F], F]:
-        """Register a handler for ``event``: "connect", "message", "disconnect", a JSON event
-        name or "*" (JSON catch-all, called as ``f(ws, event, data, **path_params)``)."""
+        """Register a handler for ``event``: "connect", "message", "disconnect", "error", a
+        JSON event name or "*" (JSON catch-all, called as ``f(ws, event, data, **path_params)``).
+
+        "error" handlers are called as ``f(ws, exc, **path_params)`` when the peer broke the
+        protocol (``exc`` is the core's ``ProtocolError``: ``exc.code`` names the violation,
+        ``ws.close_code`` is the code the connection was failed with) and when one of this
+        route's handlers raised (then instead of the app's ``errorhandler``s). They run once
+        the connection is closed for a violation, before the disconnect handlers; never for
+        a normal close.
+        """
 
         def decorator(func: F) -> F:
             self.add_handler(event, func)

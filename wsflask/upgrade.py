@@ -75,6 +75,8 @@ def read_request(ws: WebSocket) -> Request | HandshakeError | None:
         ``HandshakeError`` the core already answered (400/405/426/431; the connection is
         closed); or ``None`` when the peer went away.
     """
+    if ws.config.handshake_error_header:  # the core's refusals say why too (opt-in)
+        ws.connection.error_header = True
     ws.read_handshake()
     if ws.request is not None:
         return ws.request

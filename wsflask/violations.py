@@ -1,10 +1,11 @@
 """What a peer did wrong, named from a fixed vocabulary and logged without flooding.
 
-``classify(exc)`` maps a protocol-core error to one of ``VIOLATION_TYPES`` (the bounded label
-set of ``websocket_protocol_violations_total``); ``Reporter`` writes one record per refused
-handshake or violation, and ONE escalation record when an address repeats itself within a
-window (bounded LRU of addresses). No counting of its own beyond that (``Metrics`` counts),
-no blocking of addresses (admission control decides that).
+``classify(exc)`` reads a protocol-core error's ``code``, one of ``VIOLATION_TYPES`` (the
+bounded label set of ``websocket_protocol_violations_total``); ``Reporter`` writes one record
+per refused handshake or violation (at DEBUG also a hex dump of the offending frame's first
+bytes, ``ProtocolError.frame``), and ONE escalation record when an address repeats itself
+within a window (bounded LRU of addresses). No counting of its own beyond that (``Metrics``
+counts), no blocking of addresses (admission control decides that).
 """
 
 from __future__ import annotations
@@ -15,7 +16,8 @@ from collections import OrderedDict
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from .protocol.errors import CompressionError, InvalidPayloadData, MessageTooBig
+from .protocol.errors import FRAME_DUMP_BYTES, VIOLATION_CODES, ProtocolError
+from .protocol.handshake import error_token as error_token
 
 if TYPE_CHECKING:
     from .metrics import Metrics
@@ -28,50 +30,15 @@ __all__ = [
 
 logger = logging.getLogger("wsflask.violations")
 
-#: Every ``type`` label ``websocket_protocol_violations_total`` can carry (bounded).
-VIOLATION_TYPES: tuple[str, ...] = (
-    "unmasked", "masked_server_frame", "reserved_opcode", "reserved_bits",
-    "fragmented_control", "control_too_long", "bad_length", "too_big", "invalid_utf8",
-    "invalid_close", "bad_continuation", "bad_compression", "other",
-)  # fmt: skip
-
-#: Message prefixes of the core's ``ProtocolError``s (frames.py, messages.py, close.py).
-_PREFIXES: tuple[tuple[str, str], ...] = (
-    ("unmasked client frame", "unmasked"),
-    ("masked server frame", "masked_server_frame"),
-    ("reserved opcode", "reserved_opcode"),
-    ("RSV", "reserved_bits"),
-    ("fragmented control frame", "fragmented_control"),
-    ("control frame payload over", "control_too_long"),
-    ("non-minimal", "bad_length"),
-    ("64-bit length", "bad_length"),
-    ("new data frame inside", "bad_continuation"),
-    ("continuation frame without", "bad_continuation"),
-    ("close frame with", "invalid_close"),
-    ("invalid close code", "invalid_close"),
-    ("close reason", "invalid_close"),
-)
+#: Every ``type`` label ``websocket_protocol_violations_total`` can carry (bounded): the
+#: core's ``ProtocolError.code`` vocabulary.
+VIOLATION_TYPES: tuple[str, ...] = VIOLATION_CODES
 
 
 def classify(exc: BaseException) -> str:
-    """The ``VIOLATION_TYPES`` entry for a core error (``Closed.cause``); ``"other"`` if new."""
-    text = str(exc)
-    for prefix, kind in _PREFIXES:
-        if text.startswith(prefix):
-            return kind
-    if isinstance(exc, MessageTooBig):
-        return "too_big"
-    if isinstance(exc, CompressionError):
-        return "bad_compression"
-    if isinstance(exc, InvalidPayloadData):
-        return "invalid_utf8"
-    return "other"
-
-
-def error_token(reason: str) -> str:
-    """``reason`` as an ``X-WebSocket-Error`` token: lower case, words joined by ``-``."""
-    words = "".join(c if c.isascii() and c.isalnum() else " " for c in reason.lower()).split()
-    return "-".join(words)[:64] or "refused"
+    """The ``VIOLATION_TYPES`` entry for a core error (``Closed.cause``): its ``code``;
+    ``"other"`` for an error that is not a ``ProtocolError`` (a client-side handshake)."""
+    return exc.code if isinstance(exc, ProtocolError) else "other"
 
 
 def refusal_level(status: int) -> int:
@@ -120,14 +87,26 @@ class Reporter:
             logger.log(level, "handshake refused with %d: %s", status, reason, extra=fields)
 
     def violation(
-        self, peer: tuple[str, int] | None, conn_id: str, kind: str, code: int, cause: str
+        self,
+        peer: tuple[str, int] | None,
+        conn_id: str,
+        kind: str,
+        code: int,
+        cause: str,
+        frame: bytes = b"",
     ) -> None:
-        """Log one protocol violation: its type, close code and cause."""
+        """Log one protocol violation: its type, close code and cause; at DEBUG, also the
+        first bytes of the offending ``frame`` in hex (at most ``FRAME_DUMP_BYTES``)."""
         level = self.level(peer, logging.WARNING)
         if logger.isEnabledFor(level):
             fields = {"peer": _peer(peer), "id": conn_id, "type": kind, "close_code": code}
             logger.log(level, "protocol violation %s, closed with %d: %s", kind, code, cause,
                        extra=fields)  # fmt: skip
+        if frame and logger.isEnabledFor(logging.DEBUG):  # the record above carries ``type``
+            shown = frame[:FRAME_DUMP_BYTES]
+            logger.debug("offending frame of %s, first %d bytes: %s", conn_id, len(shown),
+                         shown.hex(" "), extra={"peer": _peer(peer), "id": conn_id,
+                                                "frame": shown.hex()})  # fmt: skip
 
     def reset(self) -> None:
         """Forget every address."""
@@ -174,7 +153,9 @@ def report_violation(
     """A connection ended with ``closed.cause`` (a core error): log it and count its type."""
     if closed.cause is None:
         return
-    kind = classify(closed.cause)
+    cause = closed.cause
+    kind = classify(cause)
     if metrics is not None:
         metrics.violation(kind)
-    reporter.violation(peer, conn_id, kind, closed.code, str(closed.cause))
+    frame = cause.frame if isinstance(cause, ProtocolError) else b""
+    reporter.violation(peer, conn_id, kind, closed.code, str(cause), frame)

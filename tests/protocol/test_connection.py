@@ -16,14 +16,18 @@ from wsflask.protocol import (
     Limits,
     Ping,
     Pong,
+    ProtocolError,
     Side,
     State,
     TextMessage,
     encode_frame,
 )
-from wsflask.protocol.frames import FrameDecoder
+from wsflask.protocol.errors import FRAME_DUMP_BYTES, VIOLATION_CODES
+from wsflask.protocol.frames import FrameDecoder, frame_dump
+from wsflask.protocol.handshake import error_token
 
 from .conftest import MASK, feed, open_pair, open_side
+from .test_deflate_connection import deflate_pair
 
 
 def peer_frame(side: Side, opcode: int, payload: bytes = b"", *, fin: bool = True) -> bytes:
@@ -458,3 +462,133 @@ def test_client_invalid_101_is_not_a_refusal() -> None:
     (closed,) = conn.events_received()
     assert isinstance(closed, Closed) and isinstance(closed.cause, InvalidHandshakeResponse)
     assert not isinstance(closed.cause, HandshakeRejected)
+
+
+# --------------------------------------------------------------------- violation codes (item 19)
+
+
+def _masked(opcode: int, payload: bytes, *, fin: bool = True, rsv: int = 0) -> bytes:
+    return encode_frame(opcode, payload, fin=fin, rsv=rsv, mask=MASK)
+
+
+_LONG_PING = _masked(0x9, b"p" * 126)
+_BAD_LENGTH = b"\x81\xfe\x00\x05" + MASK + b"hello"
+_BIG = _masked(0x2, b"b" * 1100)
+#: name -> (side under test, bytes its peer sends, close code, violation code, kept bytes).
+#: A frame refused from its header is kept as received; one refused for what it carries is
+#: re-encoded unmasked (``frame_dump``), so its payload reads in clear.
+CODED = {
+    "unmasked": (Side.SERVER, b"\x81\x05hello", 1002, "unmasked", b"\x81\x05hello"),
+    "masked to a client": (
+        Side.CLIENT, _masked(0x1, b"hi"), 1002, "masked_server_frame", _masked(0x1, b"hi"),
+    ),
+    "reserved opcode": (
+        Side.SERVER, _masked(0x3, b""), 1002, "reserved_opcode", b"\x83\x80" + MASK,
+    ),
+    "rsv1 unnegotiated": (
+        Side.SERVER, _masked(0x1, b"", rsv=0x40), 1002, "reserved_bits", b"\xc1\x80" + MASK,
+    ),
+    "fragmented ping": (
+        Side.SERVER, _masked(0x9, b"", fin=False), 1002, "fragmented_control", b"\x09\x80" + MASK,
+    ),
+    "ping of 126": (Side.SERVER, _LONG_PING, 1002, "control_too_long", _LONG_PING[:64]),
+    "non-minimal length": (Side.SERVER, _BAD_LENGTH, 1002, "bad_length", _BAD_LENGTH),
+    "frame over the limit": (Side.SERVER, _BIG, 1009, "too_big", _BIG[:64]),
+    "invalid utf-8": (
+        Side.SERVER, _masked(0x1, b"ok\xff"), 1007, "invalid_utf8", b"\x81\x03ok\xff",
+    ),
+    "close code 999": (
+        Side.SERVER, _masked(0x8, b"\x03\xe7"), 1002, "invalid_close", b"\x88\x02\x03\xe7",
+    ),
+    "close reason not utf-8": (
+        Side.SERVER, _masked(0x8, b"\x03\xe8\xff"), 1007, "invalid_close", b"\x88\x03\x03\xe8\xff",
+    ),
+    "continuation first": (
+        Side.SERVER, _masked(0x0, b"x"), 1002, "bad_continuation", b"\x80\x01x",
+    ),
+    "text inside text": (
+        Side.SERVER,
+        _masked(0x1, b"a", fin=False) + _masked(0x1, b"b"),
+        1002,
+        "bad_continuation",
+        b"\x81\x01b",
+    ),
+    "message over the limit": (  # refused from the continuation's header: kept masked
+        Side.SERVER,
+        _masked(0x2, b"a" * 600, fin=False) + _masked(0x0, b"c" * 500),
+        1009,
+        "too_big",
+        _masked(0x0, b"c" * 500)[:64],
+    ),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("name", sorted(CODED))
+def test_closed_cause_has_a_violation_code(name: str, mode: str) -> None:
+    side, data, close_code, violation, kept = CODED[name]
+    conn, _ = open_side(side, Limits(max_message_size=1000))  # 256 per continuation
+    closed = feed(conn, data, mode)[-1]
+    assert isinstance(closed, Closed) and closed.code == close_code
+    assert closed.violation == violation
+    assert isinstance(closed.cause, ProtocolError) and closed.cause.code == violation
+    frame = closed.cause.frame
+    if mode == "whole":
+        assert frame == kept
+    else:  # refused from a header: only the bytes that had arrived are kept
+        assert frame and kept.startswith(frame[:2]) and len(frame) <= FRAME_DUMP_BYTES
+
+
+def test_corrupt_compressed_data_is_coded_bad_compression() -> None:
+    _, server = deflate_pair()
+    server.receive_data(_masked(0x1, b"\xff\xff\xff\xff", rsv=0x40))
+    closed = server.events_received()[-1]
+    assert isinstance(closed, Closed) and closed.code == 1007
+    assert closed.violation == "bad_compression"
+    assert closed.cause is not None and closed.cause.frame == b"\xc1\x04\xff\xff\xff\xff"  # type: ignore[attr-defined]
+
+
+def test_every_code_but_other_is_produced_by_the_core() -> None:
+    """The vocabulary is closed and each code names something the core really refuses."""
+    produced = {case[3] for case in CODED.values()} | {"bad_compression"}
+    assert produced == set(VIOLATION_CODES) - {"other"}
+    with pytest.raises(ValueError, match="unknown violation code"):
+        ProtocolError("x", code="made_up")
+    assert ProtocolError("x").code == "other"
+
+
+def test_closed_without_a_violation() -> None:
+    client, server = open_pair()
+    client.close()
+    server.receive_data(client.data_to_send())
+    closed = server.events_received()[-1]
+    assert isinstance(closed, Closed) and closed.code == 1000 and closed.violation is None
+
+
+def test_frame_dump_shows_the_real_length_and_is_bounded() -> None:
+    assert frame_dump(True, 0x2, 0, b"") == b"\x82\x00"
+    dump = frame_dump(False, 0x1, 0x40, b"x" * 70000)
+    assert dump == b"\x41\x7f" + (70000).to_bytes(8, "big") + b"x" * 54
+    assert len(frame_dump(True, 0x2, 0, b"y" * 300)) == FRAME_DUMP_BYTES
+    assert frame_dump(True, 0x2, 0, b"y" * 300)[:4] == b"\x82\x7e\x01\x2c"
+
+
+@pytest.mark.parametrize("enabled", [False, True])
+def test_core_refusal_reason_header_is_opt_in(enabled: bool) -> None:
+    server = Connection(Side.SERVER)
+    server.error_header = enabled
+    server.receive_data(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+    response = server.data_to_send()
+    assert response.startswith(b"HTTP/1.1 400 ")
+    header = b"\r\nX-WebSocket-Error: missing-connection-header\r\n"
+    assert (header in response) is enabled
+    (closed,) = server.events_received()
+    assert isinstance(closed, Closed) and closed.violation is None  # a refusal, not a violation
+
+
+def test_error_token_is_a_bounded_header_token() -> None:
+    assert error_token('Connection header must contain "Upgrade"') == (
+        "connection-header-must-contain-upgrade"
+    )
+    assert error_token("") == error_token("«»") == "refused"
+    long = error_token("word " * 40)
+    assert len(long) == 64 and set(long) <= set("word-")

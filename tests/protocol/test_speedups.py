@@ -22,6 +22,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from wsflask.protocol import CloseCode, Opcode, ProtocolError, TextMessage, frame_info, speedups
+from wsflask.protocol.errors import FRAME_DUMP_BYTES
 from wsflask.protocol.frames import Frame, FrameDecoder, encode_frame_python
 from wsflask.protocol.mask import (
     apply_mask_inplace_python,
@@ -287,8 +288,8 @@ def run(
                 seen.append(frame)
                 if owner:
                     after(frame)
-        except ProtocolError as exc:
-            seen.append((type(exc), str(exc), exc.close_code))
+        except ProtocolError as exc:  # the violation code and kept bytes must agree too
+            seen.append((type(exc), str(exc), exc.close_code, exc.code, exc.frame))
             return seen
         seen.append(("buffered", decoder.buffered))
     return seen
@@ -346,19 +347,21 @@ def test_decoder_matches_twin_on_any_stream(
 def scan_agrees(
     c: ModuleType, stream: bytes, expect_mask: bool, limit: int, rsv: int, slack: int
 ) -> None:
-    """``scan_frames`` itself, not only ``feed_compiled``, whose error path is the twin's."""
+    """``scan_frames`` itself, not only ``feed_compiled``, whose error path is the twin's:
+    its own verdict on a bad header is the violation code the twin raises with."""
     frames, pos, need, bad = c.scan_frames(stream, 0, expect_mask, limit, limit + slack, rsv)
     decoder = FrameDecoder(expect_mask=expect_mask, max_payload=limit, allowed_rsv=rsv)
     decoder.compressed_slack = slack
     expected: list[Frame] = []
-    failed = False
+    code: str | bool = False
     try:
         expected.extend(decoder.feed_python(stream))
-    except ProtocolError:
-        failed = True
+    except ProtocolError as exc:
+        code = exc.code
+        assert exc.frame == stream[pos : pos + FRAME_DUMP_BYTES]  # the bad header's bytes
     assert frames == expected
-    assert bad is failed
-    if not failed:
+    assert bad == code
+    if not code:
         assert decoder.buffered == len(stream) - pos
         assert need == 0 or need > len(stream)
 
@@ -402,28 +405,32 @@ def test_decoder_every_length_boundary(c: ModuleType, size: int, masked: bool, m
 
 
 @pytest.mark.parametrize(
-    ("header", "code"),
+    ("header", "code", "violation"),
     [
-        (b"\x81\x7e\x00\x7d", CloseCode.PROTOCOL_ERROR),  # non-minimal 16-bit length
-        (b"\x81\x7f" + (125).to_bytes(8, "big"), CloseCode.PROTOCOL_ERROR),  # non-minimal 64
-        (b"\x81\x7f" + (1 << 63).to_bytes(8, "big"), CloseCode.PROTOCOL_ERROR),  # top bit
-        (b"\x83\x00", CloseCode.PROTOCOL_ERROR),  # reserved opcode
-        (b"\x09\x00", CloseCode.PROTOCOL_ERROR),  # fragmented ping
-        (b"\x89\x7e\x00\x7e", CloseCode.PROTOCOL_ERROR),  # control frame over 125
-        (b"\xc9\x00", CloseCode.PROTOCOL_ERROR),  # RSV1 on a control frame
-        (b"\xa1\x00", CloseCode.PROTOCOL_ERROR),  # RSV2: no extension defines it
-        (b"\x81\x80\x00\x00\x00\x00", CloseCode.PROTOCOL_ERROR),  # masked frame to a client
-        (b"\x82\x7f" + (1 << 62).to_bytes(8, "big"), CloseCode.TOO_BIG),  # before buffering
-        (b"\x82\x7e\x01\x00", CloseCode.TOO_BIG),  # 256 > 200
-        (b"\xc2\x7e\x01\x09", CloseCode.TOO_BIG),  # compressed: 265 > 200 + 64
+        # non-minimal 16-bit length, non-minimal 64-bit length, 64-bit top bit set
+        (b"\x81\x7e\x00\x7d", CloseCode.PROTOCOL_ERROR, "bad_length"),
+        (b"\x81\x7f" + (125).to_bytes(8, "big"), CloseCode.PROTOCOL_ERROR, "bad_length"),
+        (b"\x81\x7f" + (1 << 63).to_bytes(8, "big"), CloseCode.PROTOCOL_ERROR, "bad_length"),
+        (b"\x83\x00", CloseCode.PROTOCOL_ERROR, "reserved_opcode"),
+        (b"\x09\x00", CloseCode.PROTOCOL_ERROR, "fragmented_control"),  # a fragmented ping
+        (b"\x89\x7e\x00\x7e", CloseCode.PROTOCOL_ERROR, "control_too_long"),
+        (b"\xc9\x00", CloseCode.PROTOCOL_ERROR, "reserved_bits"),  # RSV1 on a control frame
+        (b"\xa1\x00", CloseCode.PROTOCOL_ERROR, "reserved_bits"),  # RSV2: no extension has it
+        (b"\x81\x80\x00\x00\x00\x00", CloseCode.PROTOCOL_ERROR, "masked_server_frame"),
+        # too big: before buffering; 256 > 200; compressed: 265 > 200 + 64
+        (b"\x82\x7f" + (1 << 62).to_bytes(8, "big"), CloseCode.TOO_BIG, "too_big"),
+        (b"\x82\x7e\x01\x00", CloseCode.TOO_BIG, "too_big"),
+        (b"\xc2\x7e\x01\x09", CloseCode.TOO_BIG, "too_big"),
     ],
 )
-def test_hostile_headers_fail_alike(c: ModuleType, header: bytes, code: CloseCode) -> None:
+def test_hostile_headers_fail_alike(
+    c: ModuleType, header: bytes, code: CloseCode, violation: str
+) -> None:
     python, compiled = both([b"\x81\x02ok" + header], False, 200, 0x40, 64, False)
     assert compiled == python
     scan_agrees(c, b"\x81\x02ok" + header, False, 200, 0x40, 64)
     assert compiled[0] == (True, 0x1, 0, b"ok")  # the frame before the bad one is kept
-    assert isinstance(compiled[-1], tuple) and compiled[-1][2] == code
+    assert isinstance(compiled[-1], tuple) and compiled[-1][2:] == (code, violation, header)
 
 
 def test_compressed_frames_get_the_slack(c: ModuleType) -> None:

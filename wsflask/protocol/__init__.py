@@ -15,6 +15,7 @@ from .connection import State as State
 from .deflate import DeflateSettings as DeflateSettings
 from .deflate import PerMessageDeflate as PerMessageDeflate
 from .deflate import shared_frame as shared_frame
+from .errors import VIOLATION_CODES as VIOLATION_CODES
 from .errors import CompressionError as CompressionError
 from .errors import Forbidden as Forbidden
 from .errors import HandshakeError as HandshakeError
@@ -48,6 +49,7 @@ from .handshake import accept_key as accept_key
 from .speedups import speedups_active as speedups_active
 
 __all__ = [
+    "VIOLATION_CODES",
     "BinaryMessage",
     "CloseCode",
     "Closed",

@@ -311,8 +311,9 @@ PyDoc_STRVAR(scan_frames_doc,
 "Decode every complete frame of buf from pos, applying the checks of\n"
 "FrameDecoder._parse_head in the same order. frames: (fin, opcode, rsv, payload) tuples,\n"
 "payloads unmasked. pos: where decoding stopped. need: the end of the incomplete frame\n"
-"at pos once its header is complete, else 0. bad: True when the header at pos breaks a\n"
-"rule; the caller re-reads it with the Python twin to raise the exact error.");
+"at pos once its header is complete, else 0. bad: False, or when the header at pos breaks\n"
+"a rule, the violation code the twin's ProtocolError carries (errors.VIOLATION_CODES);\n"
+"the caller re-reads that header with the Python twin to raise the exact error.");
 
 static PyObject *
 scan_frames(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
@@ -322,7 +323,8 @@ scan_frames(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
     Py_ssize_t pos, n;
     long long max_payload, max_compressed;
     long allowed_rsv;
-    int expect_mask, bad = 0;
+    int expect_mask;
+    const char *bad = NULL;  /* a ProtocolError.code (errors.py), set where the twin raises */
     unsigned long long need = 0;
     const unsigned char *buf;
 
@@ -357,29 +359,34 @@ scan_frames(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 
         if (opcode >= 0x8 && opcode <= 0xA) {
             /* section 5.5: unfragmented, at most 125 bytes; RSV never set (RFC 7692 6.1) */
-            if (!(b0 & 0x80) || length > 125 || rsv) { bad = 1; break; }
+            if (!(b0 & 0x80)) { bad = "fragmented_control"; break; }
+            if (length > 125) { bad = "control_too_long"; break; }
+            if (rsv) { bad = "reserved_bits"; break; }
         } else if (opcode > 0x2) {
-            bad = 1; break;  /* section 5.2: reserved opcode */
+            bad = "reserved_opcode"; break;  /* section 5.2 */
         }
-        if (rsv & ~allowed_rsv) { bad = 1; break; }          /* section 5.2 */
-        if (((b1 & 0x80) != 0) != (expect_mask != 0)) { bad = 1; break; }  /* 5.1 */
+        if (rsv & ~allowed_rsv) { bad = "reserved_bits"; break; }  /* section 5.2 */
+        if (((b1 & 0x80) != 0) != (expect_mask != 0)) {              /* section 5.1 */
+            bad = expect_mask ? "unmasked" : "masked_server_frame";
+            break;
+        }
         if (length == 126) {
             if (avail < 4) break;
             length = ((unsigned long long)p[2] << 8) | p[3];
             head = 4;
-            if (length < 126) { bad = 1; break; }            /* 5.2: minimal length */
+            if (length < 126) { bad = "bad_length"; break; }    /* 5.2: minimal length */
         } else if (length == 127) {
             int b;
             if (avail < 10) break;
             length = 0;
             for (b = 0; b < 8; b++) length = (length << 8) | p[2 + b];
             head = 10;
-            if (length >> 63) { bad = 1; break; }            /* 5.2: top bit 0 */
-            if (length < 65536) { bad = 1; break; }          /* 5.2: minimal length */
+            if (length >> 63) { bad = "bad_length"; break; }    /* 5.2: top bit 0 */
+            if (length < 65536) { bad = "bad_length"; break; }  /* 5.2: minimal length */
         }
         /* section 10.4: the budget, decided from the header (length < 2**63 here) */
         if (opcode < 0x8 && (long long)length > (rsv ? max_compressed : max_payload)) {
-            bad = 1; break;
+            bad = "too_big"; break;
         }
         if (expect_mask) {
             head += 4;
@@ -413,7 +420,11 @@ scan_frames(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
         Py_DECREF(frame);
         pos += head + (Py_ssize_t)length;
     }
-    result = Py_BuildValue("(NnKO)", frames, pos, need, bad ? Py_True : Py_False);
+    if (bad == NULL) {
+        result = Py_BuildValue("(NnKO)", frames, pos, need, Py_False);
+    } else {  /* the error path only */
+        result = Py_BuildValue("(NnKs)", frames, pos, need, bad);
+    }
     frames = NULL;  /* stolen by N, even on failure */
     goto done;
 fail:

@@ -45,11 +45,11 @@ def parse_close(payload: bytes) -> tuple[int, str]:
     if not payload:
         return CloseCode.NO_STATUS, ""
     if len(payload) == 1:
-        raise ProtocolError("close frame with a 1-byte payload")
+        raise ProtocolError("close frame with a 1-byte payload", code="invalid_close")
     code = int.from_bytes(payload[:2], "big")
     if not close_code_valid(code):
-        raise ProtocolError(f"invalid close code {code}")
+        raise ProtocolError(f"invalid close code {code}", code="invalid_close")
     try:
         return code, payload[2:].decode("utf-8")
     except UnicodeDecodeError:
-        raise InvalidPayloadData("close reason is not UTF-8") from None
+        raise InvalidPayloadData("close reason is not UTF-8", code="invalid_close") from None

@@ -43,7 +43,7 @@ from .errors import (
     ProtocolError,
 )
 from .events import BinaryMessage, Closed, Event, Opened, Ping, Pong, Request, TextMessage
-from .frames import CloseCode, FrameDecoder, encode_frame
+from .frames import CloseCode, FrameDecoder, encode_frame, frame_dump
 from .messages import MessageAssembler
 from .states import Limits as Limits
 from .states import Side as Side
@@ -67,8 +67,8 @@ class Connection:
     __slots__ = (
         "_close_sent", "_decoder", "_deflate_offered", "_deflate_settings", "_events",
         "_extensions_offered", "_head", "_http", "_key", "_limits", "_mask_source", "_messages",
-        "_offered", "_out", "_pending_input", "_send_deflating", "deflate", "request", "side",
-        "state", "subprotocol",
+        "_offered", "_out", "_pending_input", "_send_deflating", "deflate", "error_header",
+        "request", "side", "state", "subprotocol",
     )  # fmt: skip
 
     def __init__(
@@ -111,6 +111,9 @@ class Connection:
         self.deflate: PerMessageDeflate | None = None
         #: True while a compressed message is being sent in fragments.
         self._send_deflating = False
+        #: Server side: add ``X-WebSocket-Error: <reason token>`` to the core's own refusals
+        #: (400/405/414/426/431), an opt-in debugging aid the driver sets before the head.
+        self.error_header = False
 
     # ------------------------------------------------------------------ outputs
 
@@ -193,7 +196,10 @@ class Connection:
     def _refuse(self, exc: HandshakeError) -> None:
         if self.side is Side.SERVER:
             body = f"{exc.status} {exc}\n".encode("utf-8", "replace")
-            self._out.append(handshake.build_response(exc.status, body, headers=exc.headers))
+            headers = exc.headers
+            if self.error_header:
+                headers = (*headers, ("X-WebSocket-Error", handshake.error_token(str(exc))))
+            self._out.append(handshake.build_response(exc.status, body, headers=headers))
         self._set_closed(Closed(CloseCode.ABNORMAL, str(exc), exc))
 
     def accept(
@@ -335,6 +341,7 @@ class Connection:
     def _receive_frames(self, data: bytes) -> None:
         events, assembler = self._events, self._messages
         is_open = self.state is State.OPEN
+        fin, opcode, rsv, payload = True, 0, 0, b""  # bound for the error path's dump
         try:
             for fin, opcode, rsv, payload in self._decoder.feed(data):
                 # Hot path first: a whole uncompressed message in one frame, nothing pending.
@@ -352,6 +359,8 @@ class Connection:
                     if message is not None:
                         events.append(message)
         except ProtocolError as exc:
+            if not exc.frame:  # refused for what it carries: the decoder kept no bytes
+                exc.frame = frame_dump(fin, opcode, rsv, payload)
             self.fail(exc.close_code, str(exc), cause=exc)
 
     def _receive_control(self, opcode: int, payload: bytes) -> None:

@@ -6,6 +6,11 @@ Two families, and the rule that separates them (STYLE.md rules 2-3):
   connection with the class's ``close_code`` and reports the error as ``Closed.cause``;
 * a **caller** that misuses the API gets an exception (``InvalidState``, ``ValueError``).
 
+Every ``ProtocolError`` carries ``code``, one of ``VIOLATION_CODES`` (a fixed vocabulary: what
+the peer did wrong, for logs and the ``type`` label of a violations counter), and ``frame``,
+the first ``FRAME_DUMP_BYTES`` of the offending frame when the core knows them (set on the
+error path only, for a DEBUG hex dump).
+
 Handshake failures carry the HTTP ``status`` (and the extra response headers) that the
 server answers with. The tree::
 
@@ -34,6 +39,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 __all__ = [
+    "FRAME_DUMP_BYTES",
+    "VIOLATION_CODES",
     "CompressionError",
     "Forbidden",
     "HandshakeError",
@@ -54,16 +61,49 @@ __all__ = [
 ]
 
 
+#: Every ``ProtocolError.code``: a closed set, so a metric labelled with it stays bounded.
+VIOLATION_CODES: tuple[str, ...] = (
+    "unmasked", "masked_server_frame", "reserved_opcode", "reserved_bits",
+    "fragmented_control", "control_too_long", "bad_length", "too_big", "invalid_utf8",
+    "invalid_close", "bad_continuation", "bad_compression", "other",
+)  # fmt: skip
+
+#: At most this many bytes of the offending frame are kept in ``ProtocolError.frame``.
+FRAME_DUMP_BYTES = 64
+
+
 class ProtocolError(Exception):
-    """The peer broke RFC 6455; the connection fails with ``close_code``."""
+    """The peer broke RFC 6455; the connection fails with ``close_code``.
+
+    Attributes:
+        code: what the peer did wrong, one of ``VIOLATION_CODES`` (the class's default
+            unless given: ``ProtocolError("...", code="unmasked")``).
+        frame: the first ``FRAME_DUMP_BYTES`` of the offending frame, ``b""`` when unknown.
+            A frame refused from its header is kept as received (masked); one refused for
+            what it carries (sequence, UTF-8, close body, size, inflation) is re-encoded
+            from its decoded form: the header with the MASK bit clear, the payload unmasked.
+
+    Raises:
+        ValueError: ``code`` is not one of ``VIOLATION_CODES``.
+    """
 
     close_code: int = 1002
+    code: str = "other"
+    frame: bytes = b""
+
+    def __init__(self, *args: object, code: str | None = None) -> None:
+        super().__init__(*args)
+        if code is not None:
+            if code not in VIOLATION_CODES:
+                raise ValueError(f"unknown violation code {code!r}")
+            self.code = code
 
 
 class InvalidPayloadData(ProtocolError):
     """Text that is not UTF-8, or a close reason that is not (RFC 6455 §8.1)."""
 
     close_code = 1007
+    code = "invalid_utf8"
 
 
 class PolicyViolation(ProtocolError):
@@ -76,12 +116,14 @@ class MessageTooBig(ProtocolError):
     """A frame or message exceeds the configured limit (RFC 6455 §10.4)."""
 
     close_code = 1009
+    code = "too_big"
 
 
 class CompressionError(ProtocolError):
     """Compressed data that does not inflate (documented choice: 1007, as invalid data)."""
 
     close_code = 1007
+    code = "bad_compression"
 
 
 class HandshakeError(Exception):

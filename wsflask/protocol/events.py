@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from .errors import ProtocolError
 from .query import MultiDict, parse_cookies, parse_query
 
 __all__ = [
@@ -153,7 +154,9 @@ class Closed:
             (1005 when its Close had no code), ours when we failed the connection, and 1006
             when the transport ended without a closing handshake (RFC 6455 §7.1.5).
         reason: the close reason that goes with ``code``.
-        cause: the ``ProtocolError`` that made us fail the connection, else ``None``.
+        cause: the ``ProtocolError`` that made us fail the connection, else ``None``; its
+            ``code`` names the violation (``errors.VIOLATION_CODES``) and its ``frame`` holds
+            the first bytes of the offending frame.
         clean: True when a Close frame was both sent and received (RFC 6455 §7.1.4).
     """
 
@@ -161,6 +164,12 @@ class Closed:
     reason: str = ""
     cause: Exception | None = field(default=None, compare=False)
     clean: bool = False
+
+    @property
+    def violation(self) -> str | None:
+        """``cause.code`` when the peer broke the protocol (one of ``VIOLATION_CODES``)."""
+        cause = self.cause
+        return cause.code if isinstance(cause, ProtocolError) else None
 
 
 Event = Request | Opened | TextMessage | BinaryMessage | Ping | Pong | Closed

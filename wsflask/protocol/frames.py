@@ -30,7 +30,7 @@ from collections.abc import Callable, Iterator
 from operator import length_hint
 from typing import NamedTuple, NoReturn, Protocol
 
-from .errors import MessageTooBig, ProtocolError
+from .errors import FRAME_DUMP_BYTES, MessageTooBig, ProtocolError
 from .mask import apply_mask_int
 from .speedups import built, compiled
 
@@ -42,6 +42,7 @@ __all__ = [
     "Opcode",
     "encode_frame",
     "encode_frame_python",
+    "frame_dump",
     "frame_info",
     "payload_length",
 ]
@@ -120,6 +121,24 @@ def frame_info(frame: bytes) -> FrameInfo:
     )
 
 
+def frame_dump(fin: bool, opcode: int, rsv: int, payload: bytes) -> bytes:
+    """The first ``FRAME_DUMP_BYTES`` of a decoded frame, re-encoded without a mask.
+
+    For a DEBUG hex dump of a frame refused for what it carries (``ProtocolError.frame``):
+    the header says what the peer sent (FIN, RSV, opcode, the full length), the payload is
+    unmasked. Called on the error path only.
+    """
+    size = len(payload)
+    first = (0x80 if fin else 0) | rsv | opcode
+    if size < 126:
+        head = bytes((first, size))
+    elif size < 65536:
+        head = bytes((first, 126)) + size.to_bytes(2, "big")
+    else:
+        head = bytes((first, 127)) + size.to_bytes(8, "big")
+    return (head + payload[:FRAME_DUMP_BYTES])[:FRAME_DUMP_BYTES]
+
+
 #: A decoded frame: (fin, opcode, rsv bits as 0x70-masked int, unmasked payload).
 Frame = tuple[bool, int, int, bytes]
 
@@ -176,7 +195,7 @@ def encode_frame_python(
 #: Encode one frame: the compiled twin when built, else ``encode_frame_python``.
 encode_frame: _Encoder = encode_frame_python if compiled is None else compiled.encode_frame
 
-_ScanResult = tuple[list[Frame], int, int, bool]
+_ScanResult = tuple[list[Frame], int, int, bool | str]  # bad: False or a violation code
 
 
 def _not_built(*args: object) -> NoReturn:
@@ -313,7 +332,11 @@ class FrameDecoder:
                     yield True, b0 & 0x0F, 0, payload
                     max_small = 125 if self.max_payload >= 125 else self.max_payload
                     continue
-            head = self._parse_head(buf, pos, end_of_data)
+            try:
+                head = self._parse_head(buf, pos, end_of_data)
+            except ProtocolError as exc:  # the error path only: keep the offending bytes
+                exc.frame = buf[pos : pos + FRAME_DUMP_BYTES]
+                raise
             if head is None:
                 break
             fin_op, rsv, start, length, masked = head
@@ -349,36 +372,37 @@ class FrameDecoder:
         b0, b1 = buf[pos], buf[pos + 1]
         opcode, rsv = b0 & 0x0F, b0 & 0x70
         if opcode in _CONTROL_OPCODES:
+            # §5.5: control frames are unfragmented, 125 bytes at most
             if not b0 & 0x80:
-                raise ProtocolError("fragmented control frame")  # §5.5
+                raise ProtocolError("fragmented control frame", code="fragmented_control")
             if (b1 & 0x7F) > 125:
-                raise ProtocolError("control frame payload over 125 bytes")  # §5.5
-            if rsv:
-                raise ProtocolError("RSV bits set on a control frame")  # §5.2, RFC 7692 §6.1
+                raise ProtocolError("control frame payload over 125 bytes", code="control_too_long")
+            if rsv:  # §5.2, RFC 7692 §6.1
+                raise ProtocolError("RSV bits set on a control frame", code="reserved_bits")
         elif opcode not in _DATA_OPCODES:
-            raise ProtocolError(f"reserved opcode {opcode:#x}")  # §5.2
-        if rsv & ~self.allowed_rsv:
-            raise ProtocolError("RSV bits set without a negotiated extension")  # §5.2
+            raise ProtocolError(f"reserved opcode {opcode:#x}", code="reserved_opcode")  # §5.2
+        if rsv & ~self.allowed_rsv:  # §5.2
+            raise ProtocolError("RSV bits set without a negotiated extension", code="reserved_bits")
         masked = bool(b1 & 0x80)
-        if masked is not self.expect_mask:
-            raise ProtocolError(
-                "unmasked client frame" if self.expect_mask else "masked server frame"
-            )
+        if masked is not self.expect_mask:  # §5.1
+            if self.expect_mask:
+                raise ProtocolError("unmasked client frame", code="unmasked")
+            raise ProtocolError("masked server frame", code="masked_server_frame")
         length, start = b1 & 0x7F, pos + 2
         if length == 126:
             if limit - pos < 4:
                 return None
             length, start = int.from_bytes(buf[pos + 2 : pos + 4], "big"), pos + 4
             if length < 126:
-                raise ProtocolError("non-minimal 16-bit length")  # §5.2
+                raise ProtocolError("non-minimal 16-bit length", code="bad_length")  # §5.2
         elif length == 127:
             if limit - pos < 10:
                 return None
             length, start = int.from_bytes(buf[pos + 2 : pos + 10], "big"), pos + 10
-            if length >> 63:
-                raise ProtocolError("64-bit length with the top bit set")  # §5.2
+            if length >> 63:  # §5.2
+                raise ProtocolError("64-bit length with the top bit set", code="bad_length")
             if length < 65536:
-                raise ProtocolError("non-minimal 64-bit length")  # §5.2
+                raise ProtocolError("non-minimal 64-bit length", code="bad_length")  # §5.2
         allowed = self.max_payload + self.compressed_slack if rsv else self.max_payload
         if length > allowed and opcode < 0x8:
             raise MessageTooBig(f"frame of {length} bytes, {allowed} left in the budget")

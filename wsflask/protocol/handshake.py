@@ -2,7 +2,8 @@
 
 ``HeadReader`` collects a head (bounded: 414/431); ``parse_request`` validates a client's (§4.2.1,
 raising the ``HandshakeError`` to answer with), ``build_accept``/``build_response`` answer it;
-``build_request``/``parse_response`` are the client side (§4.1). Extension parameters, Origin
+``build_request``/``parse_response`` are the client side (§4.1); ``error_token`` names a refusal
+for the opt-in ``X-WebSocket-Error`` header. Extension parameters, Origin
 policy (§10.2), routing, sockets and timers live elsewhere.
 """
 
@@ -29,8 +30,8 @@ from .extensions import Extension, parse_extensions
 
 __all__ = [
     "GUID", "HeadReader", "accept_key", "build_accept", "build_request", "build_response",
-    "make_key", "parse_extensions", "parse_request", "parse_response", "parse_response_head",
-    "select_subprotocol",
+    "error_token", "make_key", "parse_extensions", "parse_request", "parse_response",
+    "parse_response_head", "select_subprotocol",
 ]  # fmt: skip
 
 GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
@@ -424,6 +425,16 @@ def build_response(
     reason = REASONS.get(status, "Unknown")
     head = _encode_head(f"HTTP/1.1 {status} {reason}", fields)
     return head if head_only else head + body
+
+
+def error_token(reason: str) -> str:
+    """``reason`` as an ``X-WebSocket-Error`` token: lower case, words joined by ``-``.
+
+    The opt-in reason header on a refusal (a debugging aid, not RFC 6455): at most 64
+    characters of ``[a-z0-9-]``, so it is a valid header value whatever the reason says.
+    """
+    words = "".join(c if c.isascii() and c.isalnum() else " " for c in reason.lower()).split()
+    return "-".join(words)[:64] or "refused"
 
 
 def build_request(

@@ -92,20 +92,24 @@ class MessageAssembler:
                 1007) or a message over budget (1009).
         """
         if opcode:  # TEXT or BINARY starts a message
-            if self._opcode:
-                raise ProtocolError("new data frame inside a fragmented message")  # §5.4
+            if self._opcode:  # §5.4
+                raise ProtocolError(
+                    "new data frame inside a fragmented message", code="bad_continuation"
+                )
             if rsv and fin:
                 return self._inflate_whole(opcode, payload)
             self._opcode = opcode
             self._compressed = bool(rsv)
             if opcode == 1:
                 self._text = TextAssembler()
-        elif not self._opcode:
-            raise ProtocolError("continuation frame without a message to continue")  # §5.4
+        elif not self._opcode:  # §5.4
+            raise ProtocolError(
+                "continuation frame without a message to continue", code="bad_continuation"
+            )
         elif rsv:
             # RFC 7692 §6.1: "An endpoint MUST NOT set the "Per-Message Compressed" bit of
             # ... non-first fragments of a data message."
-            raise ProtocolError("RSV1 set on a continuation frame")
+            raise ProtocolError("RSV1 set on a continuation frame", code="reserved_bits")
         else:
             self._used += self._overhead
             self._wire += self._overhead
@@ -138,7 +142,7 @@ class MessageAssembler:
 
     def _codec(self) -> PerMessageDeflate:
         if self.codec is None:  # the frame decoder refuses RSV1 until enable_compression()
-            raise ProtocolError("RSV1 set without permessage-deflate")
+            raise ProtocolError("RSV1 set without permessage-deflate", code="reserved_bits")
         return self.codec
 
     def _inflate_whole(self, opcode: int, payload: bytes) -> Message:
