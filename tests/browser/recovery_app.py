@@ -1,0 +1,79 @@
+"""The server tests/browser/recovery.mjs talks to (run by tests/test_browser_recovery.py).
+
+``/`` serves ``recovery.html`` (the page under test). ``/r/<room>`` joins ``room``: rooms
+``whole:*`` are recoverable with the defaults, ``tiny:*`` keep only 3 publications (so a
+long outage is unrecoverable). ``/control`` is the driver's remote: ``publish``
+``{room, first, count, interval, skip}`` starts a greenlet emitting the numbers
+``first..first+count-1`` as ``n`` events to ``room`` (a number in ``skip`` is emitted to
+everyone but the room's current members: numbered and kept, not delivered, like a ``drop``
+policy would); ``kick`` ``{room}`` cuts the TCP connection of every member of ``room``
+without a Close frame (SO_LINGER 0, shutdown) and answers how many it cut.
+"""
+
+from __future__ import annotations
+
+from gevent import monkey
+
+monkey.patch_all()
+
+import socket  # noqa: E402
+import struct  # noqa: E402
+from pathlib import Path  # noqa: E402
+from typing import Any  # noqa: E402
+
+import gevent  # noqa: E402
+
+from wsflask import App, Config, HTTPResponse, Request, WebSocket  # noqa: E402
+
+PAGE = Path(__file__).resolve().parent / "recovery.html"
+
+app = App()
+app.rooms.recoverable("whole:*")
+app.rooms.recoverable("tiny:*", history_size=3)
+
+
+@app.get("/")
+def page(request: Request) -> HTTPResponse:
+    return HTTPResponse(200, PAGE.read_bytes(), content_type="text/html; charset=utf-8")
+
+
+member = app.route("/r/<room>", json=True)
+
+
+@member.on("connect")
+def joined(ws: WebSocket, room: str) -> None:
+    app.rooms.join(room, ws)
+
+
+control = app.route("/control", json=True)
+
+
+def stream(room: str, first: int, count: int, interval: float, skip: set[int]) -> None:
+    for n in range(first, first + count):
+        app.emit("n", n, to=room, skip=app.rooms.members(room) if n in skip else None)
+        gevent.sleep(interval)
+
+
+@control.on("publish")
+def publish(ws: WebSocket, data: Any) -> bool:
+    args = (data["room"], int(data["first"]), int(data["count"]), float(data["interval"]))
+    gevent.spawn(stream, *args, set(data.get("skip", [])))
+    return True
+
+
+@control.on("kick")
+def kick(ws: WebSocket, data: Any) -> int:
+    members = app.rooms.members(data["room"])
+    for victim in members:  # what a dead network looks like: no Close frame, TCP gone
+        raw = getattr(victim.transport, "_sock", victim.transport)
+        raw.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        raw.shutdown(socket.SHUT_RDWR)
+    return len(members)
+
+
+if __name__ == "__main__":
+    from wsflask.logs import setup
+
+    setup("text", "INFO")
+    app.configure(app.config.replace(**Config.env_overrides()))
+    app.run()
