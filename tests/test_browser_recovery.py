@@ -10,6 +10,10 @@ the page was given. Recoverable: every number exactly once, in order, each rejoi
 Unrecoverable (3 publications kept, hundreds of ms offline): ``recovered: false`` with
 ``too_many``, no partial replay, live traffic after it. Needs ``node`` and
 ``/usr/bin/chromium`` (``require_tool``: a failure with CI=true).
+
+``tests/browser/recovery_unit.mjs`` checks the client's bookkeeping in Node against a
+scripted WebSocket, for what a real server never sends: copies, ``unavailable``, ``_gap``
+notices, more than 128 rooms, and ``recover: false``.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
+from helpers import require_tool
 from test_browser import playwright_core as playwright_core  # the module fixture (npm ci)
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -106,3 +111,22 @@ def test_page_is_told_when_the_position_is_unrecoverable(
     assert after - before - 1 > 3  # more missed than the 3 kept: too_many, as answered
     assert after == answer["offset"] + 1  # live traffic resumes right after the answer's top
     assert (seen["gaps"], seen["duplicates"]) == (0, 0)
+
+
+UNIT_CHECKS = [
+    "savedPositionsArePresentedFirst", "noPositionNoParameter", "replayThenCopiesDropped",
+    "unrecoverableAnswerResetsThePosition", "unavailableKeepsThePosition",
+    "offsetGapReconnectsAndPresents", "gapNoticeOfAKnownRoomReconnects",
+    "dropPresentsOnTheNextConnection", "atMost128RoomsPresented", "turnedOff",
+    "withoutReconnectAGapIsOnlyCounted",
+]  # fmt: skip
+
+
+def test_client_bookkeeping_against_a_scripted_socket() -> None:
+    node = require_tool("node", "apt-get install -y nodejs")
+    done = subprocess.run(
+        [node, "recovery_unit.mjs"], cwd=DRIVER, capture_output=True, text=True, timeout=60,
+        check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-4000:]
+    assert json.loads(done.stdout.splitlines()[-1]) == {"passed": UNIT_CHECKS}

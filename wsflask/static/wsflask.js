@@ -98,7 +98,7 @@ export class Socket {
     this.rooms = new Map();      // recoverable room -> {offset, epoch}: the last one seen
     this.duplicates = 0;         // copies dropped (offset <= the last seen, same epoch)
     this.gaps = 0;               // offset jumps seen live (each one made it recover)
-    for (const [room, pos] of Object.entries(options.positions ?? {})) {
+    for (const [room, pos] of Object.entries(this.recover ? options.positions ?? {} : {})) {
       if (pos && validPosition(pos.offset, pos.epoch)) this._remember(room, pos.offset, pos.epoch);
     }
     this._open();
