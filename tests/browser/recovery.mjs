@@ -2,11 +2,12 @@
 //   node recovery.mjs BASE_URL USER_DATA_DIR CASE
 // Debian's /usr/bin/chromium, headless, through playwright-core (no browser download); the
 // server is tests/browser/recovery_app.py. CASE is one of:
-//   whole: the server emits 1..300 to a recoverable room while it cuts the page's TCP
-//          connection three times (no Close frame); then 301..320 with 305 kept from the page
-//          (an offset gap in live traffic), then 321 as the last one.
-//   tiny:  the room keeps 3 publications; one cut with a 400 ms reconnection delay misses
-//          far more than 3.
+//   whole: the server emits 1..300 to a recoverable room 5 ms apart and cuts the page's TCP
+//          connection (no Close frame) right after 50, 150 and 250, the page reconnecting
+//          after 200 ms; then 301..320 with 305 kept from the page (an offset gap in live
+//          traffic), then 321 as the last one.
+//   tiny:  the room keeps 3 publications; one cut after 30 with a 400 ms reconnection delay
+//          misses far more than 3.
 // Prints one JSON line, {"step": "done", problems, log, ...}: the page's list (#log, read from
 // the DOM) and what the socket told the page. Exits 1 on any failure.
 import { chromium } from "playwright-core";
@@ -39,9 +40,6 @@ async function open(context, problems, name, query) {
 const control = (page, event, data) =>
   page.evaluate(([e, d]) => window.control.call(e, d, { timeout: 10000 }), [event, data]);
 
-const count = (page, n) => page.waitForFunction(
-  (want) => document.querySelectorAll("#log li").length >= want, n, { timeout: STEP_MS });
-
 const last = (page, n) => page.waitForFunction(
   (want) => document.querySelector("#log li:last-child")?.textContent === String(want), n,
   { timeout: STEP_MS });
@@ -59,32 +57,25 @@ async function report(page) {
 async function whole(context, problems) {
   const room = "whole:a";
   const page = await open(context, problems, "whole", `room=${room}&min=200&jitter=0`);
-  await control(page, "publish", { room, first: 1, count: 300, interval: 0.005 });
-  const kicked = [];
-  for (const at of [50, 120, 190]) {
-    await count(page, at);
-    const recoveries = await page.evaluate(() => window.seen.recoveries.length);
-    kicked.push(await control(page, "kick", { room }));
-    await page.waitForFunction((n) => window.seen.recoveries.length > n, recoveries,
-      { timeout: STEP_MS });
-  }
+  await control(page, "publish",
+    { room, first: 1, count: 300, interval: 0.005, cut: [50, 150, 250] });
+  await page.waitForFunction(() => window.seen.recoveries.length >= 4, null,
+    { timeout: STEP_MS });
   await last(page, 300);
   await control(page, "publish", { room, first: 301, count: 20, interval: 0.005, skip: [305] });
   await last(page, 320);
   await control(page, "publish", { room, first: 321, count: 1, interval: 0 });
   await last(page, 321);
-  return { kicked, ...(await report(page)) };
+  return { kicked: await control(page, "cuts", { room }), ...(await report(page)) };
 }
 
 async function tiny(context, problems) {
   const room = "tiny:b";
   const page = await open(context, problems, "tiny", `room=${room}&min=400&jitter=0`);
-  await control(page, "publish", { room, first: 1, count: 200, interval: 0.005 });
-  await count(page, 30);
-  const kicked = [await control(page, "kick", { room })];
+  await control(page, "publish", { room, first: 1, count: 200, interval: 0.005, cut: [30] });
   await page.waitForFunction(() => window.seen.recoveries.length >= 2, null, { timeout: STEP_MS });
   await last(page, 200);
-  return { kicked, ...(await report(page)) };
+  return { kicked: await control(page, "cuts", { room }), ...(await report(page)) };
 }
 
 async function main() {

@@ -3,11 +3,14 @@
 ``/`` serves ``recovery.html`` (the page under test). ``/r/<room>`` joins ``room``: rooms
 ``whole:*`` are recoverable with the defaults, ``tiny:*`` keep only 3 publications (so a
 long outage is unrecoverable). ``/control`` is the driver's remote: ``publish``
-``{room, first, count, interval, skip}`` starts a greenlet emitting the numbers
-``first..first+count-1`` as ``n`` events to ``room`` (a number in ``skip`` is emitted to
-everyone but the room's current members: numbered and kept, not delivered, like a ``drop``
-policy would); ``kick`` ``{room}`` cuts the TCP connection of every member of ``room``
-without a Close frame (SO_LINGER 0, shutdown) and answers how many it cut.
+``{room, first, count, interval, skip, cut}`` starts a greenlet emitting the numbers
+``first..first+count-1`` as ``n`` events to ``room``, ``interval`` seconds apart. A number
+in ``skip`` is emitted to everyone but the room's current members (numbered and kept, not
+delivered, as a ``drop`` policy would); right after a number in ``cut`` it cuts the TCP
+connection of every member of the room without a Close frame (SO_LINGER 0, shutdown; once
+the room has a member again), so the publications that follow while the page reconnects are
+missed for sure. ``cuts``
+``{room}`` answers how many members each cut reached.
 """
 
 from __future__ import annotations
@@ -48,27 +51,42 @@ def joined(ws: WebSocket, room: str) -> None:
 control = app.route("/control", json=True)
 
 
-def stream(room: str, first: int, count: int, interval: float, skip: set[int]) -> None:
-    for n in range(first, first + count):
+#: room -> how many members each cut reached
+cuts: dict[str, list[int]] = {}
+
+
+def cut(room: str) -> None:
+    with gevent.Timeout(10, False):  # a page still reconnecting from the last cut: wait
+        while not app.rooms.members(room):
+            gevent.sleep(0.005)
+    members = app.rooms.members(room)
+    for victim in members:  # what a dead network looks like: no Close frame, TCP gone
+        raw = getattr(victim.transport, "_sock", victim.transport)
+        raw.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        raw.shutdown(socket.SHUT_RDWR)
+    cuts.setdefault(room, []).append(len(members))
+
+
+def stream(room: str, numbers: range, interval: float, skip: set[int], cut_at: set[int]) -> None:
+    for n in numbers:
         app.emit("n", n, to=room, skip=app.rooms.members(room) if n in skip else None)
+        if n in cut_at:
+            cut(room)
         gevent.sleep(interval)
 
 
 @control.on("publish")
 def publish(ws: WebSocket, data: Any) -> bool:
-    args = (data["room"], int(data["first"]), int(data["count"]), float(data["interval"]))
-    gevent.spawn(stream, *args, set(data.get("skip", [])))
+    first, count = int(data["first"]), int(data["count"])
+    numbers = range(first, first + count)
+    marks = (set(data.get("skip", [])), set(data.get("cut", [])))
+    gevent.spawn(stream, data["room"], numbers, float(data["interval"]), *marks)
     return True
 
 
-@control.on("kick")
-def kick(ws: WebSocket, data: Any) -> int:
-    members = app.rooms.members(data["room"])
-    for victim in members:  # what a dead network looks like: no Close frame, TCP gone
-        raw = getattr(victim.transport, "_sock", victim.transport)
-        raw.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-        raw.shutdown(socket.SHUT_RDWR)
-    return len(members)
+@control.on("cuts")
+def cuts_of(ws: WebSocket, data: Any) -> list[int]:
+    return cuts.get(data["room"], [])
 
 
 if __name__ == "__main__":
