@@ -95,7 +95,7 @@ export class Socket {
     this.closed = false;         // close() was called
     this.timer = null;
     this.recover = options.recover ?? true;
-    this.rooms = new Map();      // recoverable room -> {offset, epoch}: the last one seen
+    this._rooms = new Map();     // recoverable room -> {offset, epoch}: the last one seen
     this.duplicates = 0;         // copies dropped (offset <= the last seen, same epoch)
     this.gaps = 0;               // offset jumps seen live (each one made it recover)
     for (const [room, pos] of Object.entries(this.recover ? options.positions ?? {} : {})) {
@@ -108,7 +108,7 @@ export class Socket {
    * next reconnection presents; save it to pass as options.positions after a page reload. */
   get positions() {
     const out = {};
-    for (const [room, { offset, epoch }] of this.rooms) out[room] = { offset, epoch };
+    for (const [room, { offset, epoch }] of this._rooms) out[room] = { offset, epoch };
     return out;
   }
 
@@ -196,7 +196,7 @@ export class Socket {
 
   /** `url` with the known positions in its `recover` parameter (any other one is kept). */
   _presenting(url) {
-    if (!this.recover || this.rooms.size === 0) return url;
+    if (!this.recover || this._rooms.size === 0) return url;
     const at = new URL(url);
     at.searchParams.set("recover", JSON.stringify(this.positions));
     return at.href;
@@ -280,7 +280,7 @@ export class Socket {
       this._marker(data);
       return true;
     }
-    if (event === GAP && data !== null && typeof data === "object" && this.rooms.has(data.room)) {
+    if (event === GAP && data !== null && typeof data === "object" && this._rooms.has(data.room)) {
       this._resume(`gap notice for ${data.room}`);  // live traffic may have been lost
       return true;
     }
@@ -288,7 +288,7 @@ export class Socket {
     if (typeof room !== "string" || !Number.isInteger(offset) || typeof epoch !== "string") {
       return true;
     }
-    const known = this.rooms.get(room);
+    const known = this._rooms.get(room);
     if (known === undefined || known.epoch !== epoch) {
       this._remember(room, offset, epoch);
       return true;
@@ -314,7 +314,7 @@ export class Socket {
     const room = String(data.room);
     const recovered = data.recovered === true;
     const { offset, epoch } = data;
-    if (validPosition(offset, epoch) && (!recovered || !this.rooms.has(room))) {
+    if (validPosition(offset, epoch) && (!recovered || !this._rooms.has(room))) {
       this._remember(room, offset, epoch);  // no epoch ("unavailable"): keep ours, retry later
     }
     const info = { room, recovered, reason: data.reason ?? null, offset, epoch };
@@ -323,10 +323,10 @@ export class Socket {
   }
 
   _remember(room, offset, epoch) {
-    if (!this.rooms.has(room) && this.rooms.size >= MAX_POSITIONS) {
-      this.rooms.delete(this.rooms.keys().next().value);  // the room heard of first
+    if (!this._rooms.has(room) && this._rooms.size >= MAX_POSITIONS) {
+      this._rooms.delete(this._rooms.keys().next().value);  // the room heard of first
     }
-    this.rooms.set(room, { offset, epoch });
+    this._rooms.set(room, { offset, epoch });
   }
 
   /** Leave this connection now and reconnect, presenting the positions we have. */
