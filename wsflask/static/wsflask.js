@@ -23,8 +23,8 @@
 // server answers each join with a "_recovery" event {room, recovered, offset, epoch[, replayed]
 // [, reason]} and replays what was missed. The page hears it as the "recovery" event. A copy
 // (offset <= the last one seen in the same epoch) is dropped and counted; an offset that jumps
-// by more than one, or a "_gap" notice for such a room, makes the client reconnect at once and
-// recover what it missed.
+// by more than one, or a "_gap" notice for such a room, makes the client drop the connection
+// and reconnect (after the first backoff delay) to recover what it missed.
 
 /** Close codes after which the client does not reconnect: the server refused this client
  * (1008 policy: a connect handler or the origin check said no) or what it sends (1002
