@@ -19,6 +19,43 @@ export interface Envelope {
   event: string;
   data?: JSONValue;
   id?: number | string;
+  /** An event to a recoverable room: the room, the publication's offset (from 1) and the
+   * epoch of the room's history. */
+  room?: string;
+  offset?: number;
+  epoch?: string;
+}
+
+/** Where a client is in one recoverable room: the last publication it has. */
+export interface Position {
+  offset: number;
+  epoch: string;
+}
+
+/** Positions by room, as presented in the `recover` query parameter. */
+export type Positions = Record<string, Position>;
+
+/** Why a rejoin was not recovered: the server's `_recovery` reasons. */
+export type RecoveryReason =
+  | "too_many"
+  | "trimmed"
+  | "epoch_changed"
+  | "unknown_offset"
+  | "bad_position"
+  | "unavailable";
+
+/** The "recovery" event: the server's `_recovery` answer to a join of a recoverable room. */
+export interface RecoveryInfo {
+  room: string;
+  /** true: every missed publication follows (`replayed` of them), then live traffic. */
+  recovered: boolean;
+  /** Why not recovered (refetch the state); null on a first join (nothing was asked). */
+  reason: RecoveryReason | null;
+  /** The room's last offset and its epoch when the server answered. */
+  offset: number;
+  epoch: string;
+  /** How many publications the replay holds (when recovered). */
+  replayed?: number;
 }
 
 /** An error reply's data: {"event": "error", "id", "data": ErrorData}. */
@@ -57,6 +94,12 @@ export interface ConnectOptions {
   protocols?: string | string[];
   /** The WebSocket class (default globalThis.WebSocket). */
   WebSocket?: WebSocketConstructor;
+  /** Follow recoverable rooms' positions and present them when reconnecting; drop copies;
+   * recover on an offset gap or a `_gap` notice (default true). */
+  recover?: boolean;
+  /** Positions to present from the first connection (e.g. `socket.positions` saved before a
+   * page reload). */
+  positions?: Positions;
 }
 
 export interface CallOptions {
@@ -104,9 +147,17 @@ export declare class Socket {
   readonly url: string;
   /** true while the WebSocket is open. */
   readonly connected: boolean;
+  /** The last position seen per recoverable room (a copy): the next reconnection presents it. */
+  readonly positions: Positions;
+  /** Copies dropped: an offset at or below the last one seen in the same epoch. */
+  readonly duplicates: number;
+  /** Offset jumps seen in live traffic; each made the client reconnect and recover. */
+  readonly gaps: number;
   on(event: "open", handler: (info: OpenInfo) => void): this;
   on(event: "close", handler: (info: CloseInfo) => void): this;
   on(event: "reconnect", handler: (info: ReconnectInfo) => void): this;
+  /** Each join of a recoverable room; on `recovered: false` with a reason, refetch. */
+  on(event: "recovery", handler: (info: RecoveryInfo) => void): this;
   /** A message that is not an envelope (e.g. app.send() raw data). */
   on(event: "message", handler: (raw: string | ArrayBuffer | Blob) => void): this;
   on(event: string, handler: EventHandler): this;

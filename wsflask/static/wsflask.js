@@ -16,13 +16,34 @@
 // Reconnects with capped exponential backoff and full jitter, except after close() and after
 // a close code in DO_NOT_RETRY. Nothing is buffered while disconnected: emit() and send()
 // return false, call() rejects at once.
+//
+// Recoverable rooms (app.rooms.recoverable on the server): each event to such a room also
+// carries "room", "offset", "epoch". The client remembers the last (offset, epoch) per room and
+// presents them on every (re)connection as ?recover={"room":{"offset":n,"epoch":"e"}}; the
+// server answers each join with a "_recovery" event {room, recovered, offset, epoch[, replayed]
+// [, reason]} and replays what was missed. The page hears it as the "recovery" event. A copy
+// (offset <= the last one seen in the same epoch) is dropped and counted; an offset that jumps
+// by more than one, or a "_gap" notice for such a room, makes the client drop the connection
+// and reconnect (after the first backoff delay) to recover what it missed.
 
 /** Close codes after which the client does not reconnect: the server refused this client
  * (1008 policy: a connect handler or the origin check said no) or what it sends (1002
  * protocol error, 1003 unsupported data, 1007 invalid payload); retrying would repeat it. */
 export const DO_NOT_RETRY = Object.freeze([1002, 1003, 1007, 1008]);
 
-const LIFECYCLE = new Set(["open", "close", "reconnect", "message"]);
+const LIFECYCLE = new Set(["open", "close", "reconnect", "message", "recovery"]);
+
+/** The event answering each join of a recoverable room, and the backplane's gap notice. */
+const MARKER = "_recovery";
+const GAP = "_gap";
+/** The most rooms one handshake may present (the server's recovery.MAX_POSITIONS). */
+const MAX_POSITIONS = 128;
+
+/** A position the server accepts (recovery.parse_positions): offset >= 0, epoch 1-64 chars. */
+function validPosition(offset, epoch) {
+  return Number.isInteger(offset) && offset >= 0 && typeof epoch === "string" &&
+    epoch.length > 0 && epoch.length <= 64;
+}
 
 /** Why a call() failed: `type` is "Timeout", "Disconnected", "NotConnected", or the type the
  * other side's error reply named (e.g. "UnknownEvent", "ValueError"). */
@@ -54,7 +75,8 @@ function absolute(url) {
 export class Socket {
   constructor(url, options = {}) {
     this.target = url;           // a URL, or a function giving it at each (re)connection
-    this.url = absolute(typeof url === "function" ? url() : url);
+    this.base = absolute(typeof url === "function" ? url() : url);
+    this.url = this.base;        // base plus the positions presented (recover=...)
     this.reconnect = options.reconnect ?? true;
     this.backoff = { min: 500, max: 30000, ...(options.backoff || {}) };
     this.jitter = options.jitter ?? true;
@@ -72,7 +94,22 @@ export class Socket {
     this.opened = false;         // ever opened: the next open is a reconnection
     this.closed = false;         // close() was called
     this.timer = null;
+    this.recover = options.recover ?? true;
+    this._rooms = new Map();     // recoverable room -> {offset, epoch}: the last one seen
+    this.duplicates = 0;         // copies dropped (offset <= the last seen, same epoch)
+    this.gaps = 0;               // offset jumps seen live (each one made it recover)
+    for (const [room, pos] of Object.entries(this.recover ? options.positions ?? {} : {})) {
+      if (pos && validPosition(pos.offset, pos.epoch)) this._remember(room, pos.offset, pos.epoch);
+    }
     this._open();
+  }
+
+  /** The last position seen per recoverable room, {room: {offset, epoch}} (a copy): what the
+   * next reconnection presents; save it to pass as options.positions after a page reload. */
+  get positions() {
+    const out = {};
+    for (const [room, { offset, epoch }] of this._rooms) out[room] = { offset, epoch };
+    return out;
   }
 
   /** True while the WebSocket is open. */
@@ -141,7 +178,8 @@ export class Socket {
 
   _open() {
     this.timer = null;
-    if (typeof this.target === "function") this.url = absolute(this.target());
+    if (typeof this.target === "function") this.base = absolute(this.target());
+    this.url = this._presenting(this.base);
     const ws = this.protocols ? new this.WebSocket(this.url, this.protocols)
       : new this.WebSocket(this.url);
     this.ws = ws;
@@ -154,6 +192,14 @@ export class Socket {
     ws.onmessage = (message) => this._receive(message.data);
     ws.onerror = () => {};  // a close event follows; it decides what happens next
     ws.onclose = (event) => this._dropped(ws, event.code, event.reason || "");
+  }
+
+  /** `url` with the known positions in its `recover` parameter (any other one is kept). */
+  _presenting(url) {
+    if (!this.recover || this._rooms.size === 0) return url;
+    const at = new URL(url);
+    at.searchParams.set("recover", JSON.stringify(this.positions));
+    return at.href;
   }
 
   _dropped(ws, code, reason) {
@@ -192,6 +238,7 @@ export class Socket {
       this._fire("message", raw);
       return;
     }
+    if (this.recover && !this._track(envelope)) return;
     const { event, data, id } = envelope;
     if ((event === "ack" || event === "error") && this.pending.has(id)) {
       const call = this.pending.get(id);
@@ -221,6 +268,75 @@ export class Socket {
       const type = (error && error.name) || "Error";
       this._write({ event: "error", id, data: { type, message: String((error && error.message) || error) } });
     }
+  }
+
+  // -- recovery -------------------------------------------------------------------------------
+
+  /** Follow positions; false for a message not to deliver (a copy, or one past a gap: the
+   * recovery that follows replays it in order). */
+  _track(envelope) {
+    const { event, data } = envelope;
+    if (event === MARKER && data !== null && typeof data === "object") {
+      this._marker(data);
+      return true;
+    }
+    if (event === GAP && data !== null && typeof data === "object" && this._rooms.has(data.room)) {
+      this._resume(`gap notice for ${data.room}`);  // live traffic may have been lost
+      return true;
+    }
+    const { room, offset, epoch } = envelope;
+    if (typeof room !== "string" || !Number.isInteger(offset) || typeof epoch !== "string") {
+      return true;
+    }
+    const known = this._rooms.get(room);
+    if (known === undefined || known.epoch !== epoch) {
+      this._remember(room, offset, epoch);
+      return true;
+    }
+    if (offset <= known.offset) {
+      this.duplicates += 1;
+      return false;
+    }
+    if (offset > known.offset + 1) {
+      this.gaps += 1;
+      if (this.reconnect && !this.closed) {
+        this._resume(`offset gap in ${room}: ${known.offset} then ${offset}`);
+        return false;
+      }
+    }
+    known.offset = offset;
+    return true;
+  }
+
+  /** The server's answer to a join of a recoverable room: adopt its position unless it
+   * replays (the replayed events move the position), then tell the page. */
+  _marker(data) {
+    const room = String(data.room);
+    const recovered = data.recovered === true;
+    const { offset, epoch } = data;
+    if (validPosition(offset, epoch) && (!recovered || !this._rooms.has(room))) {
+      this._remember(room, offset, epoch);  // no epoch ("unavailable"): keep ours, retry later
+    }
+    const info = { room, recovered, reason: data.reason ?? null, offset, epoch };
+    if (Number.isInteger(data.replayed)) info.replayed = data.replayed;
+    this._fire("recovery", info);
+  }
+
+  _remember(room, offset, epoch) {
+    if (!this._rooms.has(room) && this._rooms.size >= MAX_POSITIONS) {
+      this._rooms.delete(this._rooms.keys().next().value);  // the room heard of first
+    }
+    this._rooms.set(room, { offset, epoch });
+  }
+
+  /** Leave this connection now and reconnect, presenting the positions we have. */
+  _resume(why) {
+    const ws = this.ws;
+    if (ws === null || !this.reconnect || this.closed) return;
+    ws.onmessage = null;
+    ws.onclose = null;
+    if (ws.readyState <= 1) ws.close(1000, "recovering");
+    this._dropped(ws, 1000, why);
   }
 
   _fire(event, data) {
