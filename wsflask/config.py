@@ -84,8 +84,9 @@ class Config:
         backplane: ``None`` = rooms live in this process only. ``"redis://host:6379/0"``
             spans processes and machines (``pip install wsflask[redis]``); ``"memory://name"``
             joins Apps of one process (tests). Env: ``WSFLASK_BACKPLANE``.
-        backplane_interval: ``5.0`` s between bus probes and presence refreshes; no probe
-            echo for 2 intervals -> not ready; presence expires after 3 intervals.
+        backplane_interval: ``5.0`` s between bus probes, presence refreshes and heartbeats;
+            no probe echo for 2 intervals -> not ready; a node without a heartbeat for one
+            interval + ``0.1 s + interval/4`` is lost (its members leave, with ``_left``).
         backplane_backoff_max: ``5.0`` s, the longest wait between reconnect attempts
             (exponential from 0.1 s, with jitter). Trades recovery time after an outage
             (under 5 s once Redis is back) against reconnect storms.
