@@ -118,7 +118,7 @@ UNIT_CHECKS = [
     "unrecoverableAnswerResetsThePosition", "unavailableKeepsThePosition",
     "offsetGapReconnectsAndPresents", "gapNoticeOfAKnownRoomReconnects",
     "dropPresentsOnTheNextConnection", "atMost128RoomsPresented", "turnedOff",
-    "withoutReconnectAGapIsOnlyCounted",
+    "withoutReconnectAGapIsOnlyCounted", "aSkipMovesThePositionAndIsNotShown",
 ]  # fmt: skip
 
 

@@ -275,17 +275,66 @@ def test_stress_script_thirty_seconds(tmp_path: Path) -> None:
 
 
 def test_client_repairs_a_gap_by_recovering(app_factory: Callable[..., App], clients: Any) -> None:
-    """A publication the member did not get live (here: ``skip``; in production a ``drop``
-    backpressure policy) is noticed from the next offset and fetched by recovering."""
+    """A publication the member did not get live (here its live copy is cut; in production
+    a ``drop`` backpressure policy) is noticed from the next offset and fetched by
+    recovering."""
     app, client = chat(app_factory)
     rc = recovering(client, clients)
     marker(rc)
-    (member,) = app.rooms.members("chat:a")
     app.emit("msg", 1, to="chat:a")
     assert rc.receive(timeout=5)["data"] == 1
-    app.emit("msg", 2, to="chat:a", skip=member)  # numbered and kept, not delivered
+    recovery = app.rooms.recovery
+    assert recovery is not None
+    history = recovery.history
+    assert isinstance(history, MemoryHistory)
+    live = history.on_live
+    history.on_live = lambda *args: None  # numbered and kept, its live copy lost
+    try:
+        app.emit("msg", 2, to="chat:a")
+    finally:
+        history.on_live = live
     app.emit("msg", 3, to="chat:a")
     answer = marker(rc)  # the client saw 3 after 1: it reconnected from offset 1
     assert (answer["recovered"], answer["replayed"]) == (True, 2)
     assert [rc.receive(timeout=5)["data"] for _ in range(2)] == [2, 3]
     assert (rc.gaps, rc.duplicates, rc.reconnects) == (1, 0, 2)
+
+
+def test_a_skipped_member_moves_on_without_a_gap(
+    app_factory: Callable[..., App], clients: Any
+) -> None:
+    """``skip=`` in a recoverable room: the member left out gets the position alone
+    (``_skipped``), so its client neither shows it nor takes the hole for a loss."""
+    app, client = chat(app_factory)
+    rc = recovering(client, clients)
+    marker(rc)
+    (skipped,) = app.rooms.members("chat:a")
+    plain = client.connect("/c/chat:a")
+    assert json.loads(plain.receive(timeout=5))["event"] == "_recovery"
+    app.emit("msg", 1, to="chat:a")
+    app.emit("msg", 2, to="chat:a", skip=skipped)
+    app.emit("msg", 3, to="chat:a")
+    first, third = take(rc, 2)
+    assert (first["data"], third["data"]) == (1, 3)
+    assert third["offset"] == first["offset"] + 2
+    assert (rc.gaps, rc.duplicates, rc.reconnects) == (0, 0, 1)
+    assert rc.positions["chat:a"] == (third["offset"], third["epoch"])
+    got = [json.loads(plain.receive(timeout=5)) for _ in range(3)]  # the other member: all
+    assert [g["data"] for g in got] == [1, 2, 3]
+    plain.close()
+    assert [g["offset"] for g in got] == [first["offset"] + i for i in range(3)]
+
+
+def test_the_skipped_notice_carries_the_position_alone(
+    app_factory: Callable[..., App], clients: Any
+) -> None:
+    app, client = chat(app_factory)
+    plain = client.connect("/c/chat:a")
+    assert json.loads(plain.receive(timeout=5))["event"] == "_recovery"
+    (member,) = app.rooms.members("chat:a")
+    app.emit("msg", 1, to="chat:a", skip=member)
+    notice = json.loads(plain.receive(timeout=5))
+    plain.close()
+    assert notice == {
+        "event": "_skipped", "data": None, "room": "chat:a", "offset": 1, "epoch": notice["epoch"],
+    }  # fmt: skip

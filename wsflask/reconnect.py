@@ -28,6 +28,9 @@ __all__ = ["RecoveringClient"]
 MARKER = "_recovery"
 #: the backplane's gap notice (``bridge.default_gap_message``): a reason to recover at once
 GAP = "_gap"
+#: what the server sends a member left out of a publication (``recovery.SKIPPED``): the
+#: position moves on, nothing is returned
+SKIPPED = "_skipped"
 
 
 class RecoveringClient:
@@ -124,7 +127,7 @@ class RecoveringClient:
                 self.drop()
                 return False
         self.positions[where] = (offset, epoch)
-        return True
+        return bool(envelope["event"] != SKIPPED)
 
     def _reconnect(self) -> WebSocket:
         if self._closed:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import fnmatch
 import json
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -30,6 +30,9 @@ logger = logging.getLogger("wsflask.recovery")
 QUERY = "recover"
 #: the event that answers each join of a recoverable room (before any replayed publication)
 MARKER = "_recovery"
+#: what a member left out of a publication (``skip``/``exclude``) gets in its place: the
+#: position alone, so its client moves on instead of taking the hole for a loss
+SKIPPED = "_skipped"
 #: the most rooms one handshake may present positions for, and the most bytes of them
 MAX_POSITIONS = 128
 MAX_QUERY = 16_384
@@ -64,6 +67,7 @@ class Index(Protocol):
     def bus(self) -> _Bus | None: ...
     def policy_for(self, room: str) -> str: ...
     def deliver(self, room: str, frame: bytes, *, exclude: Iterable[str]) -> _Counted: ...
+    def members(self, room: str) -> Sequence[_Member]: ...
 
 
 class Link(Protocol):
@@ -213,20 +217,35 @@ class Recovery:
         """Deliver numbered publication ``offset`` to the local members of ``room``; members
         still replaying get it after their replay (the history backends call this)."""
         message = positioned(body, room, offset, epoch)
+        notice = positioned(envelopes.encode(SKIPPED), room, offset, epoch) if exclude else ""
         held, floors = self._held.get(room), self._floors.get(room)
         skip: Iterable[str] = exclude
+        passed: set[str] = set()  # members whose replay already held this offset
         if held or floors:
             skip = set(exclude)
             for member_id, queue in (held or {}).items():
-                if member_id not in skip:
-                    queue.append((offset, epoch, message))
-                skip.add(member_id)
+                queue.append((offset, epoch, notice if member_id in skip else message))
+            skip.update(held or ())
             if floors:
-                self._skip_replayed(room, floors, offset, epoch, skip)
+                self._skip_replayed(room, floors, offset, epoch, passed)
+                skip.update(passed)
         self._result = self.rooms.deliver(room, _frame(message), exclude=skip)
+        if exclude:
+            self._tell_skipped(room, notice, set(exclude) - passed - set(held or ()))
         bus = self.rooms.bus
         if bus is not None and isinstance(self.history, MemoryHistory):
             bus.publish(room, message, exclude)  # other nodes: live only (history is ours)
+
+    def _tell_skipped(self, room: str, notice: str, member_ids: set[str]) -> None:
+        """Send ``notice`` (the ``SKIPPED`` position) to the local members of ``room`` among
+        ``member_ids``, found through their personal rooms, never a walk over ``room``."""
+        frame = b""
+        policy = self.rooms.policy_for(room)
+        for member_id in member_ids:
+            for ws in self.rooms.members(member_id):  # its personal room: [ws] when local
+                if room in ws.rooms:
+                    frame = frame or _frame(notice)
+                    ws.send_prepared(frame, policy=policy)
 
     def _skip_replayed(
         self, room: str, floors: dict[str, tuple[str, int]], offset: int, epoch: str, skip: set[str]

@@ -5,8 +5,8 @@
 long outage is unrecoverable). ``/control`` is the driver's remote: ``publish``
 ``{room, first, count, interval, skip, cut}`` starts a greenlet emitting the numbers
 ``first..first+count-1`` as ``n`` events to ``room``, ``interval`` seconds apart. A number
-in ``skip`` is emitted to everyone but the room's current members (numbered and kept, not
-delivered, as a ``drop`` policy would); right after a number in ``cut`` it cuts the TCP
+in ``skip`` is numbered and kept but its live copy is lost (delivered to nobody, as a
+``drop`` policy would lose it); right after a number in ``cut`` it cuts the TCP
 connection of every member of the room without a Close frame (SO_LINGER 0, shutdown; once
 the room has a member again), so the publications that follow while the page reconnects are
 missed for sure. ``cuts``
@@ -27,6 +27,7 @@ from typing import Any  # noqa: E402
 import gevent  # noqa: E402
 
 from wsflask import App, Config, HTTPResponse, Request, WebSocket  # noqa: E402
+from wsflask.history import MemoryHistory  # noqa: E402
 
 PAGE = Path(__file__).resolve().parent / "recovery.html"
 
@@ -69,10 +70,27 @@ def cut(room: str) -> None:
 
 def stream(room: str, numbers: range, interval: float, skip: set[int], cut_at: set[int]) -> None:
     for n in numbers:
-        app.emit("n", n, to=room, skip=app.rooms.members(room) if n in skip else None)
+        if n in skip:
+            lose_live_copy(room, n)
+        else:
+            app.emit("n", n, to=room)
         if n in cut_at:
             cut(room)
         gevent.sleep(interval)
+
+
+def lose_live_copy(room: str, n: int) -> None:
+    """Emit ``n`` numbered and kept but delivered to nobody, as a ``drop`` policy would lose
+    it (``skip=`` would not do: the member left out gets a ``_skipped`` position)."""
+    recovery = app.rooms.recovery
+    history = None if recovery is None else recovery.history
+    assert isinstance(history, MemoryHistory)
+    live = history.on_live
+    history.on_live = lambda *args: None
+    try:
+        app.emit("n", n, to=room)
+    finally:
+        history.on_live = live
 
 
 @control.on("publish")

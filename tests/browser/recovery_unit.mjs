@@ -186,6 +186,20 @@ const checks = {
     assert.equal(sock.gaps, 1);
     assert.equal(ws.closedWith, null);
   },
+
+  async aSkipMovesThePositionAndIsNotShown() {
+    const { sock, seen, ws } = start("ws://h/r/a");
+    let skips = 0;
+    sock.on("_skipped", () => { skips += 1; });
+    ws.deliver(n("a", 1, "e1"));
+    ws.deliver({ event: "_skipped", data: null, room: "a", offset: 2, epoch: "e1" });
+    ws.deliver(n("a", 3, "e1"));
+    assert.deepEqual(seen.n, [1, 3]);
+    assert.equal(skips, 0);
+    assert.equal(sock.gaps, 0);
+    assert.equal(ws.closedWith, null);
+    assert.deepEqual(sock.positions, { a: { offset: 3, epoch: "e1" } });
+  },
 };
 
 const passed = [];

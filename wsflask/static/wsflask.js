@@ -24,7 +24,8 @@
 // [, reason]} and replays what was missed. The page hears it as the "recovery" event. A copy
 // (offset <= the last one seen in the same epoch) is dropped and counted; an offset that jumps
 // by more than one, or a "_gap" notice for such a room, makes the client drop the connection
-// and reconnect (after the first backoff delay) to recover what it missed.
+// and reconnect (after the first backoff delay) to recover what it missed. A "_skipped" event
+// (a publication this client was left out of, skip=) only moves the position.
 
 /** Close codes after which the client does not reconnect: the server refused this client
  * (1008 policy: a connect handler or the origin check said no) or what it sends (1002
@@ -36,6 +37,7 @@ const LIFECYCLE = new Set(["open", "close", "reconnect", "message", "recovery"])
 /** The event answering each join of a recoverable room, and the backplane's gap notice. */
 const MARKER = "_recovery";
 const GAP = "_gap";
+const SKIPPED = "_skipped";  // a publication this client was left out of: its position only
 /** The most rooms one handshake may present (the server's recovery.MAX_POSITIONS). */
 const MAX_POSITIONS = 128;
 
@@ -291,7 +293,7 @@ export class Socket {
     const known = this._rooms.get(room);
     if (known === undefined || known.epoch !== epoch) {
       this._remember(room, offset, epoch);
-      return true;
+      return event !== SKIPPED;
     }
     if (offset <= known.offset) {
       this.duplicates += 1;
@@ -305,7 +307,7 @@ export class Socket {
       }
     }
     known.offset = offset;
-    return true;
+    return event !== SKIPPED;  // a skip moves the position and is not shown
   }
 
   /** The server's answer to a join of a recoverable room: adopt its position unless it
