@@ -1,0 +1,254 @@
+"""Battery rows made strong in wave 3, measured from outside the code under test.
+
+HS-10: hostile ``Sec-WebSocket-Extensions`` offers get a 101 without the extension (or with the
+next valid offer), never 400/500, over real sockets with a canary; 10 000 offers get the
+precise 431 under the default head limit; the negotiation's CPU time (``getrusage``) for
+10 000 offers is at most 2.2x that for 5 000. FR-05: with the default settings, a frame of
+exactly ``max_message_size`` passes and one byte more gets 1009; a message in 2 or 16 fragments
+passes at exactly its budget (``max_message_size`` minus ``fragment_overhead`` per continuation)
+and gets 1009 one byte over. CL-04: when the server closes (the handler's ``close()`` or a
+``stop()`` drain) and the peer never answers, TCP goes and the descriptor is released at
+``close_timeout`` (the default 5 s) +- 0.5 s.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import gevent
+import pytest
+from helpers import wait_until
+from test_battery_scale import Canary, cpu_seconds, open_fds
+
+from wsflask.config import Config
+from wsflask.protocol import Connection, Limits, Request, Side
+from wsflask.websocket import WebSocket
+
+PMD = "permessage-deflate"
+
+
+def echo(ws: WebSocket) -> None:
+    for message in ws:
+        ws.send(message)
+
+
+def _header(head: bytes, name: bytes) -> bytes | None:
+    """The value of header ``name`` in a response head, or None."""
+    for line in head.split(b"\r\n")[1:]:
+        key, _, value = line.partition(b":")
+        if key.strip().lower() == name.lower():
+            return value.strip()
+    return None
+
+
+# -- HS-10: hostile extension offers -----------------------------------------------------------
+
+#: The battery's hostile offers, each declined on its own (the server has no other offer).
+HOSTILE = [
+    f"{PMD}; server_max_window_bits=8",
+    f"{PMD}; server_max_window_bits=08",
+    f"{PMD}; server_max_window_bits=16",
+    f"{PMD}; server_no_context_takeover; server_no_context_takeover",
+    f"{PMD}; foo=bar",
+    "constructor",
+    "__proto__; constructor=1",
+]
+
+
+#: A valid offer under the default settings (a 12-bit window needs client_max_window_bits).
+VALID = f"{PMD}; client_max_window_bits"
+#: The server's answer to ``VALID`` under the default settings.
+ANSWER = f"{PMD}; server_max_window_bits=12; client_max_window_bits=12".encode()
+DS = Config().deflate_settings()
+
+
+def _offers(count: int, *, valid_last: bool) -> str:
+    offers = [HOSTILE[i % len(HOSTILE)] for i in range(count)]
+    return ", ".join(offers + ([VALID] if valid_last else []))
+
+
+def _upgrade_head(extensions: str | None = None) -> bytes:
+    offer = "" if extensions is None else f"Sec-WebSocket-Extensions: {extensions}\r\n"
+    return (
+        "GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
+        f"{offer}\r\n"
+    ).encode()
+
+
+def _negotiate_cpu(head: bytes) -> tuple[float, bytes]:
+    """Best of 5: CPU seconds for a server Connection to parse ``head`` and answer it."""
+    best, response = float("inf"), b""
+    for _ in range(5):
+        conn = Connection(
+            Side.SERVER, http=True, limits=Limits(max_header_bytes=1 << 20), deflate=DS
+        )
+        started = cpu_seconds()
+        conn.receive_data(head)
+        (request,) = conn.events_received()
+        assert isinstance(request, Request)
+        conn.accept(request)
+        best = min(best, cpu_seconds() - started)
+        response = conn.data_to_send()
+    return best, response
+
+
+@pytest.mark.parametrize("valid_last", [False, True])
+def test_hs10_negotiation_cpu_is_linear_in_the_offer_count(valid_last: bool) -> None:
+    small, large = (
+        _upgrade_head(_offers(5000, valid_last=valid_last)),
+        _upgrade_head(_offers(10_000, valid_last=valid_last)),
+    )
+    _negotiate_cpu(small)  # warm caches and the allocator
+    cpu_small, _ = _negotiate_cpu(small)
+    cpu_large, response = _negotiate_cpu(large)
+    assert response.startswith(b"HTTP/1.1 101 "), response[:80]
+    chosen = _header(response, b"Sec-WebSocket-Extensions")
+    if valid_last:  # the one valid offer, after 10 000 declined ones
+        assert chosen == ANSWER, chosen
+    else:
+        assert chosen is None, chosen
+    ratio = cpu_large / cpu_small
+    assert ratio <= 2.2, f"2x offers cost {ratio:.2f}x CPU ({cpu_small:.4f} s -> {cpu_large:.4f} s)"
+
+
+@pytest.mark.parametrize("offer", HOSTILE)
+def test_hs10_each_hostile_offer_gets_101_without_the_extension(
+    serve: Any, raw_peer: Any, offer: str
+) -> None:
+    server = serve(echo, config=Config(port=0, close_timeout=0.5, compression=True))
+    canary = Canary(f"ws://127.0.0.1:{server.server_port}/")
+    try:
+        for extensions, expected in [
+            (offer, None),
+            (f"{offer}, {VALID}", ANSWER),  # the next valid offer is picked
+        ]:
+            peer = raw_peer(server.server_port)
+            head = peer.request(headers=f"Sec-WebSocket-Extensions: {extensions}\r\n")
+            assert head.startswith(b"HTTP/1.1 101 "), head
+            assert _header(head, b"Sec-WebSocket-Extensions") == expected, head
+            peer.send_frame(1, b"still open")
+            assert peer.read_frame() == (1, b"still open")
+            peer.close()
+        wait_until(lambda: canary.trips > 0 or canary.failure, 10)
+    finally:
+        canary.stop()
+
+
+def test_hs10_ten_thousand_offers_get_431_or_a_101_by_the_head_limit(
+    serve: Any, raw_peer: Any
+) -> None:
+    offers = _offers(10_000, valid_last=True)
+    assert len(offers) > 16384  # over the default head limit
+    default = serve(echo, config=Config(port=0, close_timeout=0.5, compression=True))
+    roomy = serve(
+        echo, config=Config(port=0, close_timeout=0.5, compression=True, max_header_bytes=1 << 20)
+    )
+    canary = Canary(f"ws://127.0.0.1:{default.server_port}/")
+    try:
+        peer = raw_peer(default.server_port)
+        head = peer.request(headers=f"Sec-WebSocket-Extensions: {offers}\r\n")
+        assert head.startswith(b"HTTP/1.1 431 "), head[:80]
+        peer = raw_peer(roomy.server_port)
+        head = peer.request(headers=f"Sec-WebSocket-Extensions: {offers}\r\n")
+        assert head.startswith(b"HTTP/1.1 101 "), head[:80]
+        assert _header(head, b"Sec-WebSocket-Extensions") == ANSWER
+        wait_until(lambda: canary.trips > 0 or canary.failure, 10)
+    finally:
+        canary.stop()
+
+
+# -- FR-05: exact frame and message boundaries under the default settings ----------------------
+
+LIMIT, OVERHEAD = Config().max_message_size, Config().fragment_overhead
+
+
+def echo_length(ws: WebSocket) -> None:
+    for message in ws:
+        ws.send(str(len(message)))
+
+
+def _send_fragmented(peer: Any, total: int, fragments: int) -> None:
+    """A binary message of ``total`` bytes in ``fragments`` frames (the last takes the rest)."""
+    size = total // fragments
+    sizes = [size] * (fragments - 1) + [total - size * (fragments - 1)]
+    for i, n in enumerate(sizes):
+        peer.send_frame(2 if i == 0 else 0, b"\x5a" * n, fin=i == fragments - 1)
+
+
+@pytest.mark.parametrize("fragments", [1, 2, 16])
+def test_fr05_exact_budget_passes_and_one_byte_more_gets_1009(
+    serve: Any, raw_peer: Any, fragments: int
+) -> None:
+    config = Config(port=0, close_timeout=0.5)
+    assert (config.max_message_size, config.fragment_overhead) == (LIMIT, OVERHEAD)  # defaults
+    server = serve(echo_length, config=config)
+    budget = LIMIT - OVERHEAD * (fragments - 1)
+    peer = raw_peer(server.server_port)
+    assert peer.request().startswith(b"HTTP/1.1 101 ")
+    _send_fragmented(peer, budget, fragments)
+    assert peer.read_frame(timeout=10) == (1, str(budget).encode())  # the whole message came
+    _send_fragmented(peer, budget + 1, fragments)
+    opcode, payload = peer.read_frame(timeout=10)
+    assert (opcode, payload[:2]) == (8, (1009).to_bytes(2, "big")), (opcode, payload)
+    server.stop(timeout=1)
+
+
+# -- CL-04: the server closes, the peer never answers ---------------------------------------
+
+
+def _silent_peer(port: int, path: str, closed_at: list[float], eof_at: list[float]) -> None:
+    """Upgrade, then read only: note when the Close frame came and when TCP ended."""
+    import socket as pysocket
+
+    import gevent.socket
+
+    sock = gevent.socket.create_connection(("127.0.0.1", port), timeout=30)
+    try:
+        sock.sendall(_upgrade_head().replace(b"GET / ", f"GET {path} ".encode()))
+        data = b""
+        while True:
+            try:
+                chunk = sock.recv(65536)
+            except ConnectionResetError:
+                chunk = b""
+            if not chunk:
+                eof_at.append(time.monotonic())
+                return
+            data += chunk
+            if not closed_at and b"\r\n\r\n" in data and b"\x88" in data.partition(b"\r\n\r\n")[2]:
+                closed_at.append(time.monotonic())
+    finally:
+        sock.setsockopt(pysocket.SOL_SOCKET, pysocket.SO_LINGER, b"\x01\0\0\0\0\0\0\0")
+        sock.close()
+
+
+@pytest.mark.timeout(30)
+def test_cl04_the_server_drops_tcp_at_close_timeout_when_the_peer_never_answers(
+    serve: Any,
+) -> None:
+    config = Config(port=0, shutdown_grace=10.0)
+    window = config.close_timeout
+    assert window == 5.0  # the battery's window is the default close_timeout
+
+    def close_on_open(ws: WebSocket) -> None:
+        ws.close(1001, "bye")
+
+    closer = serve(close_on_open, config=config)
+    drained = serve(echo, config=config)
+    baseline = open_fds()
+    marks: dict[str, tuple[list[float], list[float]]] = {"close": ([], []), "stop": ([], [])}
+    peers = [
+        gevent.spawn(_silent_peer, closer.server_port, "/", *marks["close"]),
+        gevent.spawn(_silent_peer, drained.server_port, "/", *marks["stop"]),
+    ]
+    wait_until(lambda: len(drained.connections) == 1 and bool(marks["close"][0]), 10)
+    stopper = gevent.spawn(drained.stop, 10.0)
+    wait_until(lambda: all(eof for _, eof in marks.values()), 10)
+    gevent.joinall([*peers, stopper], timeout=5, raise_error=True)
+    for name, (closed_at, eof_at) in marks.items():
+        assert closed_at, f"{name}: no Close frame came"
+        held = eof_at[0] - closed_at[0]
+        assert window - 0.5 <= held <= window + 0.5, f"{name}: TCP dropped after {held:.2f} s"
+    assert open_fds() <= baseline
