@@ -13,14 +13,19 @@ and gets 1009 one byte over. CL-04: when the server closes (the handler's ``clos
 
 from __future__ import annotations
 
+import contextlib
+import json
 import time
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import gevent
+import gevent.event
 import pytest
 from helpers import wait_until
-from test_battery_scale import Canary, cpu_seconds, open_fds
+from test_battery_scale import Canary, cpu_seconds, open_fds, scale
 
+from wsflask import App
 from wsflask.config import Config
 from wsflask.protocol import Connection, Limits, Request, Side
 from wsflask.websocket import WebSocket
@@ -252,3 +257,140 @@ def test_cl04_the_server_drops_tcp_at_close_timeout_when_the_peer_never_answers(
         held = eof_at[0] - closed_at[0]
         assert window - 0.5 <= held <= window + 0.5, f"{name}: TCP dropped after {held:.2f} s"
     assert open_fds() <= baseline
+
+
+# -- RD-02: Redis restarts while messages flow --------------------------------------------------
+
+BACKPLANE_FAST: dict[str, Any] = {
+    "backplane_interval": 1.0,
+    "backplane_backoff_max": 0.5,
+    "shutdown_grace": 2.0,
+    "close_timeout": 1.0,
+}
+GAP = '{"event":"_gap"'
+
+
+@pytest.fixture
+def chat_nodes() -> Iterator[Callable[[str], tuple[App, Any]]]:
+    """``chat_nodes(url)`` -> ``(app, test_client)``: an in-process chat node on Redis ``url``."""
+    clients: list[Any] = []
+
+    def node(url: str) -> tuple[App, Any]:
+        app = App(backplane=url, **BACKPLANE_FAST)
+
+        @app.route("/r/<room>")
+        def chat(ws: Any, room: str) -> None:
+            app.rooms.join(room, ws)
+            ws.send(json.dumps({"hello": ws.id}))
+            for message in ws:
+                app.send(message, to=room)
+
+        client = app.test_client(timeout=10)
+        clients.append(client)
+        return app, client
+
+    yield node
+    for client in clients:
+        client.close()
+
+
+def _member(client: Any) -> Any:
+    ws = client.connect("/r/t")
+    assert "hello" in client.receive_json(ws)
+    return ws
+
+
+def _numsub(redis: Any) -> int:
+    return int(dict(redis.client().pubsub_numsub("wsflask:room:t"))[b"wsflask:room:t"])
+
+
+class Listener:
+    """Reads one member in a greenlet: numbers ``n<i>`` with arrival times, and gap notices as
+    ``None`` in ``log``, until ``end``."""
+
+    def __init__(self, ws: Any) -> None:
+        self.ws = ws
+        self.log: list[tuple[int | None, float]] = []
+        self.greenlet = gevent.spawn(self._run)
+
+    def _run(self) -> None:
+        while (received := self.ws.receive(timeout=30)) != "end":
+            if received is None:
+                raise AssertionError("the member was closed before the end marker")
+            message = str(received)
+            if message.startswith(GAP):
+                self.log.append((None, time.monotonic()))
+            elif message.startswith("n"):
+                self.log.append((int(message[1:]), time.monotonic()))
+
+    def numbers(self) -> list[int]:
+        return [n for n, _ in self.log if n is not None]
+
+    def unnoticed_losses(self) -> list[tuple[int, int]]:
+        """Runs of missing numbers (first, last) with no gap notice between their neighbours."""
+        runs, previous, noticed = [], -1, False
+        for n, _ in self.log:
+            if n is None:
+                noticed = True
+                continue
+            if n > previous + 1 and not noticed:
+                runs.append((previous + 1, n - 1))
+            previous, noticed = n, False
+        return runs
+
+
+def _restart(redis: Any, how: str) -> float:
+    """Stop Redis (SIGTERM, or SHUTDOWN NOSAVE from a client), start it on the same port;
+    return the monotonic time it accepts connections again."""
+    import redis as redis_py
+
+    if how == "shutdown-nosave":
+        with contextlib.suppress(redis_py.ConnectionError):  # the reply may be the EOF
+            redis.client().shutdown(nosave=True)
+        redis.proc.wait(timeout=10)
+    redis.stop()
+    redis.start()
+    return time.monotonic()
+
+
+@pytest.mark.timeout(scale(60, 300))
+@pytest.mark.parametrize("how", ["sigterm", "shutdown-nosave"])
+def test_rd02_redis_restarts_under_load_every_loss_is_noticed_delivery_back_within_5s(
+    redis_server: Any, chat_nodes: Callable[[str], tuple[App, Any]], how: str
+) -> None:
+    members, rate = scale(10, 100), scale(100, 400)  # members on A; B's publishes per second
+    (a, ca), (b, cb) = chat_nodes(redis_server.url), chat_nodes(redis_server.url)
+    listeners = [Listener(_member(ca)) for _ in range(members)]
+    sender = _member(cb)
+    wait_until(lambda: all(c.get("/readyz").status == 200 for c in (ca, cb)))
+    wait_until(lambda: _numsub(redis_server) == 2)
+    stop, sent = gevent.event.Event(), [0]
+
+    def load() -> None:
+        while not stop.wait(1 / rate):  # pacing, not synchronisation
+            sender.send(f"n{sent[0]}")
+            sent[0] += 1
+
+    loader = gevent.spawn(load)
+    try:
+        wait_until(lambda: len(listeners[0].numbers()) >= 20)
+        accepting = _restart(redis_server, how)
+        wait_until(lambda: any(t > accepting for n, t in listeners[0].log if n is not None), 10)
+        resumed = min(t for n, t in listeners[0].log if n is not None and t > accepting)
+        wait_until(lambda: _numsub(redis_server) == 2)  # one subscription per node again
+        last = sent[0]
+        wait_until(lambda: all(max(x.numbers()) > last + 20 for x in listeners))
+    finally:
+        stop.set()
+        loader.join(timeout=5)
+    sender.send("end")
+    gevent.joinall([x.greenlet for x in listeners], timeout=20, raise_error=True)
+    assert resumed - accepting < 5.0, f"delivery back {resumed - accepting:.2f} s after restart"
+    assert b.metrics.drops.get("backplane", 0) >= 1  # publishes while Redis was down: counted
+    for listener in listeners:
+        numbers = listener.numbers()
+        assert numbers == sorted(set(numbers))  # no duplicate, nothing out of order
+        assert len(numbers) < sent[0]  # the restart lost some messages...
+        assert listener.unnoticed_losses() == []  # ...and each loss was gap-noticed
+        assert any(n is None for n, _ in listener.log)
+    assert a.cluster is not None and a.cluster.failures_total >= 1
