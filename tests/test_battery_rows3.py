@@ -271,12 +271,13 @@ GAP = '{"event":"_gap"'
 
 
 @pytest.fixture
-def chat_nodes() -> Iterator[Callable[[str], tuple[App, Any]]]:
-    """``chat_nodes(url)`` -> ``(app, test_client)``: an in-process chat node on Redis ``url``."""
+def chat_nodes() -> Iterator[Callable[..., tuple[App, Any]]]:
+    """``chat_nodes(url, **settings)`` -> ``(app, test_client)``: an in-process chat node on
+    Redis ``url`` (fast backplane timings unless ``settings`` say otherwise)."""
     clients: list[Any] = []
 
-    def node(url: str) -> tuple[App, Any]:
-        app = App(backplane=url, **BACKPLANE_FAST)
+    def node(url: str, **settings: Any) -> tuple[App, Any]:
+        app = App(backplane=url, **{**BACKPLANE_FAST, **settings})
 
         @app.route("/r/<room>")
         def chat(ws: Any, room: str) -> None:
@@ -356,7 +357,7 @@ def _restart(redis: Any, how: str) -> float:
 @pytest.mark.timeout(scale(60, 300))
 @pytest.mark.parametrize("how", ["sigterm", "shutdown-nosave"])
 def test_rd02_redis_restarts_under_load_every_loss_is_noticed_delivery_back_within_5s(
-    redis_server: Any, chat_nodes: Callable[[str], tuple[App, Any]], how: str
+    redis_server: Any, chat_nodes: Callable[..., tuple[App, Any]], how: str
 ) -> None:
     members, rate = scale(10, 100), scale(100, 400)  # members on A; B's publishes per second
     (a, ca), (b, cb) = chat_nodes(redis_server.url), chat_nodes(redis_server.url)
@@ -394,3 +395,193 @@ def test_rd02_redis_restarts_under_load_every_loss_is_noticed_delivery_back_with
         assert listener.unnoticed_losses() == []  # ...and each loss was gap-noticed
         assert any(n is None for n, _ in listener.log)
     assert a.cluster is not None and a.cluster.failures_total >= 1
+
+
+# -- a TCP proxy that can silently stop forwarding (RD-03 starvation, HB-01 packet drop) --------
+
+
+class SilentProxy:
+    """A gevent TCP forwarder to ``127.0.0.1:target`` whose open pairs can go silent.
+
+    ``silence(match, both)`` makes every open pair whose client has sent ``match`` (``b""``:
+    every pair) discard what Redis or the server sends it, and with ``both`` also what its
+    client sends: the sockets stay open and nothing is reset, so no end notices anything but
+    silence, as with packets dropped on the path. Pairs opened later forward normally.
+    """
+
+    def __init__(self, target: int) -> None:
+        from gevent.server import StreamServer
+
+        self.target = target
+        self.pairs: list[_Pair] = []
+        self.server = StreamServer(("127.0.0.1", 0), self._handle)
+        self.server.start()
+        self.port = int(self.server.server_port)
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def silence(self, match: bytes = b"", *, both: bool = False) -> int:
+        """Silence the open pairs whose client sent ``match``; return how many."""
+        chosen = [pair for pair in self.pairs if match in pair.sent]
+        for pair in chosen:
+            pair.down_silent, pair.up_silent = True, both
+        return len(chosen)
+
+    def _handle(self, client: Any, address: Any) -> None:
+        import gevent.socket
+
+        try:
+            upstream = gevent.socket.create_connection(("127.0.0.1", self.target))
+        except OSError:
+            client.close()
+            return
+        pair = _Pair(client, upstream)
+        self.pairs.append(pair)
+        pump = gevent.spawn(pair.pump_down)
+        try:
+            pair.pump_up()
+        finally:
+            pump.join()
+
+    def close(self) -> None:
+        self.server.stop(timeout=0)
+        for pair in self.pairs:
+            pair.close()
+
+
+class _Pair:
+    def __init__(self, client: Any, upstream: Any) -> None:
+        self.client, self.upstream = client, upstream
+        self.sent = b""  # the client's first bytes, to pick pairs by command
+        self.down_silent = self.up_silent = False
+
+    def pump_up(self) -> None:
+        self._pump(self.client, self.upstream, up=True)
+
+    def pump_down(self) -> None:
+        self._pump(self.upstream, self.client, up=False)
+
+    def _pump(self, source: Any, sink: Any, *, up: bool) -> None:
+        try:
+            while chunk := source.recv(65536):
+                if up and len(self.sent) < 4096:
+                    self.sent += chunk
+                if not (self.up_silent if up else self.down_silent):
+                    sink.sendall(chunk)
+        except OSError:
+            pass
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        for sock in (self.client, self.upstream):
+            with contextlib.suppress(OSError):
+                sock.close()
+
+
+@pytest.fixture
+def silent_proxy() -> Iterator[Callable[[int], SilentProxy]]:
+    """``silent_proxy(port)`` -> a started ``SilentProxy`` to ``127.0.0.1:port``."""
+    proxies: list[SilentProxy] = []
+
+    def make(port: int) -> SilentProxy:
+        proxy = SilentProxy(port)
+        proxies.append(proxy)
+        return proxy
+
+    yield make
+    for proxy in proxies:
+        proxy.close()
+
+
+# -- RD-03: silent starvation of a node's subscriber ------------------------------------------
+
+PROBE_INTERVAL = 0.5
+
+
+def _starved_node(
+    redis_server: Any, silent_proxy: Callable[[int], SilentProxy], chat_nodes: Any
+) -> tuple[SilentProxy, App, Any, Listener, Any]:
+    """Node A on Redis through a proxy, node B direct, a member each, B's member sending."""
+    proxy = silent_proxy(redis_server.port)
+    a, ca = chat_nodes(proxy.url, backplane_interval=PROBE_INTERVAL)
+    _, cb = chat_nodes(redis_server.url, backplane_interval=PROBE_INTERVAL)
+    listener, sender = Listener(_member(ca)), _member(cb)
+    wait_until(lambda: all(c.get("/readyz").status == 200 for c in (ca, cb)))
+    wait_until(lambda: _numsub(redis_server) == 2)
+    return proxy, a, ca, listener, sender
+
+
+def _sending(sender: Any, rate: float = 50.0) -> tuple[gevent.Greenlet, gevent.event.Event]:
+    """B's member sends ``n0``, ``n1``... at ``rate`` per second until the event is set."""
+    stop = gevent.event.Event()
+
+    def load() -> None:
+        n = 0
+        while not stop.wait(1 / rate):  # pacing, not synchronisation
+            sender.send(f"n{n}")
+            n += 1
+
+    return gevent.spawn(load), stop
+
+
+def _delivered_after(listener: Listener, moment: float) -> list[int]:
+    return [n for n, t in listener.log if n is not None and t > moment]
+
+
+@pytest.mark.timeout(30)
+def test_rd03_a_starved_subscriber_is_found_by_the_probe_red_then_delivery_resumes(
+    redis_server: Any, silent_proxy: Callable[[int], SilentProxy], chat_nodes: Any
+) -> None:
+    proxy, a, ca, listener, sender = _starved_node(redis_server, silent_proxy, chat_nodes)
+    loader, stop = _sending(sender)
+    try:
+        wait_until(lambda: len(listener.numbers()) >= 5)
+        assert proxy.silence(b"SUBSCRIBE") == 1  # A's subscriber: TCP up, nothing arrives
+        starved = time.monotonic()
+        wait_until(lambda: ca.get("/readyz").status == 503, 3 * PROBE_INTERVAL + 1)
+        red = time.monotonic()
+        assert a.cluster is not None and a.cluster.probe_timeouts >= 1
+        wait_until(lambda: bool(_delivered_after(listener, red)), 10)
+        resumed = min(t for n, t in listener.log if n is not None and t > red)
+        wait_until(lambda: ca.get("/readyz").status == 200)
+    finally:
+        stop.set()
+        loader.join(timeout=5)
+    sender.send("end")
+    listener.greenlet.join(timeout=10)
+    assert not listener.greenlet or listener.greenlet.successful()
+    # The next probe leaves at most one interval after the starvation began and times out
+    # after two more; then a reconnect (backoff from 0.1 s) and a resubscribe.
+    bound = 3 * PROBE_INTERVAL + BACKPLANE_FAST["backplane_backoff_max"] + 0.5
+    assert resumed - starved <= bound, f"delivery back {resumed - starved:.2f} s after starving"
+    numbers = listener.numbers()
+    assert numbers == sorted(set(numbers)) and numbers[-1] + 1 > len(numbers)  # some were lost
+    assert listener.unnoticed_losses() == []  # and the loss was gap-noticed
+
+
+@pytest.mark.timeout(30)
+def test_rd03_companion_with_the_probe_disabled_the_starvation_goes_unnoticed(
+    redis_server: Any,
+    silent_proxy: Callable[[int], SilentProxy],
+    chat_nodes: Any,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    proxy, a, ca, listener, sender = _starved_node(redis_server, silent_proxy, chat_nodes)
+    assert a.cluster is not None
+    monkeypatch.setattr(a.cluster, "_check_probe", lambda: None)  # no probe at all
+    loader, stop = _sending(sender)
+    try:
+        wait_until(lambda: len(listener.numbers()) >= 5)
+        assert proxy.silence(b"SUBSCRIBE") == 1
+        starved = time.monotonic()
+        # The window in which the probe above recovers, twice over (scenario time).
+        gevent.sleep(2 * (3 * PROBE_INTERVAL + BACKPLANE_FAST["backplane_backoff_max"] + 0.5))
+        assert ca.get("/readyz").status == 200  # green health...
+        assert _delivered_after(listener, starved + 0.1) == []  # ...and zero delivery
+    finally:
+        stop.set()
+        loader.join(timeout=5)
+    listener.greenlet.kill()  # A is starved: the end marker would never reach it
