@@ -585,3 +585,37 @@ def test_rd03_companion_with_the_probe_disabled_the_starvation_goes_unnoticed(
         stop.set()
         loader.join(timeout=5)
     listener.greenlet.kill()  # A is starved: the end marker would never reach it
+
+
+@pytest.mark.timeout(scale(40, 120))
+def test_rd03_client_pause_turns_the_node_red_and_delivery_resumes_after_it(
+    redis_server: Any, chat_nodes: Any
+) -> None:
+    pause = scale(3, 30)  # seconds of CLIENT PAUSE ALL (the battery: 30 s)
+    a, ca = chat_nodes(redis_server.url, backplane_interval=PROBE_INTERVAL)
+    _, cb = chat_nodes(redis_server.url, backplane_interval=PROBE_INTERVAL)
+    listener, sender = Listener(_member(ca)), _member(cb)
+    wait_until(lambda: all(c.get("/readyz").status == 200 for c in (ca, cb)))
+    wait_until(lambda: _numsub(redis_server) == 2)
+    loader, stop = _sending(sender)
+    try:
+        wait_until(lambda: len(listener.numbers()) >= 5)
+        redis_server.client().execute_command("CLIENT", "PAUSE", int(pause * 1000), "ALL")
+        paused_until = time.monotonic() + pause
+        wait_until(lambda: ca.get("/readyz").status == 503, pause)
+        assert time.monotonic() < paused_until  # red while starved, not only after
+        assert a.cluster is not None and a.cluster.probe_timeouts >= 1
+        wait_until(lambda: bool(_delivered_after(listener, paused_until)), pause + 10)
+        resumed = min(t for n, t in listener.log if n is not None and t > paused_until)
+        wait_until(lambda: ca.get("/readyz").status == 200)
+    finally:
+        stop.set()
+        loader.join(timeout=5)
+    sender.send("end")
+    listener.greenlet.join(timeout=10)
+    assert not listener.greenlet or listener.greenlet.successful()
+    bound = 2 * PROBE_INTERVAL + BACKPLANE_FAST["backplane_backoff_max"] + 0.5
+    assert resumed - paused_until <= bound, f"back {resumed - paused_until:.2f} s after the pause"
+    numbers = listener.numbers()
+    assert numbers == sorted(set(numbers))
+    assert listener.unnoticed_losses() == []  # every loss was gap-noticed
