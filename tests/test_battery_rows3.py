@@ -15,12 +15,14 @@ from __future__ import annotations
 
 import contextlib
 import json
+import sys
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import gevent
 import gevent.event
+import gevent.subprocess
 import pytest
 from helpers import wait_until
 from test_battery_scale import Canary, cpu_seconds, open_fds, scale
@@ -619,3 +621,109 @@ def test_rd03_client_pause_turns_the_node_red_and_delivery_resumes_after_it(
     numbers = listener.numbers()
     assert numbers == sorted(set(numbers))
     assert listener.unnoticed_losses() == []  # every loss was gap-noticed
+
+
+# -- BP-02: a 64 KiB publish to many subscribers allocates once, not per subscriber ------------
+
+PUBLISH = 64 * 1024
+PUBLISH_FRAME = 10 + PUBLISH  # a server frame with a 64-bit length
+
+
+#: A child process holding the subscribers, so that the test process's allocations are the
+#: server's alone: it upgrades ``count`` sockets to ``port``, prints "ready", then reads them
+#: all; each line on its stdin is answered with the fewest bytes any socket has read.
+DRAINS = r"""
+import selectors, socket, sys
+port, count = int(sys.argv[1]), int(sys.argv[2])
+head = (b"GET /t HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")
+sel, got, buf = selectors.DefaultSelector(), {}, bytearray(1 << 20)
+for _ in range(count):
+    s = socket.create_connection(("127.0.0.1", port))
+    s.sendall(head)
+    data = b""
+    while b"\r\n\r\n" not in data:
+        data += s.recv(4096)
+    assert data.startswith(b"HTTP/1.1 101"), data
+    s.setblocking(False)
+    got[s] = len(data.partition(b"\r\n\r\n")[2])
+    sel.register(s, selectors.EVENT_READ)
+sel.register(sys.stdin, selectors.EVENT_READ)
+print("ready", flush=True)
+while True:
+    for key, _ in sel.select():
+        if key.fileobj is sys.stdin:
+            if not sys.stdin.readline():
+                sys.exit(0)
+            print(min(got.values()), flush=True)
+            continue
+        n = key.fileobj.recv_into(buf)
+        if not n:
+            sys.exit(1)
+        got[key.fileobj] += n
+"""
+
+
+@pytest.mark.timeout(scale(90, 900))
+def test_bp02_a_publish_allocates_one_frame_plus_queue_nodes_and_nothing_grows(
+    app_factory: Callable[..., App], request: pytest.FixtureRequest
+) -> None:
+    import tracemalloc
+
+    count, n, rate = scale(1000, 10_000), 5, 200  # subscribers; N publishes, then 10 N; per second
+    app = app_factory(
+        compression=False, ping_interval=86400, max_backpressure=8 << 20, close_timeout=0.5
+    )
+
+    @app.route("/t")
+    def sub(ws: Any) -> None:
+        app.rooms.join("t", ws)
+        for _ in ws:
+            pass
+
+    server = app.make_server(host="127.0.0.1", port=0)
+    server.start()
+    drains = gevent.subprocess.Popen(
+        [sys.executable, "-c", DRAINS, str(server.server_port), str(count)],
+        stdin=gevent.subprocess.PIPE,
+        stdout=gevent.subprocess.PIPE,
+    )
+    request.addfinalizer(lambda: (drains.kill(), drains.wait()))
+    assert drains.stdin is not None and drains.stdout is not None
+    assert drains.stdout.readline() == b"ready\n"
+    wait_until(lambda: app.rooms.count("t") == count, 30)
+    payload, sent = b"\xa5" * PUBLISH, 0
+
+    def fewest() -> int:
+        assert drains.stdin is not None and drains.stdout is not None
+        drains.stdin.write(b"?\n")
+        drains.stdin.flush()
+        return int(drains.stdout.readline())
+
+    def publish(times: int) -> None:
+        nonlocal sent
+        for _ in range(times):
+            app.send(payload, to="t")
+            sent += 1
+            gevent.sleep(1 / rate)  # the publish pace (the battery's 200/s), not a wait
+        wait_until(lambda: fewest() == sent * PUBLISH_FRAME, 120, interval=0.05)
+
+    publish(2)  # warm-up: queues, buffers and greenlet stacks reach their steady size
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        tracemalloc.reset_peak()
+        publish(1)
+        one = tracemalloc.get_traced_memory()[1] - before  # peak over one publish, delivered
+        publish(n)
+        after_n = tracemalloc.get_traced_memory()[0]
+        publish(10 * n)
+        after_10n = tracemalloc.get_traced_memory()[0]
+    finally:
+        tracemalloc.stop()
+    # One frame plus a queue node (and a write) per subscriber; a copy per subscriber would
+    # be count x 64 KiB (64 MiB for 1 000). Measured: 109 KiB for 1 000, 16 KiB kept over 50.
+    assert one <= 2 * PUBLISH_FRAME + count * 128, f"{one} B for one publish to {count}"
+    assert after_10n - after_n <= PUBLISH_FRAME, (after_n, after_10n)  # nothing kept per publish
+    assert not app.metrics.drops, app.metrics.drops
+    server.stop(timeout=2)
