@@ -15,16 +15,19 @@ from __future__ import annotations
 
 import contextlib
 import json
+import ssl
+import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import gevent
 import gevent.event
 import gevent.subprocess
 import pytest
-from helpers import wait_until
+from helpers import require_tool, wait_until
 from test_battery_scale import Canary, cpu_seconds, open_fds, scale
 
 from wsflask import App
@@ -727,3 +730,83 @@ def test_bp02_a_publish_allocates_one_frame_plus_queue_nodes_and_nothing_grows(
     assert after_10n - after_n <= PUBLISH_FRAME, (after_n, after_10n)  # nothing kept per publish
     assert not app.metrics.drops, app.metrics.drops
     server.stop(timeout=2)
+
+
+# -- TL-03: outdated versions, weak suites and an unknown SNI, with openssl s_client -----------
+
+
+@pytest.fixture
+def tls_pair(tmp_path: Path) -> tuple[str, str]:
+    """A self-signed certificate for CN=127.0.0.1 and its key (made by openssl)."""
+    require_tool("openssl", "apt-get install -y openssl")
+    cert, key = str(tmp_path / "cert.pem"), str(tmp_path / "key.pem")
+    subprocess.run(
+        [
+            *("openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", key),
+            *("-out", cert, "-days", "1", "-subj", "/CN=127.0.0.1"),
+            *("-addext", "subjectAltName=IP:127.0.0.1"),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
+    return cert, key
+
+
+def _s_client(port: int, *options: str) -> tuple[int, str]:
+    """Run ``openssl s_client`` against the port (cooperatively); its exit code and output."""
+    proc = gevent.subprocess.run(
+        ["openssl", "s_client", "-connect", f"127.0.0.1:{port}", *options],
+        stdin=gevent.subprocess.DEVNULL,
+        capture_output=True,
+        timeout=20,
+    )
+    return proc.returncode, (proc.stdout + proc.stderr).decode(errors="replace")
+
+
+#: name -> (s_client options, the alert the server must send). SECLEVEL=0 lets this client
+#: offer what OpenSSL 3 would not by default, so the refusal is the server's, not the client's.
+REFUSED = {
+    "tls1.0_only": (["-tls1", "-cipher", "DEFAULT:@SECLEVEL=0"], "alert protocol version"),
+    "tls1.1_only": (["-tls1_1", "-cipher", "DEFAULT:@SECLEVEL=0"], "alert protocol version"),
+    "weak_suites_only": (
+        ["-tls1_2", "-cipher", "NULL-SHA256:DES-CBC3-SHA:AES128-SHA:RC4-SHA:@SECLEVEL=0"],
+        "alert handshake failure",
+    ),
+}
+
+
+@pytest.mark.parametrize("name", sorted(REFUSED))
+def test_tl03_outdated_versions_and_weak_suites_are_refused_and_the_canary_echoes(
+    serve: Any, tls_pair: tuple[str, str], name: str
+) -> None:
+    from test_tls_garbage import Canary as TLSCanary
+
+    cert, key = tls_pair
+    server = serve(echo, config=Config(port=0, close_timeout=0.5, certfile=cert, keyfile=key))
+    canary = TLSCanary(
+        f"wss://127.0.0.1:{server.server_port}/", ssl.create_default_context(cafile=cert)
+    )
+    try:
+        options, alert = REFUSED[name]
+        code, output = _s_client(server.server_port, *options)
+        assert code != 0 and alert in output, output  # refused by the server's alert
+        assert "Cipher is (NONE)" in output or "Cipher    :" not in output, output
+        code, output = _s_client(server.server_port, "-brief")  # no downgrade for others
+        assert code == 0 and "Protocol version: TLSv1.3" in output, output
+        wait_until(lambda: len(canary.trips) > 5 or canary.failure)
+    finally:
+        canary.stop()
+
+
+def test_tl03_an_unknown_sni_gets_the_default_certificate(
+    serve: Any, tls_pair: tuple[str, str]
+) -> None:
+    cert, key = tls_pair
+    server = serve(echo, config=Config(port=0, close_timeout=0.5, certfile=cert, keyfile=key))
+    code, output = _s_client(
+        server.server_port, "-servername", "unknown.example", "-tls1_2", "-showcerts"
+    )
+    assert code == 0, output
+    assert "subject=CN = 127.0.0.1" in output, output  # the default (and only) certificate
+    assert "Protocol  : TLSv1.2" in output and "ECDHE" in output, output  # a strong suite
