@@ -31,6 +31,7 @@ from helpers import require_tool, wait_until
 from test_battery_scale import Canary, cpu_seconds, open_fds, scale
 
 from wsflask import App
+from wsflask.client import connect
 from wsflask.config import Config
 from wsflask.protocol import Connection, Limits, Request, Side
 from wsflask.websocket import WebSocket
@@ -810,3 +811,43 @@ def test_tl03_an_unknown_sni_gets_the_default_certificate(
     assert code == 0, output
     assert "subject=CN = 127.0.0.1" in output, output  # the default (and only) certificate
     assert "Protocol  : TLSv1.2" in output and "ECDHE" in output, output  # a strong suite
+
+
+# -- HB-01: packets to and from the client are dropped on the path -----------------------------
+
+
+@pytest.mark.timeout(40)
+def test_hb01_a_dropped_path_is_found_by_the_heartbeat_and_the_member_freed(
+    redis_server: Any,
+    chat_nodes: Callable[..., tuple[App, Any]],
+    silent_proxy: Callable[[int], SilentProxy],
+) -> None:
+    interval, timeout, backplane = 0.5, 0.5, 0.5
+    settings = {"ping_interval": interval, "pong_timeout": timeout}
+    a, ca = chat_nodes(redis_server.url, backplane_interval=backplane, **settings)
+    b, cb = chat_nodes(redis_server.url, backplane_interval=backplane, **settings)
+    ca.start()
+    cb.start()  # node B: sees A's presence through Redis
+    proxy = silent_proxy(ca.port)
+    client = connect(f"ws://127.0.0.1:{proxy.port}/r/t", timeout=10)
+    assert "hello" in json.loads(str(client.receive(timeout=10)))
+    reader = gevent.spawn(lambda: [None for _ in client])  # the client core answers pings
+    try:
+        wait_until(lambda: a.metrics.rtt_seconds.count >= 2, 10)  # alive: pongs came back
+        wait_until(lambda: b.rooms.count("t", cluster=True) == 1)  # its presence, seen by B
+        assert proxy.silence(both=True) == 1  # nothing passes either way from now on
+        dropped = time.monotonic()
+        server = a.server
+        assert server is not None
+        wait_until(lambda: not server.connections, interval + timeout + 2)
+        freed = time.monotonic() - dropped
+        assert freed <= interval + timeout + 1.0, f"freed {freed:.2f} s after the drop"
+        assert a.metrics.close_codes == {1011: 1}  # the heartbeat's "ping timeout" abort
+        assert a.metrics.heartbeat_timeouts == 1
+        assert a.rooms.count("t") == 0  # its membership went with it
+        wait_until(lambda: b.rooms.count("t", cluster=True) == 0, 3 * backplane + 1)
+        presence_gone = time.monotonic() - dropped
+        assert presence_gone <= interval + timeout + 1.0 + 3 * backplane, presence_gone
+    finally:
+        reader.kill()
+        client.abort()
