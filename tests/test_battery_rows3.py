@@ -321,7 +321,7 @@ class Listener:
         self.greenlet = gevent.spawn(self._run)
 
     def _run(self) -> None:
-        while (received := self.ws.receive(timeout=30)) != "end":
+        while (received := self.ws.receive(timeout=60)) != "end":
             if received is None:
                 raise AssertionError("the member was closed before the end marker")
             message = str(received)
