@@ -1,19 +1,32 @@
 """Battery rows made strong in wave 3, measured from outside the code under test.
 
-HS-10: hostile ``Sec-WebSocket-Extensions`` offers get a 101 without the extension (or with the
-next valid offer), never 400/500, over real sockets with a canary; 10 000 offers get the
-precise 431 under the default head limit; the negotiation's CPU time (``getrusage``) for
-10 000 offers is at most 2.2x that for 5 000. FR-05: with the default settings, a frame of
-exactly ``max_message_size`` passes and one byte more gets 1009; a message in 2 or 16 fragments
-passes at exactly its budget (``max_message_size`` minus ``fragment_overhead`` per continuation)
-and gets 1009 one byte over. CL-04: when the server closes (the handler's ``close()`` or a
-``stop()`` drain) and the peer never answers, TCP goes and the descriptor is released at
-``close_timeout`` (the default 5 s) +- 0.5 s.
+- HS-10: hostile ``Sec-WebSocket-Extensions`` offers get a 101 without the extension (or with
+  the next valid offer), never 400/500, over real sockets with a canary; 10 000 offers get the
+  precise 431 under the default head limit and a 101 under a 1 MiB one; negotiation CPU
+  (``getrusage``) for 10 000 offers is at most 5.75x that for 2 000 (linear: 5x; n log n: 6x).
+- FR-05: under the default settings a message of exactly its budget (``max_message_size``
+  minus ``fragment_overhead`` per continuation) in 1, 2 or 16 frames passes; one byte more: 1009.
+- CL-04: when the server closes (``close()`` or a ``stop()`` drain) and the peer never answers,
+  TCP goes and the descriptor is freed at ``close_timeout`` (the default 5 s) +- 0.5 s.
+- RD-02: Redis restarts (SIGTERM, SHUTDOWN NOSAVE) while a node publishes: no duplicate or
+  reorder, every lost run gap-noticed, drops counted, delivery back within 5 s.
+- RD-03: a real subscriber starved by a proxy (TCP up, nothing delivered), and CLIENT PAUSE:
+  /readyz red, the probe timeout counted, delivery back; with the probe disabled, starvation.
+- BP-02: a 64 KiB publish to 1 000 (full: 10 000) real subscribers allocates one frame plus a
+  few dozen bytes per member (tracemalloc, subscribers in a child), nothing kept per publish.
+- TL-03: openssl s_client offering TLS 1.0/1.1 only or weak suites only gets the server's alert;
+  an unknown SNI gets the default certificate.
+- HB-01: a proxy drops everything both ways; the heartbeat aborts with 1011, frees the member
+  and its Redis presence within the battery's bounds.
+
+Not here: latency under a ping flood (CF-02) is a benchmark, ``loadtests/cf02_ping_flood_bench.py``.
+``WSFLASK_BATTERY_SCALE=full`` runs the battery's numbers where CI runs fewer (``scale``).
 """
 
 from __future__ import annotations
 
 import contextlib
+import gc
 import json
 import ssl
 import subprocess
@@ -88,32 +101,40 @@ def _upgrade_head(extensions: str | None = None) -> bytes:
     ).encode()
 
 
-def _negotiate_cpu(head: bytes) -> tuple[float, bytes]:
-    """Best of 5: CPU seconds for a server Connection to parse ``head`` and answer it."""
+def _negotiate_cpu(head: bytes, rounds: int = 4) -> tuple[float, bytes]:
+    """Best of 5: CPU seconds for ``rounds`` server Connections to parse ``head`` and answer
+    it (the garbage collector off while measured: its passes are not the parser's cost)."""
     best, response = float("inf"), b""
     for _ in range(5):
-        conn = Connection(
-            Side.SERVER, http=True, limits=Limits(max_header_bytes=1 << 20), deflate=DS
-        )
-        started = cpu_seconds()
-        conn.receive_data(head)
-        (request,) = conn.events_received()
-        assert isinstance(request, Request)
-        conn.accept(request)
-        best = min(best, cpu_seconds() - started)
-        response = conn.data_to_send()
+        conns = [
+            Connection(Side.SERVER, http=True, limits=Limits(max_header_bytes=1 << 20), deflate=DS)
+            for _ in range(rounds)
+        ]
+        gc.disable()
+        try:
+            started = cpu_seconds()
+            for conn in conns:
+                conn.receive_data(head)
+                (request,) = conn.events_received()
+                assert isinstance(request, Request)
+                conn.accept(request)
+            best = min(best, cpu_seconds() - started)
+        finally:
+            gc.enable()
+        response = conns[-1].data_to_send()
     return best, response
 
 
 @pytest.mark.parametrize("valid_last", [False, True])
 def test_hs10_negotiation_cpu_is_linear_in_the_offer_count(valid_last: bool) -> None:
-    small, large = (
-        _upgrade_head(_offers(5000, valid_last=valid_last)),
-        _upgrade_head(_offers(10_000, valid_last=valid_last)),
-    )
-    _negotiate_cpu(small)  # warm caches and the allocator
-    cpu_small, _ = _negotiate_cpu(small)
-    cpu_large, response = _negotiate_cpu(large)
+    # 5x the offers: linear costs 5x, n log n ~6x, quadratic 25x. Each measurement parses the
+    # same number of offers in all (more rounds of the small head), so both are long enough.
+    small = _upgrade_head(_offers(2000, valid_last=valid_last))
+    large = _upgrade_head(_offers(10_000, valid_last=valid_last))
+    _negotiate_cpu(small, rounds=10)  # warm caches and the allocator
+    cpu_small = _negotiate_cpu(small, rounds=10)[0] / 10
+    cpu_large, response = _negotiate_cpu(large, rounds=2)
+    cpu_large /= 2
     assert response.startswith(b"HTTP/1.1 101 "), response[:80]
     chosen = _header(response, b"Sec-WebSocket-Extensions")
     if valid_last:  # the one valid offer, after 10 000 declined ones
@@ -121,7 +142,9 @@ def test_hs10_negotiation_cpu_is_linear_in_the_offer_count(valid_last: bool) -> 
     else:
         assert chosen is None, chosen
     ratio = cpu_large / cpu_small
-    assert ratio <= 2.2, f"2x offers cost {ratio:.2f}x CPU ({cpu_small:.4f} s -> {cpu_large:.4f} s)"
+    assert ratio <= 5.75, (
+        f"5x offers cost {ratio:.2f}x CPU ({cpu_small:.4f} s -> {cpu_large:.4f} s)"
+    )
 
 
 @pytest.mark.parametrize("offer", HOSTILE)
