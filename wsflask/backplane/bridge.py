@@ -183,6 +183,7 @@ class Bridge:
             gevent.spawn(self._publish_loop),
             gevent.spawn(self._maintain_loop),
             gevent.spawn(self.watch.run),
+            gevent.spawn(self._probe_loop),
         ]
         logger.info("backplane %s: node %s joining", _safe_url(url), self.node)
 
@@ -493,10 +494,16 @@ class Bridge:
                 gevent.sleep(PRESENCE_DEBOUNCE)  # coalesce a burst of joins
             if monotonic() >= due:
                 due = monotonic() + self.interval
-                self._check_probe()
                 self._presence_dirty = True
             if self._presence_dirty and self._session_up:
                 self._write_presence()  # a failure is retried at the next interval
+
+    def _probe_loop(self) -> None:
+        """Probes on their own greenlet: a presence write hung on a stalled Redis (up to the
+        command timeout) must not hold the silence check back past two intervals (RD-03)."""
+        while self._running:
+            gevent.sleep(self.interval)
+            self._check_probe()
 
     def _check_probe(self) -> None:
         if not self._session_up:
