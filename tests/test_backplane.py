@@ -10,6 +10,7 @@ from __future__ import annotations
 import ast
 import itertools
 import json
+import re
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -300,6 +301,10 @@ def test_a_silent_bus_fails_the_probe_and_reconnects(cluster: Any) -> None:
     wait_until(lambda: a.cluster is not None and not a.cluster.ready, interval=0.005)
     assert a.cluster.probe_timeouts >= 1
     wait_until(lambda: a.cluster is not None and a.cluster.ready)  # resubscribed, probe back
+    counted = re.search(
+        r"^websocket_backplane_probe_timeouts_total (\d+)$", a.metrics.render(), re.M
+    )
+    assert counted is not None and int(counted[1]) == a.cluster.probe_timeouts
 
 
 def test_stopping_a_node_clears_its_presence_and_subscriptions(cluster: Any) -> None:

@@ -127,6 +127,7 @@ class MetricsSink(Protocol):
     def compress_time(self, seconds: float) -> None: ...
     def dropped(self, reason: str) -> None: ...
     def slow_consumer_closed(self) -> None: ...
+    def backplane_probe_timeout(self) -> None: ...
 
 
 class Metrics:
@@ -179,6 +180,8 @@ class Metrics:
         self.violations: dict[str, int] = {}
         #: connections failed because no frame came after a heartbeat ping
         self.heartbeat_timeouts = 0
+        #: backplane probes not echoed within two intervals (a silent or stalled bus)
+        self.probe_timeouts = 0
         #: message counts by payload size class ``nbytes.bit_length()``, in and out
         self.sizes_in = [0] * _SIZE_SLOTS
         self.sizes_out = [0] * _SIZE_SLOTS
@@ -265,6 +268,10 @@ class Metrics:
         """A connection was failed because its heartbeat ping went unanswered."""
         self.heartbeat_timeouts += 1
 
+    def backplane_probe_timeout(self) -> None:
+        """The backplane's probe was not echoed within two intervals (battery RD-03)."""
+        self.probe_timeouts += 1
+
     def rtt(self, seconds: float) -> None:
         """A heartbeat ping was answered after ``seconds``."""
         self.rtt_seconds.observe(seconds)
@@ -324,6 +331,12 @@ class Metrics:
                 "counter",
                 "Connections failed because a heartbeat ping went unanswered.",
                 self.heartbeat_timeouts,
+            ),
+            _single(
+                "websocket_backplane_probe_timeouts_total",
+                "counter",
+                "Backplane probes not echoed within two intervals (a silent or stalled bus).",
+                self.probe_timeouts,
             ),
             (
                 "websocket_message_size_bytes",

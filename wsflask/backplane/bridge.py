@@ -511,6 +511,8 @@ class Bridge:
         sent = self._probe_sent
         if sent is not None and monotonic() - sent >= 2 * self.interval:
             self.probe_timeouts += 1
+            if self.metrics is not None:
+                self.metrics.backplane_probe_timeout()
             self._probe_ok = False
             logger.error(
                 "backplane SILENT on node %s: no probe echo for %.1f s; /readyz is "
