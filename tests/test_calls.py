@@ -311,3 +311,28 @@ def test_a_call_from_the_reader_stops_reading_past_its_read_ahead(
         f"m{n}".ljust(1000) for n in range(CALL_READ_AHEAD + 50)
     ]
     assert got[-2:] == ['{"event":"ack","data":"late","id":"s1"}', "last"]
+
+
+def test_a_reloaded_max_pending_calls_reaches_a_connection_that_called_before(
+    app_factory: Callable[..., App],
+) -> None:
+    """Reload (``WebSocket.apply_config``) after the connection's first call: the next call
+    is judged by the new limit, the pending one stays."""
+    app = app_factory(max_pending_calls=4, call_timeout=5.0)
+    ready: AsyncResult = AsyncResult()
+
+    @app.route("/c")
+    def handler(ws: Any) -> None:
+        ready.set(ws)
+        for _ in ws:
+            pass
+
+    client = app.test_client(timeout=10)
+    peer = client.connect("/c")
+    ws = ready.get(timeout=5)
+    first = ws.call_async("slow", 1)  # the peer never answers: it stays pending
+    ws.apply_config(app.config.replace(max_pending_calls=1))
+    with pytest.raises(TooManyPendingCalls, match="1 calls already wait"):
+        ws.call_async("slow", 2)
+    assert not first.ready()
+    peer.close()

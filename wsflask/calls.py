@@ -68,6 +68,11 @@ class Calls:
         #: event -> handler for the peer's calls; None: the peer's calls are plain messages
         self.handlers: dict[str, CallHandler] | None = None
 
+    def reconfigure(self, limit: int) -> None:
+        """A reloaded ``max_pending_calls``: the next ``open()`` is judged by it; calls
+        already pending stay (``wsflask.reload``)."""
+        self._limit = limit
+
     def open(self, timeout: float) -> tuple[str, AsyncResult]:
         """A new call id and the result its reply sets; it fails with ``TimeoutError`` after
         ``timeout`` seconds.

@@ -208,8 +208,9 @@ class WebSocket:
         """Adopt reloaded settings while open (``wsflask.reload``), never per message: the
         inbound budget (the next frame header is judged by ``max_message_size``), the
         outbound size check, ``max_backpressure``, ``write_timeout``, the message rate (a
-        fresh bucket when it changed), ``compress_threshold``, and every setting read
-        through ``config`` (close and call timeouts, envelope limits, policy)."""
+        fresh bucket when it changed), ``compress_threshold``, ``max_pending_calls``, and
+        every setting read through ``config`` (close and call timeouts, envelope limits,
+        policy)."""
         old, self._config = self._config, config
         self._big = config.max_message_size >> 2
         if (old.max_messages_per_second, old.message_burst) != (
@@ -222,6 +223,8 @@ class WebSocket:
         self._conn.set_limits(config.limits())
         if self.deflate is not None:
             self.deflate.threshold = config.compress_threshold
+        if self._calls is not None:
+            self._calls.reconfigure(config.max_pending_calls)
 
     @property
     def connection(self) -> Connection:
