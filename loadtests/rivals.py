@@ -1125,7 +1125,31 @@ def main(argv: Sequence[str] | None = None) -> int:
     for note in notes:
         print(f"note: {note}")
     print(f"\nwrote {args.out / 'RESULTS.md'}, results.svg, results.json")
-    return report_comparison(old_run, raw, args.compare) if old_run is not None else 0
+    gate = handshake_latency_gate(results)
+    compared = report_comparison(old_run, raw, args.compare) if old_run is not None else 0
+    return 1 if gate or compared else 0
+
+
+#: the design document's handshake latency bounds (seed audit item 50, HS-33/NF-03), in us
+HANDSHAKE_MEAN_MAX_US = 100_000
+HANDSHAKE_ANY_MAX_US = 500_000
+
+
+def handshake_latency_gate(results: dict[tuple[str, str], Measurement]) -> int:
+    """1 (and a line saying why) when wsflask's handshakes broke the absolute bounds: a mean
+    over 100 ms or any one over 500 ms, connect to 101; else 0. Unlike ``--compare`` this
+    needs no older run."""
+    m = results.get(("wsflask", "handshake"))
+    latency = m.result.get("handshake_latency_us") if m is not None and m.ok else None
+    if not isinstance(latency, dict):
+        return 0
+    mean, worst = float(latency.get("mean", 0.0)), float(latency.get("max", 0.0))
+    ok = mean <= HANDSHAKE_MEAN_MAX_US and worst <= HANDSHAKE_ANY_MAX_US
+    print(
+        f"handshake latency gate: mean {mean / 1000:.1f} ms (bound 100), max "
+        f"{worst / 1000:.1f} ms (bound 500): {'ok' if ok else 'FAILED'}"
+    )
+    return 0 if ok else 1
 
 
 def run_all(

@@ -534,3 +534,19 @@ def test_tables_show_handshake_latency_next_to_the_rate(rivals: ModuleType) -> N
     ]
     keys = [sc.key for sc in rivals.SCENARIOS]
     assert {"idle", "echo1m", "handshake"} <= set(keys)  # all in the default run
+
+
+@pytest.mark.parametrize(
+    ("mean_us", "max_us", "verdict"),
+    [(6_500, 25_800, 0), (100_000, 500_000, 0), (100_001, 20_000, 1), (9_000, 500_001, 1)],
+)
+def test_handshake_latency_gate_uses_the_absolute_bounds(
+    rivals: ModuleType, mean_us: float, max_us: float, verdict: int
+) -> None:
+    """Seed audit item 50: a mean over 100 ms or any handshake over 500 ms fails the run."""
+    latency = {"count": 10, "mean": mean_us, "p99": mean_us, "max": max_us}
+    measured = rivals.Measurement(
+        "wsflask", "handshake", True, 3000.0, result={"handshake_latency_us": latency}
+    )
+    assert rivals.handshake_latency_gate({("wsflask", "handshake"): measured}) == verdict
+    assert rivals.handshake_latency_gate({}) == 0  # no handshake row measured: nothing to gate
