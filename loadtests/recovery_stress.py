@@ -10,7 +10,11 @@ kicker aborts a random member on a random node every 100 ms and kicked clients c
 the other node. Asserted per client: zero gaps, zero duplicates, contiguous offsets, every
 answer ``recovered: true``; across clients: one body per offset. Phase 2: a client away for
 more than ``max_replay`` publications is told ``too_many``. Phase 3: Redis restarts; every
-client gets ``recovered: false, reason: epoch_changed`` and a new epoch. Prints ``OK`` last.
+client gets ``recovered: false, reason: epoch_changed`` and a new epoch. Phase 4: a third
+node runs as its own process and publishes; half the clients move to it; it is SIGKILLed
+mid-run; its clients come back through a surviving node and recover every publication
+(``recovered: true``, zero gaps, zero duplicates, contiguous offsets), so nothing it had
+numbered is lost. Prints ``OK`` last.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from pathlib import Path
 from typing import Any
 
 import gevent
@@ -87,6 +92,21 @@ def node(url: str) -> tuple[App, Any]:
     return app, server
 
 
+def serve_node(url: str, port_file: str) -> int:
+    """``--node``: one node in its own process (phase 4): serve, publish to ``ROOM`` without
+    pause, write the port to ``port_file`` once ready, run until killed."""
+    app, server = node(url)
+    wait(lambda: app.cluster is not None and app.cluster.ready, "the node's bus")
+    with open(port_file + ".tmp", "w") as out:
+        out.write(str(server.server_port))
+    Path(port_file + ".tmp").rename(port_file)
+    i = 0
+    while True:
+        i += 1
+        app.emit("msg", {"p": "killed", "i": i}, to=ROOM)
+        gevent.sleep(0.002)
+
+
 def wait(predicate: Any, what: str, timeout: float = 30.0) -> None:
     deadline = time.monotonic() + timeout
     while not predicate():
@@ -106,6 +126,7 @@ class Reader:
         self.markers: list[dict[str, Any]] = []
         self.gap_notices = 0
         self.running = True
+        self.pinned = False  # phase 4 moves it: no switching node meanwhile
 
     def run(self) -> None:
         while self.running:
@@ -120,8 +141,8 @@ class Reader:
             else:
                 self.log.append((envelope["epoch"], envelope["offset"], envelope["data"]))
             ws = self.rc.ws
-            if ws is not None and not ws.is_open:  # kicked: come back through the other node
-                self.side ^= 1
+            if ws is not None and not ws.is_open and not self.pinned:
+                self.side ^= 1  # kicked: come back through the other node
                 self.rc.url = self.urls[self.side]
 
 
@@ -140,12 +161,62 @@ def check_reader(reader: Reader, bodies: dict[tuple[str, int], Any]) -> None:
     assert not bad, f"unrecoverable during phase 1: {bad[:3]}"
 
 
+def phase4(url: str, directory: str, readers: list[Reader], nodes: list[Any]) -> None:
+    """A node process SIGKILLed while it publishes and serves half the clients."""
+    port_file = f"{directory}/node.port"
+    child = subprocess.Popen([sys.executable, __file__, "--node", url, port_file])
+    try:
+        wait(lambda: Path(port_file).exists(), "the node process serving", timeout=60)
+        doomed = f"ws://127.0.0.1:{Path(port_file).read_text()}/c/{ROOM}"
+        movers = readers[::2]
+        for reader in readers:
+            reader.rc.gaps = reader.rc.duplicates = 0
+            reader.log.clear()
+            reader.markers.clear()
+        for reader in movers:  # onto the node process; back to node 0 when it dies
+            reader.pinned = True
+            reader.urls = [doomed, reader.urls[0]]
+            reader.side = 0
+            reader.rc.url = doomed
+            reader.rc.drop()
+        wait(lambda: all(r.markers for r in movers), "the movers joined on the node process")
+        for reader in movers:
+            reader.pinned = False
+        wait(lambda: all(len(r.log) >= 50 for r in movers), "the movers reading from it")
+        child.kill()  # SIGKILL: no drain, no Close frames, presence left to expire
+        child.wait(timeout=10)
+        for reader in movers:  # what a load balancer does: the next attempt goes elsewhere
+            reader.side = 1
+            reader.rc.url = reader.urls[1]
+        wait(lambda: all(len(r.markers) >= 2 for r in movers), "the movers' recoveries")
+        for i in range(20):  # live traffic again, from a survivor
+            nodes[0][0].emit("msg", {"p": "after", "i": i}, to=ROOM)
+        top = max(r.rc.positions[ROOM][0] for r in readers)
+        wait(lambda: all(r.rc.positions[ROOM][0] >= top for r in readers), "caught up", 60)
+        bodies: dict[tuple[str, int], Any] = {}
+        for reader in readers:
+            check_reader(reader, bodies)
+        killed = sum(1 for (_, _), b in bodies.items() if b.get("p") == "killed")
+        assert killed > 0, "the node process published nothing before it died"
+        print(f"phase 4: node process SIGKILLed; {len(movers)} clients recovered on a survivor, "
+              f"{killed} of its publications delivered, 0 gaps, 0 duplicates")  # fmt: skip
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait(timeout=10)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--duration", type=float, default=30.0)
     parser.add_argument("--clients", type=int, default=6)
     parser.add_argument("--dir", default=None)
+    parser.add_argument(
+        "--node", nargs=2, metavar=("REDIS_URL", "PORT_FILE"), help=argparse.SUPPRESS
+    )
     args = parser.parse_args()
+    if args.node:
+        return serve_node(*args.node)
     directory = args.dir or tempfile.mkdtemp(prefix="recovery-stress-")
     redis = Redis(directory)
     redis.start()
@@ -227,6 +298,7 @@ def main() -> int:
             assert (last["recovered"], last.get("reason")) == (False, "epoch_changed"), last
             assert last["epoch"] not in old, last
         print("phase 3: epoch_changed reported to every client after the Redis restart")
+        phase4(url, directory, readers, nodes)
         print("OK")
         return 0
     finally:
