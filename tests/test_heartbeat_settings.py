@@ -180,3 +180,36 @@ def test_reconfigure_disables_pings_without_spinning() -> None:
     assert not heartbeat.enabled and heartbeat.tick == 0
     heartbeat.reconfigure(5.0, 2.0, 2, 60.0)
     assert heartbeat.enabled and heartbeat.max_missed == 2 and heartbeat.tick == 0.5
+
+
+def test_partitioned_peer_is_detected_and_counted(serve: Any, raw_peer: Any) -> None:
+    """Seed audit item 39 (ER-27): a peer that stops reading and writing without closing
+    shows as late (a gauge) from its first unanswered ping, each miss is counted, and it is
+    failed with 1011 at ``max_missed``; the gauge is back to 0 once it is gone."""
+    metrics = Metrics()
+    heartbeat = Heartbeat(0.1, 0.5, max_missed=3, metrics=metrics)
+    server = serve(echo, config=FAST, metrics=metrics, heartbeat=heartbeat, services=[heartbeat])
+    open_peer(server, raw_peer)  # never reads, never answers a ping: partitioned
+    wait_until(lambda: metrics.late_pongs == 1)
+    late = metrics.render()
+    assert "websocket_heartbeat_late_connections 1" in late
+    assert "websocket_heartbeat_timeouts_total 0" in late  # seen before it fails (>= 1 s left)
+    wait_until(lambda: metrics.heartbeat_timeouts == 1)
+    assert (metrics.missed_pongs, metrics.late_pongs, heartbeat.late) == (3, 0, 0)
+    rendered = metrics.render()
+    assert "websocket_heartbeat_missed_pongs_total 3" in rendered
+    assert "websocket_heartbeat_late_connections 0" in rendered
+
+
+def test_a_late_pong_clears_the_gauge(serve: Any, raw_peer: Any) -> None:
+    metrics = Metrics()
+    heartbeat = Heartbeat(0.1, 0.3, max_missed=5, metrics=metrics)
+    server = serve(echo, config=FAST, metrics=metrics, heartbeat=heartbeat, services=[heartbeat])
+    peer = open_peer(server, raw_peer)
+    wait_until(lambda: metrics.late_pongs == 1)
+    while metrics.late_pongs:  # answer, late, every ping queued so far and the next one
+        opcode, payload = peer.read_frame()
+        if opcode == 0x9:
+            peer.send_frame(0xA, payload)
+    assert metrics.heartbeat_timeouts == 0 and metrics.missed_pongs >= 1
+    assert "websocket_heartbeat_late_connections 0" in metrics.render()

@@ -121,6 +121,9 @@ class Heartbeat:
         self._heap: list[tuple[float, int, _Entry]] = []
         self._seq = itertools.count()
         self._added = 0
+        #: watched connections whose last ping went unanswered past ``timeout`` (not failed
+        #: yet: ``max_missed`` not reached); a partition shows here before the 1011
+        self.late = 0
         self._stopping = Event()
         self._greenlet: gevent.Greenlet | None = None
 
@@ -177,6 +180,8 @@ class Heartbeat:
         entry = self._entries.pop(ws, None)
         if entry is not None:
             entry.ws = None
+            if entry.missed:
+                self._late(-1)
 
     def start(self) -> None:
         """Spawn the heartbeat greenlet (idempotent). Call ``stop()`` to end it."""
@@ -272,14 +277,29 @@ class Heartbeat:
             if now < deadline:
                 return deadline if entry.next_ping <= now else min(deadline, entry.next_ping)
             entry.missed += 1
+            self._missed(entry)
             if entry.missed >= self.max_missed:
                 self._timed_out(ws)
                 return None
             return self._ping(entry, ws, now)  # try again at once
-        entry.missed = 0
+        if entry.missed:
+            entry.missed = 0
+            self._late(-1)
         if now >= entry.next_ping:
             return self._ping(entry, ws, now)
         return entry.next_ping
+
+    def _missed(self, entry: _Entry) -> None:
+        """One more unanswered ping: counted, and the connection is late from its first."""
+        if self.metrics is not None:
+            self.metrics.pong_missed()
+        if entry.missed == 1:
+            self._late(1)
+
+    def _late(self, delta: int) -> None:
+        self.late += delta
+        if self.metrics is not None:
+            self.metrics.late_pongs = self.late
 
     def _ping(self, entry: _Entry, ws: Pingable, now: float) -> float:
         ws.send_heartbeat_ping()

@@ -182,6 +182,10 @@ class Metrics:
         self.heartbeat_timeouts = 0
         #: backplane probes not echoed within two intervals (a silent or stalled bus)
         self.probe_timeouts = 0
+        #: heartbeat pings that got nothing back within pong_timeout (each one counted)
+        self.missed_pongs = 0
+        #: connections whose last heartbeat ping is overdue right now (set by the heartbeat)
+        self.late_pongs = 0
         #: message counts by payload size class ``nbytes.bit_length()``, in and out
         self.sizes_in = [0] * _SIZE_SLOTS
         self.sizes_out = [0] * _SIZE_SLOTS
@@ -268,6 +272,10 @@ class Metrics:
         """A connection was failed because its heartbeat ping went unanswered."""
         self.heartbeat_timeouts += 1
 
+    def pong_missed(self) -> None:
+        """A heartbeat ping got no frame back within ``pong_timeout`` (battery ER-27)."""
+        self.missed_pongs += 1
+
     def backplane_probe_timeout(self) -> None:
         """The backplane's probe was not echoed within two intervals (battery RD-03)."""
         self.probe_timeouts += 1
@@ -331,6 +339,18 @@ class Metrics:
                 "counter",
                 "Connections failed because a heartbeat ping went unanswered.",
                 self.heartbeat_timeouts,
+            ),
+            _single(
+                "websocket_heartbeat_missed_pongs_total",
+                "counter",
+                "Heartbeat pings that got nothing back within pong_timeout.",
+                self.missed_pongs,
+            ),
+            _single(
+                "websocket_heartbeat_late_connections",
+                "gauge",
+                "Connections whose last heartbeat ping is overdue (a partition shows here first).",
+                self.late_pongs,
             ),
             _single(
                 "websocket_backplane_probe_timeouts_total",
