@@ -725,6 +725,20 @@ def render_svg(
     return "\n".join(out) + "\n"
 
 
+#: RESULTS.md below this line is written by hand (targets, the soak) and kept across runs
+KEEP_MARKER = "<!-- rivals.py keeps everything below this line -->"
+
+
+def kept_tail(path: Path) -> str:
+    """The hand-written end of an existing RESULTS.md (from ``KEEP_MARKER`` on), or ""."""
+    try:
+        old = path.read_text()
+    except OSError:
+        return ""
+    at = old.find(KEEP_MARKER)
+    return "" if at < 0 else "\n" + old[at:]
+
+
 def write_results(
     results: dict[tuple[str, str], Measurement],
     servers: Sequence[str],
@@ -809,7 +823,7 @@ absolute values across machines.
 - A throughput cell is trustworthy when its server CPU is ~95-100 % and the generator's is
   below 90 % (second table). More in [README.md](README.md).
 """
-    (out_dir / "RESULTS.md").write_text(text)
+    (out_dir / "RESULTS.md").write_text(text + kept_tail(out_dir / "RESULTS.md"))
     (out_dir / "results.svg").write_text(render_svg(results, servers, scenarios))
     raw = {
         "config": {

@@ -550,3 +550,13 @@ def test_handshake_latency_gate_uses_the_absolute_bounds(
     )
     assert rivals.handshake_latency_gate({("wsflask", "handshake"): measured}) == verdict
     assert rivals.handshake_latency_gate({}) == 0  # no handshake row measured: nothing to gate
+
+
+def test_results_md_keeps_the_hand_written_tail(rivals: ModuleType, tmp_path: Path) -> None:
+    """The targets and the soak are written by hand below the marker: a new run keeps them."""
+    page = tmp_path / "RESULTS.md"
+    assert rivals.kept_tail(page) == ""  # no file yet
+    page.write_text(f"# old table\n\n{rivals.KEEP_MARKER}\n## Soak\nRSS flat.\n")
+    assert rivals.kept_tail(page) == f"\n{rivals.KEEP_MARKER}\n## Soak\nRSS flat.\n"
+    page.write_text("# a table without the marker\n")
+    assert rivals.kept_tail(page) == ""
