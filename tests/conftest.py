@@ -6,13 +6,14 @@ Nothing here monkey-patches. Helpers that tests call directly (``wait_until``,
 
 from __future__ import annotations
 
+import json
 import weakref
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
-from helpers import require_tool
+from helpers import BACKPLANE_FAST, require_tool
 
 if TYPE_CHECKING:
     from wsflask.app import App
@@ -531,6 +532,33 @@ def _pipe(source: Any, sink: Any) -> None:
         for sock in (source, sink):
             with contextlib.suppress(OSError):
                 sock.close()
+
+
+@pytest.fixture
+def chat_nodes() -> Iterator[Callable[..., tuple[App, Any]]]:
+    """``chat_nodes(url, **settings)`` -> ``(app, test_client)``: an in-process chat node on
+    Redis ``url`` (fast backplane timings unless ``settings`` say otherwise)."""
+    clients: list[Any] = []
+
+    def node(url: str, **settings: Any) -> tuple[App, Any]:
+        from wsflask import App
+
+        app = App(backplane=url, **{**BACKPLANE_FAST, **settings})
+
+        @app.route("/r/<room>")
+        def chat(ws: Any, room: str) -> None:
+            app.rooms.join(room, ws)
+            ws.send(json.dumps({"hello": ws.id}))
+            for message in ws:
+                app.send(message, to=room)
+
+        client = app.test_client(timeout=10)
+        clients.append(client)
+        return app, client
+
+    yield node
+    for client in clients:
+        client.close()
 
 
 @pytest.fixture

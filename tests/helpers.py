@@ -1,6 +1,7 @@
 """Helpers the test modules import: bounded waits and the external-tool gate.
 
-``wait_until`` polls a condition under a deadline (never a blind sleep). ``require_tool`` finds
+``wait_until`` polls a condition under a deadline (never a blind sleep); ``join_chat`` joins a
+``chat_nodes`` node's room. ``require_tool`` finds
 an executable the test needs; a missing one skips locally, naming the install command, and
 fails under ``CI=true``, so a CI run cannot pass with a battery silently skipped. Fixtures
 live in ``conftest.py``; this module holds only what tests call directly.
@@ -13,11 +14,27 @@ import os
 import shutil
 import time
 from collections.abc import Callable
+from typing import Any
 
 import gevent
 import pytest
 
 FALSE_VALUES = {"", "0", "false", "no", "off"}
+
+#: backplane timings for in-process chat nodes (the ``chat_nodes`` fixture's defaults)
+BACKPLANE_FAST: dict[str, Any] = {
+    "backplane_interval": 1.0,
+    "backplane_backoff_max": 0.5,
+    "shutdown_grace": 2.0,
+    "close_timeout": 1.0,
+}
+
+
+def join_chat(client: Any, room: str = "t") -> Any:
+    """Connect ``client`` (a ``chat_nodes`` test client) to ``/r/<room>``, past its hello."""
+    ws = client.connect(f"/r/{room}")
+    assert "hello" in client.receive_json(ws)
+    return ws
 
 
 def wait_until(

@@ -40,7 +40,7 @@ import gevent
 import gevent.event
 import gevent.subprocess
 import pytest
-from helpers import require_tool, wait_until
+from helpers import BACKPLANE_FAST, join_chat, require_tool, wait_until
 from test_battery_scale import Canary, cpu_seconds, open_fds, scale
 
 from wsflask import App
@@ -290,44 +290,7 @@ def test_cl04_the_server_drops_tcp_at_close_timeout_when_the_peer_never_answers(
 
 # -- RD-02: Redis restarts while messages flow --------------------------------------------------
 
-BACKPLANE_FAST: dict[str, Any] = {
-    "backplane_interval": 1.0,
-    "backplane_backoff_max": 0.5,
-    "shutdown_grace": 2.0,
-    "close_timeout": 1.0,
-}
 GAP = '{"event":"_gap"'
-
-
-@pytest.fixture
-def chat_nodes() -> Iterator[Callable[..., tuple[App, Any]]]:
-    """``chat_nodes(url, **settings)`` -> ``(app, test_client)``: an in-process chat node on
-    Redis ``url`` (fast backplane timings unless ``settings`` say otherwise)."""
-    clients: list[Any] = []
-
-    def node(url: str, **settings: Any) -> tuple[App, Any]:
-        app = App(backplane=url, **{**BACKPLANE_FAST, **settings})
-
-        @app.route("/r/<room>")
-        def chat(ws: Any, room: str) -> None:
-            app.rooms.join(room, ws)
-            ws.send(json.dumps({"hello": ws.id}))
-            for message in ws:
-                app.send(message, to=room)
-
-        client = app.test_client(timeout=10)
-        clients.append(client)
-        return app, client
-
-    yield node
-    for client in clients:
-        client.close()
-
-
-def _member(client: Any) -> Any:
-    ws = client.connect("/r/t")
-    assert "hello" in client.receive_json(ws)
-    return ws
 
 
 def _numsub(redis: Any) -> int:
@@ -390,8 +353,8 @@ def test_rd02_redis_restarts_under_load_every_loss_is_noticed_delivery_back_with
 ) -> None:
     members, rate = scale(10, 100), scale(100, 400)  # members on A; B's publishes per second
     (a, ca), (b, cb) = chat_nodes(redis_server.url), chat_nodes(redis_server.url)
-    listeners = [Listener(_member(ca)) for _ in range(members)]
-    sender = _member(cb)
+    listeners = [Listener(join_chat(ca)) for _ in range(members)]
+    sender = join_chat(cb)
     wait_until(lambda: all(c.get("/readyz").status == 200 for c in (ca, cb)))
     wait_until(lambda: _numsub(redis_server) == 2)
     stop, sent = gevent.event.Event(), [0]
@@ -537,7 +500,7 @@ def _starved_node(
     proxy = silent_proxy(redis_server.port)
     a, ca = chat_nodes(proxy.url, backplane_interval=PROBE_INTERVAL)
     _, cb = chat_nodes(redis_server.url, backplane_interval=PROBE_INTERVAL)
-    listener, sender = Listener(_member(ca)), _member(cb)
+    listener, sender = Listener(join_chat(ca)), join_chat(cb)
     wait_until(lambda: all(c.get("/readyz").status == 200 for c in (ca, cb)))
     wait_until(lambda: _numsub(redis_server) == 2)
     return proxy, a, ca, listener, sender
@@ -623,7 +586,7 @@ def test_rd03_client_pause_turns_the_node_red_and_delivery_resumes_after_it(
     pause = scale(3, 30)  # seconds of CLIENT PAUSE ALL (the battery: 30 s)
     a, ca = chat_nodes(redis_server.url, backplane_interval=PROBE_INTERVAL)
     _, cb = chat_nodes(redis_server.url, backplane_interval=PROBE_INTERVAL)
-    listener, sender = Listener(_member(ca)), _member(cb)
+    listener, sender = Listener(join_chat(ca)), join_chat(cb)
     wait_until(lambda: all(c.get("/readyz").status == 200 for c in (ca, cb)))
     wait_until(lambda: _numsub(redis_server) == 2)
     loader, stop = _sending(sender)

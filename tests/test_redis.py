@@ -15,58 +15,19 @@ import json
 import os
 import signal
 import time
-from collections.abc import Callable, Iterator
 from typing import Any
 
 import gevent
-import pytest
-from helpers import wait_until
+from helpers import join_chat, wait_until
 
-from wsflask import App
 from wsflask.backplane import Emitter
 from wsflask.client import connect
 
-FAST: dict[str, Any] = {
-    "backplane_interval": 1.0,
-    "backplane_backoff_max": 0.5,
-    "shutdown_grace": 2.0,
-    "close_timeout": 1.0,
-}
 ROOM = "wsflask:room:t"
 
 
 def numsub(redis_server: Any, channel: str = ROOM) -> int:
     return int(dict(redis_server.client().pubsub_numsub(channel))[channel.encode()])
-
-
-@pytest.fixture
-def nodes() -> Iterator[Callable[[str], tuple[App, Any]]]:
-    """``nodes(url)`` -> ``(app, test_client)``: an in-process chat node on ``url``."""
-    clients: list[Any] = []
-
-    def node(url: str) -> tuple[App, Any]:
-        app = App(backplane=url, **FAST)
-
-        @app.route("/r/<room>")
-        def chat(ws: Any, room: str) -> None:
-            app.rooms.join(room, ws)
-            ws.send(json.dumps({"hello": ws.id}))
-            for message in ws:
-                app.send(message, to=room)
-
-        client = app.test_client(timeout=10)
-        clients.append(client)
-        return app, client
-
-    yield node
-    for client in clients:
-        client.close()
-
-
-def join(client: Any, room: str = "t") -> Any:
-    ws = client.connect(f"/r/{room}")
-    assert "hello" in client.receive_json(ws)
-    return ws
 
 
 def ready(*clients: Any) -> None:
@@ -84,9 +45,9 @@ def drain_gaps(client: Any, ws: Any) -> str:
 # -- two nodes, one room ------------------------------------------------------------------------
 
 
-def test_two_nodes_one_room_exactly_once_in_order(redis_server: Any, nodes: Any) -> None:
-    (a, ca), (b, cb) = nodes(redis_server.url), nodes(redis_server.url)
-    members = [join(ca), join(ca), join(cb), join(cb)]
+def test_two_nodes_one_room_exactly_once_in_order(redis_server: Any, chat_nodes: Any) -> None:
+    (a, ca), (b, cb) = chat_nodes(redis_server.url), chat_nodes(redis_server.url)
+    members = [join_chat(ca), join_chat(ca), join_chat(cb), join_chat(cb)]
     ready(ca, cb)
     wait_until(lambda: numsub(redis_server) == 2)  # one subscription per node, not per member
     senders = [members[0], members[2]]
@@ -109,9 +70,9 @@ def test_two_nodes_one_room_exactly_once_in_order(redis_server: Any, nodes: Any)
     wait_until(lambda: numsub(redis_server) == 1)  # A unsubscribed with its last member
 
 
-def test_emitter_and_personal_rooms_reach_every_node(redis_server: Any, nodes: Any) -> None:
-    (_, ca), (_, cb) = nodes(redis_server.url), nodes(redis_server.url)
-    wa, wb = join(ca), join(cb)
+def test_emitter_and_personal_rooms_reach_every_node(redis_server: Any, chat_nodes: Any) -> None:
+    (_, ca), (_, cb) = chat_nodes(redis_server.url), chat_nodes(redis_server.url)
+    wa, wb = join_chat(ca), join_chat(cb)
     ready(ca, cb)
     wait_until(lambda: numsub(redis_server) == 2)
     with Emitter(redis_server.url) as emitter:
@@ -124,10 +85,12 @@ def test_emitter_and_personal_rooms_reach_every_node(redis_server: Any, nodes: A
         assert cb.receive(join_again) == "only you"
 
 
-def test_rd01_cut_one_node_for_3s_under_load(redis_server: Any, nodes: Any, tcp_proxy: Any) -> None:
+def test_rd01_cut_one_node_for_3s_under_load(
+    redis_server: Any, chat_nodes: Any, tcp_proxy: Any
+) -> None:
     proxy = tcp_proxy(redis_server.port)
-    (a, ca), (_, cb) = nodes(proxy.url), nodes(redis_server.url)
-    wa, wb = join(ca), join(cb)
+    (a, ca), (_, cb) = chat_nodes(proxy.url), chat_nodes(redis_server.url)
+    wa, wb = join_chat(ca), join_chat(cb)
     ready(ca, cb)
     wait_until(lambda: numsub(redis_server) == 2)
     sent = iter(range(1_000_000))
@@ -182,10 +145,10 @@ def _errors(redis: Any, kind: str) -> int:
 
 
 def test_defect4_presence_refused_with_oom_is_retried_after_memory_frees(
-    redis_server: Any, nodes: Any
+    redis_server: Any, chat_nodes: Any
 ) -> None:
-    (a, ca), (b, cb) = nodes(redis_server.url), nodes(redis_server.url)
-    join(ca), join(cb)
+    (a, ca), (b, cb) = chat_nodes(redis_server.url), chat_nodes(redis_server.url)
+    join_chat(ca), join_chat(cb)
     ready(ca, cb)
     wait_until(lambda: b.rooms.count("t", cluster=True) == 2)
     redis = redis_server.client()
@@ -202,10 +165,10 @@ def test_defect4_presence_refused_with_oom_is_retried_after_memory_frees(
 
 
 def test_defect4_publish_refused_with_noperm_is_counted_and_recovers(
-    redis_server: Any, nodes: Any
+    redis_server: Any, chat_nodes: Any
 ) -> None:
-    (a, ca), (_, cb) = nodes(redis_server.url), nodes(redis_server.url)
-    wa, wb = join(ca), join(cb)
+    (a, ca), (_, cb) = chat_nodes(redis_server.url), chat_nodes(redis_server.url)
+    wa, wb = join_chat(ca), join_chat(cb)
     ready(ca, cb)
     wait_until(lambda: numsub(redis_server) == 2)
     redis = redis_server.client()
@@ -224,9 +187,9 @@ def test_defect4_publish_refused_with_noperm_is_counted_and_recovers(
     assert ca.get("/readyz").status == 200
 
 
-def test_rd02_restart_redis_nodes_resubscribe(redis_server: Any, nodes: Any) -> None:
-    (a, ca), (_, cb) = nodes(redis_server.url), nodes(redis_server.url)
-    wa, wb = join(ca), join(cb)
+def test_rd02_restart_redis_nodes_resubscribe(redis_server: Any, chat_nodes: Any) -> None:
+    (a, ca), (_, cb) = chat_nodes(redis_server.url), chat_nodes(redis_server.url)
+    wa, wb = join_chat(ca), join_chat(cb)
     ready(ca, cb)
     wait_until(lambda: numsub(redis_server) == 2)
     redis_server.stop()
@@ -241,18 +204,18 @@ def test_rd02_restart_redis_nodes_resubscribe(redis_server: Any, nodes: Any) -> 
     assert a.cluster is not None and a.cluster.failures_total >= 1
 
 
-def test_rd06_start_with_redis_down(redis_server: Any, nodes: Any) -> None:
+def test_rd06_start_with_redis_down(redis_server: Any, chat_nodes: Any) -> None:
     redis_server.stop()
-    a, ca = nodes(redis_server.url)
-    w1, w2 = join(ca), join(ca)
+    a, ca = chat_nodes(redis_server.url)
+    w1, w2 = join_chat(ca), join_chat(ca)
     assert ca.get("/readyz").status == 503
     w1.send("local only")
     assert ca.receive(w1) == "local only" and ca.receive(w2) == "local only"
     assert a.metrics.drops["backplane"] >= 1
     redis_server.start()
     ready(ca)  # backoff capped at 0.5 s here: ready soon after Redis accepts connections
-    _, cb = nodes(redis_server.url)
-    wb = join(cb)
+    _, cb = chat_nodes(redis_server.url)
+    wb = join_chat(cb)
     ready(cb)
     wait_until(lambda: numsub(redis_server) == 2)
     wb.send("cross")

@@ -10,32 +10,23 @@ while Redis overflows its buffer is disconnected by Redis and recovers as in RD-
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
 import tempfile
 import textwrap
-from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import gevent.monkey
 import gevent.subprocess
 import pytest
-from helpers import wait_until
+from helpers import join_chat, wait_until
 
-from wsflask import App
 from wsflask.backplane import Emitter, open_backplane
 from wsflask.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parent.parent
-FAST: dict[str, Any] = {
-    "backplane_interval": 1.0,
-    "backplane_backoff_max": 0.5,
-    "shutdown_grace": 2.0,
-    "close_timeout": 1.0,
-}
 ROOM = "wsflask:room:t"
 GAP = '{"event":"_gap"'
 
@@ -71,42 +62,12 @@ def subscribers(redis_server: Any) -> set[int]:
     return {int(c["id"]) for c in redis_server.client().client_list(_type="pubsub")}
 
 
-@pytest.fixture
-def node() -> Iterator[Callable[[str], tuple[App, Any]]]:
-    """``node(url)`` -> ``(app, test_client)``: a chat node whose members join room "t"."""
-    clients: list[Any] = []
-
-    def make(url: str) -> tuple[App, Any]:
-        app = App(backplane=url, **FAST)
-
-        @app.route("/r/<room>")
-        def chat(ws: Any, room: str) -> None:
-            app.rooms.join(room, ws)
-            ws.send(json.dumps({"hello": ws.id}))
-            for message in ws:
-                app.send(message, to=room)
-
-        client = app.test_client(timeout=10)
-        clients.append(client)
-        return app, client
-
-    yield make
-    for client in clients:
-        client.close()
-
-
-def join(client: Any) -> Any:
-    ws = client.connect("/r/t")
-    assert "hello" in client.receive_json(ws)
-    return ws
-
-
 def test_rd04_slow_members_never_stall_the_subscriber_during_a_burst(
-    redis_server: Any, node: Any, raw_peer: Any
+    redis_server: Any, chat_nodes: Any, raw_peer: Any
 ) -> None:
     redis_server.client().config_set("client-output-buffer-limit", "pubsub 1mb 512kb 5")
-    app, client = node(redis_server.url)
-    healthy = join(client)
+    app, client = chat_nodes(redis_server.url)
+    healthy = join_chat(client)
     port = app.server.server_port
     slow = [raw_peer(port, rcvbuf=4096) for _ in range(20)]
     for peer in slow:  # upgraded, then never read again
@@ -174,11 +135,11 @@ def _run_blocking(argv: list[str], env: dict[str, str]) -> bytes:
 
 
 def test_rd04_a_node_redis_disconnects_for_its_buffer_recovers_as_rd01(
-    redis_server: Any, node: Any
+    redis_server: Any, chat_nodes: Any
 ) -> None:
     redis_server.client().config_set("client-output-buffer-limit", "pubsub 64kb 32kb 1")
-    app, client = node(redis_server.url)
-    healthy = join(client)
+    app, client = chat_nodes(redis_server.url)
+    healthy = join_chat(client)
     wait_until(lambda: client.get("/readyz").status == 200)
     wait_until(lambda: numsub(redis_server) == 1)
     assert app.cluster is not None
