@@ -17,6 +17,8 @@ from typing import Any
 import gevent
 import pytest
 from helpers import wait_until
+from test_group_calls import member, refuse
+from test_group_calls import readers as readers  # the fixture
 
 from wsflask import App
 from wsflask.backplane import group
@@ -55,32 +57,6 @@ def nodes(redis_server: Any) -> Iterator[Callable[[], tuple[App, Any]]]:
     yield node
     for client in made:
         client.close()
-
-
-@pytest.fixture
-def readers() -> Iterator[list[gevent.Greenlet]]:
-    made: list[gevent.Greenlet] = []
-    yield made
-    gevent.killall(made, timeout=5)
-
-
-def member(client: Any, readers: list[gevent.Greenlet], answer: Any = None) -> tuple[Any, str]:
-    """A client in "room" reading in a greenlet; ``answer(data)`` answers "poll" calls."""
-    ws = connect(client.url("/r"))
-    ws_id = json.loads(str(ws.receive(timeout=5)))["id"]
-    if answer is not None:
-        ws.on_call("poll", answer)
-
-    def read() -> None:
-        for _ in ws:
-            pass
-
-    readers.append(gevent.spawn(read))
-    return ws, ws_id
-
-
-def refuse(data: Any) -> Any:
-    raise ValueError("no vote")
 
 
 def test_members_on_both_nodes_answer_fail_and_time_out(
