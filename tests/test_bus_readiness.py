@@ -35,11 +35,8 @@ class GatedBus(MemoryBackplane):
         yield from super().listen()
 
 
-def test_slow_first_session_sends_gap_notices(app_factory: Callable[..., App]) -> None:
-    name = f"readiness-{uuid.uuid4().hex[:8]}"
-    app = app_factory(backplane=f"memory://{name}", backplane_interval=0.2)
-    bus = GatedBus(name)
-    app.cluster = Bridge(app.rooms, app.config, app.metrics, backplane=bus)
+def serve_rooms(app: App) -> Any:
+    """``/r/<room>`` joins ``room`` and says ``{"joined": room}``; returns a test client."""
 
     @app.route("/r/<room>")
     def handler(ws: Any, room: str) -> None:
@@ -48,7 +45,16 @@ def test_slow_first_session_sends_gap_notices(app_factory: Callable[..., App]) -
         for _ in ws:
             pass
 
-    client = app.test_client(timeout=10)
+    return app.test_client(timeout=10)
+
+
+def test_slow_first_session_sends_gap_notices(app_factory: Callable[..., App]) -> None:
+    name = f"readiness-{uuid.uuid4().hex[:8]}"
+    app = app_factory(backplane=f"memory://{name}", backplane_interval=0.2)
+    bus = GatedBus(name)
+    app.cluster = Bridge(app.rooms, app.config, app.metrics, backplane=bus)
+
+    client = serve_rooms(app)
     assert client.get("/readyz").status == 503
     ws = client.connect("/r/lobby")  # accepted before the first session
     try:
@@ -74,14 +80,7 @@ def test_first_session_after_a_failure_sends_gap_notices(
     app = app_factory(backplane=f"memory://{name}", backplane_interval=0.5,
                       backplane_backoff_max=0.2)  # fmt: skip
 
-    @app.route("/r/<room>")
-    def handler(ws: Any, room: str) -> None:
-        app.rooms.join(room, ws)
-        ws.send(json.dumps({"joined": room}))
-        for _ in ws:
-            pass
-
-    client = app.test_client(timeout=10)
+    client = serve_rooms(app)
     assert client.get("/readyz").status == 503
     ws = client.connect("/r/lobby")  # accepted before the bus is up
     try:
@@ -100,14 +99,7 @@ def test_first_session_without_members_sends_nothing(app_factory: Callable[..., 
     name = f"readiness-{uuid.uuid4().hex[:8]}"
     app = app_factory(backplane=f"memory://{name}", backplane_interval=0.5)
 
-    @app.route("/r/<room>")
-    def handler(ws: Any, room: str) -> None:
-        app.rooms.join(room, ws)
-        ws.send(json.dumps({"joined": room}))
-        for _ in ws:
-            pass
-
-    client = app.test_client(timeout=10)
+    client = serve_rooms(app)
     wait_until(lambda: client.get("/readyz").status == 200)
     ws = client.connect("/r/lobby")  # after the first session: no notice owed
     try:
