@@ -34,7 +34,7 @@ def _slow_parse_head(head: bytes) -> object:
     start, sep, block = head.removesuffix(b"\r\n\r\n").partition(b"\r\n")
     if not sep:
         return start, (), {}
-    return start, *handshake._parse_fields(block + b"\r\n")
+    return start, *handshake._collect(handshake._checked_lines(block + b"\r\n"))
 
 
 @settings(max_examples=400, deadline=None)

@@ -182,28 +182,17 @@ def _parse_head(head: bytes) -> tuple[bytes, tuple[tuple[str, str], ...], Index]
     """Return the start line, the RFC 7230 §3.2 fields (names lower-cased, values trimmed
     of SP/HTAB) and an index of values by name. A trailing CRLFCRLF is ignored."""
     start, sep, block = head.removesuffix(b"\r\n\r\n").partition(b"\r\n")
-    fields: list[tuple[str, str]] = []
-    index: Index = {}
     if not sep:
-        return start, (), index
+        return start, (), {}
     block += b"\r\n"
-    if not _FIELDS_B.fullmatch(block):
-        return start, *_parse_fields(block)
-    for name, value in _FIELD_B.findall(block):  # every line valid: validated above
-        name, value = name.lower(), value.strip(b" \t")
-        field = (
-            _SHARED.get(name) or name.decode("ascii"),
-            _SHARED.get(value) or value.decode("latin-1"),
-        )
-        fields.append(field)
-        index.setdefault(field[0], []).append(field[1])
-    return start, tuple(fields), index
+    if _FIELDS_B.fullmatch(block):  # every line valid: one scan finds them all
+        return start, *_collect(_FIELD_B.findall(block))
+    return start, *_collect(_checked_lines(block))
 
 
-def _parse_fields(block: bytes) -> tuple[tuple[tuple[str, str], ...], Index]:
+def _checked_lines(block: bytes) -> list[tuple[bytes, bytes]]:
     """Line by line, with the precise error for a bad line (``_parse_head``'s slow path)."""
-    fields: list[tuple[str, str]] = []
-    index: Index = {}
+    pairs = []
     for line in block.split(b"\r\n")[:-1]:
         if line[:1] in (b" ", b"\t"):
             # RFC 7230 §3.2.4: obs-fold is rejected with 400 outside message/http
@@ -216,6 +205,16 @@ def _parse_fields(block: bytes) -> tuple[tuple[tuple[str, str], ...], Index]:
             raise HandshakeError("Invalid header name")
         if _CTL_B.search(value):
             raise HandshakeError("Invalid character in header value")
+        pairs.append((name, value))
+    return pairs
+
+
+def _collect(pairs: Iterable[tuple[bytes, bytes]]) -> tuple[tuple[tuple[str, str], ...], Index]:
+    """Valid raw ``(name, value)`` pairs as fields (lower-cased name, trimmed value, common
+    strings shared) and their index by name."""
+    fields: list[tuple[str, str]] = []
+    index: Index = {}
+    for name, value in pairs:
         name, value = name.lower(), value.strip(b" \t")
         field = (
             _SHARED.get(name) or name.decode("ascii"),
