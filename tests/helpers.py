@@ -1,7 +1,8 @@
 """Helpers the test modules import: bounded waits and the external-tool gate.
 
 ``wait_until`` polls a condition under a deadline (never a blind sleep); ``join_chat`` joins a
-``chat_nodes`` node's room. ``require_tool`` finds
+``chat_nodes`` node's room. ``cpu_ratio`` compares the CPU time of two input sizes for the
+linear-time rows. ``require_tool`` finds
 an executable the test needs; a missing one skips locally, naming the install command, and
 fails under ``CI=true``, so a CI run cannot pass with a battery silently skipped. Fixtures
 live in ``conftest.py``; this module holds only what tests call directly.
@@ -9,6 +10,7 @@ live in ``conftest.py``; this module holds only what tests call directly.
 
 from __future__ import annotations
 
+import gc
 import inspect
 import os
 import shutil
@@ -76,3 +78,43 @@ def require_tool(name: str, install_hint: str) -> str:
     if in_ci():
         pytest.fail(f"{message}; CI=true requires every tool", pytrace=False)
     pytest.skip(message)
+
+
+def cpu_ratio(
+    small: Callable[[], object],
+    large: Callable[[], object],
+    *,
+    samples: int = 9,
+    min_sample: float = 0.03,
+) -> float:
+    """CPU time of ``large()`` over CPU time of ``small()``, for "linear in the input" rows.
+
+    The work is timed as this thread's CPU time (``time.thread_time``: the handler and
+    backplane threads a test session leaves behind are not counted), with the cyclic GC off
+    (its passes follow the allocation count, not the code under test). ``small`` is repeated
+    until one sample takes at least ``min_sample`` seconds, and ``large`` the same number of
+    times; the two sizes' samples alternate, so a noisy moment hits both, and the best of
+    ``samples`` each is compared.
+    """
+    small()
+    large()  # warm caches and the allocator
+    gc.collect()
+    gc.disable()
+    try:
+        repeat = 1
+        while _cpu(small, repeat) < min_sample and repeat < 1 << 16:
+            repeat *= 2
+        best_small = best_large = float("inf")
+        for _ in range(samples):
+            best_large = min(best_large, _cpu(large, repeat))
+            best_small = min(best_small, _cpu(small, repeat))
+    finally:
+        gc.enable()
+    return best_large / best_small
+
+
+def _cpu(work: Callable[[], object], repeat: int) -> float:
+    started = time.thread_time()
+    for _ in range(repeat):
+        work()
+    return time.thread_time() - started

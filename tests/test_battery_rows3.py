@@ -26,7 +26,6 @@ Not here: latency under a ping flood (CF-02) is a benchmark, ``loadtests/cf02_pi
 from __future__ import annotations
 
 import contextlib
-import gc
 import json
 import ssl
 import subprocess
@@ -40,8 +39,8 @@ import gevent
 import gevent.event
 import gevent.subprocess
 import pytest
-from helpers import BACKPLANE_FAST, join_chat, require_tool, wait_until
-from test_battery_scale import Canary, cpu_seconds, open_fds, scale
+from helpers import BACKPLANE_FAST, cpu_ratio, join_chat, require_tool, wait_until
+from test_battery_scale import Canary, open_fds, scale
 
 from wsflask import App
 from wsflask.client import connect
@@ -101,50 +100,30 @@ def _upgrade_head(extensions: str | None = None) -> bytes:
     ).encode()
 
 
-def _negotiate_cpu(head: bytes, rounds: int = 4) -> tuple[float, bytes]:
-    """Best of 5: CPU seconds for ``rounds`` server Connections to parse ``head`` and answer
-    it (the garbage collector off while measured: its passes are not the parser's cost)."""
-    best, response = float("inf"), b""
-    for _ in range(5):
-        conns = [
-            Connection(Side.SERVER, http=True, limits=Limits(max_header_bytes=1 << 20), deflate=DS)
-            for _ in range(rounds)
-        ]
-        gc.disable()
-        try:
-            started = cpu_seconds()
-            for conn in conns:
-                conn.receive_data(head)
-                (request,) = conn.events_received()
-                assert isinstance(request, Request)
-                conn.accept(request)
-            best = min(best, cpu_seconds() - started)
-        finally:
-            gc.enable()
-        response = conns[-1].data_to_send()
-    return best, response
+def _negotiate(head: bytes) -> bytes:
+    """A server Connection parses ``head`` and answers it; returns the answer."""
+    conn = Connection(Side.SERVER, http=True, limits=Limits(max_header_bytes=1 << 20), deflate=DS)
+    conn.receive_data(head)
+    (request,) = conn.events_received()
+    assert isinstance(request, Request)
+    conn.accept(request)
+    return conn.data_to_send()
 
 
 @pytest.mark.parametrize("valid_last", [False, True])
 def test_hs10_negotiation_cpu_is_linear_in_the_offer_count(valid_last: bool) -> None:
-    # 5x the offers: linear costs 5x, n log n ~6x, quadratic 25x. Each measurement parses the
-    # same number of offers in all (more rounds of the small head), so both are long enough.
+    # 5x the offers: linear costs 5x, n log n ~6x, quadratic 25x.
     small = _upgrade_head(_offers(2000, valid_last=valid_last))
     large = _upgrade_head(_offers(10_000, valid_last=valid_last))
-    _negotiate_cpu(small, rounds=10)  # warm caches and the allocator
-    cpu_small = _negotiate_cpu(small, rounds=10)[0] / 10
-    cpu_large, response = _negotiate_cpu(large, rounds=2)
-    cpu_large /= 2
+    response = _negotiate(large)
     assert response.startswith(b"HTTP/1.1 101 "), response[:80]
     chosen = _header(response, b"Sec-WebSocket-Extensions")
     if valid_last:  # the one valid offer, after 10 000 declined ones
         assert chosen == ANSWER, chosen
     else:
         assert chosen is None, chosen
-    ratio = cpu_large / cpu_small
-    assert ratio <= 5.75, (
-        f"5x offers cost {ratio:.2f}x CPU ({cpu_small:.4f} s -> {cpu_large:.4f} s)"
-    )
+    ratio = cpu_ratio(lambda: _negotiate(small), lambda: _negotiate(large))
+    assert ratio <= 5.75, f"5x offers cost {ratio:.2f}x CPU"
 
 
 @pytest.mark.parametrize("offer", HOSTILE)

@@ -1,6 +1,6 @@
 """Battery rows at the battery's scale, measured from outside the code under test.
 
-HS-05: CPU time (``resource.getrusage``) of a whole server ``Connection`` fed 14 KiB of
+HS-05: CPU time (``helpers.cpu_ratio``) of a whole server ``Connection`` fed 14 KiB of
 headers one byte at a time, as a ratio against 7 KiB (2x bytes -> at most 2.2x CPU), not the
 ``HeadReader.scanned`` counter. HS-06: 1 000 connections trickling one header byte per second
 are each closed at ``handshake_timeout`` (+1 s), a canary round-trips throughout, and the
@@ -10,9 +10,7 @@ battery's numbers where CI runs fewer (see ``scale``).
 
 from __future__ import annotations
 
-import gc
 import os
-import resource
 import time
 from collections.abc import Callable
 from typing import Any
@@ -21,7 +19,7 @@ import gevent
 import gevent.event
 import gevent.socket
 import pytest
-from helpers import wait_until
+from helpers import cpu_ratio, wait_until
 
 from wsflask import App
 from wsflask.client import connect
@@ -35,11 +33,6 @@ FULL = os.environ.get("WSFLASK_BATTERY_SCALE", "").lower() == "full"
 def scale(ci: int, full: int) -> int:
     """The CI number, or the battery's with ``WSFLASK_BATTERY_SCALE=full``."""
     return full if FULL else ci
-
-
-def cpu_seconds() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
 
 
 def open_fds() -> int:
@@ -59,32 +52,23 @@ def _head(headers: int) -> bytes:
     return f"GET / HTTP/1.1\r\nHost: x\r\n{lines}\r\n".encode()
 
 
-def _cpu_to_parse_bytewise(head: bytes) -> float:
-    """Best of 5: CPU seconds for a server Connection to read ``head`` one byte per call,
-    with the garbage collector held off (a collection landing in one size's runs is noise
-    to a linearity ratio; the other CPU-ratio tests do the same)."""
-    best = float("inf")
-    gc.collect()
-    gc.disable()
-    try:
-        for _ in range(5):
-            conn = Connection(Side.SERVER, http=True)
-            started = cpu_seconds()
-            for i in range(len(head)):
-                conn.receive_data(head[i : i + 1])
-            best = min(best, cpu_seconds() - started)
-            (request,) = conn.events_received()
-            assert isinstance(request, Request) and request.path == "/"
-    finally:
-        gc.enable()
-    return best
+def _parse_bytewise(head: bytes) -> Callable[[], None]:
+    """Work for ``cpu_ratio``: a server Connection reads ``head`` one byte per call."""
+
+    def work() -> None:
+        conn = Connection(Side.SERVER, http=True)
+        for i in range(len(head)):
+            conn.receive_data(head[i : i + 1])
+        (request,) = conn.events_received()
+        assert isinstance(request, Request) and request.path == "/"
+
+    return work
 
 
 def test_hs05_bytewise_head_cpu_is_linear_in_its_size() -> None:
     small, large = _head(49), _head(99)  # with Host: 50 and 100 fields
     assert 14 * 1024 <= len(large) <= 16 * 1024 and len(large) / len(small) > 1.95
-    _cpu_to_parse_bytewise(small)  # warm caches and the allocator
-    ratio = _cpu_to_parse_bytewise(large) / _cpu_to_parse_bytewise(small)
+    ratio = cpu_ratio(_parse_bytewise(small), _parse_bytewise(large))
     assert ratio <= 2.2 * len(large) / len(small) / 2, f"2x bytes cost {ratio:.2f}x CPU"
 
 

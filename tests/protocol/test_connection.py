@@ -7,6 +7,7 @@ CF-03, CL-01, CL-03, CL-05.
 from __future__ import annotations
 
 import pytest
+from helpers import cpu_ratio
 
 from wsflask.protocol import (
     BinaryMessage,
@@ -135,25 +136,21 @@ def test_one_byte_fragment_flood_fg02_heap_and_cpu(side: Side) -> None:
     """1-byte continuations: closed with 1009 at the exact charge (1 + 257 per fragment over
     1 MiB), heap peak under the inbound budget (tracemalloc), CPU per frame O(1): 2x the
     frames costs at most 2.2x the CPU time."""
-    import resource
     import tracemalloc
 
     one = peer_frame(side, 0x0, b"y", fin=False)
 
-    def flood(frames: int) -> tuple[float, Connection]:
+    def flood(frames: int) -> Connection:
         conn, _ = open_side(side)
         conn.receive_data(peer_frame(side, 0x1, b"x", fin=False))
-        usage = resource.getrusage(resource.RUSAGE_SELF)
-        started = usage.ru_utime + usage.ru_stime
         for _ in range(frames):
             conn.receive_data(one)
-        usage = resource.getrusage(resource.RUSAGE_SELF)
-        return usage.ru_utime + usage.ru_stime - started, conn
+        return conn
 
     limit = (1 << 20) // 257  # (1 byte + 256 overhead) per fragment, after the 1-byte first
     tracemalloc.start()
     try:
-        _, conn = flood(limit)  # the 4 080th still fits; the 4 081st crosses
+        conn = flood(limit)  # the 4 080th still fits; the 4 081st crosses
         assert conn.state is State.OPEN and conn.events_received() == []
         conn.receive_data(one)
         (closed,) = conn.events_received()
@@ -162,10 +159,8 @@ def test_one_byte_fragment_flood_fg02_heap_and_cpu(side: Side) -> None:
         tracemalloc.stop()
     assert isinstance(closed, Closed) and closed.code == 1009
     assert peak <= (1 << 20) + 64 * 1024, f"heap peak {peak >> 10} KiB"
-    flood(1000)  # warm-up
-    small = min(flood(1500)[0] for _ in range(3))
-    large = min(flood(3000)[0] for _ in range(3))
-    assert large <= 2.2 * small, f"2x frames cost {large / small:.2f}x CPU"
+    ratio = cpu_ratio(lambda: flood(1500), lambda: flood(3000))
+    assert ratio <= 2.2, f"2x frames cost {ratio:.2f}x CPU"
 
 
 def test_large_fragment_flood_fg03(side: Side) -> None:

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import gc
 import random
-import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import cast
 
 import pytest
+from helpers import cpu_ratio
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -412,25 +411,16 @@ def test_no_match_means_no_protocol_header() -> None:
     assert b"Sec-WebSocket-Protocol" not in build_accept(request.key, subprotocol=chosen)
 
 
-def _cpu_to_answer(head: bytes, server: Sequence[str]) -> float:
-    """Best of 9: CPU seconds to read ``head`` and pick a subprotocol (or fail: 431...).
+def _answer(head: bytes, server: Sequence[str]) -> Callable[[], None]:
+    """Work for ``cpu_ratio``: read ``head`` and pick a subprotocol (or fail: 431...)."""
 
-    The cyclic GC is off while measuring: its passes depend on the allocation count, not on
-    the parser, and made the 2x ratio noisy."""
-    best = float("inf")
-    gc.collect()
-    gc.disable()
-    try:
-        for _ in range(9):
-            started = time.process_time()
-            with contextlib.suppress(HandshakeError):
-                done = HeadReader(max_bytes=1 << 20).feed(head)
-                assert done is not None
-                select_subprotocol(parse_request(done[0]).subprotocols, server)
-            best = min(best, time.process_time() - started)
-    finally:
-        gc.enable()
-    return best
+    def work() -> None:
+        with contextlib.suppress(HandshakeError):
+            done = HeadReader(max_bytes=1 << 20).feed(head)
+            assert done is not None
+            select_subprotocol(parse_request(done[0]).subprotocols, server)
+
+    return work
 
 
 def test_many_subprotocol_offers_parse_linearly() -> None:
@@ -442,8 +432,7 @@ def test_many_subprotocol_offers_parse_linearly() -> None:
     # CPU time, as a ratio: 2x the tokens costs at most 2.2x (no quadratic split or match)
     half = make_head(extra=[("Sec-WebSocket-Protocol", ", ".join(f"p{i}" for i in range(2500)))])
     full = make_head(extra=[("Sec-WebSocket-Protocol", offers)])
-    _cpu_to_answer(half, ["zz"])  # warm-up
-    ratio = _cpu_to_answer(full, ["zz"]) / _cpu_to_answer(half, ["zz"])
+    ratio = cpu_ratio(_answer(half, ["zz"]), _answer(full, ["zz"]))
     assert ratio <= 2.2 * (len(full) / len(half)) / 2, f"{ratio:.2f}x CPU for 2x tokens"
 
 
@@ -457,8 +446,7 @@ def test_sixty_thousand_spaces_in_one_offer_hs07() -> None:
     assert info.value.status == 400
     # linear in the spaces: 2x the spaces costs at most 2.2x the CPU time
     half = make_head(extra=[("Sec-WebSocket-Protocol", "b" + " " * 30_000 + "x")])
-    _cpu_to_answer(half, ["b", "x"])  # warm-up
-    ratio = _cpu_to_answer(head, ["b", "x"]) / _cpu_to_answer(half, ["b", "x"])
+    ratio = cpu_ratio(_answer(half, ["b", "x"]), _answer(head, ["b", "x"]))
     assert ratio <= 2.2 * (len(head) / len(half)) / 2, f"{ratio:.2f}x CPU for 2x spaces"
 
 
