@@ -100,3 +100,102 @@ def test_write_blocks_while_the_outbox_is_over_the_limit(pair: Any) -> None:
     assert writer.get(timeout=10) is True
     transport.close(5.0)
     assert received.get(timeout=10).endswith(b"z" * 200000)
+
+
+# -- corking: the writes of one batch leave in one send ---------------------------------------
+
+
+class CountingSocket:
+    """The OS socket under a Transport, counting its ``send`` calls."""
+
+    def __init__(self, raw: Any) -> None:
+        self.raw = raw
+        self.sends: list[int] = []
+
+    def send(self, data: bytes) -> int:
+        sent: int = self.raw.send(data)
+        self.sends.append(sent)
+        return sent
+
+
+def counted(server: Any) -> tuple[Transport, CountingSocket]:
+    transport = Transport(server, limit=1 << 20)
+    counter = CountingSocket(transport._raw)
+    transport._raw = counter
+    return transport, counter
+
+
+def read_exactly(sock: Any, size: int) -> bytes:
+    data = b""
+    with gevent.Timeout(10):
+        while len(data) < size:
+            chunk = sock.recv(size - len(data))
+            assert chunk, data
+            data += chunk
+    return data
+
+
+def test_corked_writes_leave_in_one_send_at_uncork(pair: Any) -> None:
+    server, client = pair
+    transport, counter = counted(server)
+    transport.cork()
+    for part in (b"a" * 10, b"b" * 20, b"c" * 30):
+        assert transport.write(part)
+    assert counter.sends == [] and transport.buffered_amount == 60 and not transport.idle
+    assert transport.uncork()
+    assert counter.sends == [60] and transport.buffered_amount == 0 and transport.idle
+    assert read_exactly(client, 60) == b"a" * 10 + b"b" * 20 + b"c" * 30
+    assert transport.corked is None and transport.uncork()  # a second uncork: nothing to do
+
+
+def test_every_other_write_hands_the_corked_data_on_first(pair: Any) -> None:
+    server, client = pair
+    transport, counter = counted(server)
+    transport.cork()
+    assert transport.write(b"1" * 5)
+    assert transport.write_nowait(b"2" * 5, budget=1 << 20)  # fan-out after the handler
+    assert transport.corked is None and counter.sends == [5, 5]
+    transport.cork()
+    assert transport.write(b"3" * 5)
+    assert transport.write_urgent(b"P") == 0  # a control frame, never ahead of corked data
+    assert read_exactly(client, 16) == b"1" * 5 + b"2" * 5 + b"3" * 5 + b"P"
+    transport.cork()
+    assert transport.write(b"4" * 5)
+    transport.close(5.0)  # the orderly close sends what was corked
+    assert read_all(client) == b"4" * 5
+
+
+def test_corked_data_is_handed_on_when_the_greenlet_yields(pair: Any) -> None:
+    server, client = pair
+    transport, counter = counted(server)
+    transport.cork()
+    assert transport.write(b"x" * 7)
+    assert counter.sends == []
+    gevent.sleep(0)  # the corking greenlet waits for something else: the hub callback runs
+    assert transport.corked is None and counter.sends == [7]
+    assert read_exactly(client, 7) == b"x" * 7
+
+
+def test_more_than_the_cork_limit_is_written_at_once(pair: Any) -> None:
+    from wsflask.transport import CORK_LIMIT
+
+    server, client = pair
+    transport, _ = counted(server)
+    reader = gevent.spawn(read_exactly, client, CORK_LIMIT + 10)
+    transport.cork()
+    assert transport.write(b"s" * 10)
+    assert transport.write(b"L" * CORK_LIMIT)  # blocks like any write: backpressure holds
+    assert transport.corked is None
+    assert reader.get(timeout=10) == b"s" * 10 + b"L" * CORK_LIMIT
+
+
+def test_drop_forgets_corked_data(pair: Any) -> None:
+    server, _ = pair
+    transport, counter = counted(server)
+    transport.cork()
+    assert transport.write(b"z" * 9)
+    transport.drop()
+    assert transport.corked is None and transport.buffered_amount == 0
+    assert not transport.write(b"more") and counter.sends == []
+    gevent.sleep(0)  # the pending hub callback finds nothing to send
+    assert counter.sends == []

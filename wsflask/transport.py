@@ -1,8 +1,9 @@
 """Transport: the owned write side and the teardown of one connection's socket.
 
 Writes that may block (the caller's greenlet waits: natural backpressure), writes that never
-block (the kernel, else a bounded outbox drained by a short-lived writer greenlet), dropping
-TCP, and the orderly close. It never reads frames, never talks to the protocol core and never
+block (the kernel, else a bounded outbox drained by a short-lived writer greenlet), corking
+(the writes of one batch of received messages leave in one send), dropping TCP, and the
+orderly close. It never reads frames, never talks to the protocol core and never
 decides what a slow consumer costs: ``WebSocket`` owns it and applies that policy.
 """
 
@@ -23,6 +24,9 @@ from gevent.event import Event
 
 __all__ = ["Transport", "os_socket", "wrap_tls"]
 
+#: corked bytes past which ``write()`` hands them on at once (a batch's writes, bounded)
+CORK_LIMIT = 65536
+
 #: SO_LINGER on, 0 s: close() discards unsent data and sends RST (an abort, not a FIN).
 _LINGER_ABORT = struct.pack("ii", 1, 0)
 
@@ -40,13 +44,15 @@ class Transport:
     Attributes:
         sock: the socket (the TLS socket under TLS).
         broken: True once TCP was dropped: every write fails, readers see EOF.
-        buffered_amount: bytes queued in the outbox that the kernel has not taken yet.
+        buffered_amount: bytes queued (corked or in the outbox) that the kernel has not
+            taken yet.
         timed_out: True once a blocking write passed ``write_timeout`` (then ``broken``).
+        corked: the writes held by ``cork()`` (None when not corked).
     """
 
-    __slots__ = ("_limit", "_outbox", "_raw", "_read_size", "_turn", "_write_timeout",
-                 "_writer", "_writing", "broken", "buffered_amount", "sock",
-                 "timed_out")  # fmt: skip
+    __slots__ = ("_corked_bytes", "_limit", "_outbox", "_raw", "_read_size", "_turn",
+                 "_write_timeout", "_writer", "_writing", "broken", "buffered_amount",
+                 "corked", "sock", "timed_out")  # fmt: skip
 
     def __init__(
         self, sock: Any, *, limit: int, read_size: int = 65536, write_timeout: float = 0.0
@@ -64,6 +70,8 @@ class Transport:
         self._turn: Event | None = None  # set when that sendall ends (made only when awaited)
         self._write_timeout = write_timeout
         self.timed_out = False
+        self.corked: list[bytes] | None = None
+        self._corked_bytes = 0
 
     def reconfigure(self, *, limit: int, write_timeout: float) -> None:
         """Adopt a new outbox limit and ``write_timeout`` (a live reload); the next blocking
@@ -72,8 +80,51 @@ class Transport:
 
     @property
     def idle(self) -> bool:
-        """True when nothing is queued or being written."""
-        return not (self._writing or self._writer is not None or self._outbox)
+        """True when nothing is corked, queued or being written."""
+        return not (self._writing or self._writer is not None or self._outbox or self.corked)
+
+    def cork(self) -> None:
+        """Hold ``write()``'s data until ``uncork()``, to send a batch of answers at once.
+
+        The reader corks when one receive brought several messages: the handler's answers to
+        them then cost one system call instead of one each. Held data never waits for long:
+        ``uncork()`` comes before the reader blocks, every other kind of write hands it on
+        first (order kept), more than ``CORK_LIMIT`` bytes are handed on at once, and a hub
+        callback hands it on whenever the corking greenlet yields for anything else.
+        """
+        if self.corked is None and not self.broken:
+            self.corked = []
+            gevent.get_hub().loop.run_callback(self._uncork_soon)
+
+    def uncork(self) -> bool:
+        """Write what ``cork()`` held, as one ``write()`` (may block: backpressure).
+
+        Returns False when the transport is gone.
+        """
+        corked = self.corked
+        if corked is None:
+            return not self.broken
+        self.corked = None
+        if not corked:
+            return not self.broken
+        data = corked[0] if len(corked) == 1 else b"".join(corked)
+        self.buffered_amount -= self._corked_bytes
+        self._corked_bytes = 0
+        return self.write(data)
+
+    def _uncork_soon(self) -> None:
+        """The hub's callback: the corking greenlet yielded before ``uncork()``."""
+        self._uncork_nowait()
+
+    def _uncork_nowait(self) -> None:
+        corked = self.corked
+        if corked is None:
+            return
+        self.corked = None
+        self.buffered_amount -= self._corked_bytes
+        self._corked_bytes = 0
+        if corked:
+            self.write_nowait(corked[0] if len(corked) == 1 else b"".join(corked), budget=None)
 
     def write(self, data: bytes) -> bool:
         """Write ``data``, blocking this greenlet while the outbox is over the limit.
@@ -82,6 +133,14 @@ class Transport:
         """
         if self.broken:
             return False
+        corked = self.corked
+        if corked is not None:
+            corked.append(data)
+            self._corked_bytes += len(data)
+            self.buffered_amount += len(data)
+            if self._corked_bytes < CORK_LIMIT:
+                return True
+            return self.uncork()
         if self._writing or self._writer is not None or self._outbox:
             self._enqueue(data)  # keep the order: behind what others queued
             self._start_writer()
@@ -139,6 +198,8 @@ class Transport:
         """
         if self.broken:
             return -1
+        if self.corked is not None:
+            self._uncork_nowait()
         outbox = self._outbox
         if not outbox:
             return 0 if self.write_nowait(data, budget=None) else -1
@@ -182,6 +243,8 @@ class Transport:
         """
         if self.broken:
             return False
+        if self.corked is not None:
+            self._uncork_nowait()
         if self._writing or self._writer is not None or self._outbox:
             if budget is not None and self.buffered_amount + len(data) > budget:
                 return False
@@ -202,6 +265,8 @@ class Transport:
         Only when nothing else is queued, so it never cuts into a frame; under TLS too
         (RFC 6455 §7.1.7: SHOULD send a Close first).
         """
+        if self.corked is not None:
+            self._uncork_nowait()
         if self.broken or not self.idle:
             return
         try:
@@ -262,6 +327,8 @@ class Transport:
         self.broken = True
         if self._outbox:
             self._outbox.clear()
+        self.corked = None
+        self._corked_bytes = 0
         self.buffered_amount = 0
         raw = getattr(self.sock, "_sock", self.sock)
         try:
@@ -273,6 +340,8 @@ class Transport:
     def close(self, timeout: float) -> None:
         """Flush, half-close, read to the peer's FIN, close; each wait bounded by ``timeout``."""
         sock = self.sock
+        if self.corked is not None:
+            self._uncork_nowait()
         try:
             writer = self._writer
             if writer is not None and not self.broken:

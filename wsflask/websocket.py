@@ -476,10 +476,15 @@ class WebSocket:
             if self._reading:
                 self._await_closer()
                 continue
+            transport = self._transport
+            if transport.corked is not None:  # the answers to the last batch, in one send
+                transport.uncork()
             if deadline is None:
                 self._pump()
             elif not self._pump(max(deadline - monotonic(), 0.0)) and monotonic() >= deadline:
                 raise TimeoutError(f"no message within {timeout} s")
+            if self._messages is not None and len(self._messages) > 1:
+                transport.cork()  # several at once: hold what the handler answers (cork())
 
     def __iter__(self) -> Iterator[str | bytes]:
         """Yield messages until the connection closes (then the loop just ends)."""

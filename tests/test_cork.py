@@ -1,0 +1,119 @@
+"""Corking over real sockets: a handler's answers to one batch of received messages leave in
+one send; held data never waits on anything but the handler's own next step.
+
+The reader corks its transport when one receive brought several messages, and uncorks before
+it blocks again (``WebSocket.receive``); ``test_transport.py`` covers the transport's side.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import gevent
+import gevent.event
+import pytest
+from conftest import RawPeer
+from test_transport import CountingSocket
+
+from wsflask.protocol import encode_frame
+from wsflask.websocket import WebSocket
+
+pytestmark = pytest.mark.usefixtures("test_deadline")
+
+MASK = b"\x01\x02\x03\x04"
+
+
+def frames(*texts: str) -> bytes:
+    """Client text frames, back to back: one ``sendall``, so one receive gets them all."""
+    return b"".join(encode_frame(0x1, t.encode(), mask=MASK) for t in texts)
+
+
+def counting(ws: WebSocket) -> CountingSocket:
+    """Count the OS-level sends of ``ws`` from now on (plain TCP)."""
+    transport = ws._transport
+    counter = CountingSocket(transport._raw)
+    transport._raw = counter
+    return counter
+
+
+def test_answers_to_a_pipelined_batch_leave_in_one_send(
+    serve: Callable[..., Any], raw_peer: Callable[..., RawPeer]
+) -> None:
+    counters: list[CountingSocket] = []
+
+    def echo(ws: WebSocket) -> None:
+        counters.append(counting(ws))
+        for message in ws:
+            ws.send(message)
+
+    server = serve(echo)
+    peer = raw_peer(server.server_port)
+    assert peer.request("/").startswith(b"HTTP/1.1 101")
+    texts = [f"m{i}" for i in range(8)]
+    peer.sock.sendall(frames(*texts))
+    assert [peer.read_frame() for _ in texts] == [(0x1, t.encode()) for t in texts]
+    assert counters[0].sends == [8 * 4]  # eight 4-byte frames, one system call
+    peer.sock.sendall(frames("alone"))  # a lone message is answered at once, uncorked
+    assert peer.read_frame() == (0x1, b"alone")
+    assert counters[0].sends == [32, 7]
+
+
+def test_a_handler_waiting_on_something_else_has_sent_its_answer(
+    serve: Callable[..., Any], raw_peer: Callable[..., RawPeer]
+) -> None:
+    """The first answer is held by the cork while the handler waits for the peer to have
+    read it: only the hub callback can hand it on (a deadlock otherwise)."""
+    answered = gevent.event.Event()
+
+    def handler(ws: WebSocket) -> None:
+        for message in ws:
+            ws.send(message)
+            if message == "first":
+                assert answered.wait(5), "the answer stayed corked"
+
+    server = serve(handler)
+    peer = raw_peer(server.server_port)
+    assert peer.request("/").startswith(b"HTTP/1.1 101")
+    peer.sock.sendall(frames("first", "second"))
+    assert peer.read_frame() == (0x1, b"first")
+    answered.set()
+    assert peer.read_frame() == (0x1, b"second")
+
+
+def test_close_after_corked_answers_sends_them_first(
+    serve: Callable[..., Any], raw_peer: Callable[..., RawPeer]
+) -> None:
+    def handler(ws: WebSocket) -> None:
+        for message in ws:
+            ws.send(message)
+            if message == "last":
+                ws.close(1000, "done")
+
+    server = serve(handler)
+    peer = raw_peer(server.server_port)
+    assert peer.request("/").startswith(b"HTTP/1.1 101")
+    peer.sock.sendall(frames("a", "b", "last"))
+    assert [peer.read_frame() for _ in range(3)] == [(1, b"a"), (1, b"b"), (1, b"last")]
+    assert peer.read_frame() == (0x8, (1000).to_bytes(2, "big") + b"done")
+
+
+def test_a_fan_out_during_a_batch_keeps_the_handlers_order(
+    serve: Callable[..., Any], raw_peer: Callable[..., RawPeer]
+) -> None:
+    """``send_prepared`` (fan-out code) while the handler's answers are corked: they go
+    first, then the prepared frame, as the handler wrote them."""
+    notice = encode_frame(0x1, b"notice")
+
+    def handler(ws: WebSocket) -> None:
+        for message in ws:
+            ws.send(message)
+            if message == "b":
+                assert ws.send_prepared(notice)
+
+    server = serve(handler)
+    peer = raw_peer(server.server_port)
+    assert peer.request("/").startswith(b"HTTP/1.1 101")
+    peer.sock.sendall(frames("a", "b", "c"))
+    got = [peer.read_frame() for _ in range(4)]
+    assert got == [(1, b"a"), (1, b"b"), (1, b"notice"), (1, b"c")]
