@@ -84,8 +84,10 @@ def cpu_ratio(
     small: Callable[[], object],
     large: Callable[[], object],
     *,
+    within: float,
     samples: int = 9,
     min_sample: float = 0.03,
+    attempts: int = 3,
 ) -> float:
     """CPU time of ``large()`` over CPU time of ``small()``, for "linear in the input" rows.
 
@@ -94,8 +96,22 @@ def cpu_ratio(
     (its passes follow the allocation count, not the code under test). ``small`` is repeated
     until one sample takes at least ``min_sample`` seconds, and ``large`` the same number of
     times; the two sizes' samples alternate, so a noisy moment hits both, and the best of
-    ``samples`` each is compared.
+    ``samples`` each is compared. A ratio above ``within`` (the test's bound) is measured
+    again, up to ``attempts`` times in all, and the lowest returned: a busy neighbour on a
+    shared core (cache, memory bandwidth) inflates the larger input's time more, while a
+    superlinear cost shows in every attempt.
     """
+    ratio = float("inf")
+    for _ in range(attempts):
+        ratio = min(ratio, _ratio_once(small, large, samples, min_sample))
+        if ratio <= within:
+            break
+    return ratio
+
+
+def _ratio_once(
+    small: Callable[[], object], large: Callable[[], object], samples: int, min_sample: float
+) -> float:
     small()
     large()  # warm caches and the allocator
     gc.collect()

@@ -122,7 +122,7 @@ def test_hs10_negotiation_cpu_is_linear_in_the_offer_count(valid_last: bool) -> 
         assert chosen == ANSWER, chosen
     else:
         assert chosen is None, chosen
-    ratio = cpu_ratio(lambda: _negotiate(small), lambda: _negotiate(large))
+    ratio = cpu_ratio(lambda: _negotiate(small), lambda: _negotiate(large), within=5.75)
     assert ratio <= 5.75, f"5x offers cost {ratio:.2f}x CPU"
 
 

@@ -432,8 +432,9 @@ def test_many_subprotocol_offers_parse_linearly() -> None:
     # CPU time, as a ratio: 2x the tokens costs at most 2.2x (no quadratic split or match)
     half = make_head(extra=[("Sec-WebSocket-Protocol", ", ".join(f"p{i}" for i in range(2500)))])
     full = make_head(extra=[("Sec-WebSocket-Protocol", offers)])
-    ratio = cpu_ratio(_answer(half, ["zz"]), _answer(full, ["zz"]))
-    assert ratio <= 2.2 * (len(full) / len(half)) / 2, f"{ratio:.2f}x CPU for 2x tokens"
+    bound = 2.2 * (len(full) / len(half)) / 2
+    ratio = cpu_ratio(_answer(half, ["zz"]), _answer(full, ["zz"]), within=bound)
+    assert ratio <= bound, f"{ratio:.2f}x CPU for 2x tokens"
 
 
 def test_sixty_thousand_spaces_in_one_offer_hs07() -> None:
@@ -446,8 +447,9 @@ def test_sixty_thousand_spaces_in_one_offer_hs07() -> None:
     assert info.value.status == 400
     # linear in the spaces: 2x the spaces costs at most 2.2x the CPU time
     half = make_head(extra=[("Sec-WebSocket-Protocol", "b" + " " * 30_000 + "x")])
-    ratio = cpu_ratio(_answer(half, ["b", "x"]), _answer(head, ["b", "x"]))
-    assert ratio <= 2.2 * (len(head) / len(half)) / 2, f"{ratio:.2f}x CPU for 2x spaces"
+    bound = 2.2 * (len(head) / len(half)) / 2
+    ratio = cpu_ratio(_answer(half, ["b", "x"]), _answer(head, ["b", "x"]), within=bound)
+    assert ratio <= bound, f"{ratio:.2f}x CPU for 2x spaces"
 
 
 # -- extensions (RFC 6455 §9.1) -------------------------------------------------------------
