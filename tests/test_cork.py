@@ -14,6 +14,7 @@ import gevent
 import gevent.event
 import pytest
 from conftest import RawPeer
+from helpers import wait_until
 from test_transport import CountingSocket
 
 from wsflask.protocol import encode_frame
@@ -117,3 +118,31 @@ def test_a_fan_out_during_a_batch_keeps_the_handlers_order(
     peer.sock.sendall(frames("a", "b", "c"))
     got = [peer.read_frame() for _ in range(4)]
     assert got == [(1, b"a"), (1, b"b"), (1, b"notice"), (1, b"c")]
+
+
+def test_a_members_deliveries_of_one_turn_leave_in_one_send(
+    serve: Callable[..., Any], raw_peer: Callable[..., RawPeer]
+) -> None:
+    """Five broadcasts in one turn of the hub loop: each member gets them in one send, in
+    order (``send_prepared`` holds them to the end of the turn)."""
+    from wsflask.rooms import Rooms
+
+    rooms: Rooms[WebSocket] = Rooms()
+    members: list[tuple[WebSocket, CountingSocket]] = []
+
+    def member(ws: WebSocket) -> None:
+        members.append((ws, counting(ws)))
+        rooms.join("r", ws)
+        for _ in ws:
+            pass
+
+    server = serve(member)
+    peers = [raw_peer(server.server_port) for _ in range(3)]
+    for peer in peers:
+        assert peer.request("/").startswith(b"HTTP/1.1 101")
+    wait_until(lambda: rooms.count("r") == 3, 5)
+    for i in range(5):
+        assert rooms.broadcast("r", f"b{i}").sent == 3
+    for peer in peers:
+        assert [peer.read_frame() for _ in range(5)] == [(1, f"b{i}".encode()) for i in range(5)]
+    assert [counter.sends for _, counter in members] == [[5 * 4]] * 3

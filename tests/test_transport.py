@@ -199,3 +199,28 @@ def test_drop_forgets_corked_data(pair: Any) -> None:
     assert not transport.write(b"more") and counter.sends == []
     gevent.sleep(0)  # the pending hub callback finds nothing to send
     assert counter.sends == []
+
+
+def test_fan_out_writes_of_one_turn_leave_in_one_send(pair: Any) -> None:
+    server, client = pair
+    transport, counter = counted(server)
+    for part in (b"1" * 4, b"2" * 4, b"3" * 4):
+        assert transport.write_soon(part, budget=1 << 20)  # never blocks
+    assert counter.sends == [] and transport.buffered_amount == 12
+    gevent.sleep(0)  # the end of this turn of the hub loop
+    assert counter.sends == [12] and transport.buffered_amount == 0
+    assert read_exactly(client, 12) == b"1" * 4 + b"2" * 4 + b"3" * 4
+
+
+def test_fan_out_writes_refuse_exactly_as_write_nowait(pair: Any) -> None:
+    server, _ = pair
+    transport, counter = counted(server)
+    assert transport.write_soon(b"a" * 150, budget=100)  # the first of a turn: always taken
+    assert transport.write_soon(b"b" * 10, budget=100)  # over: handed on, the kernel decides
+    assert counter.sends == [150, 10] and transport.corked is None
+    queued = fill(transport)  # the kernel is full: now the outbox and its budget decide
+    assert not transport.write_soon(b"c" * 100, budget=queued + 99)
+    assert transport.write_soon(b"c" * 100, budget=queued + 100)
+    assert transport.buffered_amount == queued + 100 and transport.corked is None
+    transport.drop()
+    assert not transport.write_soon(b"d", budget=1 << 20)

@@ -13,6 +13,7 @@ import contextlib
 import socket
 import ssl
 import struct
+import weakref
 from collections import deque
 from collections.abc import Callable
 from typing import Any
@@ -29,6 +30,45 @@ CORK_LIMIT = 65536
 
 #: SO_LINGER on, 0 s: close() discards unsent data and sends RST (an abort, not a FIN).
 _LINGER_ABORT = struct.pack("ii", 1, 0)
+
+
+class _Turn:
+    """One hub's corked transports in this turn of its loop, handed on by one callback.
+
+    A fan-out that reaches a member several times in one turn (several broadcasts, a
+    replay) then costs that member one send, and each corked member costs a list append,
+    not a callback of its own.
+    """
+
+    __slots__ = ("__weakref__", "_loop", "_pending", "_scheduled")
+
+    def __init__(self, loop: Any) -> None:
+        self._loop = loop
+        self._pending: list[Transport] = []
+        self._scheduled = False
+
+    def add(self, transport: Transport) -> None:
+        self._pending.append(transport)
+        if not self._scheduled:
+            self._scheduled = True
+            self._loop.run_callback(self._hand_on)
+
+    def _hand_on(self) -> None:
+        self._scheduled = False
+        pending, self._pending = self._pending, []
+        for transport in pending:
+            transport.hand_on()
+
+
+_TURNS: weakref.WeakKeyDictionary[Any, _Turn] = weakref.WeakKeyDictionary()
+
+
+def _turn_of(hub: Any) -> _Turn:
+    """The ``_Turn`` of ``hub`` (one per hub, so per thread)."""
+    turn = _TURNS.get(hub)
+    if turn is None:
+        turn = _TURNS[hub] = _Turn(hub.loop)
+    return turn
 
 
 class Transport:
@@ -50,9 +90,9 @@ class Transport:
         corked: the writes held by ``cork()`` (None when not corked).
     """
 
-    __slots__ = ("_corked_bytes", "_limit", "_outbox", "_raw", "_read_size", "_turn",
-                 "_write_timeout", "_writer", "_writing", "broken", "buffered_amount",
-                 "corked", "sock", "timed_out")  # fmt: skip
+    __slots__ = ("_corked_bytes", "_hub_turn", "_limit", "_outbox", "_raw", "_read_size",
+                 "_turn", "_write_timeout", "_writer", "_writing", "broken",
+                 "buffered_amount", "corked", "sock", "timed_out")  # fmt: skip
 
     def __init__(
         self, sock: Any, *, limit: int, read_size: int = 65536, write_timeout: float = 0.0
@@ -72,6 +112,8 @@ class Transport:
         self.timed_out = False
         self.corked: list[bytes] | None = None
         self._corked_bytes = 0
+        hub = getattr(sock, "hub", None)
+        self._hub_turn = _turn_of(gevent.get_hub() if hub is None else hub)
 
     def reconfigure(self, *, limit: int, write_timeout: float) -> None:
         """Adopt a new outbox limit and ``write_timeout`` (a live reload); the next blocking
@@ -94,7 +136,7 @@ class Transport:
         """
         if self.corked is None and not self.broken:
             self.corked = []
-            gevent.get_hub().loop.run_callback(self._uncork_soon)
+            self._hub_turn.add(self)
 
     def uncork(self) -> bool:
         """Write what ``cork()`` held, as one ``write()`` (may block: backpressure).
@@ -112,8 +154,9 @@ class Transport:
         self._corked_bytes = 0
         return self.write(data)
 
-    def _uncork_soon(self) -> None:
-        """The hub's callback: the corking greenlet yielded before ``uncork()``."""
+    def hand_on(self) -> None:
+        """Hand what is corked to the kernel (or the outbox), never blocking: the end of the
+        hub loop's turn, or another kind of write that must come after it."""
         self._uncork_nowait()
 
     def _uncork_nowait(self) -> None:
@@ -257,6 +300,34 @@ class Transport:
         if sent < len(data):
             self._enqueue(memoryview(data)[sent:] if sent else data)
             self._start_writer()
+        return True
+
+    def write_soon(self, data: bytes, *, budget: int) -> bool:
+        """``write_nowait()`` for fan-out: ``data`` waits for the end of this turn of the hub
+        loop, with whatever else this connection gets in the same turn, then leaves in one
+        send. Never blocks.
+
+        Refuses exactly when ``write_nowait()`` would: the first frame of a turn is always
+        taken (the kernel gets it), a later one only while the held bytes stay within
+        ``budget`` (else what is held is handed on first and ``write_nowait()`` decides).
+        """
+        if self.broken:
+            return False
+        corked = self.corked
+        if corked is None:
+            if self._writing or self._writer is not None or self._outbox:
+                return self.write_nowait(data, budget=budget)
+            self.corked = [data]
+            self._corked_bytes = len(data)
+            self.buffered_amount += len(data)
+            self._hub_turn.add(self)
+            return True
+        size = self._corked_bytes + len(data)
+        if size > CORK_LIMIT or self.buffered_amount + len(data) > budget:
+            return self.write_nowait(data, budget=budget)
+        corked.append(data)
+        self._corked_bytes = size
+        self.buffered_amount += len(data)
         return True
 
     def write_last(self, data: bytes) -> None:

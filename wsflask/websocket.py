@@ -636,7 +636,9 @@ class WebSocket:
     def send_prepared(self, frame: bytes, *, policy: str | None = None) -> bool:
         """Queue a frame from ``protocol.encode_frame()`` without ever blocking.
 
-        The frame goes to the kernel, or to the bounded outbox. When the outbox would exceed
+        The frame goes to the kernel at the end of this turn of the hub loop, in one send with
+        everything else this connection gets in the same turn (a fan-out of several messages
+        costs each member one system call), or to the bounded outbox. When the outbox would exceed
         ``max_backpressure``, ``policy`` (a ``config.Backpressure``, default
         ``config.backpressure_policy``) applies: ``CLOSE`` fails the connection with 1013 and
         counts a slow consumer; ``DROP`` discards this frame and counts a drop.
@@ -649,7 +651,7 @@ class WebSocket:
             return False
         if self._conn.side is Side.CLIENT and not frame_info(frame).masked:
             raise ValueError("client frames must be masked: encode_frame(..., mask=...)")
-        if not transport.write_nowait(frame, budget=self._config.max_backpressure):
+        if not transport.write_soon(frame, budget=self._config.max_backpressure):
             if not transport.broken:
                 self._over_budget(policy)
             return False
