@@ -391,8 +391,8 @@ class WebSocket:
                 self._on_pong(event.data)
             elif isinstance(event, Opened):
                 self._on_opened(event)
-            elif isinstance(event, Request):
-                self.request = _with_peer(event, self.remote_address)
+            elif isinstance(event, Request):  # the core keeps this copy too, not a second one
+                self.request = self._conn.request = _with_peer(event, self.remote_address)
             elif isinstance(event, Closed):
                 self._on_closed(event)
 
@@ -903,8 +903,13 @@ class WebSocket:
         (``GreenletExit``) drops TCP at once. Returns after the close callbacks ran.
         """
         self._owner = getcurrent()
-        with ending(lambda: self):
+        try:  # not ``with ending(...)``: no object is held while the handler waits
             handler(self)
+        except BaseException as exc:
+            if not _ended(self, type(exc), exc, exc.__traceback__):
+                raise
+        else:
+            self.end(CloseCode.NORMAL)
 
     def end(self, code: int | None) -> None:
         """End the connection as its handler ended, then wait for the cleanup.
@@ -948,19 +953,24 @@ class ending:
         self, kind: type[BaseException] | None, exc: BaseException | None, tb: Any
     ) -> bool:
         ws = self._websocket()
-        code: int | None = CloseCode.NORMAL
-        if kind is None or ws is None:
-            code = CloseCode.NORMAL if kind is None else None
-        elif issubclass(kind, ConnectionClosed):
-            code = CloseCode.NORMAL
-        elif issubclass(kind, Exception):
-            logger.error("handler failed on connection %s", ws.id, exc_info=(kind, exc, tb))  # type: ignore[arg-type]
-            code = CloseCode.INTERNAL_ERROR
-        else:  # GreenletExit, Timeout: drop TCP, let it propagate
-            code = None
-        if ws is not None:
-            ws.end(code)
-        return kind is not None and ws is not None and code is not None
+        if ws is None:
+            return False
+        if kind is None:
+            ws.end(CloseCode.NORMAL)
+            return False
+        return _ended(ws, kind, exc, tb)
+
+
+def _ended(ws: WebSocket, kind: type[BaseException], exc: BaseException | None, tb: Any) -> bool:
+    """End ``ws`` as its handler raised (``ending``); True when the error is handled."""
+    code: int | None = None  # GreenletExit, Timeout: drop TCP, let it propagate
+    if issubclass(kind, ConnectionClosed):
+        code = CloseCode.NORMAL
+    elif issubclass(kind, Exception):
+        logger.error("handler failed on connection %s", ws.id, exc_info=(kind, exc, tb))  # type: ignore[arg-type]
+        code = CloseCode.INTERNAL_ERROR
+    ws.end(code)
+    return code is not None
 
 
 def _wait_readable(sock: Any) -> None:
