@@ -60,7 +60,8 @@ class MessageAssembler:
         self._overhead = fragment_overhead
         #: Opcode of the message in progress; 0 when none (the state is IDLE).
         self._opcode = 0
-        self._parts: list[bytes] = []
+        #: Binary fragments so far; None until the first (no list kept while idle).
+        self._parts: list[bytes] | None = None
         self._text: TextAssembler | None = None
         #: Budget spent so far: payload bytes (inflated) plus the charge per continuation.
         self._used = 0
@@ -126,7 +127,10 @@ class MessageAssembler:
         if text is not None:
             text.feed(data, final=final)  # §8.1 fail fast, fragment by fragment
         elif data:
-            self._parts.append(data)
+            if self._parts is None:
+                self._parts = [data]
+            else:
+                self._parts.append(data)
 
     def _next(self, fin: bool, left: int) -> Message | None:
         if not fin:
@@ -134,9 +138,8 @@ class MessageAssembler:
             self._decoder.max_payload = max(0, left - self._overhead)
             return None
         text = self._text
-        message = (
-            TextMessage(text.finish()) if text is not None else BinaryMessage(b"".join(self._parts))
-        )
+        parts = self._parts or ()
+        message = TextMessage(text.finish()) if text is not None else BinaryMessage(b"".join(parts))
         self.reset()
         return message
 
@@ -179,6 +182,6 @@ class MessageAssembler:
         """Forget the message in progress (completed, failed or closed)."""
         self._opcode = self._used = self._wire = 0
         self._compressed = False
-        self._parts = []
+        self._parts = None
         self._text = None
         self._decoder.max_payload = self._limit
