@@ -64,6 +64,13 @@ _SHARED = {
         "GET",
     )
 }  # fmt: skip
+#: Header lines as sent -> their field: Host, Upgrade, Connection, the version, the
+#: browser's User-Agent... repeat on every connection, and each open one keeps its
+#: ``Request``. Bounded (values of at most 64 bytes, ``SEEN_FIELDS_MAX`` lines, first come;
+#: once full, fields are made per request as before); never per-connection secrets.
+_SEEN_FIELDS: dict[tuple[bytes, bytes], tuple[str, str]] = {}
+SEEN_FIELDS_MAX = 256
+_UNIQUE = frozenset((b"sec-websocket-key", b"cookie", b"authorization", b"proxy-authorization"))
 _TARGET_B = re.compile(rb"[\x21-\x22\x24-\x7e]+")  # visible ASCII except "#"
 _VERSION_B = re.compile(rb"HTTP/([0-9])\.([0-9])")
 _STATUS_B = re.compile(rb"HTTP/1\.[0-9] ([0-9]{3})(?: [\t\x20-\x7e\x80-\xff]*)?")
@@ -211,15 +218,21 @@ def _checked_lines(block: bytes) -> list[tuple[bytes, bytes]]:
 
 def _collect(pairs: Iterable[tuple[bytes, bytes]]) -> tuple[tuple[tuple[str, str], ...], Index]:
     """Valid raw ``(name, value)`` pairs as fields (lower-cased name, trimmed value, common
-    strings shared) and their index by name."""
+    strings shared) and their index by name. A field line seen before is the same tuple
+    (``_SEEN_FIELDS``): every open connection keeps its ``Request``."""
     fields: list[tuple[str, str]] = []
     index: Index = {}
-    for name, value in pairs:
-        name, value = name.lower(), value.strip(b" \t")
-        field = (
-            _SHARED.get(name) or name.decode("ascii"),
-            _SHARED.get(value) or value.decode("latin-1"),
-        )
+    seen = _SEEN_FIELDS
+    for pair in pairs:
+        field = seen.get(pair)
+        if field is None:
+            name, value = pair[0].lower(), pair[1].strip(b" \t")
+            field = (
+                _SHARED.get(name) or name.decode("ascii"),
+                _SHARED.get(value) or value.decode("latin-1"),
+            )
+            if len(seen) < SEEN_FIELDS_MAX and len(value) <= 64 and name not in _UNIQUE:
+                seen[pair] = field
         fields.append(field)
         index.setdefault(field[0], []).append(field[1])
     return tuple(fields), index
