@@ -13,6 +13,7 @@ import logging
 import os
 from collections import deque
 from collections.abc import Callable, Iterator
+from functools import lru_cache
 from time import monotonic, perf_counter
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -152,7 +153,7 @@ class WebSocket:
             write_timeout=config.write_timeout,
         )
         #: sends longer than this get the exact outbound size check (one compare otherwise)
-        self._big = config.max_message_size >> 2
+        self._big = _quarter(config.max_message_size)
         #: the message-rate token bucket; None (no per-message cost) when the limit is off
         self._rate = MessageRate.of(config) if config.max_messages_per_second else None
         #: the OS socket for reads without gevent layers; None under TLS
@@ -164,7 +165,7 @@ class WebSocket:
         self._messages: deque[str | bytes] | None = None  # None while idle: no buffer kept
         self._reading = False  # a greenlet is blocked in recv
         self._owner: Any = None  # the greenlet that reads this connection (run())
-        self._callbacks: list[Callable[[Any], None]] | None = None
+        self._callbacks: tuple[Callable[[Any], None], ...] = ()  # a tuple: no list per conn
         self._finished = False
         self._close_deadline = 0.0
         self._closer: gevent.Greenlet | None = None
@@ -212,7 +213,7 @@ class WebSocket:
         every setting read through ``config`` (close and call timeouts, envelope limits,
         policy)."""
         old, self._config = self._config, config
-        self._big = config.max_message_size >> 2
+        self._big = _quarter(config.max_message_size)
         if (old.max_messages_per_second, old.message_burst) != (
             config.max_messages_per_second, config.message_burst
         ):  # fmt: skip
@@ -855,9 +856,7 @@ class WebSocket:
         if self._finished:
             callback(self)
             return
-        if self._callbacks is None:
-            self._callbacks = []
-        self._callbacks.append(callback)
+        self._callbacks = (*self._callbacks, callback)
 
     def _finish(self) -> None:
         """Clean up exactly once: CLOSED -> heartbeat.remove -> socket closed -> callbacks."""
@@ -878,8 +877,8 @@ class WebSocket:
             self._transport.close(self._config.close_timeout)
         finally:
             self._count_closed()
-            callbacks, self._callbacks = self._callbacks, None
-            for callback in callbacks or ():
+            callbacks, self._callbacks = self._callbacks, ()
+            for callback in callbacks:
                 try:
                     callback(self)
                 except Exception:  # one failing callback must not skip the others
@@ -1000,8 +999,18 @@ def _with_peer(request: Request, address: tuple[str, int] | None) -> Request:
     )  # fmt: skip
 
 
+@lru_cache(maxsize=8)
+def _quarter(max_message_size: int) -> int:
+    """``WebSocket._big``: one int shared by the connections of a config, not one each."""
+    return max_message_size >> 2
+
+
 def _address(address: Any) -> tuple[str, int] | None:
     """``(host, port)`` of a socket address; None for other kinds (a UNIX socket)."""
+    if type(address) is tuple and len(address) == 2:
+        host, port = address
+        if type(host) is str and type(port) is int:
+            return address  # IPv4's own tuple as it is: every open connection keeps it
     if isinstance(address, tuple) and len(address) >= 2:
         return str(address[0]), int(address[1])
     return None

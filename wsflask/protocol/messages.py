@@ -7,6 +7,8 @@ docstring lists the RFC rules it enforces. This module does no I/O.
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 from .compression import PerMessageDeflate
 from .errors import MessageTooBig, ProtocolError
 from .events import BinaryMessage, TextMessage
@@ -25,6 +27,12 @@ def compressed_slack(max_message_size: int) -> int:
     blocks of 64 KiB at 5 bytes each. 1/1024 + 64 covers them with room to spare.
     """
     return (max_message_size >> 10) + 64
+
+
+@lru_cache(maxsize=8)
+def _wire_limit(max_message_size: int) -> int:
+    """``max_message_size`` plus its slack: one int shared by every connection, not one each."""
+    return max_message_size + compressed_slack(max_message_size)
 
 
 class MessageAssembler:
@@ -71,7 +79,7 @@ class MessageAssembler:
         self._compressed = False
         #: Compressed bytes of the message in progress, plus the charge per continuation.
         self._wire = 0
-        self._wire_limit = max_message_size + compressed_slack(max_message_size)
+        self._wire_limit = _wire_limit(max_message_size)
 
     @property
     def in_progress(self) -> bool:
@@ -169,7 +177,7 @@ class MessageAssembler:
         """Adopt new limits while open (a live reload): the next frame header is judged by
         them; a message in progress keeps what it used and gets what the new budget leaves."""
         self._limit, self._overhead = max_message_size, fragment_overhead
-        self._wire_limit = max_message_size + compressed_slack(max_message_size)
+        self._wire_limit = _wire_limit(max_message_size)
         if self.codec is not None:
             self._decoder.compressed_slack = self._wire_limit - self._limit
         if not self._opcode:
