@@ -70,6 +70,7 @@ _SHARED = {
 #: once full, fields are made per request as before); never per-connection secrets.
 _SEEN_FIELDS: dict[tuple[bytes, bytes], tuple[str, str]] = {}
 SEEN_FIELDS_MAX = 256
+_SEEN_TARGETS: dict[bytes, str] = {}  # the same for request targets (bounded alike)
 _UNIQUE = frozenset((b"sec-websocket-key", b"cookie", b"authorization", b"proxy-authorization"))
 _TARGET_B = re.compile(rb"[\x21-\x22\x24-\x7e]+")  # visible ASCII except "#"
 _VERSION_B = re.compile(rb"HTTP/([0-9])\.([0-9])")
@@ -264,7 +265,22 @@ def _parse_request_line(line: bytes) -> tuple[str, str, tuple[int, int]]:
     match = _VERSION_B.fullmatch(version)
     if not _TOKEN_B.fullmatch(method) or not _TARGET_B.fullmatch(target) or not match:
         raise HandshakeError("Malformed request line")
-    return _SHARED.get(method) or method.decode(), target.decode(), (int(match[1]), int(match[2]))
+    return (
+        _SHARED.get(method) or method.decode(),
+        _target(target),
+        (int(match[1]), int(match[2])),
+    )
+
+
+def _target(raw: bytes) -> str:
+    """The request target as text; a short one seen before is the same string (the routes'
+    paths repeat on every connection, and each open one keeps its ``Request``)."""
+    target = _SEEN_TARGETS.get(raw)
+    if target is None:
+        target = raw.decode()
+        if len(_SEEN_TARGETS) < SEEN_FIELDS_MAX and len(raw) <= 64:
+            _SEEN_TARGETS[raw] = target
+    return target
 
 
 def parse_request(head: bytes, *, http: bool = False) -> Request:
