@@ -66,12 +66,20 @@ _SHARED = {
 }  # fmt: skip
 #: Header lines as sent -> their field: Host, Upgrade, Connection, the version, the
 #: browser's User-Agent... repeat on every connection, and each open one keeps its
-#: ``Request``. Bounded (values of at most 64 bytes, ``SEEN_FIELDS_MAX`` lines, first come;
-#: once full, fields are made per request as before); never per-connection secrets.
+#: ``Request``. Bounded: ``_CACHED`` names only, values of at most 64 bytes,
+#: ``SEEN_FIELDS_MAX`` lines (then it starts over: odd lines cannot keep common ones out).
 _SEEN_FIELDS: dict[tuple[bytes, bytes], tuple[str, str]] = {}
 SEEN_FIELDS_MAX = 256
 _SEEN_TARGETS: dict[bytes, str] = {}  # the same for request targets (bounded alike)
-_UNIQUE = frozenset((b"sec-websocket-key", b"cookie", b"authorization", b"proxy-authorization"))
+#: the header names whose lines are cached: common ones, never keys, cookies or credentials
+_CACHED = frozenset(
+    name.encode()
+    for name in (
+        "host", "upgrade", "connection", "sec-websocket-version", "sec-websocket-protocol",
+        "sec-websocket-extensions", "origin", "user-agent", "accept", "accept-encoding",
+        "accept-language", "cache-control", "pragma",
+    )
+)  # fmt: skip
 _TARGET_B = re.compile(rb"[\x21-\x22\x24-\x7e]+")  # visible ASCII except "#"
 _VERSION_B = re.compile(rb"HTTP/([0-9])\.([0-9])")
 _STATUS_B = re.compile(rb"HTTP/1\.[0-9] ([0-9]{3})(?: [\t\x20-\x7e\x80-\xff]*)?")
@@ -232,7 +240,9 @@ def _collect(pairs: Iterable[tuple[bytes, bytes]]) -> tuple[tuple[tuple[str, str
                 _SHARED.get(name) or name.decode("ascii"),
                 _SHARED.get(value) or value.decode("latin-1"),
             )
-            if len(seen) < SEEN_FIELDS_MAX and len(value) <= 64 and name not in _UNIQUE:
+            if name in _CACHED and len(value) <= 64:
+                if len(seen) >= SEEN_FIELDS_MAX:
+                    seen.clear()  # full (odd lines, or junk sent on purpose): learn again
                 seen[pair] = field
         fields.append(field)
         index.setdefault(field[0], []).append(field[1])
@@ -278,7 +288,9 @@ def _target(raw: bytes) -> str:
     target = _SEEN_TARGETS.get(raw)
     if target is None:
         target = raw.decode()
-        if len(_SEEN_TARGETS) < SEEN_FIELDS_MAX and len(raw) <= 64:
+        if len(raw) <= 64:
+            if len(_SEEN_TARGETS) >= SEEN_FIELDS_MAX:
+                _SEEN_TARGETS.clear()
             _SEEN_TARGETS[raw] = target
     return target
 
