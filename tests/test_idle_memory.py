@@ -27,11 +27,11 @@ from wsflask import App, WebSocket
 from wsflask.protocol import handshake
 from wsflask.server import ConnectionGreenlet
 
-#: Python memory (tracemalloc) per idle connection in the child below: 6,620 B when this
+#: Python memory (tracemalloc) per idle connection in the child below: 6,506 B when this
 #: test was written (stable to a few bytes run to run), about 8,200 B before issue 14's idle
 #: work; the greenlet's saved C stack (~2.2 KiB) is in it. A regression of a few hundred
 #: bytes per connection (an object or closure held while idle) fails it.
-TRACED_BOUND = 6_900
+TRACED_BOUND = 6_800
 IDLE = 300
 WARM = 20
 
@@ -195,7 +195,7 @@ def test_personal_room_is_no_dict_and_callbacks_are_shared(
     assert isinstance(a._callbacks, tuple) and a._callbacks[0] is b._callbacks[0]
 
 
-def test_connection_greenlets_keep_no_spawning_stack(
+def test_connection_greenlets_keep_no_spawning_stack_and_share_callbacks(
     two_idle: tuple[App, WebSocket, WebSocket],
 ) -> None:
     app = two_idle[0]
@@ -203,3 +203,7 @@ def test_connection_greenlets_keep_no_spawning_stack(
     greenlets = list(app.server.pool.greenlets)
     assert len(greenlets) == 2
     assert all(type(g) is ConnectionGreenlet and g.spawning_stack is None for g in greenlets)
+    first, second = greenlets
+    assert first.args[1] is second.args[1]  # one bound do_close for every connection
+    pool = app.server.pool
+    assert pool._discard is pool._discard  # one bound Pool._discard links them all
