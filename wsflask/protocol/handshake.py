@@ -233,14 +233,15 @@ def _collect(pairs: Iterable[tuple[bytes, bytes]]) -> tuple[tuple[tuple[str, str
     index: Index = {}
     seen = _SEEN_FIELDS
     for pair in pairs:
-        field = seen.get(pair)
+        short = len(pair[1]) <= 64 and len(pair[0]) <= 32  # never hash a long line for it
+        field = seen.get(pair) if short else None
         if field is None:
             name, value = pair[0].lower(), pair[1].strip(b" \t")
             field = (
                 _SHARED.get(name) or name.decode("ascii"),
                 _SHARED.get(value) or value.decode("latin-1"),
             )
-            if name in _CACHED and len(value) <= 64:
+            if short and name in _CACHED:
                 if len(seen) >= SEEN_FIELDS_MAX:
                     seen.clear()  # full (odd lines, or junk sent on purpose): learn again
                 seen[pair] = field
@@ -285,13 +286,14 @@ def _parse_request_line(line: bytes) -> tuple[str, str, tuple[int, int]]:
 def _target(raw: bytes) -> str:
     """The request target as text; a short one seen before is the same string (the routes'
     paths repeat on every connection, and each open one keeps its ``Request``)."""
+    if len(raw) > 64:  # not cached, nor hashed to look
+        return raw.decode()
     target = _SEEN_TARGETS.get(raw)
     if target is None:
         target = raw.decode()
-        if len(raw) <= 64:
-            if len(_SEEN_TARGETS) >= SEEN_FIELDS_MAX:
-                _SEEN_TARGETS.clear()
-            _SEEN_TARGETS[raw] = target
+        if len(_SEEN_TARGETS) >= SEEN_FIELDS_MAX:
+            _SEEN_TARGETS.clear()
+        _SEEN_TARGETS[raw] = target
     return target
 
 
