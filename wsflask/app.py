@@ -77,7 +77,8 @@ class App:
         self._before_upgrade: list[Callable[[Request], dict[str, Any] | None]] = []
         self._error_handlers: dict[type[BaseException], Callable[..., Any]] = {}
         #: route -> what runs its connections (``Upgrade.handler`` is its ``serve``)
-        self._dispatchers: dict[Route, Dispatcher] = {}
+        #: each route's ``Dispatcher.serve``, bound once (every open connection holds it)
+        self._dispatchers: dict[Route, Callable[[WebSocket], None]] = {}
         self._setup_finished = False
         #: startup/shutdown hooks and background tasks (``lifespan.py``)
         self.lifespan = Lifespan()
@@ -173,7 +174,7 @@ class App:
         if route is None:
             route = Route(self, path)
             self._routes.append(route)
-            self._dispatchers[route] = Dispatcher(route, self.rooms, self.handle_exception)
+            self._dispatchers[route] = Dispatcher(route, self.rooms, self.handle_exception).serve
             if route.pattern.is_static:
                 self._static[route.pattern.canonical] = route
         if json is not None:
@@ -268,14 +269,14 @@ class App:
             if page is not None:
                 return page
             if found is not None:  # a WebSocket route: the server answers 426
-                return Upgrade(handler=self._dispatchers[found[0]].serve)
+                return Upgrade(handler=self._dispatchers[found[0]])
         if found is None:
             raise NotFound(f"no route for {request.path}")
         route, params = found
         self.check_origin(request)
         session = self._run_hooks(request)
         return Upgrade(
-            handler=self._dispatchers[route].serve,
+            handler=self._dispatchers[route],
             subprotocol=route.choose_subprotocol(request.subprotocols),
             session=session,
             path_params=params,

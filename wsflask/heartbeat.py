@@ -9,7 +9,6 @@ as each connection opens and closes); it fails a peer that missed ``max_missed``
 from __future__ import annotations
 
 import heapq
-import itertools
 import logging
 import time
 from collections.abc import Callable
@@ -68,6 +67,10 @@ class _Entry:
         self.seen = 0  #: ``ws.messages_received`` at the last visit (idle timeout only)
         self.active_at = now  #: when that count last changed (idle timeout)
 
+    def __lt__(self, other: _Entry) -> bool:
+        """Heap ties (the same due time) in any order: no sequence number per entry."""
+        return False
+
 
 class Heartbeat:
     """Pings every registered connection and fails the ones that stop answering.
@@ -118,8 +121,7 @@ class Heartbeat:
         self.max_tick = max_tick
         self.tick = self._tick()
         self._entries: dict[Pingable, _Entry] = {}
-        self._heap: list[tuple[float, int, _Entry]] = []
-        self._seq = itertools.count()
+        self._heap: list[tuple[float, _Entry]] = []  # (due, entry): a pair per connection
         self._added = 0
         #: watched connections whose last ping went unanswered past ``timeout`` (not failed
         #: yet: ``max_missed`` not reached); a partition shows here before the 1011
@@ -208,7 +210,7 @@ class Heartbeat:
     # -- the loop -----------------------------------------------------------------------------
 
     def _push(self, due: float, entry: _Entry) -> None:
-        heapq.heappush(self._heap, (due, next(self._seq), entry))
+        heapq.heappush(self._heap, (due, entry))
 
     def _run(self) -> None:
         """Process what is due, then wait one tick (or until ``stop()``)."""
@@ -225,7 +227,7 @@ class Heartbeat:
         heap = self._heap
         visited = 0
         while heap and heap[0][0] <= now:
-            _, _, entry = heapq.heappop(heap)
+            _, entry = heapq.heappop(heap)
             if entry.ws is None:
                 continue  # removed since it was scheduled
             visited += 1

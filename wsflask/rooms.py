@@ -109,8 +109,10 @@ class Rooms(Generic[M]):
     ) -> None:
         self._policy = _policy(policy)
         self.metrics = metrics
+        #: named rooms only: a personal room is its entry in ``_connections`` (no dict each)
         self._rooms: dict[str, dict[str, M]] = {}
         self._connections: dict[str, M] = {}
+        self._forget = self.forget  # one bound method for every close callback
         self._policies: dict[str, Backpressure] = {}
         self._bus: Bus | None = None
         self._node = ""
@@ -161,7 +163,7 @@ class Rooms(Generic[M]):
             return
         self._connections[ws.id] = ws
         self._add(ws.id, ws)
-        ws.add_close_callback(self.forget)
+        ws.add_close_callback(self._forget)
 
     def forget(self, ws: M) -> None:
         """Leave every room, personal one included (the close callback; idempotent)."""
@@ -198,10 +200,13 @@ class Rooms(Generic[M]):
             self._remove(room, ws)
 
     def _add(self, room: str, ws: M) -> None:
+        if room == ws.id:  # the personal room: ``_connections`` is its index
+            ws.rooms.add(room)
+            return
         members = self._rooms.get(room)
         if members is None:
             members = self._rooms[room] = {}
-        if self._bus is not None and ws.id not in members and room != ws.id:
+        if self._bus is not None and ws.id not in members:
             members[ws.id] = ws
             self._bus.room_changed(room, len(members))
         members[ws.id] = ws
@@ -213,16 +218,24 @@ class Rooms(Generic[M]):
         if members is not None and members.pop(ws.id, None) is not None:
             if not members:
                 del self._rooms[room]
-            if self._bus is not None and room != ws.id:
+            if self._bus is not None:
                 self._bus.room_changed(room, len(members))
-            if self.presence_patterns and room != ws.id:
+            if self.presence_patterns:
                 self._presence_notice(room, ws.id, joined=False)
+
+    def _members(self, room: str) -> dict[str, M]:
+        """``room``'s members by id (not a copy for named rooms); empty when unknown."""
+        members = self._rooms.get(room)
+        if members is not None:
+            return members
+        ws = self._connections.get(room)
+        return {} if ws is None else {room: ws}
 
     # -- queries --------------------------------------------------------------------------------
 
     def members(self, room: str) -> list[M]:
         """The connections in ``room`` (a copy; empty for unknown rooms)."""
-        return list(self._rooms.get(room, {}).values())
+        return list(self._members(room).values())
 
     def count(self, room: str, *, cluster: bool = False) -> int:
         """How many connections are in ``room``; with ``cluster=True``, on every live node.
@@ -230,14 +243,14 @@ class Rooms(Generic[M]):
         ``cluster=True`` asks the backplane (it yields for I/O and raises ``BackplaneDown``
         when the bus is unreachable); without a backplane it is the local count.
         """
-        local = len(self._rooms.get(room, ()))
+        local = len(self._members(room))
         if cluster and self._bus is not None:
             return local + sum(len(ids) for ids in self._bus.cluster_members(room).values())
         return local
 
     def member_ids(self, room: str, *, cluster: bool = False) -> list[str]:
         """Connection ids in ``room``, local first; with ``cluster=True`` from every node."""
-        ids = list(self._rooms.get(room, {}))
+        ids = list(self._members(room))
         if cluster and self._bus is not None:
             for node_ids in self._bus.cluster_members(room).values():
                 ids.extend(node_ids)
@@ -246,8 +259,8 @@ class Rooms(Generic[M]):
     def rooms(self, *, personal: bool = False) -> list[str]:
         """Names of the non-empty rooms, sorted; personal rooms only with ``personal=True``."""
         if personal:
-            return sorted(self._rooms)
-        return sorted(name for name in self._rooms if name not in self._connections)
+            return sorted([*self._rooms, *self._connections])
+        return sorted(self._rooms)
 
     def connections(self) -> list[M]:
         """Every tracked (open) connection."""
@@ -463,13 +476,13 @@ class Rooms(Generic[M]):
             return
         if isinstance(room, str):
             policy = self.policy_for(room)
-            for ws in list(self._rooms.get(room, {}).values()):
+            for ws in list(self._members(room).values()):
                 yield ws, policy
             return
         seen: dict[str, tuple[M, Backpressure]] = {}
         for name in room:
             policy = self.policy_for(name)
-            for ws_id, ws in self._rooms.get(name, {}).items():
+            for ws_id, ws in self._members(name).items():
                 if ws_id not in seen:
                     seen[ws_id] = (ws, policy)
         yield from seen.values()

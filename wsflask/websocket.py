@@ -13,6 +13,7 @@ import logging
 import os
 from collections import deque
 from collections.abc import Callable, Iterator
+from functools import lru_cache
 from time import monotonic, perf_counter
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -152,7 +153,7 @@ class WebSocket:
             write_timeout=config.write_timeout,
         )
         #: sends longer than this get the exact outbound size check (one compare otherwise)
-        self._big = config.max_message_size >> 2
+        self._big = _quarter(config.max_message_size)
         #: the message-rate token bucket; None (no per-message cost) when the limit is off
         self._rate = MessageRate.of(config) if config.max_messages_per_second else None
         #: the OS socket for reads without gevent layers; None under TLS
@@ -164,7 +165,7 @@ class WebSocket:
         self._messages: deque[str | bytes] | None = None  # None while idle: no buffer kept
         self._reading = False  # a greenlet is blocked in recv
         self._owner: Any = None  # the greenlet that reads this connection (run())
-        self._callbacks: list[Callable[[Any], None]] | None = None
+        self._callbacks: tuple[Callable[[Any], None], ...] = ()  # a tuple: no list per conn
         self._finished = False
         self._close_deadline = 0.0
         self._closer: gevent.Greenlet | None = None
@@ -212,7 +213,7 @@ class WebSocket:
         every setting read through ``config`` (close and call timeouts, envelope limits,
         policy)."""
         old, self._config = self._config, config
-        self._big = config.max_message_size >> 2
+        self._big = _quarter(config.max_message_size)
         if (old.max_messages_per_second, old.message_burst) != (
             config.max_messages_per_second, config.message_burst
         ):  # fmt: skip
@@ -391,8 +392,8 @@ class WebSocket:
                 self._on_pong(event.data)
             elif isinstance(event, Opened):
                 self._on_opened(event)
-            elif isinstance(event, Request):
-                self.request = _with_peer(event, self.remote_address)
+            elif isinstance(event, Request):  # the core keeps this copy too, not a second one
+                self.request = self._conn.request = _with_peer(event, self.remote_address)
             elif isinstance(event, Closed):
                 self._on_closed(event)
 
@@ -862,9 +863,7 @@ class WebSocket:
         if self._finished:
             callback(self)
             return
-        if self._callbacks is None:
-            self._callbacks = []
-        self._callbacks.append(callback)
+        self._callbacks = (*self._callbacks, callback)
 
     def _finish(self) -> None:
         """Clean up exactly once: CLOSED -> heartbeat.remove -> socket closed -> callbacks."""
@@ -885,8 +884,8 @@ class WebSocket:
             self._transport.close(self._config.close_timeout)
         finally:
             self._count_closed()
-            callbacks, self._callbacks = self._callbacks, None
-            for callback in callbacks or ():
+            callbacks, self._callbacks = self._callbacks, ()
+            for callback in callbacks:
                 try:
                     callback(self)
                 except Exception:  # one failing callback must not skip the others
@@ -910,8 +909,13 @@ class WebSocket:
         (``GreenletExit``) drops TCP at once. Returns after the close callbacks ran.
         """
         self._owner = getcurrent()
-        with ending(lambda: self):
+        try:  # not ``with ending(...)``: no object is held while the handler waits
             handler(self)
+        except BaseException as exc:
+            if not _ended(self, type(exc), exc, exc.__traceback__):
+                raise
+        else:
+            self.end(CloseCode.NORMAL)
 
     def end(self, code: int | None) -> None:
         """End the connection as its handler ended, then wait for the cleanup.
@@ -955,19 +959,24 @@ class ending:
         self, kind: type[BaseException] | None, exc: BaseException | None, tb: Any
     ) -> bool:
         ws = self._websocket()
-        code: int | None = CloseCode.NORMAL
-        if kind is None or ws is None:
-            code = CloseCode.NORMAL if kind is None else None
-        elif issubclass(kind, ConnectionClosed):
-            code = CloseCode.NORMAL
-        elif issubclass(kind, Exception):
-            logger.error("handler failed on connection %s", ws.id, exc_info=(kind, exc, tb))  # type: ignore[arg-type]
-            code = CloseCode.INTERNAL_ERROR
-        else:  # GreenletExit, Timeout: drop TCP, let it propagate
-            code = None
-        if ws is not None:
-            ws.end(code)
-        return kind is not None and ws is not None and code is not None
+        if ws is None:
+            return False
+        if kind is None:
+            ws.end(CloseCode.NORMAL)
+            return False
+        return _ended(ws, kind, exc, tb)
+
+
+def _ended(ws: WebSocket, kind: type[BaseException], exc: BaseException | None, tb: Any) -> bool:
+    """End ``ws`` as its handler raised (``ending``); True when the error is handled."""
+    code: int | None = None  # GreenletExit, Timeout: drop TCP, let it propagate
+    if issubclass(kind, ConnectionClosed):
+        code = CloseCode.NORMAL
+    elif issubclass(kind, Exception):
+        logger.error("handler failed on connection %s", ws.id, exc_info=(kind, exc, tb))  # type: ignore[arg-type]
+        code = CloseCode.INTERNAL_ERROR
+    ws.end(code)
+    return code is not None
 
 
 def _wait_readable(sock: Any) -> None:
@@ -997,8 +1006,18 @@ def _with_peer(request: Request, address: tuple[str, int] | None) -> Request:
     )  # fmt: skip
 
 
+@lru_cache(maxsize=8)
+def _quarter(max_message_size: int) -> int:
+    """``WebSocket._big``: one int shared by the connections of a config, not one each."""
+    return max_message_size >> 2
+
+
 def _address(address: Any) -> tuple[str, int] | None:
     """``(host, port)`` of a socket address; None for other kinds (a UNIX socket)."""
+    if type(address) is tuple and len(address) == 2:
+        host, port = address
+        if type(host) is str and type(port) is int:
+            return address  # IPv4's own tuple as it is: every open connection keeps it
     if isinstance(address, tuple) and len(address) >= 2:
         return str(address[0]), int(address[1])
     return None

@@ -96,8 +96,9 @@ class Connection:
         )
         self._events: list[Event] = []
         self._out: list[bytes] = []
-        #: Bytes that arrived after the handshake head, before accept() or connect's 101.
-        self._pending_input: list[bytes] = []
+        #: Bytes that arrived after the handshake head, before accept() or connect's 101;
+        #: None when there are none (the usual case: no list kept per connection).
+        self._pending_input: list[bytes] | None = None
         self._key = ""
         self._offered: Sequence[str] = ()
         self._extensions_offered = False
@@ -169,8 +170,11 @@ class Connection:
 
     def _receive_head(self, data: bytes) -> None:
         if self._head is None:  # request emitted, awaiting accept(): keep the bytes, bounded
-            self._pending_input.append(data)
-            if sum(map(len, self._pending_input)) > self._limits.max_message_size:
+            pending = self._pending_input
+            if pending is None:
+                pending = self._pending_input = []
+            pending.append(data)
+            if sum(map(len, pending)) > self._limits.max_message_size:
                 self._set_closed(
                     Closed(CloseCode.ABNORMAL, "too much data before the handshake completed")
                 )
@@ -181,8 +185,8 @@ class Connection:
                 return
             head, rest = done
             self._head = None
-            if rest:
-                self._pending_input.append(rest)
+            if rest:  # the first bytes kept: the head was still incomplete until now
+                self._pending_input = [rest]
             if self.side is Side.SERVER:
                 self.request = handshake.parse_request(head, http=self._http)
                 self._events.append(self.request)
@@ -332,8 +336,8 @@ class Connection:
     def _open(self, opened: Opened) -> None:
         self.state = State.OPEN
         self._events.append(opened)
-        pending, self._pending_input = self._pending_input, []
-        for chunk in pending:
+        pending, self._pending_input = self._pending_input, None
+        for chunk in pending or ():
             self._receive_frames(chunk)
 
     # ------------------------------------------------------------------ frames in
@@ -493,5 +497,5 @@ class Connection:
         self._messages.reset()
         if self.deflate is not None:
             self.deflate.release()  # zlib memory goes now, not when the object is collected
-        self._pending_input = []
+        self._pending_input = None
         self._events.append(closed)

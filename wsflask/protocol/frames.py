@@ -233,8 +233,8 @@ class FrameDecoder:
         #: Bytes of an incomplete frame: the only state kept between chunks.
         self._buf = b""
         #: Chunks received while waiting for a long payload, joined once it is complete,
-        #: so a large frame arriving in many reads costs linear time.
-        self._parts: list[bytes] = []
+        #: so a large frame arriving in many reads costs linear time (None between them).
+        self._parts: list[bytes] | None = None
         self._pending = 0
         self._need = 0
 
@@ -246,12 +246,14 @@ class FrameDecoder:
     def _take(self, data: bytes) -> bytes | None:
         """The bytes to scan: ``data`` after the kept incomplete frame; None while short."""
         if self._need:
-            self._parts.append(data)
+            parts = self._parts
+            assert parts is not None  # made by _wait_for with _need
+            parts.append(data)
             self._pending += len(data)
             if self._pending < self._need:
                 return None
-            data = b"".join(self._parts)
-            self._parts.clear()
+            data = b"".join(parts)
+            self._parts = None
             self._pending = self._need = 0
         buf = self._buf + data if self._buf else data
         self._buf = b""
@@ -359,7 +361,7 @@ class FrameDecoder:
     def _wait_for(self, buf: bytes, pos: int, end: int) -> None:
         rest = buf[pos:]
         if end - pos > 4096:
-            self._parts.append(rest)
+            self._parts = [rest]
             self._pending = len(rest)
             self._need = end - pos
         else:

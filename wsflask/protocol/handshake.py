@@ -64,6 +64,22 @@ _SHARED = {
         "GET",
     )
 }  # fmt: skip
+#: Header lines as sent -> their field: Host, Upgrade, Connection, the version, the
+#: browser's User-Agent... repeat on every connection, and each open one keeps its
+#: ``Request``. Bounded: ``_CACHED`` names only, values of at most 64 bytes,
+#: ``SEEN_FIELDS_MAX`` lines (then it starts over: odd lines cannot keep common ones out).
+_SEEN_FIELDS: dict[tuple[bytes, bytes], tuple[str, str]] = {}
+SEEN_FIELDS_MAX = 256
+_SEEN_TARGETS: dict[bytes, str] = {}  # the same for request targets (bounded alike)
+#: the header names whose lines are cached: common ones, never keys, cookies or credentials
+_CACHED = frozenset(
+    name.encode()
+    for name in (
+        "host", "upgrade", "connection", "sec-websocket-version", "sec-websocket-protocol",
+        "sec-websocket-extensions", "origin", "user-agent", "accept", "accept-encoding",
+        "accept-language", "cache-control", "pragma",
+    )
+)  # fmt: skip
 _TARGET_B = re.compile(rb"[\x21-\x22\x24-\x7e]+")  # visible ASCII except "#"
 _VERSION_B = re.compile(rb"HTTP/([0-9])\.([0-9])")
 _STATUS_B = re.compile(rb"HTTP/1\.[0-9] ([0-9]{3})(?: [\t\x20-\x7e\x80-\xff]*)?")
@@ -211,15 +227,24 @@ def _checked_lines(block: bytes) -> list[tuple[bytes, bytes]]:
 
 def _collect(pairs: Iterable[tuple[bytes, bytes]]) -> tuple[tuple[tuple[str, str], ...], Index]:
     """Valid raw ``(name, value)`` pairs as fields (lower-cased name, trimmed value, common
-    strings shared) and their index by name."""
+    strings shared) and their index by name. A field line seen before is the same tuple
+    (``_SEEN_FIELDS``): every open connection keeps its ``Request``."""
     fields: list[tuple[str, str]] = []
     index: Index = {}
-    for name, value in pairs:
-        name, value = name.lower(), value.strip(b" \t")
-        field = (
-            _SHARED.get(name) or name.decode("ascii"),
-            _SHARED.get(value) or value.decode("latin-1"),
-        )
+    seen = _SEEN_FIELDS
+    for pair in pairs:
+        short = len(pair[1]) <= 64 and len(pair[0]) <= 32  # never hash a long line for it
+        field = seen.get(pair) if short else None
+        if field is None:
+            name, value = pair[0].lower(), pair[1].strip(b" \t")
+            field = (
+                _SHARED.get(name) or name.decode("ascii"),
+                _SHARED.get(value) or value.decode("latin-1"),
+            )
+            if short and name in _CACHED:
+                if len(seen) >= SEEN_FIELDS_MAX:
+                    seen.clear()  # full (odd lines, or junk sent on purpose): learn again
+                seen[pair] = field
         fields.append(field)
         index.setdefault(field[0], []).append(field[1])
     return tuple(fields), index
@@ -251,7 +276,25 @@ def _parse_request_line(line: bytes) -> tuple[str, str, tuple[int, int]]:
     match = _VERSION_B.fullmatch(version)
     if not _TOKEN_B.fullmatch(method) or not _TARGET_B.fullmatch(target) or not match:
         raise HandshakeError("Malformed request line")
-    return _SHARED.get(method) or method.decode(), target.decode(), (int(match[1]), int(match[2]))
+    return (
+        _SHARED.get(method) or method.decode(),
+        _target(target),
+        (int(match[1]), int(match[2])),
+    )
+
+
+def _target(raw: bytes) -> str:
+    """The request target as text; a short one seen before is the same string (the routes'
+    paths repeat on every connection, and each open one keeps its ``Request``)."""
+    if len(raw) > 64:  # not cached, nor hashed to look
+        return raw.decode()
+    target = _SEEN_TARGETS.get(raw)
+    if target is None:
+        target = raw.decode()
+        if len(_SEEN_TARGETS) >= SEEN_FIELDS_MAX:
+            _SEEN_TARGETS.clear()
+        _SEEN_TARGETS[raw] = target
+    return target
 
 
 def parse_request(head: bytes, *, http: bool = False) -> Request:

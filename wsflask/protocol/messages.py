@@ -7,6 +7,8 @@ docstring lists the RFC rules it enforces. This module does no I/O.
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 from .compression import PerMessageDeflate
 from .errors import MessageTooBig, ProtocolError
 from .events import BinaryMessage, TextMessage
@@ -25,6 +27,12 @@ def compressed_slack(max_message_size: int) -> int:
     blocks of 64 KiB at 5 bytes each. 1/1024 + 64 covers them with room to spare.
     """
     return (max_message_size >> 10) + 64
+
+
+@lru_cache(maxsize=8)
+def _wire_limit(max_message_size: int) -> int:
+    """``max_message_size`` plus its slack: one int shared by every connection, not one each."""
+    return max_message_size + compressed_slack(max_message_size)
 
 
 class MessageAssembler:
@@ -60,7 +68,8 @@ class MessageAssembler:
         self._overhead = fragment_overhead
         #: Opcode of the message in progress; 0 when none (the state is IDLE).
         self._opcode = 0
-        self._parts: list[bytes] = []
+        #: Binary fragments so far; None until the first (no list kept while idle).
+        self._parts: list[bytes] | None = None
         self._text: TextAssembler | None = None
         #: Budget spent so far: payload bytes (inflated) plus the charge per continuation.
         self._used = 0
@@ -70,7 +79,7 @@ class MessageAssembler:
         self._compressed = False
         #: Compressed bytes of the message in progress, plus the charge per continuation.
         self._wire = 0
-        self._wire_limit = max_message_size + compressed_slack(max_message_size)
+        self._wire_limit = _wire_limit(max_message_size)
 
     @property
     def in_progress(self) -> bool:
@@ -126,7 +135,10 @@ class MessageAssembler:
         if text is not None:
             text.feed(data, final=final)  # §8.1 fail fast, fragment by fragment
         elif data:
-            self._parts.append(data)
+            if self._parts is None:
+                self._parts = [data]
+            else:
+                self._parts.append(data)
 
     def _next(self, fin: bool, left: int) -> Message | None:
         if not fin:
@@ -134,9 +146,8 @@ class MessageAssembler:
             self._decoder.max_payload = max(0, left - self._overhead)
             return None
         text = self._text
-        message = (
-            TextMessage(text.finish()) if text is not None else BinaryMessage(b"".join(self._parts))
-        )
+        parts = self._parts or ()
+        message = TextMessage(text.finish()) if text is not None else BinaryMessage(b"".join(parts))
         self.reset()
         return message
 
@@ -166,7 +177,7 @@ class MessageAssembler:
         """Adopt new limits while open (a live reload): the next frame header is judged by
         them; a message in progress keeps what it used and gets what the new budget leaves."""
         self._limit, self._overhead = max_message_size, fragment_overhead
-        self._wire_limit = max_message_size + compressed_slack(max_message_size)
+        self._wire_limit = _wire_limit(max_message_size)
         if self.codec is not None:
             self._decoder.compressed_slack = self._wire_limit - self._limit
         if not self._opcode:
@@ -179,6 +190,6 @@ class MessageAssembler:
         """Forget the message in progress (completed, failed or closed)."""
         self._opcode = self._used = self._wire = 0
         self._compressed = False
-        self._parts = []
+        self._parts = None
         self._text = None
         self._decoder.max_payload = self._limit
