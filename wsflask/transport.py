@@ -308,22 +308,26 @@ class Transport:
 
     def _discard_raw(self, raw: Any, timeout: float) -> None:
         """Plain TCP: read the OS socket to EOF, waiting on the hub with one timer (no
-        ``Timeout`` object, no gevent socket layers: this runs once per connection)."""
+        ``Timeout`` object, no gevent socket layers: this runs once per connection).
+
+        Waits before the first read: the peer's FIN usually follows our Close, so reading
+        first would cost a ``recv`` that finds nothing."""
         deadline = monotonic() + timeout
         size = self._read_size
+        data: bytes | None = None
         while True:
-            try:
-                data = raw.recv(size)
-            except BlockingIOError:
-                data = None
-            if data == b"":
-                return  # the peer's FIN
             left = deadline - monotonic()
             if left <= 0:  # also a peer that never stops sending
                 self.drop()
                 return
             if data is None:
                 _wait_readable_for(self.sock, left)
+            try:
+                data = raw.recv(size)
+            except BlockingIOError:
+                data = None
+            if data == b"":
+                return  # the peer's FIN
 
 
 def _wait_readable_for(sock: Any, seconds: float) -> None:
