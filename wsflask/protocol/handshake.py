@@ -28,6 +28,7 @@ from .errors import (
 )
 from .events import Request
 from .extensions import Extension, parse_extensions
+from .speedups import compiled
 
 __all__ = [
     "GUID", "HeadReader", "accept_key", "build_accept", "build_request", "build_response",
@@ -65,6 +66,8 @@ _SHARED = {
         "GET",
     )
 }  # fmt: skip
+#: the same strings by themselves, for lookups after decoding (``head_fields``)
+_SHARED_TEXT = {text: text for text in _SHARED.values()}
 _TARGET_B = re.compile(rb"[\x21-\x22\x24-\x7e]+")  # visible ASCII except "#"
 _VERSION_B = re.compile(rb"HTTP/([0-9])\.([0-9])")
 #: a whole valid request line in one match: no part may hold a space, so it matches exactly
@@ -198,9 +201,23 @@ def _parse_head(head: bytes) -> tuple[bytes, tuple[tuple[str, str], ...], Index]
     if not sep:
         return start, (), {}
     block += b"\r\n"
-    if _FIELDS_B.fullmatch(block):  # every line valid: one scan finds them all
-        return start, *_collect(_FIELD_B.findall(block))
+    found = _head_fields(block, _SHARED_TEXT)  # every line valid: one scan finds them all
+    if found is not None:
+        return start, *found
     return start, *_collect(_checked_lines(block))
+
+
+def head_fields_python(
+    block: bytes, shared: dict[str, str]
+) -> tuple[tuple[tuple[str, str], ...], Index] | None:
+    """The fields and index of ``block`` (``name:value CRLF`` lines) when every line is
+    valid, strings found in ``shared`` taken from it; None when any line is unusual.
+
+    The definition of the compiled ``_speedups.head_fields``, which ``_parse_head`` uses
+    when it is built."""
+    if not _FIELDS_B.fullmatch(block):
+        return None
+    return _collect(_FIELD_B.findall(block), shared)
 
 
 def _checked_lines(block: bytes) -> list[tuple[bytes, bytes]]:
@@ -222,17 +239,17 @@ def _checked_lines(block: bytes) -> list[tuple[bytes, bytes]]:
     return pairs
 
 
-def _collect(pairs: Iterable[tuple[bytes, bytes]]) -> tuple[tuple[tuple[str, str], ...], Index]:
+def _collect(
+    pairs: Iterable[tuple[bytes, bytes]], shared: dict[str, str] = _SHARED_TEXT
+) -> tuple[tuple[tuple[str, str], ...], Index]:
     """Valid raw ``(name, value)`` pairs as fields (lower-cased name, trimmed value, common
     strings shared) and their index by name."""
     fields: list[tuple[str, str]] = []
     index: Index = {}
-    for name, value in pairs:
-        name, value = name.lower(), value.strip(b" \t")
-        field = (
-            _SHARED.get(name) or name.decode("ascii"),
-            _SHARED.get(value) or value.decode("latin-1"),
-        )
+    for raw_name, raw_value in pairs:
+        name = raw_name.lower().decode("ascii")
+        value = raw_value.strip(b" \t").decode("latin-1")
+        field = (shared.get(name, name), shared.get(value, value))
         fields.append(field)
         index.setdefault(field[0], []).append(field[1])
     return tuple(fields), index
@@ -589,3 +606,9 @@ def _check_response_headers(index: Index, key: str, offered: Sequence[str]) -> N
     except ValueError as exc:
         raise InvalidHandshakeResponse(str(exc)) from None
     return (protocols[0] if protocols else None), extensions[0]
+
+
+#: the compiled field scan when built (and not switched off), else its twin above
+_head_fields: Callable[
+    [bytes, dict[str, str]], tuple[tuple[tuple[str, str], ...], Index] | None
+] = compiled.head_fields if compiled is not None else head_fields_python
