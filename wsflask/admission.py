@@ -78,6 +78,7 @@ class Admission:
         self._slow = False  # the soft-limit latch
         self._sample: Mapping[str, float] = {}
         self._sampled_at = -math.inf
+        self._verdict: tuple[float, str] | None = None  # (threshold, answer) for the sample
         #: set by the degradation monitor: refuse every new handshake with this (or None)
         self.refuse_all: Refusal | None = None
         #: set by the degradation monitor: every new handshake waits this long first
@@ -124,6 +125,13 @@ class Admission:
         if now - self._sampled_at >= SAMPLE_EVERY:
             self._sample = self._probe()
             self._sampled_at = now
+            self._verdict = None
+        verdict = self._verdict
+        if verdict is None or verdict[0] != self.threshold:  # judged once per sample
+            verdict = self._verdict = (self.threshold, self._judge())
+        return verdict[1]
+
+    def _judge(self) -> str:
         for name, ratio in self._sample.items():
             if ratio >= self.threshold:
                 return f"{name} {ratio:.2f} >= {self.threshold:.2f}"

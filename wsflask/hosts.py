@@ -48,11 +48,23 @@ def hostname_of(header: str) -> str | None:
 def host_allowed(header: str | None, allowed: tuple[str, ...], bound: str | None) -> bool:
     """True when a request with ``Host: header`` may be served.
 
+    The answer depends on the three arguments alone, and a server's clients mostly send one
+    or two Host values: it is remembered (the last 256; an unhashable ``allowed`` is just
+    decided).
+
     ``allowed``: ``Config.allowed_hosts``. ``("*",)`` allows any; a name allows itself (any
     port); ``".example.com"`` allows example.com and its subdomains. ``()`` (the default)
     allows only loopback names when ``bound`` (the listening address) is a loopback
     address or ``localhost``, and any name otherwise (or when ``bound`` is unknown: None).
     """
+    try:
+        return _remembered(header, allowed, bound)
+    except TypeError:  # a list for ``allowed``: not hashable
+        return _decide(header, allowed, bound)
+
+
+def _decide(header: str | None, allowed: tuple[str, ...], bound: str | None) -> bool:
+    """``host_allowed`` without the memory."""
     if "*" in allowed:
         return True
     if not allowed and (bound is None or not is_loopback(bound)):
@@ -67,3 +79,7 @@ def host_allowed(header: str | None, allowed: tuple[str, ...], bound: str | None
         if name == entry or (entry.startswith(".") and (name == entry[1:] or name.endswith(entry))):
             return True
     return False
+
+
+#: bounded: Host values come from clients
+_remembered = functools.lru_cache(maxsize=256)(_decide)

@@ -145,6 +145,9 @@ class Server(StreamServer):  # type: ignore[misc]
         self._reload_watcher: Any = None  # the SIGHUP handler, once installed
         self._shed_pool = Pool(SHED_CONCURRENCY)
         self._accept_delay = 0.0
+        #: accepted sockets come with the listener's TCP options (checked on the first
+        #: connection after ``_tune_listener``; None until then): no setsockopt per connection
+        self._inherits: bool | None = False
         self._stopping = False
         self._stopped = Event()
         self._drained = Event()
@@ -185,6 +188,7 @@ class Server(StreamServer):  # type: ignore[misc]
     def start(self) -> None:
         """Bind (if needed) and start accepting; start the services. Returns at once."""
         super().start()
+        self._tune_listener()
         self.is_ready = True
         self.deadlines.start()
         if self.degrader is not None:
@@ -288,10 +292,8 @@ class Server(StreamServer):  # type: ignore[misc]
     def handle(self, sock: Any, address: Any) -> None:
         """Serve one TCP connection in its pool greenlet: handshake, then the handler."""
         try:
-            with contextlib.suppress(OSError):  # not TCP (a UNIX socket), or already reset
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                if self.config.tcp_keepalive:
-                    _keepalive(sock)
+            if not self._inherits:
+                self._tune_socket(sock)
             delay = self.admission.handshake_delay(len(self.pool) - 1)  # the others
             if delay:  # the soft limit: slow new handshakes down near the cap (ER-12)
                 gevent.sleep(delay)
@@ -305,6 +307,31 @@ class Server(StreamServer):  # type: ignore[misc]
                 self._serve(ws, handler)
         finally:
             self._release(address)
+
+    def _tune_listener(self) -> None:
+        """Set TCP_NODELAY and the keep-alive settings on the listening socket once, so
+        that accepted sockets inherit them where the OS does that (Linux)."""
+        self._inherits = False
+        keepalive = self.config.tcp_keepalive
+        try:
+            self.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, int(keepalive))
+            if keepalive:
+                _keepalive(self.socket)
+        except (OSError, AttributeError):  # not TCP (a UNIX socket): per connection
+            return
+        self._inherits = None  # the first connection tells
+
+    def _tune_socket(self, sock: Any) -> None:
+        """TCP_NODELAY and keep-alive on an accepted socket that did not inherit them."""
+        with contextlib.suppress(OSError):  # not TCP (a UNIX socket), or already reset
+            if self._inherits is None:
+                self._inherits = _has_options(sock, self.config.tcp_keepalive)
+                if self._inherits:
+                    return
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if self.config.tcp_keepalive:
+                _keepalive(sock)
 
     def _handshake(self, sock: Any, address: Any) -> tuple[WebSocket, Upgrade] | None:
         """TLS and the HTTP request under one deadline, then the resolver's decision."""
@@ -469,6 +496,8 @@ class Server(StreamServer):  # type: ignore[misc]
         for new handshakes (a file that does not load is logged, the old context stays).
         Capacity, the bind and turning TLS on or off need a restart."""
         old, self.config = self.config, config
+        if config.tcp_keepalive != old.tcp_keepalive and getattr(self, "socket", None) is not None:
+            self._tune_listener()
         if config.key_replay_ttl != old.key_replay_ttl:
             self.replay_cache = _replay_cache(config)
         self.admission.reconfigure(config)
@@ -660,6 +689,18 @@ _KEEPALIVE_TUNING = tuple(
     for name, value in (("TCP_KEEPIDLE", 60), ("TCP_KEEPINTVL", 10), ("TCP_KEEPCNT", 5))
     if hasattr(socket, name)
 )
+
+
+def _has_options(sock: Any, keepalive: bool) -> bool:
+    """True when ``sock`` already has TCP_NODELAY and the keep-alive settings (inherited
+    from the listener), so that setting them again would change nothing."""
+    if not sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY):
+        return False
+    if bool(sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE)) != keepalive:
+        return False
+    return not keepalive or all(
+        sock.getsockopt(socket.IPPROTO_TCP, option) == value for option, value in _KEEPALIVE_TUNING
+    )
 
 
 def _keepalive(sock: Any) -> None:

@@ -16,11 +16,12 @@ import struct
 import weakref
 from collections import deque
 from collections.abc import Callable
+from time import monotonic
 from typing import Any
 
 import gevent
 import gevent.ssl
-from gevent import Timeout
+from gevent import Timeout, getcurrent
 from gevent.event import Event
 
 __all__ = ["Transport", "os_socket", "wrap_tls"]
@@ -432,6 +433,9 @@ class Transport:
             sock.close()
 
     def _discard_until_eof(self, timeout: float) -> None:
+        if self._raw is not None:
+            self._discard_raw(self._raw, timeout)
+            return
         timer = Timeout(timeout)
         try:
             with timer:
@@ -441,6 +445,44 @@ class Transport:
             if exc is not timer:
                 raise
             self.drop()
+
+    def _discard_raw(self, raw: Any, timeout: float) -> None:
+        """Plain TCP: read the OS socket to EOF, waiting on the hub with one timer (no
+        ``Timeout`` object, no gevent socket layers: this runs once per connection).
+
+        Waits before the first read: the peer's FIN usually follows our Close, so reading
+        first would cost a ``recv`` that finds nothing."""
+        deadline = monotonic() + timeout
+        size = self._read_size
+        data: bytes | None = None
+        while True:
+            left = deadline - monotonic()
+            if left <= 0:  # also a peer that never stops sending
+                self.drop()
+                return
+            if data is None:
+                _wait_readable_for(self.sock, left)
+            try:
+                data = raw.recv(size)
+            except BlockingIOError:
+                data = None
+            if data == b"":
+                return  # the peer's FIN
+
+
+def _wait_readable_for(sock: Any, seconds: float) -> None:
+    """Block this greenlet until ``sock`` is readable or ``seconds`` passed (the caller
+    tells which by reading). ``sock.close()`` elsewhere throws into us through the read
+    watcher's callback, as in ``websocket._wait_readable``; kills arrive as usual."""
+    hub, switch = sock.hub, getcurrent().switch
+    watcher, timer = sock._read_event, sock.hub.loop.timer(seconds)
+    watcher.start(switch)
+    timer.start(switch)
+    try:
+        hub.switch()
+    finally:
+        watcher.stop()
+        timer.close()
 
 
 def os_socket(sock: Any) -> Any | None:

@@ -4,8 +4,9 @@
  * apply_mask / apply_mask_inplace  XOR (un)masking, 8 bytes at a time (RFC 6455 section 5.3)
  * encode_frame                     one frame in one allocation (section 5.2)
  * scan_frames                      every complete frame of one receive buffer (section 5.2)
+ * head_fields                      the header fields of a valid handshake head (RFC 7230 3.2)
  *
- * Each function has a pure-Python twin (mask.py, frames.py) that defines its behaviour;
+ * Each function has a pure-Python twin (mask.py, frames.py, handshake.py) that defines its behaviour;
  * tests/protocol/test_speedups.py feeds both the same inputs. The module is optional:
  * speedups.py falls back to the twins when it is missing or WSFLASK_NO_EXTENSIONS is set.
  * Nothing here does I/O or keeps state between calls.
@@ -434,6 +435,174 @@ done:
     return result;
 }
 
+/* ------------------------------------------------------------------ handshake head */
+
+/* RFC 7230 section 3.2.6 tchar, and the bytes a field value may hold (field-vchar, SP,
+ * HTAB, obs-text: every byte but the CTLs other than HTAB). */
+static unsigned char is_tchar[256], is_value[256];
+
+static void
+init_head_tables(void)
+{
+    const char *extra = "!#$%&'*+-.^_`|~";
+    int c;
+    for (c = 0; c < 256; c++) {
+        is_tchar[c] = (c >= '0' && c <= '9') || (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z')
+                      || (c != 0 && strchr(extra, c) != NULL);
+        is_value[c] = c == '\t' || (c >= 0x20 && c != 0x7F);
+    }
+}
+
+/* text, or the equal string held in shared (one object for common names and values) */
+static PyObject *
+shared_text(PyObject *shared, PyObject *text)
+{
+    PyObject *same;
+    if (text == NULL) return NULL;
+    same = PyDict_GetItemWithError(shared, text);
+    if (same == NULL) return PyErr_Occurred() ? (Py_DECREF(text), NULL) : text;
+    Py_DECREF(text);
+    return Py_NewRef(same);
+}
+
+/* Fields seen before, kept by head_fields' caller: the same bound as handshake.py's
+ * SEEN_FIELDS_MAX, and the same lengths (a longer line is never hashed for it). */
+#define SEEN_FIELDS_MAX 256
+#define SEEN_NAME_MAX 32
+#define SEEN_VALUE_MAX 64
+
+/* (key, text), or the equal tuple held in seen; a new short field named in cached is
+ * added to seen (emptied first when full). Steals key and text. */
+static PyObject *
+seen_field(PyObject *seen, PyObject *cached, PyObject *key, PyObject *text,
+           Py_ssize_t name_len, Py_ssize_t value_len)
+{
+    PyObject *field = PyTuple_Pack(2, key, text), *same;
+    int wanted;
+
+    Py_DECREF(key);
+    Py_DECREF(text);
+    if (field == NULL || name_len > SEEN_NAME_MAX || value_len > SEEN_VALUE_MAX) return field;
+    same = PyDict_GetItemWithError(seen, field);
+    if (same != NULL) {
+        Py_DECREF(field);
+        return Py_NewRef(same);
+    }
+    if (PyErr_Occurred() || (wanted = PySet_Contains(cached, PyTuple_GET_ITEM(field, 0))) < 0) {
+        Py_DECREF(field);
+        return NULL;
+    }
+    if (wanted) {
+        if (PyDict_GET_SIZE(seen) >= SEEN_FIELDS_MAX) PyDict_Clear(seen);
+        if (PyDict_SetItem(seen, field, field) < 0) {
+            Py_DECREF(field);
+            return NULL;
+        }
+    }
+    return field;
+}
+
+/* one field line: append (name, value) to fields and value to index[name] */
+static int
+add_field(PyObject *fields, PyObject *index, PyObject *const *tables, const unsigned char *name,
+          Py_ssize_t name_len, const unsigned char *value, Py_ssize_t value_len)
+{
+    PyObject *key, *text, *field, *values;
+    Py_UCS1 *out;
+    Py_ssize_t i;
+    int rc;
+
+    if ((key = PyUnicode_New(name_len, 127)) == NULL) return -1;
+    out = PyUnicode_1BYTE_DATA(key);
+    for (i = 0; i < name_len; i++) {  /* tchar only: ASCII, lowered as bytes.lower() does */
+        unsigned char c = name[i];
+        out[i] = (c >= 'A' && c <= 'Z') ? (Py_UCS1)(c + 32) : (Py_UCS1)c;
+    }
+    if ((key = shared_text(tables[0], key)) == NULL) return -1;
+    text = shared_text(tables[0], PyUnicode_DecodeLatin1((const char *)value, value_len, NULL));
+    if (text == NULL) {
+        Py_DECREF(key);
+        return -1;
+    }
+    field = seen_field(tables[1], tables[2], key, text, name_len, value_len);
+    if (field == NULL) return -1;
+    key = PyTuple_GET_ITEM(field, 0);  /* borrowed from field, which fields keeps */
+    text = PyTuple_GET_ITEM(field, 1);
+    rc = PyList_Append(fields, field);
+    Py_DECREF(field);
+    if (rc < 0) return -1;
+    values = PyDict_GetItemWithError(index, key);
+    if (values != NULL) return PyList_Append(values, text);
+    if (PyErr_Occurred() || (values = PyList_New(1)) == NULL) return -1;
+    PyList_SET_ITEM(values, 0, Py_NewRef(text));
+    rc = PyDict_SetItem(index, key, values);
+    Py_DECREF(values);
+    return rc;
+}
+
+PyDoc_STRVAR(head_fields_doc,
+"head_fields(block, shared, seen, cached, /) -> (fields, index) | None\n\n"
+"The fields of block, a run of 'name:value CRLF' lines, when every line is valid:\n"
+"names lower-cased, values trimmed of SP/HTAB, each string replaced by its equal in\n"
+"shared (a str -> str dict) when there is one, each field by its equal tuple in seen\n"
+"(short fields named in the set cached are added to seen, bounded), and the values\n"
+"indexed by name. None as soon as anything is unusual: the twin's line loop then gives\n"
+"the precise error.");
+
+/* The next 'name:value CRLF' line at p: its name and trimmed value, and where the line
+ * after it starts; NULL when the line is unusual. */
+static const unsigned char *
+next_field(const unsigned char *p, const unsigned char *end, const unsigned char **name,
+           Py_ssize_t *name_len, const unsigned char **value, Py_ssize_t *value_len)
+{
+    const unsigned char *value_end;
+    *name = p;
+    while (p < end && is_tchar[*p]) p++;
+    if (p == *name || p == end || *p != ':') return NULL;
+    *name_len = p - *name;
+    *value = ++p;
+    while (p < end && is_value[*p]) p++;
+    if (end - p < 2 || p[0] != '\r' || p[1] != '\n') return NULL;
+    value_end = p;
+    while (*value < value_end && (**value == ' ' || **value == '\t')) (*value)++;
+    while (value_end > *value && (value_end[-1] == ' ' || value_end[-1] == '\t')) value_end--;
+    *value_len = value_end - *value;
+    return p + 2;
+}
+
+static PyObject *
+head_fields(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    PyObject *fields, *index, *result = NULL;
+    const unsigned char *p, *begin, *end, *name, *value;
+    Py_ssize_t name_len, value_len;
+
+    if (nargs != 4 || !PyBytes_Check(args[0]) || !PyDict_Check(args[1])
+        || !PyDict_Check(args[2]) || !PyAnySet_Check(args[3])) {
+        PyErr_SetString(PyExc_TypeError,
+                        "head_fields() takes a bytes block, two dicts and a frozenset");
+        return NULL;
+    }
+    begin = (const unsigned char *)PyBytes_AS_STRING(args[0]);
+    end = begin + PyBytes_GET_SIZE(args[0]);
+    for (p = begin; p < end;) {  /* every line valid first: nothing learned from a bad block */
+        if ((p = next_field(p, end, &name, &name_len, &value, &value_len)) == NULL) {
+            Py_RETURN_NONE;
+        }
+    }
+    if ((fields = PyList_New(0)) == NULL) return NULL;
+    if ((index = PyDict_New()) == NULL) goto done;
+    for (p = begin; p < end;) {
+        p = next_field(p, end, &name, &name_len, &value, &value_len);
+        if (add_field(fields, index, args + 1, name, name_len, value, value_len) < 0) goto done;
+    }
+    result = Py_BuildValue("(NO)", PyList_AsTuple(fields), index);
+done:
+    Py_DECREF(fields);
+    Py_XDECREF(index);
+    return result;
+}
+
 /* ------------------------------------------------------------------ module */
 
 static PyMethodDef methods[] = {
@@ -443,18 +612,21 @@ static PyMethodDef methods[] = {
     {"encode_frame", (PyCFunction)(void (*)(void))encode_frame,
      METH_FASTCALL | METH_KEYWORDS, encode_frame_doc},
     {"scan_frames", (PyCFunction)(void (*)(void))scan_frames, METH_FASTCALL, scan_frames_doc},
+    {"head_fields", (PyCFunction)(void (*)(void))head_fields, METH_FASTCALL, head_fields_doc},
     {NULL, NULL, 0, NULL},
 };
 
 static struct PyModuleDef module = {
     PyModuleDef_HEAD_INIT, "wsflask.protocol._speedups",
-    "Compiled twins of the protocol core's masking, frame encoding and frame scanning.",
+    "Compiled twins of the protocol core's masking, frame encoding, frame scanning and "
+    "handshake field parsing.",
     -1, methods, NULL, NULL, NULL, NULL,
 };
 
 PyMODINIT_FUNC
 PyInit__speedups(void)
 {
+    init_head_tables();
     if (str_opcode == NULL) {
         if ((str_opcode = PyUnicode_InternFromString("opcode")) == NULL) return NULL;
         if ((str_payload = PyUnicode_InternFromString("payload")) == NULL) return NULL;

@@ -10,6 +10,7 @@ policy (§10.2), routing, sockets and timers live elsewhere.
 from __future__ import annotations
 
 import base64
+import binascii
 import hashlib
 import os
 import re
@@ -27,6 +28,7 @@ from .errors import (
 )
 from .events import Request
 from .extensions import Extension, parse_extensions
+from .speedups import compiled
 
 __all__ = [
     "GUID", "HeadReader", "accept_key", "build_accept", "build_request", "build_response",
@@ -64,17 +66,19 @@ _SHARED = {
         "GET",
     )
 }  # fmt: skip
-#: Header lines as sent -> their field: Host, Upgrade, Connection, the version, the
+#: the same strings by themselves, for lookups after decoding (``head_fields``)
+_SHARED_TEXT = {text: text for text in _SHARED.values()}
+#: Fields seen before -> the same tuple: Host, Upgrade, Connection, the version, the
 #: browser's User-Agent... repeat on every connection, and each open one keeps its
-#: ``Request``. Bounded: ``_CACHED`` names only, values of at most 64 bytes,
-#: ``SEEN_FIELDS_MAX`` lines (then it starts over: odd lines cannot keep common ones out).
-_SEEN_FIELDS: dict[tuple[bytes, bytes], tuple[str, str]] = {}
-SEEN_FIELDS_MAX = 256
+#: ``Request``. Bounded: ``_CACHED`` names only, names of at most 32 and values of at most
+#: 64 characters (a long line is never even hashed for it), ``SEEN_FIELDS_MAX`` fields, then
+#: it starts over (odd lines cannot keep common ones out). The compiled scan keeps the same.
+_SEEN_FIELDS: dict[tuple[str, str], tuple[str, str]] = {}
+SEEN_FIELDS_MAX = 256  # the compiled scan's SEEN_FIELDS_MAX
 _SEEN_TARGETS: dict[bytes, str] = {}  # the same for request targets (bounded alike)
 #: the header names whose lines are cached: common ones, never keys, cookies or credentials
 _CACHED = frozenset(
-    name.encode()
-    for name in (
+    (
         "host", "upgrade", "connection", "sec-websocket-version", "sec-websocket-protocol",
         "sec-websocket-extensions", "origin", "user-agent", "accept", "accept-encoding",
         "accept-language", "cache-control", "pragma",
@@ -82,12 +86,24 @@ _CACHED = frozenset(
 )  # fmt: skip
 _TARGET_B = re.compile(rb"[\x21-\x22\x24-\x7e]+")  # visible ASCII except "#"
 _VERSION_B = re.compile(rb"HTTP/([0-9])\.([0-9])")
+#: a whole valid request line in one match: no part may hold a space, so it matches exactly
+#: when the line splits into three parts that each match their own pattern above
+_REQUEST_LINE_B = re.compile(
+    f"([{_TCHAR}]+) ([\\x21-\\x22\\x24-\\x7e]+) HTTP/([0-9])\\.([0-9])".encode()
+)
 _STATUS_B = re.compile(rb"HTTP/1\.[0-9] ([0-9]{3})(?: [\t\x20-\x7e\x80-\xff]*)?")
 _ABSOLUTE = re.compile(r"(?:https?|wss?)://[^/?]+", re.IGNORECASE)
 _ONCE = ("Host", "Upgrade", "Sec-WebSocket-Key", "Sec-WebSocket-Version")
 _UPGRADE, _CONNECTION = ("Upgrade", "websocket"), ("Connection", "Upgrade")
 _VERSION = ("Sec-WebSocket-Version", "13")
 TEXT_PLAIN = "text/plain; charset=utf-8"
+_sha1 = hashlib.sha1
+#: A canonical ``Sec-WebSocket-Key``: 24 base64 characters that decode to 16 bytes, so the
+#: 22nd carries 2 data bits and 4 zero bits (one of A, Q, g, w), then "==" (§4.2.1 item 5).
+#: Exactly the keys that decode strictly to 16 bytes and re-encode to themselves.
+_KEY = re.compile(r"[A-Za-z0-9+/]{21}[AQgw]==")
+#: The 101 without a subprotocol, extension or extra header: only the accept value varies.
+_ACCEPT_HEAD = "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
 
 REASONS = {
     101: "Switching Protocols", 200: "OK", 204: "No Content", 301: "Moved Permanently",
@@ -102,7 +118,7 @@ REASONS = {
 
 def accept_key(key: str) -> str:
     """Return ``base64(sha1(key + GUID))`` for the key string as sent, not decoded (§4.2.2)."""
-    return base64.b64encode(hashlib.sha1((key + GUID).encode("ascii")).digest()).decode()
+    return binascii.b2a_base64(_sha1((key + GUID).encode("ascii")).digest(), newline=False).decode()
 
 
 def make_key(random_bytes: Callable[[int], bytes] = os.urandom) -> str:
@@ -201,9 +217,28 @@ def _parse_head(head: bytes) -> tuple[bytes, tuple[tuple[str, str], ...], Index]
     if not sep:
         return start, (), {}
     block += b"\r\n"
-    if _FIELDS_B.fullmatch(block):  # every line valid: one scan finds them all
-        return start, *_collect(_FIELD_B.findall(block))
+    found = _head_fields(block, _SHARED_TEXT, _SEEN_FIELDS, _CACHED)  # all valid: one scan
+    if found is not None:
+        return start, *found
     return start, *_collect(_checked_lines(block))
+
+
+def head_fields_python(
+    block: bytes,
+    shared: dict[str, str],
+    seen: dict[tuple[str, str], tuple[str, str]],
+    cached: frozenset[str],
+) -> tuple[tuple[tuple[str, str], ...], Index] | None:
+    """The fields and index of ``block`` (``name:value CRLF`` lines) when every line is
+    valid, strings found in ``shared`` taken from it, fields found in ``seen`` too (short
+    fields named in ``cached`` are added, as ``_collect`` does); None when any line is
+    unusual.
+
+    The definition of the compiled ``_speedups.head_fields``, which ``_parse_head`` uses
+    when it is built."""
+    if not _FIELDS_B.fullmatch(block):
+        return None
+    return _collect(_FIELD_B.findall(block), shared, seen, cached)
 
 
 def _checked_lines(block: bytes) -> list[tuple[bytes, bytes]]:
@@ -225,26 +260,29 @@ def _checked_lines(block: bytes) -> list[tuple[bytes, bytes]]:
     return pairs
 
 
-def _collect(pairs: Iterable[tuple[bytes, bytes]]) -> tuple[tuple[tuple[str, str], ...], Index]:
+def _collect(
+    pairs: Iterable[tuple[bytes, bytes]],
+    shared: dict[str, str] = _SHARED_TEXT,
+    seen: dict[tuple[str, str], tuple[str, str]] = _SEEN_FIELDS,
+    cached: frozenset[str] = _CACHED,
+) -> tuple[tuple[tuple[str, str], ...], Index]:
     """Valid raw ``(name, value)`` pairs as fields (lower-cased name, trimmed value, common
     strings shared) and their index by name. A field line seen before is the same tuple
     (``_SEEN_FIELDS``): every open connection keeps its ``Request``."""
     fields: list[tuple[str, str]] = []
     index: Index = {}
-    seen = _SEEN_FIELDS
-    for pair in pairs:
-        short = len(pair[1]) <= 64 and len(pair[0]) <= 32  # never hash a long line for it
-        field = seen.get(pair) if short else None
-        if field is None:
-            name, value = pair[0].lower(), pair[1].strip(b" \t")
-            field = (
-                _SHARED.get(name) or name.decode("ascii"),
-                _SHARED.get(value) or value.decode("latin-1"),
-            )
-            if short and name in _CACHED:
+    for raw_name, raw_value in pairs:
+        name = raw_name.lower().decode("ascii")
+        value = raw_value.strip(b" \t").decode("latin-1")
+        field = (shared.get(name, name), shared.get(value, value))
+        if len(name) <= 32 and len(value) <= 64:  # never hash a long line for it
+            same = seen.get(field)
+            if same is not None:
+                field = same
+            elif name in cached:
                 if len(seen) >= SEEN_FIELDS_MAX:
                     seen.clear()  # full (odd lines, or junk sent on purpose): learn again
-                seen[pair] = field
+                seen[field] = field
         fields.append(field)
         index.setdefault(field[0], []).append(field[1])
     return tuple(fields), index
@@ -269,6 +307,14 @@ def _split_target(target: str) -> tuple[str, str, str]:
 
 
 def _parse_request_line(line: bytes) -> tuple[str, str, tuple[int, int]]:
+    if match := _REQUEST_LINE_B.fullmatch(line):  # the usual case: one C-level match
+        method, target, major, minor = match.groups()
+        return _SHARED.get(method) or method.decode(), _target(target), (int(major), int(minor))
+    return _split_request_line(line)
+
+
+def _split_request_line(line: bytes) -> tuple[str, str, tuple[int, int]]:
+    """``_parse_request_line`` part by part: the definition its one match must agree with."""
     parts = line.split(b" ")
     if len(parts) != 3:
         raise HandshakeError("Malformed request line")
@@ -331,6 +377,12 @@ def parse_request(head: bytes, *, http: bool = False) -> Request:
 
 def _check_upgrade(index: Index) -> None:
     """Check items 2, 3, 4 and 6 of RFC 6455 §4.2.1 and the §11.3 single-header rules."""
+    if not _plain_upgrade(index):
+        _upgrade_checks(index)
+
+
+def _upgrade_checks(index: Index) -> None:
+    """Every check of ``_check_upgrade`` in RFC order, each with its precise error."""
     for name in _ONCE:
         # 11.3.1/11.3.5: "... MUST NOT appear more than once in an HTTP request"
         # (and RFC 7230 §5.4 for Host)
@@ -359,24 +411,52 @@ def _check_upgrade(index: Index) -> None:
         raise UpgradeRequired("Unsupported WebSocket version")
 
 
+def _plain_upgrade(index: Index) -> bool:
+    """True for the usual head, which passes every check of ``_check_upgrade``: one Host,
+    ``Connection: Upgrade``, ``Upgrade: websocket``, version 13 and at most one key. Any
+    other head (False) gets the full checks and their precise errors."""
+    host = index.get("host")
+    return (
+        host is not None
+        and len(host) == 1
+        and host[0] != ""
+        and index.get("connection") in _PLAIN_CONNECTION
+        and index.get("upgrade") in _PLAIN_UPGRADE
+        and index.get("sec-websocket-version") == _PLAIN_VERSION
+        and len(index.get("sec-websocket-key", ())) <= 1
+    )
+
+
+_PLAIN_CONNECTION = (["Upgrade"], ["upgrade"])
+_PLAIN_UPGRADE = (["websocket"],)
+_PLAIN_VERSION = ["13"]
+
+
 def _check_key(index: Index) -> str:
     # 4.2.1 item 5: "A |Sec-WebSocket-Key| header field with a base64-encoded ... value
     # that, when decoded, is 16 bytes in length."
     if "sec-websocket-key" not in index:
         raise HandshakeError("Missing Sec-WebSocket-Key header")
     key = index["sec-websocket-key"][0]
-    try:
-        raw = base64.b64decode(key, validate=True)
-    except ValueError:
-        raw = b""
-    # 24 characters and canonical: re-encoding must give the key back exactly
-    if len(key) != 24 or len(raw) != 16 or base64.b64encode(raw).decode() != key:
+    # one match for the usual key; the decoding check defines the answer for the rest
+    if not _KEY.fullmatch(key) and not _is_canonical_key(key):
         raise HandshakeError("Invalid Sec-WebSocket-Key format")
     return key
 
 
+def _is_canonical_key(key: str) -> bool:
+    """24 characters that decode to 16 bytes and re-encode to themselves exactly."""
+    try:
+        raw = base64.b64decode(key, validate=True)
+    except ValueError:
+        raw = b""
+    return len(key) == 24 and len(raw) == 16 and base64.b64encode(raw).decode() == key
+
+
 def _parse_subprotocols(values: list[str]) -> tuple[str, ...]:
     # 11.3.4: several headers are "logically the same as a single ... header field"
+    if not values:
+        return ()
     offers = [_comma_list([value]) for value in values]
     if not all(items and all(_TOKEN.fullmatch(item) for item in items) for items in offers):
         raise HandshakeError("Invalid Sec-WebSocket-Protocol header")
@@ -385,6 +465,8 @@ def _parse_subprotocols(values: list[str]) -> tuple[str, ...]:
 
 def _parse_extensions(values: list[str]) -> tuple[Extension, ...]:
     # 9.1: several headers are "exactly equivalent" to one comma-joined header
+    if not values:
+        return ()
     try:
         return tuple(ext for value in values for ext in parse_extensions(value))
     except ValueError as exc:
@@ -425,6 +507,16 @@ def build_accept(
     ``Sec-WebSocket-Protocol``/``-Extensions`` appear only when non-empty. Raises ValueError
     for a header name that is not a token or a value with CR, LF or other controls.
     """
+    if not subprotocol and not extensions and type(headers) is tuple and not headers:
+        # the usual 101: fixed text around a base64 value (nothing there can split a head)
+        return f"{_ACCEPT_HEAD}Sec-WebSocket-Accept: {accept_key(key)}\r\n\r\n".encode("ascii")
+    return _build_accept_head(key, subprotocol, extensions, headers)
+
+
+def _build_accept_head(
+    key: str, subprotocol: str | None, extensions: str, headers: Headers
+) -> bytes:
+    """``build_accept`` field by field, every field checked (the general case)."""
     fields = [_UPGRADE, _CONNECTION, ("Sec-WebSocket-Accept", accept_key(key))]
     if subprotocol:
         if not _TOKEN.fullmatch(subprotocol):
@@ -565,3 +657,10 @@ def _check_response_headers(index: Index, key: str, offered: Sequence[str]) -> N
     except ValueError as exc:
         raise InvalidHandshakeResponse(str(exc)) from None
     return (protocols[0] if protocols else None), extensions[0]
+
+
+#: the compiled field scan when built (and not switched off), else its twin above
+_head_fields: Callable[
+    [bytes, dict[str, str], dict[tuple[str, str], tuple[str, str]], frozenset[str]],
+    tuple[tuple[tuple[str, str], ...], Index] | None,
+] = compiled.head_fields if compiled is not None else head_fields_python
