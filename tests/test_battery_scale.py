@@ -419,7 +419,7 @@ def test_bp01_one_stalled_subscriber_among_a_thousand(
 
     run_phase(rate)  # warm-up: buffers and greenlet stacks reach their steady size
     # A stall of the server's process by other work on the machine delays every copy of
-    # what is published meanwhile: one slice (5 messages) is 1 % of a phase, so one such
+    # what is published meanwhile: one slice (5 messages) is 1 % of a CI phase, so one such
     # stall anywhere sets the p99 (seen: 202-211 ms against baselines of 48-55 ms, in 2 of
     # 10 runs on a loaded machine). A slowdown the stalled member causes shows in every
     # attempt: up to ATTEMPTS pairs of phases are measured, each with a fresh stalled member
