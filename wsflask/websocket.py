@@ -340,11 +340,15 @@ class WebSocket:
             return self._recv_raw(self._raw)
         self._reading = True
         timer = Timeout(wait) if wait is not None else None
+        size = self._config.read_size
         try:
+            if not self._drained:  # a full read: the other ready connections read first
+                gevent.sleep(0)
             if timer is None:
-                return bytes(self._sock.recv(self._config.read_size))
-            with timer:
-                return bytes(self._sock.recv(self._config.read_size))
+                data = bytes(self._sock.recv(size))
+            else:
+                with timer:
+                    data = bytes(self._sock.recv(size))
         except Timeout as exc:
             if exc is not timer:
                 raise
@@ -353,19 +357,25 @@ class WebSocket:
             return b""
         finally:
             self._reading = False
+        self._drained = len(data) < size
+        return data
 
     def _recv_raw(self, raw: Any) -> bytes:
         """Plain TCP, no deadline: the OS socket and the hub directly, no gevent layers.
 
         Waits first when the last read drained the kernel (the usual case: a whole read
-        costs one ``recv`` and no ``EAGAIN``); reads first after a full read. The shallow
-        wait keeps the greenlet's saved C stack small while it is idle.
+        costs one ``recv`` and no ``EAGAIN``); after a full read, yields to the hub and then
+        reads first: one read per wake-up, so a peer that keeps the socket full cannot hold
+        the hub while other connections wait (CF-02). The shallow wait keeps the greenlet's
+        saved C stack small while it is idle.
         """
         sock, size = self._sock, self._config.read_size
         self._reading = True
         try:
             if self._drained:
                 _wait_readable(sock)
+            else:  # a full read: the other ready connections read first
+                gevent.sleep(0)
             while True:
                 try:
                     data: bytes = raw.recv(size)

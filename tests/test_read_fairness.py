@@ -1,0 +1,75 @@
+"""A connection whose peer keeps its socket full cannot hold the hub: one read per wake-up.
+
+``read_size`` is the bytes a connection reads per wake-up. Before a connection reads again
+after a full read, every other ready connection gets its read: two peers whose data already
+sits in the kernel are read in alternation, not one to the end and then the other. (Found
+with ``loadtests/cf02_ping_flood_bench.py``: with 100 ping flooders one hub turn ran each
+flooder's greenlet for up to 44 reads of 64 KiB, and the canary waited 0.4-2 s for that
+turn.) Covers the plain-TCP read (``for message in ws``) and the deadline read
+(``receive(timeout=...)``). It does not measure latency: that is the benchmark's job.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import gevent.event
+import pytest
+from helpers import wait_until
+
+from wsflask.config import Config
+from wsflask.server import Server
+from wsflask.websocket import WebSocket
+
+READ = 1024  # the smallest read_size: one read holds less than one of the frames below
+MESSAGES = 24
+PAYLOAD = b"x" * READ  # a masked frame of it is 8 + 1024 bytes: one message per read at most
+
+
+def _masked(payload: bytes) -> bytes:
+    return b"\x82\xfe" + len(payload).to_bytes(2, "big") + b"\x00\x00\x00\x00" + payload
+
+
+def _longest_run(log: list[str]) -> int:
+    """The most consecutive entries from one connection."""
+    longest = run = 0
+    for i, name in enumerate(log):
+        run = run + 1 if i and log[i - 1] == name else 1
+        longest = max(longest, run)
+    return longest
+
+
+@pytest.mark.parametrize("deadline", [False, True], ids=["iterate", "receive_timeout"])
+def test_two_full_sockets_are_read_in_alternation(
+    serve: Callable[..., Server], raw_peer: Callable[..., Any], deadline: bool
+) -> None:
+    log: list[str] = []
+    reading: dict[str, WebSocket] = {}
+    done = gevent.event.Event()
+
+    def handler(ws: WebSocket) -> None:
+        name = ws.request.path if ws.request is not None else "?"
+        reading[name] = ws
+        for _ in range(MESSAGES):
+            message = ws.receive(timeout=10) if deadline else ws.receive()
+            assert message == PAYLOAD
+            log.append(name)
+        if len(log) == 2 * MESSAGES:
+            done.set()
+
+    config = Config(port=0, read_size=READ, close_timeout=0.5, ping_interval=86400)
+    server = serve(handler, config=config)
+    peers = [raw_peer(server.server_port) for _ in range(2)]
+    for peer, path in zip(peers, ("/a", "/b"), strict=True):
+        assert peer.request(path).startswith(b"HTTP/1.1 101")
+    # Both handlers wait in their read: the data below reaches the kernel before either wakes
+    wait_until(lambda: len(reading) == 2 and all(ws._reading for ws in reading.values()), 5)
+    burst = _masked(PAYLOAD) * MESSAGES  # 24.2 KB: the kernel takes it without a wait
+    for peer in peers:
+        peer.sock.sendall(burst)
+    assert done.wait(10), f"{len(log)} of {2 * MESSAGES} messages"
+    # Until one connection is done, neither runs twice in a row more than one read's worth
+    # (one message per read); before, one read all 24 while the other waited.
+    first_done = min(i for i in range(len(log)) if log[: i + 1].count(log[i]) == MESSAGES)
+    assert _longest_run(log[: first_done + 1]) <= 2, "".join(n[1] for n in log)
