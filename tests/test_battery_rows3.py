@@ -122,7 +122,9 @@ def test_hs10_negotiation_cpu_is_linear_in_the_offer_count(valid_last: bool) -> 
         assert chosen == ANSWER, chosen
     else:
         assert chosen is None, chosen
-    ratio = cpu_ratio(lambda: _negotiate(small), lambda: _negotiate(large), within=5.75)
+    # one large negotiation is ~35 ms: many short samples, so the best is an undisturbed one
+    work = (lambda: _negotiate(small)), (lambda: _negotiate(large))
+    ratio = cpu_ratio(*work, within=5.75, samples=21, min_sample=0.005)
     assert ratio <= 5.75, f"5x offers cost {ratio:.2f}x CPU"
 
 

@@ -117,6 +117,9 @@ class CountingSocket:
         self.sends.append(sent)
         return sent
 
+    def __getattr__(self, name: str) -> Any:  # recv, fileno...: the socket's own
+        return getattr(self.raw, name)
+
 
 def counted(server: Any) -> tuple[Transport, CountingSocket]:
     transport = Transport(server, limit=1 << 20)
