@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import importlib
+import os
 import random
 from collections.abc import Iterator
+from types import ModuleType
 
 import pytest
 
@@ -70,3 +73,30 @@ def side(request: pytest.FixtureRequest) -> Side:
 @pytest.fixture(params=["whole", "bytes", "random"])
 def mode(request: pytest.FixtureRequest) -> str:
     return request.param  # type: ignore[no-any-return]
+
+
+HINT = (
+    "wsflask.protocol._speedups is not built: run `.venv/bin/pip install -e .` (or "
+    "`.venv/bin/python setup.py build_ext --inplace`) with a C compiler and Python headers"
+)
+
+
+def _load_compiled() -> ModuleType | None:
+    try:
+        return importlib.import_module("wsflask.protocol._speedups")
+    except ImportError:
+        return None
+
+
+_COMPILED = _load_compiled()
+
+
+@pytest.fixture(scope="module")
+def c() -> ModuleType:
+    """The compiled module, imported directly (so also under ``WSFLASK_NO_EXTENSIONS=1``);
+    a missing build skips locally and fails in CI."""
+    if _COMPILED is None:
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(HINT)
+        pytest.skip(HINT)
+    return _COMPILED

@@ -9,7 +9,6 @@ fail under ``CI=true``, where a missing build is a broken build.
 from __future__ import annotations
 
 import gc
-import importlib
 import os
 import tracemalloc
 from collections.abc import Callable, Iterator
@@ -31,31 +30,6 @@ from wsflask.protocol.mask import (
 )
 
 from .conftest import feed, open_pair, splits
-
-HINT = (
-    "wsflask.protocol._speedups is not built: run `.venv/bin/pip install -e .` (or "
-    "`.venv/bin/python setup.py build_ext --inplace`) with a C compiler and Python headers"
-)
-
-
-def _load() -> ModuleType | None:
-    try:
-        return importlib.import_module("wsflask.protocol._speedups")
-    except ImportError:
-        return None
-
-
-_C = _load()
-
-
-@pytest.fixture(scope="module")
-def c() -> ModuleType:
-    """The compiled module; a missing build skips locally and fails in CI."""
-    if _C is None:
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(HINT)
-        pytest.skip(HINT)
-    return _C
 
 
 def outcome(fn: object, *args: object, **kwargs: object) -> tuple[str, object]:

@@ -9,8 +9,6 @@ runs under ``WSFLASK_NO_EXTENSIONS=1`` too; without the build it skips (fails in
 from __future__ import annotations
 
 import gc
-import importlib
-import os
 import tracemalloc
 from types import ModuleType
 
@@ -19,29 +17,6 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from wsflask.protocol import handshake
-
-from .test_speedups import HINT
-
-
-def _load() -> ModuleType | None:
-    try:
-        return importlib.import_module("wsflask.protocol._speedups")
-    except ImportError:
-        return None
-
-
-_C = _load()
-
-
-@pytest.fixture(scope="module")
-def c() -> ModuleType:
-    """The compiled module; a missing build skips locally and fails in CI."""
-    if _C is None:
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(HINT)
-        pytest.skip(HINT)
-    return _C
-
 
 SHARED = handshake._SHARED_TEXT
 # the bytes field lines are made of, hostile ones included: every CTL class, DEL, obs-text
