@@ -21,7 +21,6 @@ import argparse
 import json
 import os
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -29,6 +28,8 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+
+from rivals import WSLOAD, cpu_ticks, free_port, wait_port  # this folder: run as a script
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -50,33 +51,9 @@ class Cell:
     p99_us: float
 
 
-def _ticks(pid: int) -> int:
-    text = Path(f"/proc/{pid}/stat").read_text()
-    fields = text[text.rindex(")") + 2 :].split()
-    return int(fields[11]) + int(fields[12])
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-def _wait_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and proc.poll() is None:
-        try:
-            socket.create_connection(("127.0.0.1", port), 0.2).close()
-            return
-        except OSError:
-            time.sleep(0.1)
-    raise SystemExit(f"server did not listen on {port}")
-
-
 def measure(target: Target, wsload: Path, duration: float, concurrency: int) -> Cell:
     """One cell: a fresh server, one wsload run, the server's CPU over exactly that run."""
-    port = _free_port()
+    port = free_port()
     env = dict(os.environ)
     if target.pythonpath:
         env["PYTHONPATH"] = target.pythonpath
@@ -87,16 +64,17 @@ def measure(target: Target, wsload: Path, duration: float, concurrency: int) -> 
         stderr=subprocess.DEVNULL,
     )
     try:
-        _wait_port(port, server)
+        if not wait_port(port, server):
+            raise SystemExit(f"server did not listen on {port}")
         time.sleep(0.3)  # imports settled
-        before = _ticks(server.pid)
+        before = cpu_ticks(server.pid)
         out = subprocess.run(
             ["taskset", "-c", "1", str(wsload), "--port", str(port), "-d", str(duration),
              "--warmup", "0", "--label", "handshake", "--mode", "handshake",
              "--concurrency", str(concurrency)],
             capture_output=True, text=True, timeout=duration + 60, check=True,
         ).stdout  # fmt: skip
-        after = _ticks(server.pid)
+        after = cpu_ticks(server.pid)
     finally:
         server.send_signal(signal.SIGTERM)
         try:
@@ -136,7 +114,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--no-calibration", action="store_true")
     p.add_argument("--no-aiohttp", action="store_true")
     args = p.parse_args(argv)
-    wsload = HERE / "build" / "wsload"
+    wsload = WSLOAD
     if not wsload.exists():
         raise SystemExit("build loadtests/build/wsload first (rivals.py does)")
     targets = _targets(args)

@@ -32,6 +32,15 @@ BACKPLANE_FAST: dict[str, Any] = {
 }
 
 
+#: quick timeouts for a test's own ``Config(**SERVER_FAST, ...)`` on an ephemeral port
+SERVER_FAST: dict[str, Any] = {
+    "port": 0,
+    "close_timeout": 1.0,
+    "handshake_timeout": 2.0,
+    "shutdown_grace": 1.0,
+}
+
+
 def join_chat(client: Any, room: str = "t") -> Any:
     """Connect ``client`` (a ``chat_nodes`` test client) to ``/r/<room>``, past its hello."""
     ws = client.connect(f"/r/{room}")

@@ -10,7 +10,7 @@ import time
 from typing import Any
 
 import pytest
-from helpers import wait_until
+from helpers import SERVER_FAST, wait_until
 
 from wsflask.admission import Admission
 from wsflask.client import connect
@@ -20,13 +20,6 @@ from wsflask.server import Upgrade
 from wsflask.websocket import WebSocket
 
 pytestmark = pytest.mark.usefixtures("test_deadline")
-
-FAST: dict[str, Any] = {
-    "port": 0,
-    "close_timeout": 1.0,
-    "handshake_timeout": 2.0,
-    "shutdown_grace": 1.0,
-}
 
 
 class Clock:
@@ -59,7 +52,7 @@ def start(serve: Any, config: Config, *, probe: Any = None, clock: Any = None, *
 
 def test_rate_limit_answers_429_then_recovers_after_the_window(serve: Any) -> None:
     clock = Clock()
-    config = Config(**FAST, connection_rate_per_ip=5, connection_rate_window=1.0)
+    config = Config(**SERVER_FAST, connection_rate_per_ip=5, connection_rate_window=1.0)
     server = start(serve, config, clock=clock)
     clients = [connect(url(server), timeout=5) for _ in range(5)]
     rejection = refused(server)
@@ -72,7 +65,7 @@ def test_rate_limit_answers_429_then_recovers_after_the_window(serve: Any) -> No
 
 
 def test_full_server_accepts_again_only_below_95_percent(serve: Any) -> None:
-    server = start(serve, Config(**FAST, max_connections=20))
+    server = start(serve, Config(**SERVER_FAST, max_connections=20))
     clients = [connect(url(server), timeout=5) for _ in range(20)]
     assert refused(server).status == 503
     clients.pop().close()
@@ -95,7 +88,7 @@ def _handshake_seconds(server: Any) -> float:
 
 def test_soft_limit_delays_acceptance_above_80_percent(serve: Any) -> None:
     delay = 0.2
-    config = Config(**FAST, max_connections=10, new_connection_delay=delay)
+    config = Config(**SERVER_FAST, max_connections=10, new_connection_delay=delay)
     server = start(serve, config)
     clients = [connect(url(server), timeout=5) for _ in range(8)]  # 8 of 10: not above 80 %
     clients.append(connect(url(server), timeout=5))  # 9: above 80 % from now on
@@ -114,7 +107,7 @@ def test_soft_limit_delays_acceptance_above_80_percent(serve: Any) -> None:
 def test_memory_pressure_answers_503_insufficient_resources(serve: Any, raw_peer: Any) -> None:
     clock = Clock()
     sample = {"memory": 0.5, "fds": 0.1}
-    config = Config(**FAST, resource_threshold=0.85)
+    config = Config(**SERVER_FAST, resource_threshold=0.85)
     server = start(serve, config, probe=lambda: dict(sample), clock=clock)
     connect(url(server), timeout=5).close()
     sample["memory"] = 0.9
@@ -136,7 +129,7 @@ def test_resource_probe_is_sampled_at_most_once_a_second(serve: Any) -> None:
         calls.append(clock.now)
         return {"fds": 0.1}
 
-    server = start(serve, Config(**FAST), probe=probe, clock=clock)  # default threshold 0.95
+    server = start(serve, Config(**SERVER_FAST), probe=probe, clock=clock)  # default threshold 0.95
     for _ in range(3):
         connect(url(server), timeout=5).close()
     assert len(calls) == 1
@@ -150,7 +143,7 @@ def test_reserved_slots_admit_priority_connections_when_full(serve: Any) -> None
         # a before_upgrade hook's session: {"priority": True} for operators
         return Upgrade(echo, session={"priority": request.path == "/ops"})
 
-    config = Config(**FAST, max_connections=10, reserved_connections=1)
+    config = Config(**SERVER_FAST, max_connections=10, reserved_connections=1)
     admission = Admission(config, probe=lambda: {}, clock=Clock())
     server = serve(resolve=resolve, config=config, admission=admission)
     clients = [connect(url(server), timeout=5) for _ in range(9)]

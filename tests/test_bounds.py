@@ -19,7 +19,7 @@ import gevent
 import gevent.event
 import pytest
 from gevent.queue import Queue
-from helpers import wait_until
+from helpers import SERVER_FAST, wait_until
 
 from wsflask import App
 from wsflask.client import connect
@@ -32,12 +32,6 @@ from wsflask.websocket import WebSocket
 
 pytestmark = pytest.mark.usefixtures("test_deadline")
 
-FAST: dict[str, Any] = {
-    "port": 0,
-    "close_timeout": 1.0,
-    "handshake_timeout": 2.0,
-    "shutdown_grace": 1.0,
-}
 MASK = b"\x01\x02\x03\x04"
 
 
@@ -73,7 +67,7 @@ def close_code_of(peer: Any) -> int:
 
 def test_fragment_timeout_closes_1008_and_frees_the_budget(serve: Any, raw_peer: Any) -> None:
     holder: Queue = Queue()
-    server = serve(holding(holder), config=Config(**FAST, fragment_timeout=0.4))
+    server = serve(holding(holder), config=Config(**SERVER_FAST, fragment_timeout=0.4))
     assert server.deadlines.tick == pytest.approx(0.1)
     peer = raw_peer(server.server_port)
     assert peer.request().startswith(b"HTTP/1.1 101")
@@ -92,7 +86,7 @@ def test_fragment_timeout_closes_1008_and_frees_the_budget(serve: Any, raw_peer:
 
 def test_fragment_deadline_with_an_injected_clock(serve: Any, raw_peer: Any) -> None:
     holder: Queue = Queue()
-    server = serve(holding(holder), config=Config(**FAST))  # the default: 30 s
+    server = serve(holding(holder), config=Config(**SERVER_FAST))  # the default: 30 s
     deadlines = server.deadlines
     clock = deadlines.clock = Clock()
     peer = raw_peer(server.server_port)
@@ -120,7 +114,7 @@ def test_fragment_deadline_with_an_injected_clock(serve: Any, raw_peer: Any) -> 
 
 def test_fragment_timeout_zero_disables_it(serve: Any, raw_peer: Any) -> None:
     holder: Queue = Queue()
-    server = serve(holding(holder), config=Config(**FAST, fragment_timeout=0))
+    server = serve(holding(holder), config=Config(**SERVER_FAST, fragment_timeout=0))
     clock = server.deadlines.clock = Clock()
     peer = raw_peer(server.server_port)
     assert peer.request().startswith(b"HTTP/1.1 101")
@@ -190,7 +184,9 @@ def test_send_blocked_on_a_stalled_reader_fails_after_write_timeout(
             outcome.put((exc.code, time.monotonic() - started))
 
     metrics = Metrics()
-    config = Config(**FAST, write_timeout=0.3, max_backpressure=64 * 1024, ping_interval=3600)
+    config = Config(
+        **SERVER_FAST, write_timeout=0.3, max_backpressure=64 * 1024, ping_interval=3600
+    )
     server = serve(flood, config=config, metrics=metrics)
     peer = raw_peer(server.server_port, rcvbuf=4096)
     assert peer.request().startswith(b"HTTP/1.1 101")
@@ -207,7 +203,9 @@ def test_write_timeout_does_not_touch_a_reader_that_keeps_up(serve: Any) -> None
             ws.send(b"q" * 65536)
         ws.receive()
 
-    server = serve(burst, config=Config(**FAST, write_timeout=0.2, max_backpressure=64 * 1024))
+    server = serve(
+        burst, config=Config(**SERVER_FAST, write_timeout=0.2, max_backpressure=64 * 1024)
+    )
     client = connect(f"ws://127.0.0.1:{server.server_port}/", timeout=5)
     for _ in range(200):
         gevent.sleep(0.002)  # a slow but steady reader: each wait is short
@@ -259,7 +257,7 @@ def test_outbound_message_over_max_message_size_is_refused(app_factory: Callable
 @pytest.mark.parametrize("enabled", [True, False])
 def test_accepted_sockets_have_keepalive(serve: Any, enabled: bool) -> None:
     holder: Queue = Queue()
-    server = serve(holding(holder), config=Config(**FAST, tcp_keepalive=enabled))
+    server = serve(holding(holder), config=Config(**SERVER_FAST, tcp_keepalive=enabled))
     client = connect(f"ws://127.0.0.1:{server.server_port}/", timeout=5)
     ws = holder.get(timeout=5)
     assert ws.transport.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) == int(enabled)
@@ -288,7 +286,7 @@ def test_token_bucket_closes_flooder_1008_polite_client_untouched(
     serve: Any, raw_peer: Any
 ) -> None:
     holder: Queue = Queue()
-    config = Config(**FAST, max_messages_per_second=10, message_burst=20)
+    config = Config(**SERVER_FAST, max_messages_per_second=10, message_burst=20)
     server = serve(holding(holder), config=config)
     polite = connect(f"ws://127.0.0.1:{server.server_port}/", timeout=5)
     for index in range(20):  # the whole burst, answered one by one
@@ -311,7 +309,7 @@ def test_token_bucket_closes_flooder_1008_polite_client_untouched(
 
 def test_message_rate_off_by_default(serve: Any, raw_peer: Any) -> None:
     holder: Queue = Queue()
-    server = serve(holding(holder), config=Config(**FAST))
+    server = serve(holding(holder), config=Config(**SERVER_FAST))
     peer = raw_peer(server.server_port)
     assert peer.request().startswith(b"HTTP/1.1 101")
     ws = holder.get(timeout=5)

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from typing import Any, cast
 
 import pytest
-from helpers import wait_until
+from helpers import SERVER_FAST, wait_until
 
 from wsflask import App
 from wsflask.admission import Admission
@@ -33,13 +33,6 @@ from wsflask.server import Upgrade
 from wsflask.websocket import WebSocket
 
 pytestmark = pytest.mark.usefixtures("test_deadline")
-
-FAST: dict[str, Any] = {
-    "port": 0,
-    "close_timeout": 1.0,
-    "handshake_timeout": 2.0,
-    "shutdown_grace": 1.0,
-}
 
 
 class Clock:
@@ -132,7 +125,7 @@ def priority_resolver(request: Any, address: Any) -> Upgrade:
 
 def test_shedding_closes_low_priority_idle_first_and_stops_below_threshold(serve: Any) -> None:
     probe = Pressure()
-    server = serve(resolve=priority_resolver, config=Config(**FAST))
+    server = serve(resolve=priority_resolver, config=Config(**SERVER_FAST))
     critical = [connect(url(server, "/critical"), timeout=5) for _ in range(5)]
     low = [connect(url(server), timeout=5) for _ in range(15)]
     wait_until(lambda: len(server.connections) == 20, timeout=5)
@@ -179,7 +172,7 @@ def test_handshake_circuit_opens_on_error_rate_and_half_opens(serve: Any) -> Non
 
     metrics = Metrics()
     breaker = CircuitBreaker(3, 5.0, clock=clock)
-    server = serve(resolve=resolve, config=Config(**FAST), breaker=breaker, metrics=metrics)
+    server = serve(resolve=resolve, config=Config(**SERVER_FAST), breaker=breaker, metrics=metrics)
     statuses = []
     for _ in range(5):
         with pytest.raises(HandshakeRejected) as info:
@@ -206,7 +199,7 @@ def test_client_errors_do_not_trip_the_breaker(serve: Any) -> None:
         raise NotFound("nothing here")
 
     breaker = CircuitBreaker(2, 5.0, clock=Clock())
-    server = serve(resolve=resolve, config=Config(**FAST), breaker=breaker)
+    server = serve(resolve=resolve, config=Config(**SERVER_FAST), breaker=breaker)
     for _ in range(4):
         with pytest.raises(HandshakeRejected) as info:
             connect(url(server), timeout=5)

@@ -12,19 +12,13 @@ from typing import Any
 
 import pytest
 from gevent.queue import Queue
+from helpers import SERVER_FAST
 
 from wsflask.client import connect
 from wsflask.config import Config
 from wsflask.websocket import WebSocket
 
 pytestmark = pytest.mark.usefixtures("test_deadline")
-
-FAST: dict[str, Any] = {
-    "port": 0,
-    "close_timeout": 1.0,
-    "handshake_timeout": 2.0,
-    "shutdown_grace": 1.0,
-}
 
 
 def _holding(holder: Queue) -> Callable[[WebSocket], None]:
@@ -65,7 +59,7 @@ def test_every_accepted_socket_has_the_configured_options(
     serve: Callable[..., Any], keepalive: bool
 ) -> None:
     holder: Queue = Queue()
-    server = serve(_holding(holder), config=Config(**FAST, tcp_keepalive=keepalive))
+    server = serve(_holding(holder), config=Config(**SERVER_FAST, tcp_keepalive=keepalive))
     for _ in range(3):  # the first connection checks inheritance, the others rely on it
         nodelay, alive, idle = _accepted(server, holder)
         assert (nodelay, alive) == (1, int(keepalive))
@@ -77,10 +71,10 @@ def test_every_accepted_socket_has_the_configured_options(
 
 def test_a_reload_of_tcp_keepalive_reaches_new_connections(serve: Callable[..., Any]) -> None:
     holder: Queue = Queue()
-    config = Config(**FAST, tcp_keepalive=True)
+    config = Config(**SERVER_FAST, tcp_keepalive=True)
     server = serve(_holding(holder), config=config)
     assert _accepted(server, holder)[:2] == (1, 1)
-    server.apply_config(Config(**FAST, tcp_keepalive=False))
+    server.apply_config(Config(**SERVER_FAST, tcp_keepalive=False))
     assert _accepted(server, holder)[:2] == (1, 0)
     assert _accepted(server, holder)[:2] == (1, 0)
     server.apply_config(config)
@@ -91,7 +85,7 @@ def test_a_listener_whose_options_do_not_carry_over_is_tuned_per_connection(
     serve: Callable[..., Any],
 ) -> None:
     holder: Queue = Queue()
-    server = serve(_holding(holder), config=Config(**FAST, tcp_keepalive=True))
+    server = serve(_holding(holder), config=Config(**SERVER_FAST, tcp_keepalive=True))
     # as on an OS that does not copy them: accepted sockets start without the options
     server.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 0)
     server.socket.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 0)

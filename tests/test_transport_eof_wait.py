@@ -6,32 +6,17 @@ from __future__ import annotations
 
 import socket
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import gevent
 import gevent.event
 import gevent.socket
 import pytest
+from test_transport import pair as pair  # the fixture: a loopback TCP pair
 
 from wsflask.transport import Transport
 
 pytestmark = pytest.mark.usefixtures("test_deadline")
-
-
-@pytest.fixture
-def pair() -> Iterator[tuple[Any, Any]]:
-    """(server side, client side) gevent sockets over loopback TCP."""
-    listener = gevent.socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    listener.listen(1)
-    client = gevent.socket.socket()
-    client.connect(listener.getsockname())
-    server, _ = listener.accept()
-    listener.close()
-    yield server, client
-    client.close()
-    server.close()
 
 
 def _peer_end(client: Any) -> bytes:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import gc
 import importlib
 import os
 import random
-from collections.abc import Iterator
+import tracemalloc
+from collections.abc import Callable, Iterator
 from types import ModuleType
 
 import pytest
@@ -100,3 +102,18 @@ def c() -> ModuleType:
             pytest.fail(HINT)
         pytest.skip(HINT)
     return _COMPILED
+
+
+def bytes_kept(churn: Callable[[], object]) -> int:
+    """Python memory still held after a second ``churn()`` (the first warms caches):
+    compiled code's reference leaks show here (ASan does not track reference counts)."""
+    churn()
+    tracemalloc.start()
+    try:
+        gc.collect()
+        before = tracemalloc.get_traced_memory()[0]
+        churn()
+        gc.collect()
+        return tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()

@@ -8,9 +8,7 @@ fail under ``CI=true``, where a missing build is a broken build.
 
 from __future__ import annotations
 
-import gc
 import os
-import tracemalloc
 from collections.abc import Callable, Iterator
 from itertools import pairwise
 from types import ModuleType
@@ -29,7 +27,7 @@ from wsflask.protocol.mask import (
     apply_mask_reference,
 )
 
-from .conftest import feed, open_pair, splits
+from .conftest import bytes_kept, feed, open_pair, splits
 
 
 def outcome(fn: object, *args: object, **kwargs: object) -> tuple[str, object]:
@@ -467,14 +465,5 @@ def test_no_leak_on_any_path(c: ModuleType) -> None:
             outcome(c.apply_mask, b"data", b"abc")
             outcome(c.apply_mask_inplace, b"read-only", key)
 
-    churn()  # warm caches (interned names, exception machinery)
-    tracemalloc.start()
-    try:
-        gc.collect()
-        before = tracemalloc.get_traced_memory()[0]
-        churn()
-        gc.collect()
-        grown = tracemalloc.get_traced_memory()[0] - before
-    finally:
-        tracemalloc.stop()
+    grown = bytes_kept(churn)
     assert grown < 4096, f"{grown} bytes kept after 500 rounds"

@@ -8,8 +8,6 @@ runs under ``WSFLASK_NO_EXTENSIONS=1`` too; without the build it skips (fails in
 
 from __future__ import annotations
 
-import gc
-import tracemalloc
 from types import ModuleType
 
 import pytest
@@ -17,6 +15,8 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from wsflask.protocol import handshake
+
+from .conftest import bytes_kept
 
 SHARED = handshake._SHARED_TEXT
 # the bytes field lines are made of, hostile ones included: every CTL class, DEL, obs-text
@@ -117,14 +117,5 @@ def test_no_leak_on_any_path(c: ModuleType) -> None:
                 c.head_fields(block, SHARED, seen, CACHED)
 
     seen: Seen = {}
-    churn()  # warm caches first
-    tracemalloc.start()
-    try:
-        gc.collect()
-        before = tracemalloc.get_traced_memory()[0]
-        churn()
-        gc.collect()
-        grown = tracemalloc.get_traced_memory()[0] - before
-    finally:
-        tracemalloc.stop()
+    grown = bytes_kept(churn)
     assert grown < 4096, f"{grown} bytes kept after 500 rounds"
