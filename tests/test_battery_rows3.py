@@ -39,7 +39,7 @@ import gevent
 import gevent.event
 import gevent.subprocess
 import pytest
-from helpers import BACKPLANE_FAST, cpu_ratio, join_chat, require_tool, wait_until
+from helpers import BACKPLANE_FAST, join_chat, require_tool, wait_until
 from test_battery_scale import Canary, open_fds, scale
 
 from wsflask import App
@@ -113,7 +113,6 @@ def _negotiate(head: bytes) -> bytes:
 @pytest.mark.parametrize("valid_last", [False, True])
 def test_hs10_negotiation_cpu_is_linear_in_the_offer_count(valid_last: bool) -> None:
     # 5x the offers: linear costs 5x, n log n ~6x, quadratic 25x.
-    small = _upgrade_head(_offers(2000, valid_last=valid_last))
     large = _upgrade_head(_offers(10_000, valid_last=valid_last))
     response = _negotiate(large)
     assert response.startswith(b"HTTP/1.1 101 "), response[:80]
@@ -122,10 +121,36 @@ def test_hs10_negotiation_cpu_is_linear_in_the_offer_count(valid_last: bool) -> 
         assert chosen == ANSWER, chosen
     else:
         assert chosen is None, chosen
-    # one large negotiation is ~35 ms: many short samples, so the best is an undisturbed one
-    work = (lambda: _negotiate(small)), (lambda: _negotiate(large))
-    ratio = cpu_ratio(*work, within=5.75, samples=21, min_sample=0.005)
+    ratio = _negotiation_ratio_in_a_fresh_process(valid_last)
     assert ratio <= 5.75, f"5x offers cost {ratio:.2f}x CPU"
+
+
+def _negotiation_ratio_in_a_fresh_process(valid_last: bool) -> float:
+    """``cpu_ratio`` of the two negotiations, measured in a new interpreter.
+
+    A 400 KB head's parse touches several MB of fresh objects; in the test session's heap
+    (hundreds of tests' leftovers) the larger input paid up to 16 % more per offer than the
+    smaller (5.82x measured, against 5.04-5.24x in a fresh process), a cost of the heap, not
+    of the parser. One large negotiation is ~35 ms: many short samples, so the best is an
+    undisturbed one.
+    """
+    code = (
+        "import sys; sys.path[:0] = sys.argv[1:2]\n"
+        "from helpers import cpu_ratio\n"
+        "from test_battery_rows3 import _negotiate, _offers, _upgrade_head\n"
+        "valid_last = sys.argv[2] == '1'\n"
+        "small = _upgrade_head(_offers(2000, valid_last=valid_last))\n"
+        "large = _upgrade_head(_offers(10_000, valid_last=valid_last))\n"
+        "work = (lambda: _negotiate(small)), (lambda: _negotiate(large))\n"
+        "print(cpu_ratio(*work, within=5.75, samples=21, min_sample=0.005))\n"
+    )
+    here = str(Path(__file__).resolve().parent)
+    done = subprocess.run(
+        [sys.executable, "-c", code, here, "1" if valid_last else "0"],
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    return float(done.stdout.split()[-1])
 
 
 @pytest.mark.parametrize("offer", HOSTILE)
