@@ -399,17 +399,21 @@ class Connection:
         of ``compress_threshold`` bytes and more, True compresses whatever the size (a
         fragmented message too), False never (a secret next to attacker data, RFC 7692 §8).
         """
-        self._check_sendable()
+        if self.state is not State.OPEN:  # _check_sendable(), inline on the hot path
+            raise InvalidState(f"cannot send in state {self.state.name}")
         if self.deflate is None:  # the hot path: no helper call
-            self._out.append(encode_frame(0x1, data.encode("utf-8"), fin=fin, mask=self._mask()))
+            mask = None if self.side is Side.SERVER else self._mask_source(4)
+            self._out.append(encode_frame(0x1, data.encode("utf-8"), fin=fin, mask=mask))
         else:
             self._out.append(self._data_frame(0x1, data.encode("utf-8"), fin, compress))
 
     def send_binary(self, data: bytes, *, fin: bool = True, compress: bool | None = None) -> None:
         """Send a binary message (or its first fragment); ``compress`` as for ``send_text``."""
-        self._check_sendable()
+        if self.state is not State.OPEN:  # _check_sendable(), inline on the hot path
+            raise InvalidState(f"cannot send in state {self.state.name}")
         if self.deflate is None:
-            self._out.append(encode_frame(0x2, data, fin=fin, mask=self._mask()))
+            mask = None if self.side is Side.SERVER else self._mask_source(4)
+            self._out.append(encode_frame(0x2, data, fin=fin, mask=mask))
         else:
             self._out.append(self._data_frame(0x2, data, fin, compress))
 
