@@ -12,7 +12,7 @@ $(BIN)/python:
 
 # The editable install compiles the optional C speedups in place (setup.py); a change to
 # the C source reinstalls.
-$(STAMP): $(BIN)/python pyproject.toml setup.py wsflask/protocol/_speedups.c
+$(STAMP): $(BIN)/python pyproject.toml setup.py wsflask/protocol/_speedups.c wsflask/_iterator.c
 	$(BIN)/python -m pip install -q -e '.[dev]'
 	touch $(STAMP)
 
@@ -65,7 +65,7 @@ SANITIZE := -fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-om
 asan: $(STAMP)
 	rm -rf $(ASAN_DIR) && mkdir -p $(ASAN_DIR)/tests
 	cp -r wsflask $(ASAN_DIR)/ && cp -r tests/conftest.py tests/helpers.py tests/protocol $(ASAN_DIR)/tests/
-	rm -f $(ASAN_DIR)/wsflask/protocol/_speedups*.so
+	rm -f $(ASAN_DIR)/wsflask/protocol/_speedups*.so $(ASAN_DIR)/wsflask/_iterator*.so
 	CFLAGS="$(SANITIZE) -O1 -g" LDFLAGS="$(SANITIZE)" $(BIN)/python setup.py -q build_ext \
 		--build-lib $(ASAN_DIR) --build-temp $(ASAN_DIR)/tmp
 	cd $(ASAN_DIR) && LD_PRELOAD="$$(gcc -print-file-name=libasan.so)" PYTHONMALLOC=malloc \

@@ -1,6 +1,6 @@
 """Build the optional C speedups; every other setting lives in pyproject.toml.
 
-``wsflask.protocol._speedups`` is an optional extension: without a compiler (or Python's
+``wsflask.protocol._speedups`` and ``wsflask._iterator`` are optional extensions: without a compiler (or Python's
 headers) the build prints a warning and the install carries on with the pure-Python twins.
 """
 
@@ -8,12 +8,13 @@ from setuptools import Extension, setup
 
 setup(
     # MANIFEST.in puts the C source in the sdist; the wheel needs only its build product.
-    exclude_package_data={"wsflask.protocol": ["*.c"]},
+    exclude_package_data={"wsflask": ["*.c"], "wsflask.protocol": ["*.c"]},
     ext_modules=[
         Extension(
             "wsflask.protocol._speedups",
             sources=["wsflask/protocol/_speedups.c"],
             optional=True,
-        )
+        ),
+        Extension("wsflask._iterator", sources=["wsflask/_iterator.c"], optional=True),
     ],
 )

@@ -1,8 +1,10 @@
 """Corking over real sockets: a handler's answers to one batch of received messages leave in
 one send; held data never waits on anything but the handler's own next step.
 
-The reader corks its transport when one receive brought several messages, and uncorks before
-it blocks again (``WebSocket.receive``); ``test_transport.py`` covers the transport's side.
+A server's reader corks its transport whenever it hands the handler a message; what is held
+leaves when the handler waits again, at the end of the hub's turn (``WebSocket._step``). A
+client corks only when one receive brought several messages, and uncorks before it reads
+again. ``test_transport.py`` covers the transport's side.
 """
 
 from __future__ import annotations
@@ -55,7 +57,7 @@ def test_answers_to_a_pipelined_batch_leave_in_one_send(
     peer.sock.sendall(frames(*texts))
     assert [peer.read_frame() for _ in texts] == [(0x1, t.encode()) for t in texts]
     assert counters[0].sends == [8 * 4]  # eight 4-byte frames, one system call
-    peer.sock.sendall(frames("alone"))  # a lone message is answered at once, uncorked
+    peer.sock.sendall(frames("alone"))  # a lone message: its answer leaves when the handler waits
     assert peer.read_frame() == (0x1, b"alone")
     assert counters[0].sends == [32, 7]
 
@@ -146,3 +148,47 @@ def test_a_members_deliveries_of_one_turn_leave_in_one_send(
     for peer in peers:
         assert [peer.read_frame() for _ in range(5)] == [(1, f"b{i}".encode()) for i in range(5)]
     assert [counter.sends for _, counter in members] == [[5 * 4]] * 3
+
+
+def test_the_answer_to_one_message_leaves_when_the_handler_waits_again(
+    serve: Callable[..., Any], raw_peer: Callable[..., RawPeer]
+) -> None:
+    seen: list[tuple[str | bytes, list[int], int]] = []
+
+    def echo(ws: WebSocket) -> None:
+        counter = counting(ws)
+        for message in ws:
+            ws.send(message)
+            # held in the cork, counted as buffered, until this greenlet yields to the hub
+            seen.append((message, list(counter.sends), ws.buffered_amount))
+
+    server = serve(echo)
+    peer = raw_peer(server.server_port)
+    assert peer.request("/").startswith(b"HTTP/1.1 101")
+    peer.sock.sendall(frames("one"))
+    assert peer.read_frame() == (0x1, b"one")
+    peer.sock.sendall(frames("two"))
+    assert peer.read_frame() == (0x1, b"two")
+    assert seen == [("one", [], 5), ("two", [5], 5)]
+
+
+def test_a_client_answers_a_lone_message_at_once(
+    serve: Callable[..., Any],
+) -> None:
+    from wsflask.client import connect
+
+    def greet(ws: WebSocket) -> None:
+        ws.send("hello")
+        assert ws.receive(timeout=5) == "back"
+        ws.send("done")
+        gevent.sleep(1)
+
+    server = serve(greet)
+    client = connect(f"ws://127.0.0.1:{server.server_port}/")
+    try:
+        assert client.receive(timeout=5) == "hello"
+        client.send("back")
+        assert client.buffered_amount == 0  # not held: the kernel has it already
+        assert client.receive(timeout=5) == "done"
+    finally:
+        client.close()

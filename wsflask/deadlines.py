@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Collection
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import gevent
 from gevent.event import Event
@@ -32,8 +32,7 @@ class Timed(Protocol):
 
     @property
     def receiving_message(self) -> bool: ...
-    @property
-    def session(self) -> dict[str, object]: ...
+    def peek_session(self) -> dict[str, Any] | None: ...
     def close_now(self, code: int, reason: str = "") -> None: ...
 
 
@@ -114,7 +113,8 @@ class Deadlines:
                     continue
             elif seen:
                 seen.pop(ws, None)
-            expires = ws.session.get("expires") if ws.session else None
+            session = ws.peek_session()
+            expires = session.get("expires") if session else None
             if isinstance(expires, int | float) and expires <= wall:
                 closed += self._close(ws, "expired", "session expired")
         if len(seen) > len(self.connections):  # forget closed connections

@@ -102,8 +102,7 @@ class ResourceMonitor:
 class Sheddable(Protocol):
     """What shedding needs of a connection (``WebSocket`` is one)."""
 
-    @property
-    def session(self) -> dict[str, Any]: ...
+    def peek_session(self) -> dict[str, Any] | None: ...
     @property
     def last_received(self) -> float: ...
     @property
@@ -203,7 +202,7 @@ class Degrader:
 
     def _shed_some(self) -> None:
         idle = sorted(
-            (ws for ws in self.connections if ws.is_open and not ws.session.get("priority")),
+            (ws for ws in self.connections if ws.is_open and not _priority(ws)),
             key=lambda ws: ws.last_received,
         )
         for ws in idle[: self.shed_batch]:
@@ -213,3 +212,9 @@ class Degrader:
                 self.note("shed")
         if idle:
             logger.warning("shed %d connection(s) under pressure", min(len(idle), self.shed_batch))
+
+
+def _priority(ws: Sheddable) -> bool:
+    """True when the connection's session marks it ``priority`` (never shed)."""
+    session = ws.peek_session()
+    return bool(session and session.get("priority"))

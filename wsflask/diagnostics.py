@@ -101,7 +101,7 @@ def memory_report(connections: Iterable[WebSocket]) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
     for ws in connections:
         deflate = ws.deflate.memory_estimate() if ws.deflate is not None else 0
-        buffered, session = ws.buffered_amount, _deep_size(ws.session)
+        buffered, session = ws.buffered_amount, _deep_size(ws.peek_session() or {})
         total = buffered + deflate + session
         rows.append({"id": ws.id, "buffered": buffered, "deflate": deflate,
                      "session": session, "total": total})  # fmt: skip

@@ -26,6 +26,10 @@ if TYPE_CHECKING:
 
 __all__ = ["Dispatcher", "dispatch_envelope"]
 
+#: a static route's parameters: only ever unpacked (``**``), never handed out or changed,
+#: so the connection need not make its own ``path_params`` dict
+_NO_PARAMS: dict[str, Any] = {}
+
 logger = logging.getLogger("wsflask")
 
 #: ``on_error(ws, exc)``: the app's error handlers (or its log)
@@ -54,7 +58,8 @@ class Dispatcher:
         A bound method, not a ``partial``: the call stays inlined in the interpreter, so each
         idle connection's greenlet keeps a shallower C stack.
         """
-        route, params = self.route, ws.path_params
+        route = self.route
+        params = _NO_PARAMS if route.pattern.is_static else ws.path_params
         self.rooms.track(ws)  # before disconnect callbacks: rooms are left first (§4)
         try:
             if route.handler is not None:

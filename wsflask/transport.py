@@ -127,13 +127,16 @@ class Transport:
         return not (self._writing or self._writer is not None or self._outbox or self.corked)
 
     def cork(self) -> None:
-        """Hold ``write()``'s data until ``uncork()``, to send a batch of answers at once.
+        """Hold ``write()``'s data until ``uncork()`` or the end of the hub's turn, to send a
+        batch of answers at once.
 
-        The reader corks when one receive brought several messages: the handler's answers to
-        them then cost one system call instead of one each. Held data never waits for long:
-        ``uncork()`` comes before the reader blocks, every other kind of write hands it on
-        first (order kept), more than ``CORK_LIMIT`` bytes are handed on at once, and a hub
-        callback hands it on whenever the corking greenlet yields for anything else.
+        A server's reader corks whenever it hands its handler a message (a client's, when
+        one receive brought several): the answers then leave in one system call when the
+        handler waits again, at the end of the hub's turn, together with every other
+        connection's. Held data never waits for long: a hub callback hands it on as soon as
+        the corking greenlet yields (for input or anything else), every other kind of write
+        hands it on first (order kept), and more than ``CORK_LIMIT`` bytes are handed on at
+        once.
         """
         if self.corked is None and not self.broken:
             self.corked = []

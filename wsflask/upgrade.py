@@ -185,8 +185,10 @@ def _queue(
     conn = ws.connection
     if isinstance(outcome, Upgrade):
         conn.accept(request, subprotocol=outcome.subprotocol, headers=outcome.headers)
-        ws.session.update(outcome.session)
-        ws.path_params.update(outcome.path_params)
+        if outcome.session:  # else nothing: the connection makes its dicts on first use
+            ws.session.update(outcome.session)
+        if outcome.path_params:
+            ws.path_params.update(outcome.path_params)
         return 101
     if isinstance(outcome, HTTPResponse):
         conn.respond(

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+from array import array
 from collections import deque
 from collections.abc import Callable, Iterator
 from functools import lru_cache
@@ -44,6 +45,7 @@ from .protocol import (
     TextMessage,
     frame_info,
     payload_length,
+    speedups,
 )
 from .tracing import tracer
 from .transport import Transport, os_socket
@@ -108,12 +110,12 @@ class WebSocket:
     __slots__ = (
         "__weakref__", "_big", "_callbacks", "_calls", "_close_deadline", "_closer", "_config",
         "_conn",
-        "_drained", "_finished", "_heartbeat", "_initial", "_messages", "_metrics",
-        "_opened_at", "_owner", "_ping_payload", "_rate", "_raw", "_reading", "_rtts", "_rx",
-        "_sock", "_transport", "_user_pings", "bytes_received", "bytes_sent", "close_cause",
-        "close_code", "close_reason", "deflate", "extensions", "id", "last_received",
-        "latency", "messages_received", "messages_sent", "path_params", "ping_sent_at",
-        "remote_address", "request", "rooms", "session", "subprotocol",
+        "_drained", "_finished", "_heartbeat", "_hold", "_initial", "_messages", "_metrics",
+        "_opened_at", "_owner", "_path_params", "_ping_payload", "_rate", "_raw", "_reading",
+        "_rtts", "_rx", "_session", "_sock", "_transport", "_user_pings", "_woken",
+        "bytes_received", "bytes_sent", "close_cause", "close_code", "close_reason", "deflate",
+        "extensions", "id", "last_received", "latency", "messages_received", "messages_sent",
+        "ping_sent_at", "remote_address", "request", "rooms", "subprotocol",
     )  # fmt: skip
 
     def __init__(
@@ -134,8 +136,10 @@ class WebSocket:
         self.subprotocol: str | None = connection.subprotocol
         self.extensions = ""
         self.deflate: PerMessageDeflate | None = None
-        self.session: dict[str, Any] = {}
-        self.path_params: dict[str, Any] = {}
+        #: ``session`` and ``path_params``: made on first use (most connections never need
+        #: either: 128 bytes less per idle connection)
+        self._session: dict[str, Any] | None = None
+        self._path_params: dict[str, Any] | None = None
         self.rooms: set[str] = set()
         self.close_code: int | None = None
         self.close_reason = ""
@@ -173,11 +177,22 @@ class WebSocket:
         self._ping_payload: bytes | None = None
         self._rx = False
         self._drained = True  # the last read emptied the kernel buffer: wait before reading
+        #: a message iterator's wait ended (``_woke``): 0 no, _READY read at once, _CLOSED the
+        #: socket was closed under the wait (the next read reports the end without reading)
+        self._woken = 0
+        #: server side: cork whenever a message is handed out, so the handler's answers leave
+        #: when it waits again, at the end of the hub's turn, with every other connection's
+        #: (fewer wake-ups of the peers' readers: less kernel time per echoed message). A
+        #: client corks only for a batch of several messages: its code may block without
+        #: yielding to the hub, which must not hold its sends.
+        self._hold = connection.side is Side.SERVER
         self._calls: Calls | None = None  # made by the first call()/on_call() (calls.py)
         # -- operability (issue 16): per-connection figures (bytes: counted with metrics on)
         self.messages_received = self.messages_sent = 0
         self.bytes_received = self.bytes_sent = 0
-        self._rtts: deque[float] | None = None  # the last RTT_SAMPLES heartbeat RTTs
+        #: the last RTT_SAMPLES heartbeat RTTs, as raw doubles: 144 bytes, where a deque of
+        #: float objects took about 1,000 on every connection the heartbeat had pinged 10 times
+        self._rtts: array[float] | None = None
         self._user_pings: dict[bytes, gevent.event.Event] | None = None  # ping() waiting
 
     def __repr__(self) -> str:
@@ -372,7 +387,12 @@ class WebSocket:
         sock, size = self._sock, self._config.read_size
         self._reading = True
         try:
-            if self._drained:
+            woken = self._woken
+            if woken:  # the caller waited (``_step``): read at once, or report the end
+                self._woken = 0
+                if woken == _CLOSED:
+                    return b""
+            elif self._drained:
                 _wait_readable(sock)
             else:  # a full read: the other ready connections read first
                 gevent.sleep(0)
@@ -409,8 +429,12 @@ class WebSocket:
 
     def _on_message(self, data: str | bytes) -> None:
         self.messages_received += 1
-        if self._metrics is not None:
-            nbytes = _nbytes(data)
+        if self._metrics is not None:  # _nbytes(), inline on the hot path
+            nbytes = (
+                len(data)
+                if data.__class__ is bytes or (data.__class__ is str and data.isascii())
+                else _nbytes(data)
+            )
             self.bytes_received += nbytes
             self._metrics.message_in(nbytes)
         if self._rate is not None and not self._rate.take():
@@ -418,8 +442,8 @@ class WebSocket:
             return
         if self._calls is not None and isinstance(data, str) and self._take_call(data):
             return  # a reply to our call, or the peer's call answered (calls.py)
-        if self._conn.close_expected():
-            return  # we sent Close: nobody will read it, keep memory bounded
+        if self._conn.state is State.CLOSING:  # close_expected(): we sent Close, nobody
+            return  # will read it, keep memory bounded
         if self._messages is None:
             self._messages = deque()
         self._messages.append(data)
@@ -432,9 +456,12 @@ class WebSocket:
             return
         now = monotonic()
         self.latency = now - (self.ping_sent_at or now)
-        if self._rtts is None:
-            self._rtts = deque(maxlen=RTT_SAMPLES)
-        self._rtts.append(self.latency)
+        rtts = self._rtts
+        if rtts is None:
+            rtts = self._rtts = array("d")
+        elif len(rtts) >= RTT_SAMPLES:
+            del rtts[0]
+        rtts.append(self.latency)
         self.last_received = now
         self.ping_sent_at = None
         self._ping_payload = None
@@ -476,6 +503,27 @@ class WebSocket:
         """
         deadline = None if timeout is None else monotonic() + timeout
         while True:
+            step = self._step(deadline)
+            if step is None or isinstance(step, (str, bytes)):
+                return step
+            if step is _EXPIRED:
+                raise TimeoutError(f"no message within {timeout} s")
+            self._wait(step)
+
+    def __iter__(self) -> Iterator[str | bytes]:
+        """Messages until the connection closes (then the loop just ends): ``for m in ws``.
+
+        A ``Messages`` iterator, compiled when the speedups are: it waits for input itself,
+        so an idle ``for message in ws`` holds neither a generator nor a second interpreter
+        frame on its greenlet's saved C stack (about 600 bytes less per idle connection).
+        """
+        return Messages(self)
+
+    def _step(self, deadline: float | None = None) -> Any:
+        """One pass of ``receive()``: the next message, ``None`` once closed, ``_EXPIRED`` when
+        ``deadline`` passed, or, instead of waiting on plain TCP without a deadline, the gevent
+        socket to wait on (``_wait``; ``Messages`` waits in C) before the next pass."""
+        while True:
             messages = self._messages
             if messages:
                 message = messages.popleft()
@@ -488,19 +536,40 @@ class WebSocket:
                 self._await_closer()
                 continue
             transport = self._transport
-            if transport.corked is not None:  # the answers to the last batch, in one send
-                transport.uncork()
+            if transport.corked is not None and not self._hold:
+                transport.uncork()  # a client's answers to the last batch, in one send
             if deadline is None:
+                if self._drained and not self._woken and self._raw is not None:
+                    conn = self._conn  # _pump would wait in _recv_raw: the caller waits
+                    if conn.state is not State.CLOSED and not conn.close_expected():
+                        self._reading = True
+                        return self._sock
                 self._pump()
             elif not self._pump(max(deadline - monotonic(), 0.0)) and monotonic() >= deadline:
-                raise TimeoutError(f"no message within {timeout} s")
-            if self._messages is not None and len(self._messages) > 1:
-                transport.cork()  # several at once: hold what the handler answers (cork())
+                return _EXPIRED
+            messages = self._messages
+            if (
+                messages is not None
+                and transport.corked is None
+                and (self._hold or len(messages) > 1)
+            ):
+                transport.cork()  # hold what the handler answers (see ``_hold``)
 
-    def __iter__(self) -> Iterator[str | bytes]:
-        """Yield messages until the connection closes (then the loop just ends)."""
-        while (message := self.receive()) is not None:
-            yield message
+    def _wait(self, sock: Any) -> None:
+        """Wait until ``sock`` is readable, for ``_step`` (as ``Messages`` does in C)."""
+        closed = False
+        try:
+            _wait_readable(sock)
+        except OSError:  # closed under us (gevent's cancel_wait): the next pass ends it
+            closed = True
+        finally:
+            self._woke(closed)
+
+    def _woke(self, closed: bool) -> None:
+        """The wait ``_step`` asked for ended, also by an exception: the next pass reads at
+        once, or (``closed``: the socket was closed under the wait) reports the end."""
+        self._reading = False
+        self._woken = _CLOSED if closed else _READY
 
     # ------------------------------------------------------------------ writing
 
@@ -535,8 +604,12 @@ class WebSocket:
         if not transport.write(conn.data_to_send()):
             raise self._write_failed()
         self.messages_sent += 1
-        if self._metrics is not None:
-            nbytes = _nbytes(data)
+        if self._metrics is not None:  # _nbytes(), inline on the hot path
+            nbytes = (
+                len(data)
+                if data.__class__ is bytes or (data.__class__ is str and data.isascii())
+                else _nbytes(data)
+            )
             self.bytes_sent += nbytes
             self._metrics.message_out(nbytes)
 
@@ -715,6 +788,35 @@ class WebSocket:
         self._ping_payload = payload
         self.ping_sent_at = monotonic()
         self._transport.write_urgent(self._conn.data_to_send())  # ahead of queued data
+
+    @property
+    def session(self) -> dict[str, Any]:
+        """Data returned by ``before_upgrade`` hooks; free for the app to use (a dict)."""
+        session = self._session
+        if session is None:
+            session = self._session = {}
+        return session
+
+    @session.setter
+    def session(self, value: dict[str, Any]) -> None:
+        self._session = value
+
+    def peek_session(self) -> dict[str, Any] | None:
+        """``session``, or ``None`` while nothing made it: reading it this way makes no dict
+        (the server's sweeps and reports look at every open connection)."""
+        return self._session
+
+    @property
+    def path_params(self) -> dict[str, Any]:
+        """The route's path parameters (a dict, empty for a route without any)."""
+        params = self._path_params
+        if params is None:
+            params = self._path_params = {}
+        return params
+
+    @path_params.setter
+    def path_params(self, value: dict[str, Any]) -> None:
+        self._path_params = value
 
     @property
     def rtt(self) -> float | None:
@@ -987,6 +1089,54 @@ def _ended(ws: WebSocket, kind: type[BaseException], exc: BaseException | None, 
         code = CloseCode.INTERNAL_ERROR
     ws.end(code)
     return code is not None
+
+
+#: ``_step``'s answer when its deadline passed with no message
+_EXPIRED = object()
+#: ``WebSocket._woken``: the wait ended with the socket readable, or closed under it
+_READY, _CLOSED = 1, 2
+
+
+class MessagesPython:
+    """``for message in ws``: ``ws.receive()`` until the connection closes.
+
+    The pure-Python twin of the compiled ``wsflask._iterator.Messages`` (``Messages`` below
+    is that one when the speedups are active): both call ``ws._step()`` per pass and wait on
+    the socket it hands back, then ``ws._woke()``; tests/test_messages_iterator.py runs both.
+    """
+
+    __slots__ = ("_ws",)
+
+    def __init__(self, ws: WebSocket) -> None:
+        self._ws = ws
+
+    def __iter__(self) -> MessagesPython:
+        return self
+
+    def __next__(self) -> str | bytes:
+        ws = self._ws
+        while True:
+            step = ws._step()
+            if step is None:
+                raise StopIteration
+            if isinstance(step, (str, bytes)):
+                return step
+            ws._wait(step)
+
+
+def _compiled_messages() -> Callable[[WebSocket], Iterator[str | bytes]] | None:
+    """The compiled iterator, when built and the speedups are not switched off."""
+    if speedups.compiled is None:  # WSFLASK_NO_EXTENSIONS, or no compiler at install
+        return None
+    try:
+        from ._iterator import Messages as compiled
+    except ImportError:
+        return None
+    return compiled
+
+
+#: ``for message in ws``'s iterator: compiled when available, else ``MessagesPython``
+Messages: Callable[[WebSocket], Iterator[str | bytes]] = _compiled_messages() or MessagesPython
 
 
 def _wait_readable(sock: Any) -> None:

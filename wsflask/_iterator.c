@@ -1,0 +1,211 @@
+/*
+ * wsflask._iterator: the compiled twin of websocket.MessagesPython, the iterator behind
+ * ``for message in ws``.
+ *
+ * Why it exists: a greenlet that waits keeps a copy of its C stack. A Python iterator that
+ * waits inside ``__next__`` (or a generator) adds a second interpreter frame to that stack,
+ * about 380 bytes, plus its own object, on every idle connection. This iterator calls the
+ * connection's ``_step()`` for each pass and, when ``_step`` hands back the socket to wait
+ * on, waits here in C: the greenlet sleeps one C frame above the handler's own.
+ *
+ * What it does, exactly as the twin does (tests/test_messages_iterator.py runs both):
+ *   step = ws._step()
+ *   None          -> the connection closed: StopIteration
+ *   str or bytes  -> the message
+ *   anything else -> a gevent socket: watcher = sock._read_event;
+ *                    watcher.start(getcurrent().switch); sock.hub.switch(); watcher.stop();
+ *                    then ws._woke(closed), also when the wait raised: closed is True
+ *                    when it raised OSError (the socket closed under us: dropped, the next
+ *                    pass reports the end); any other exception propagates after it.
+ *                    Then another pass.
+ * It does no I/O of its own and holds no buffer; it knows nothing of the protocol.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+
+static PyObject *getcurrent;  /* greenlet.getcurrent */
+static PyObject *str_step, *str_woke, *str_read_event, *str_hub, *str_switch, *str_start,
+    *str_stop;
+
+typedef struct {
+    PyObject_HEAD
+    PyObject *ws;
+} Messages;
+
+/* Wait until ``sock`` is readable: 0, or -1 with an exception set. */
+static int
+wait_readable(PyObject *sock)
+{
+    PyObject *watcher = NULL, *hub = NULL, *current = NULL, *switch_ = NULL, *r = NULL;
+    int rc = -1;
+    if ((watcher = PyObject_GetAttr(sock, str_read_event)) == NULL) goto done;
+    if ((hub = PyObject_GetAttr(sock, str_hub)) == NULL) goto done;
+    if ((current = PyObject_CallNoArgs(getcurrent)) == NULL) goto done;
+    if ((switch_ = PyObject_GetAttr(current, str_switch)) == NULL) goto done;
+    if ((r = PyObject_CallMethodOneArg(watcher, str_start, switch_)) == NULL) goto done;
+    Py_CLEAR(r);
+    Py_CLEAR(switch_);  /* the watcher holds it while armed */
+    Py_CLEAR(current);
+    r = PyObject_CallMethodNoArgs(hub, str_switch);
+    rc = r == NULL ? -1 : 0;
+    Py_CLEAR(r);
+    {   /* watcher.stop(), keeping the wait's exception, if any */
+        PyObject *type, *value, *tb;
+        PyErr_Fetch(&type, &value, &tb);
+        PyObject *s = PyObject_CallMethodNoArgs(watcher, str_stop);
+        if (s == NULL) {
+            if (type != NULL) {  /* the first error wins */
+                PyErr_Clear();
+                PyErr_Restore(type, value, tb);
+            }
+            rc = -1;
+        }
+        else {
+            Py_DECREF(s);
+            PyErr_Restore(type, value, tb);
+        }
+    }
+done:
+    Py_XDECREF(watcher);
+    Py_XDECREF(hub);
+    Py_XDECREF(current);
+    Py_XDECREF(switch_);
+    return rc;
+}
+
+/* ws._woke(closed), keeping a pending exception: 0, or -1 with an exception set. */
+static int
+woke(PyObject *ws, int closed)
+{
+    PyObject *type, *value, *tb;
+    PyErr_Fetch(&type, &value, &tb);
+    PyObject *r = PyObject_CallMethodOneArg(ws, str_woke, closed ? Py_True : Py_False);
+    if (r == NULL) {
+        if (type == NULL) return -1;
+        PyErr_Clear();
+        PyErr_Restore(type, value, tb);
+        return -1;
+    }
+    Py_DECREF(r);
+    PyErr_Restore(type, value, tb);
+    return type == NULL ? 0 : -1;
+}
+
+static PyObject *
+messages_next(Messages *self)
+{
+    PyObject *ws = self->ws;
+    for (;;) {
+        PyObject *step = PyObject_CallMethodNoArgs(ws, str_step);
+        if (step == NULL) return NULL;
+        if (step == Py_None) {  /* closed: the end, without an exception */
+            Py_DECREF(step);
+            return NULL;
+        }
+        if (PyUnicode_Check(step) || PyBytes_Check(step)) return step;
+        int rc = wait_readable(step), closed = 0;
+        Py_DECREF(step);
+        if (rc < 0 && PyErr_ExceptionMatches(PyExc_OSError)) {
+            PyErr_Clear();  /* closed under the wait (cancel_wait): the next pass ends it */
+            closed = 1;
+        }
+        if (woke(ws, closed) < 0) return NULL;
+    }
+}
+
+static PyObject *
+messages_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
+{
+    PyObject *ws;
+    if (kwargs != NULL && PyDict_GET_SIZE(kwargs) != 0) {
+        PyErr_SetString(PyExc_TypeError, "Messages() takes no keyword arguments");
+        return NULL;
+    }
+    if (!PyArg_UnpackTuple(args, "Messages", 1, 1, &ws)) return NULL;
+    Messages *self = (Messages *)type->tp_alloc(type, 0);
+    if (self == NULL) return NULL;
+    Py_INCREF(ws);
+    self->ws = ws;
+    return (PyObject *)self;
+}
+
+static int
+messages_traverse(Messages *self, visitproc visit, void *arg)
+{
+    Py_VISIT(self->ws);
+    return 0;
+}
+
+static int
+messages_clear(Messages *self)
+{
+    Py_CLEAR(self->ws);
+    return 0;
+}
+
+static void
+messages_dealloc(Messages *self)
+{
+    PyObject_GC_UnTrack(self);
+    messages_clear(self);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+PyDoc_STRVAR(messages_doc,
+             "Messages(ws)\n--\n\n"
+             "The messages of ``ws`` until it closes: ``ws._step()`` per pass, waiting for "
+             "input in C (the compiled twin of ``wsflask.websocket.MessagesPython``).");
+
+static PyTypeObject MessagesType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "wsflask._iterator.Messages",
+    .tp_basicsize = sizeof(Messages),
+    .tp_dealloc = (destructor)messages_dealloc,
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+    .tp_doc = messages_doc,
+    .tp_traverse = (traverseproc)messages_traverse,
+    .tp_clear = (inquiry)messages_clear,
+    .tp_iter = PyObject_SelfIter,
+    .tp_iternext = (iternextfunc)messages_next,
+    .tp_new = messages_new,
+};
+
+static struct PyModuleDef module = {
+    PyModuleDef_HEAD_INIT, "wsflask._iterator",
+    "The compiled twin of the connection's message iterator (``for message in ws``).",
+    -1, NULL, NULL, NULL, NULL, NULL,
+};
+
+static int
+intern(PyObject **slot, const char *text)
+{
+    if (*slot == NULL) *slot = PyUnicode_InternFromString(text);
+    return *slot == NULL ? -1 : 0;
+}
+
+PyMODINIT_FUNC
+PyInit__iterator(void)
+{
+    if (intern(&str_step, "_step") < 0 || intern(&str_woke, "_woke") < 0 ||
+        intern(&str_read_event, "_read_event") < 0 || intern(&str_hub, "hub") < 0 ||
+        intern(&str_switch, "switch") < 0 || intern(&str_start, "start") < 0 ||
+        intern(&str_stop, "stop") < 0)
+        return NULL;
+    if (getcurrent == NULL) {
+        PyObject *greenlet = PyImport_ImportModule("greenlet");
+        if (greenlet == NULL) return NULL;
+        getcurrent = PyObject_GetAttrString(greenlet, "getcurrent");
+        Py_DECREF(greenlet);
+        if (getcurrent == NULL) return NULL;
+    }
+    if (PyType_Ready(&MessagesType) < 0) return NULL;
+    PyObject *m = PyModule_Create(&module);
+    if (m == NULL) return NULL;
+    Py_INCREF(&MessagesType);
+    if (PyModule_AddObject(m, "Messages", (PyObject *)&MessagesType) < 0) {
+        Py_DECREF(&MessagesType);
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
+}

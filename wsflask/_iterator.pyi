@@ -1,0 +1,9 @@
+"""Type stub of the compiled twin of ``wsflask.websocket.MessagesPython`` (``_iterator.c``)."""
+
+from collections.abc import Iterator
+from typing import Any
+
+class Messages(Iterator[str | bytes]):
+    def __init__(self, ws: Any, /) -> None: ...
+    def __iter__(self) -> Messages: ...
+    def __next__(self) -> str | bytes: ...
