@@ -30,11 +30,12 @@ from wsflask.server import ConnectionGreenlet
 from wsflask.websocket import MessagesPython
 
 #: Python memory (tracemalloc) per idle connection in the child below, the greenlet's saved
-#: C stack (~2.2 KiB) included: 6,035 B with the compiled message iterator, 6,308 B with its
-#: pure-Python twin (stable to a few bytes run to run); 6,506 B before the iterator and the
-#: lazy ``session``/``path_params``, about 8,200 B before issue 14's idle work. A regression
-#: of a few hundred bytes per connection (an object or closure held while idle) fails it.
-TRACED_BOUND = 6_300 if websocket_module.Messages is not MessagesPython else 6_600
+#: C stack (~2.2 KiB) included: 5,904 B with the compiled message iterator, 6,202 B with its
+#: pure-Python twin (stable to a few bytes run to run); 6,506 B before the iterator, the lazy
+#: ``session``/``path_params``/event list and the shared host texts, about 8,200 B before
+#: issue 14's idle work. A regression of a few hundred bytes per connection (an object or
+#: closure held while idle) fails it.
+TRACED_BOUND = 6_150 if websocket_module.Messages is not MessagesPython else 6_450
 IDLE = 300
 WARM = 20
 
@@ -186,6 +187,32 @@ def test_idle_connection_makes_lists_on_first_use(
     assert core._pending_input is None
     assert core._decoder._parts is None
     assert core._messages._parts is None
+    assert core._events is None  # the events were taken: no empty list kept
+    assert a.peek_session() is None and a._path_params is None  # made on first use
+    assert a.session == {} and a.peek_session() is a.session  # then kept
+    assert a.path_params == {} and a._path_params is a.path_params
+
+
+def test_connections_from_one_address_share_its_host_text(
+    two_idle: tuple[App, WebSocket, WebSocket],
+) -> None:
+    _, a, b = two_idle
+    assert a.remote_address is not None and b.remote_address is not None
+    assert a.remote_address[0] == "127.0.0.1"
+    assert a.remote_address[0] is b.remote_address[0]
+    assert a.remote_address[1] != b.remote_address[1]
+
+
+def test_the_shared_host_texts_are_bounded() -> None:
+    from wsflask import server as server_module
+
+    server_module._HOSTS.clear()
+    texts = [f"10.0.{i // 256}.{i % 256}" for i in range(server_module.HOSTS_SHARED_MAX + 5)]
+    for text in texts:
+        assert server_module._shared_host(text) is text
+    assert len(server_module._HOSTS) <= server_module.HOSTS_SHARED_MAX
+    again = ".".join(texts[-1].split("."))  # equal to the last text, another object
+    assert again is not texts[-1] and server_module._shared_host(again) is texts[-1]
 
 
 def test_personal_room_is_no_dict_and_callbacks_are_shared(

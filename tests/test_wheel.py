@@ -1,10 +1,11 @@
 """The wheel carries the compiled speedups and serves from a clean environment.
 
 Builds a wheel from a copy of the sources (``pip wheel --no-deps``), asserts the compiled
-``wsflask/protocol/_speedups`` module and its stub are inside, installs it with ``--no-deps``
-into a scratch venv whose only other packages are the current venv's (gevent, greenlet,
-found through a ``.pth`` line; the editable wsflask is not), and serves one echo over a real
-socket on 127.0.0.1 from that venv, with the compiled path active.
+``wsflask/protocol/_speedups`` and ``wsflask/_iterator`` modules and their stubs are inside,
+installs it with ``--no-deps`` into a scratch venv whose only other packages are the current
+venv's (gevent, greenlet, found through a ``.pth`` line; the editable wsflask is not), and
+serves one echo over a real socket on 127.0.0.1 from that venv, with the compiled path (the
+protocol speedups and the message iterator) active.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ import sys
 import wsflask
 from wsflask import App
 from wsflask.protocol import speedups_active
+from wsflask.websocket import Messages
 app = App()
 
 @app.route("/echo")
@@ -43,7 +45,8 @@ def echo(ws):
 
 server = app.make_server("127.0.0.1", 0)
 server.start()
-print("READY", server.server_port, speedups_active(), wsflask.__file__, flush=True)
+print("READY", server.server_port, speedups_active(), Messages.__module__, wsflask.__file__,
+      flush=True)
 server.serve_forever()
 """
 
@@ -101,11 +104,14 @@ def compiled(wheel: Path) -> bool:
 def test_wheel_contains_the_compiled_module(wheel: Path) -> None:
     with zipfile.ZipFile(wheel) as archive:
         names = archive.namelist()
-    module = f"wsflask/protocol/_speedups{sysconfig.get_config_var('EXT_SUFFIX')}"
-    assert (module in names) is compiled(wheel)
+    suffix = sysconfig.get_config_var("EXT_SUFFIX")
+    assert (f"wsflask/protocol/_speedups{suffix}" in names) is compiled(wheel)
+    assert (f"wsflask/_iterator{suffix}" in names) is compiled(wheel)
     assert "wsflask/protocol/_speedups.pyi" in names
+    assert "wsflask/_iterator.pyi" in names
     assert "wsflask/protocol/speedups.py" in names
     assert "wsflask/protocol/_speedups.c" not in names  # the sdist's, not the wheel's
+    assert "wsflask/_iterator.c" not in names
 
 
 @pytest.fixture
@@ -140,8 +146,9 @@ def scratch(wheel: Path, tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def server(scratch: Path, tmp_path: Path) -> Iterator[tuple[int, str, str]]:
-    """(port, speedups_active, wsflask.__file__) of an echo server run by the scratch venv."""
+def server(scratch: Path, tmp_path: Path) -> Iterator[tuple[int, str, str, str]]:
+    """(port, speedups_active, the message iterator's module, wsflask.__file__) of an echo
+    server run by the scratch venv."""
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "WSFLASK_NO_EXTENSIONS")}
     log = tmp_path / "server.log"
     with log.open("w") as errors:  # the child keeps its own copy of the descriptor
@@ -160,8 +167,8 @@ def server(scratch: Path, tmp_path: Path) -> Iterator[tuple[int, str, str]]:
             ready = selector.select(timeout=30)
         line = proc.stdout.readline() if ready else ""
         assert line.startswith("READY "), f"no server ({proc.poll()}): {log.read_text()}"
-        _, port, active, path = line.split(maxsplit=3)
-        yield int(port), active, path.strip()
+        _, port, active, iterator, path = line.split(maxsplit=4)
+        yield int(port), active, iterator, path.strip()
     finally:
         proc.terminate()
         try:
@@ -174,10 +181,11 @@ def server(scratch: Path, tmp_path: Path) -> Iterator[tuple[int, str, str]]:
 
 
 def test_installed_wheel_serves_an_echo(
-    wheel: Path, server: tuple[int, str, str], tmp_path: Path
+    wheel: Path, server: tuple[int, str, str, str], tmp_path: Path
 ) -> None:
-    port, active, path = server
+    port, active, iterator, path = server
     assert active == str(compiled(wheel))  # the compiled path exactly when it was built
+    assert iterator == ("wsflask._iterator" if compiled(wheel) else "wsflask.websocket")
     assert path.startswith(str(tmp_path / "venv")), path
     with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
         sock.sendall(

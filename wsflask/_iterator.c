@@ -129,25 +129,12 @@ messages_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
     return (PyObject *)self;
 }
 
-static int
-messages_traverse(Messages *self, visitproc visit, void *arg)
-{
-    Py_VISIT(self->ws);
-    return 0;
-}
-
-static int
-messages_clear(Messages *self)
-{
-    Py_CLEAR(self->ws);
-    return 0;
-}
-
+/* Not tracked by the cyclic GC (16 bytes less per waiting connection): it refers only to
+ * its connection, and nothing in wsflask refers back to it, so it is never in a cycle. */
 static void
 messages_dealloc(Messages *self)
 {
-    PyObject_GC_UnTrack(self);
-    messages_clear(self);
+    Py_CLEAR(self->ws);
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
@@ -161,10 +148,8 @@ static PyTypeObject MessagesType = {
     .tp_name = "wsflask._iterator.Messages",
     .tp_basicsize = sizeof(Messages),
     .tp_dealloc = (destructor)messages_dealloc,
-    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+    .tp_flags = Py_TPFLAGS_DEFAULT,
     .tp_doc = messages_doc,
-    .tp_traverse = (traverseproc)messages_traverse,
-    .tp_clear = (inquiry)messages_clear,
     .tp_iter = PyObject_SelfIter,
     .tp_iternext = (iternextfunc)messages_next,
     .tp_new = messages_new,

@@ -94,7 +94,8 @@ class Connection:
         self._decoder = FrameDecoder(
             expect_mask=side is Side.SERVER, max_payload=self._limits.max_message_size
         )
-        self._events: list[Event] = []
+        #: events not yet taken; None when there are none (no list kept while idle)
+        self._events: list[Event] | None = None
         self._out: list[bytes] = []
         #: Bytes that arrived after the handshake head, before accept() or connect's 101;
         #: None when there are none (the usual case: no list kept per connection).
@@ -127,10 +128,19 @@ class Connection:
         out.clear()
         return data
 
+    def _event(self, event: Event) -> None:
+        events = self._events
+        if events is None:
+            self._events = [event]
+        else:
+            events.append(event)
+
     def events_received(self) -> list[Event]:
         """Return (and forget) the events since the last call, oldest first."""
         events = self._events
-        self._events = []
+        if events is None:
+            return []
+        self._events = None
         return events
 
     @property
@@ -189,7 +199,7 @@ class Connection:
                 self._pending_input = [rest]
             if self.side is Side.SERVER:
                 self.request = handshake.parse_request(head, http=self._http)
-                self._events.append(self.request)
+                self._event(self.request)
             else:
                 self._open_client(head, rest)
         except HandshakeError as exc:
@@ -335,7 +345,7 @@ class Connection:
 
     def _open(self, opened: Opened) -> None:
         self.state = State.OPEN
-        self._events.append(opened)
+        self._event(opened)
         pending, self._pending_input = self._pending_input, None
         for chunk in pending or ():
             self._receive_frames(chunk)
@@ -344,6 +354,8 @@ class Connection:
 
     def _receive_frames(self, data: bytes) -> None:
         events, assembler = self._events, self._messages
+        if events is None:
+            events = self._events = []
         is_open = self.state is State.OPEN
         fin, opcode, rsv, payload = True, 0, 0, b""  # bound for the error path's dump
         try:
@@ -373,9 +385,9 @@ class Connection:
         elif opcode == 0x9:
             if not self._close_sent:
                 self._out.append(encode_frame(0xA, payload, mask=self._mask()))  # §5.5.2
-                self._events.append(Ping(payload))
+                self._event(Ping(payload))
         elif not self._close_sent:
-            self._events.append(Pong(payload))  # §5.5.3: unsolicited pongs are fine
+            self._event(Pong(payload))  # §5.5.3: unsolicited pongs are fine
 
     def _receive_close(self, payload: bytes) -> None:
         code, reason = parse_close(payload)
@@ -502,4 +514,4 @@ class Connection:
         if self.deflate is not None:
             self.deflate.release()  # zlib memory goes now, not when the object is collected
         self._pending_input = None
-        self._events.append(closed)
+        self._event(closed)
