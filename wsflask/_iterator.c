@@ -9,15 +9,15 @@
  * on, waits here in C: the greenlet sleeps one C frame above the handler's own.
  *
  * What it does, exactly as the twin does (tests/test_messages_iterator.py runs both):
- *   step = ws._step()
+ *   step = ws._step(None, woken)      (woken is 0 on the first pass)
  *   None          -> the connection closed: StopIteration
  *   str or bytes  -> the message
  *   anything else -> a gevent socket: watcher = sock._read_event;
  *                    watcher.start(getcurrent().switch); sock.hub.switch(); watcher.stop();
- *                    then ws._woke(closed), also when the wait raised: closed is True
- *                    when it raised OSError (the socket closed under us: dropped, the next
- *                    pass reports the end); any other exception propagates after it.
- *                    Then another pass.
+ *                    then another pass with woken = 1 (_READY: read at once), or 2
+ *                    (_CLOSED) when the wait raised OSError (the socket closed under us:
+ *                    the next pass reports the end). Any other exception propagates
+ *                    after ws._woke(False).
  * It does no I/O of its own and holds no buffer; it knows nothing of the protocol.
  */
 #define PY_SSIZE_T_CLEAN
@@ -40,6 +40,8 @@
 #endif
 
 static PyObject *getcurrent;  /* greenlet.getcurrent */
+/* ``woken`` for ``ws._step``: 0, _READY, _CLOSED (websocket.py); small ints, never freed */
+static PyObject *woken_none, *woken_ready, *woken_closed;
 static PyObject *str_step, *str_woke, *str_read_event, *str_hub, *str_switch, *str_start,
     *str_stop;
 
@@ -56,6 +58,14 @@ call_method(PyObject *obj, PyObject *name)
 {
     PyObject *args[1] = {obj};
     return PyObject_VectorcallMethod(name, args, 1 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+}
+
+/* ``ws._step(None, woken)``, likewise. */
+static SWITCHED_OUT PyObject *
+call_step(PyObject *ws, PyObject *woken)
+{
+    PyObject *args[3] = {ws, Py_None, woken};
+    return PyObject_VectorcallMethod(str_step, args, 3 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
 }
 
 /* Wait until ``sock`` is readable: 0, or -1 with an exception set. */
@@ -99,43 +109,41 @@ done:
     return rc;
 }
 
-/* ws._woke(closed), keeping a pending exception: 0, or -1 with an exception set. */
-static int
-woke(PyObject *ws, int closed)
+/* The wait raised (a kill, a Timeout): ws._woke(False), keeping that exception (the first
+ * error wins). Always NULL, with an exception set. */
+static PyObject *
+woke_and_raise(PyObject *ws)
 {
     PyObject *type, *value, *tb;
     PyErr_Fetch(&type, &value, &tb);
-    PyObject *r = PyObject_CallMethodOneArg(ws, str_woke, closed ? Py_True : Py_False);
-    if (r == NULL) {
-        if (type == NULL) return -1;
+    PyObject *r = PyObject_CallMethodOneArg(ws, str_woke, Py_False);
+    if (r == NULL)
         PyErr_Clear();
-        PyErr_Restore(type, value, tb);
-        return -1;
-    }
-    Py_DECREF(r);
+    Py_XDECREF(r);
     PyErr_Restore(type, value, tb);
-    return type == NULL ? 0 : -1;
+    return NULL;
 }
 
 static SWITCHED_OUT PyObject *
 messages_next(Messages *self)
 {
-    PyObject *ws = self->ws;
+    PyObject *ws = self->ws, *woken = woken_none;
     for (;;) {
-        PyObject *step = call_method(ws, str_step);
+        PyObject *step = call_step(ws, woken);
         if (step == NULL) return NULL;
         if (step == Py_None) {  /* closed: the end, without an exception */
             Py_DECREF(step);
             return NULL;
         }
         if (PyUnicode_Check(step) || PyBytes_Check(step)) return step;
-        int rc = wait_readable(step), closed = 0;
+        int rc = wait_readable(step);
         Py_DECREF(step);
-        if (rc < 0 && PyErr_ExceptionMatches(PyExc_OSError)) {
+        woken = woken_ready;
+        if (rc < 0) {
+            if (!PyErr_ExceptionMatches(PyExc_OSError)) return woke_and_raise(ws);
             PyErr_Clear();  /* closed under the wait (cancel_wait): the next pass ends it */
-            closed = 1;
+            woken = woken_closed;
         }
-        if (woke(ws, closed) < 0) return NULL;
     }
 }
 
@@ -202,6 +210,12 @@ PyInit__iterator(void)
         intern(&str_switch, "switch") < 0 || intern(&str_start, "start") < 0 ||
         intern(&str_stop, "stop") < 0)
         return NULL;
+    if (woken_none == NULL) {
+        woken_none = PyLong_FromLong(0);
+        woken_ready = PyLong_FromLong(1);
+        woken_closed = PyLong_FromLong(2);
+        if (woken_none == NULL || woken_ready == NULL || woken_closed == NULL) return NULL;
+    }
     if (getcurrent == NULL) {
         PyObject *greenlet = PyImport_ImportModule("greenlet");
         if (greenlet == NULL) return NULL;

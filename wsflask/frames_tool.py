@@ -114,7 +114,7 @@ def describe(
     decoder = FrameDecoder(
         expect_mask=expect_mask, max_payload=max_size, allowed_rsv=_RSV1 if deflate else 0
     )
-    frames, offset, message = decoder.feed(data), 0, _Message()
+    frames, offset, message = iter(decoder.feed(data)), 0, _Message()
     for number in itertools.count(1):
         try:
             frame = next(frames, None)

@@ -58,7 +58,7 @@ class _Turn:
         self._scheduled = False
         pending, self._pending = self._pending, []
         for transport in pending:
-            transport.hand_on()
+            transport._uncork_nowait()  # hand_on(), without the extra call per transport
 
 
 _TURNS: weakref.WeakKeyDictionary[Any, _Turn] = weakref.WeakKeyDictionary()
@@ -170,8 +170,8 @@ class Transport:
         self.corked = None
         self.buffered_amount -= self._corked_bytes
         self._corked_bytes = 0
-        if corked:
-            self.write_nowait(corked[0] if len(corked) == 1 else b"".join(corked), budget=None)
+        if corked and not self.broken:  # write_nowait(budget=None), inline
+            self._send_or_queue(corked[0] if len(corked) == 1 else b"".join(corked))
 
     def write(self, data: bytes) -> bool:
         """Write ``data``, blocking this greenlet while the outbox is over the limit.
@@ -292,9 +292,18 @@ class Transport:
             return False
         if self.corked is not None:
             self._uncork_nowait()
+        if (
+            budget is not None
+            and (self._writing or self._writer is not None or self._outbox)
+            and self.buffered_amount + len(data) > budget
+        ):
+            return False
+        return self._send_or_queue(data)
+
+    def _send_or_queue(self, data: bytes) -> bool:
+        """``write_nowait()`` without a budget, on a transport that is not broken: behind
+        what is queued, else to the kernel and queue the rest. False when it broke."""
         if self._writing or self._writer is not None or self._outbox:
-            if budget is not None and self.buffered_amount + len(data) > budget:
-                return False
             self._enqueue(data)
             self._start_writer()
             return True

@@ -314,22 +314,18 @@ class WebSocket:
         a handler that answers a message never races the core's own output.
         """
         conn = self._conn
-        if conn.state is State.CLOSED:  # abort()/fail() ended the core: only events are left
+        state = conn.state
+        if state is State.OPEN and timeout is None and self._raw is not None:
+            data: bytes | None = self._recv_raw(self._raw)  # 1. the hot path: no timer
+        elif state is State.CLOSED:  # abort()/fail() ended the core: only events are left
             self._dispatch(conn.events_received())
             if not self._finished:
                 self._finish()
             return True
-        closing = conn.close_expected()
-        wait = timeout
-        if closing:  # the close timer: the peer's Close is due by _close_deadline
-            left = self._close_deadline - monotonic()
-            wait = max(0.0, left if timeout is None else min(timeout, left))
-        data = self._recv(wait)  # 1.
-        if data is None:
-            if not closing or monotonic() < self._close_deadline:
+        else:
+            data = self._recv_or_expire(timeout, state is State.CLOSING)  # 1.
+            if data is None:
                 return False
-            self._transport.drop()  # close_timeout passed: drop TCP, report 1006
-            data = b""
         metrics = self._metrics
         started = perf_counter() if metrics is not None else 0.0
         if data:  # 2.
@@ -344,6 +340,19 @@ class WebSocket:
             self._transport.write(out)
         self._dispatch(conn.events_received())  # 4.
         return True
+
+    def _recv_or_expire(self, timeout: float | None, closing: bool) -> bytes | None:
+        """``_recv`` under the close timer too (``closing``: the peer's Close is due by
+        ``_close_deadline``; past it TCP is dropped and the read reports the end)."""
+        wait = timeout
+        if closing:
+            left = self._close_deadline - monotonic()
+            wait = max(0.0, left if timeout is None else min(timeout, left))
+        data = self._recv(wait)
+        if data is None and closing and monotonic() >= self._close_deadline:
+            self._transport.drop()  # close_timeout passed: drop TCP, report 1006
+            return b""
+        return data
 
     def _recv(self, wait: float | None) -> bytes | None:
         """Read once; ``b""`` on EOF or a transport error, ``None`` when ``wait`` passed.
@@ -502,13 +511,14 @@ class WebSocket:
             RuntimeError: another greenlet is already reading this connection.
         """
         deadline = None if timeout is None else monotonic() + timeout
+        woken = 0
         while True:
-            step = self._step(deadline)
+            step = self._step(deadline, woken)
             if step is None or isinstance(step, (str, bytes)):
                 return step
             if step is _EXPIRED:
                 raise TimeoutError(f"no message within {timeout} s")
-            self._wait(step)
+            woken = self._wait(step)
 
     def __iter__(self) -> Iterator[str | bytes]:
         """Messages until the connection closes (then the loop just ends): ``for m in ws``.
@@ -519,10 +529,17 @@ class WebSocket:
         """
         return Messages(self)
 
-    def _step(self, deadline: float | None = None) -> Any:
+    def _step(self, deadline: float | None = None, woken: int = 0) -> Any:
         """One pass of ``receive()``: the next message, ``None`` once closed, ``_EXPIRED`` when
         ``deadline`` passed, or, instead of waiting on plain TCP without a deadline, the gevent
-        socket to wait on (``_wait``; ``Messages`` waits in C) before the next pass."""
+        socket to wait on (``_wait``; ``Messages`` waits in C) before the next pass.
+
+        ``woken``: that wait ended without an exception (``_wait``'s result): this pass
+        reads at once (``_READY``) or reports the end (``_CLOSED``), as after ``_woke``.
+        """
+        if woken:
+            self._reading = False
+            self._woken = woken
         while True:
             messages = self._messages
             if messages:
@@ -539,11 +556,14 @@ class WebSocket:
             if transport.corked is not None and not self._hold:
                 transport.uncork()  # a client's answers to the last batch, in one send
             if deadline is None:
-                if self._drained and not self._woken and self._raw is not None:
-                    conn = self._conn  # _pump would wait in _recv_raw: the caller waits
-                    if conn.state is not State.CLOSED and not conn.close_expected():
-                        self._reading = True
-                        return self._sock
+                if (
+                    self._drained
+                    and not self._woken
+                    and self._raw is not None
+                    and self._conn.state is State.OPEN  # neither closing nor closed
+                ):
+                    self._reading = True  # _pump would wait in _recv_raw: the caller waits
+                    return self._sock
                 self._pump()
             elif not self._pump(max(deadline - monotonic(), 0.0)) and monotonic() >= deadline:
                 return _EXPIRED
@@ -555,15 +575,18 @@ class WebSocket:
             ):
                 transport.cork()  # hold what the handler answers (see ``_hold``)
 
-    def _wait(self, sock: Any) -> None:
-        """Wait until ``sock`` is readable, for ``_step`` (as ``Messages`` does in C)."""
-        closed = False
+    def _wait(self, sock: Any) -> int:
+        """Wait until ``sock`` is readable, for ``_step`` (as ``Messages`` does in C): returns
+        what to pass as the next pass's ``woken``. An exception (a kill, a ``Timeout``)
+        propagates after ``_woke``, so a later pass still reads at once."""
         try:
             _wait_readable(sock)
         except OSError:  # closed under us (gevent's cancel_wait): the next pass ends it
-            closed = True
-        finally:
-            self._woke(closed)
+            return _CLOSED
+        except BaseException:
+            self._woke(False)
+            raise
+        return _READY
 
     def _woke(self, closed: bool) -> None:
         """The wait ``_step`` asked for ended, also by an exception: the next pass reads at
@@ -1102,7 +1125,8 @@ class MessagesPython:
 
     The pure-Python twin of the compiled ``wsflask._iterator.Messages`` (``Messages`` below
     is that one when the speedups are active): both call ``ws._step()`` per pass and wait on
-    the socket it hands back, then ``ws._woke()``; tests/test_messages_iterator.py runs both.
+    the socket it hands back; the next pass is told how that wait ended (``woken``), or
+    ``ws._woke()`` is, when it raised. tests/test_messages_iterator.py runs both.
     """
 
     __slots__ = ("_ws",)
@@ -1115,13 +1139,14 @@ class MessagesPython:
 
     def __next__(self) -> str | bytes:
         ws = self._ws
+        woken = 0
         while True:
-            step = ws._step()
+            step = ws._step(None, woken)
             if step is None:
                 raise StopIteration
             if isinstance(step, (str, bytes)):
                 return step
-            ws._wait(step)
+            woken = ws._wait(step)
 
 
 def _compiled_messages() -> Callable[[WebSocket], Iterator[str | bytes]] | None:

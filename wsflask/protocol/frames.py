@@ -26,7 +26,7 @@ Message reassembly, UTF-8 and close codes are ``connection.py``'s; this module d
 from __future__ import annotations
 
 import enum
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from operator import length_hint
 from typing import NamedTuple, NoReturn, Protocol
 
@@ -259,25 +259,35 @@ class FrameDecoder:
         self._buf = b""
         return buf
 
-    def feed_compiled(self, data: bytes) -> Iterator[Frame]:
+    def feed_compiled(self, data: bytes) -> Iterable[Frame]:
         """``feed`` through the compiled scan: every complete frame of the buffer in one call.
 
         The scan is given ``max_payload`` as it is now; if the owner changes it after a
         frame, the rest of the buffer is scanned again from that frame's end, so every
-        header is judged with the limit of its time, as in ``feed_python``.
+        header is judged with the limit of its time, as in ``feed_python``. The buffer is
+        scanned at once (not when iteration starts); a lone whole frame comes back as the
+        scan's list, without a generator (nothing follows it that a new limit could judge).
         """
         if self._need or self._buf:
             buf = self._take(data)
             if buf is None:
-                return
+                return ()
         else:  # nothing kept: the common case, without a call
             buf = data
+        limit = self.max_payload
+        scanned = _scan(
+            buf, 0, self.expect_mask, limit, limit + self.compressed_slack, self.allowed_rsv
+        )
+        if len(scanned[0]) < 2 and scanned[1] == len(buf) and not scanned[2] and not scanned[3]:
+            return scanned[0]  # whole frames only, nothing left over, nothing bad
+        return self._frames_of(buf, scanned, limit)
+
+    def _frames_of(self, buf: bytes, scanned: _ScanResult, limit: int) -> Iterator[Frame]:
+        """The frames of ``scanned`` (``buf`` scanned from 0 with ``limit``), rescanning
+        after a frame that changed ``max_payload``; then keeps what is left of ``buf``."""
+        frames, end, need, bad = scanned
         pos = 0
         while True:
-            limit = self.max_payload
-            frames, end, need, bad = _scan(
-                buf, pos, self.expect_mask, limit, limit + self.compressed_slack, self.allowed_rsv
-            )
             rest = iter(frames)
             for frame in rest:
                 yield frame
@@ -286,6 +296,10 @@ class FrameDecoder:
             else:
                 break
             pos = self._end_of(frames, len(frames) - length_hint(rest), pos)
+            limit = self.max_payload
+            frames, end, need, bad = _scan(
+                buf, pos, self.expect_mask, limit, limit + self.compressed_slack, self.allowed_rsv
+            )
         if bad:  # the twin raises the exact error and close code of the header at ``end``
             self._buf = buf[end:]
             yield from self.feed_python(b"")
