@@ -369,6 +369,7 @@ class Config:
     idle_connections: int
     logs: Path
     window: int | None = None  # wsload --window for the room rows (None: its default, 4)
+    repeat: int = 1  # rounds per cell, servers interleaved within a row; the median is kept
     when: str = field(default_factory=lambda: time.strftime("%Y-%m-%d %H:%M %Z"))
 
 
@@ -768,7 +769,7 @@ def write_results(
 
 Produced by `python loadtests/rivals.py{" --quick" if cfg.quick else ""}` on
 {cfg.when}: {machine}; {pin}; {cfg.duration:g} s measured per cell
-after {cfg.warmup:g} s of warm-up; a fresh server process per cell.
+after {cfg.warmup:g} s of warm-up; a fresh server process per cell.{repeated(cfg.repeat)}
 Versions: {vers}.
 {"**Quick smoke run: these numbers are not a benchmark.**" if cfg.quick else ""}
 {chr(10).join(f"**{n}**" for n in extra_notes if n.startswith("PRELIMINARY"))}
@@ -834,6 +835,7 @@ absolute values across machines.
             "generator_cpu": cfg.generator_cpu,
             "idle_connections": cfg.idle_connections,
             "window": cfg.window,
+            "repeat": cfg.repeat,
             "when": cfg.when,
         },
         "versions": versions,
@@ -965,6 +967,7 @@ def redraw(path: Path, out: Path) -> int:
         c["idle_connections"],
         BUILD / "logs",
         c.get("window"),
+        c.get("repeat", 1),
         c.get("when", "(date not recorded)"),
     )
     same = out.resolve() == path.resolve().parent
@@ -1016,6 +1019,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         default=None,
         help="messages in flight room-wide in the broadcast/fan-out rows (wsload "
         "default 4): raise it if the servers' CPU stays below 95%% there",
+    )
+    p.add_argument(
+        "--repeat",
+        type=int,
+        default=1,
+        metavar="N",
+        help="measure every cell N times, the servers taking turns within each row (so a "
+        "slow minute of the machine hits all of them), and keep each cell's median",
     )
     p.add_argument("--server-cpu", type=int, default=0)
     p.add_argument("--generator-cpu", type=int, default=1)
@@ -1113,6 +1124,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         idle,
         logs,
         args.window,
+        repeat=max(1, args.repeat),
     )
     if args.from_json is not None:
         return redraw(args.from_json, args.out)
@@ -1185,26 +1197,63 @@ def run_all(
         versions = package_versions(rivals_python, [s.package for s in specs if s.venv == "rivals"])
     versions.update(package_versions(main_python, ["wsflask", "gevent"]))
     results: dict[tuple[str, str], Measurement] = {}
-    total = len(specs) * len(scenarios)
+    total = len(specs) * len(scenarios) * cfg.repeat
     n = 0
     for sc in scenarios:
+        rounds: dict[str, list[Measurement]] = {spec.name: [] for spec in specs}
+        for _ in range(cfg.repeat):  # the servers take turns: a slow minute hits them all
+            for spec in specs:
+                n += 1
+                python = main_python if spec.venv == "main" else rivals_python
+                print(f"[{n}/{total}] {sc.title}: {spec.name} ...", end=" ", flush=True)
+                try:
+                    m = measure(spec, python, wsload, sc, cfg)
+                except RuntimeError as exc:
+                    m = Measurement(spec.name, sc.key, False, note=str(exc))
+                rounds[spec.name].append(m)
+                shown = fmt(m.value, sc.metric) if m.ok else "failed"
+                cpu = (
+                    f" (server {m.server_cpu_pct:.0f}% / wsload {m.generator_cpu_pct:.0f}%)"
+                    if m.server_cpu_pct is not None and m.generator_cpu_pct is not None
+                    else ""
+                )
+                print(f"{shown} {sc.unit}{cpu}{'  ' + m.note if m.note else ''}", flush=True)
         for spec in specs:
-            n += 1
-            python = main_python if spec.venv == "main" else rivals_python
-            print(f"[{n}/{total}] {sc.title}: {spec.name} ...", end=" ", flush=True)
-            try:
-                m = measure(spec, python, wsload, sc, cfg)
-            except RuntimeError as exc:
-                m = Measurement(spec.name, sc.key, False, note=str(exc))
-            results[(spec.name, sc.key)] = m
-            shown = fmt(m.value, sc.metric) if m.ok else "failed"
-            cpu = (
-                f" (server {m.server_cpu_pct:.0f}% / wsload {m.generator_cpu_pct:.0f}%)"
-                if m.server_cpu_pct is not None and m.generator_cpu_pct is not None
-                else ""
-            )
-            print(f"{shown} {sc.unit}{cpu}{'  ' + m.note if m.note else ''}", flush=True)
+            results[(spec.name, sc.key)] = median_of(rounds[spec.name], sc.metric)
     return results, [s.name for s in specs], versions
+
+
+def median_of(rounds: Sequence[Measurement], metric: str) -> Measurement:
+    """The round with the median value (the lower middle one of an even count), whole: its
+    latency rows, CPU and notes come from the same measurement. Every round's value is kept
+    in ``result["rounds"]``; a round that failed is named in the note. One round: itself."""
+    if len(rounds) == 1:
+        return rounds[0]
+    good = sorted(
+        (m for m in rounds if m.ok and m.value is not None), key=lambda m: float(m.value or 0)
+    )
+    if not good:
+        return rounds[0]
+    chosen = good[(len(good) - 1) // 2]
+    values = [m.value if m.ok else None for m in rounds]
+    chosen.result = dict(chosen.result, rounds=values)
+    spread = f"median of {len(good)} rounds: {fmt(good[0].value, metric)} to " + fmt(
+        good[-1].value, metric
+    )
+    failed = len(rounds) - len(good)
+    note = spread + (f"; {failed} of {len(rounds)} rounds failed" if failed else "")
+    chosen.note = f"{chosen.note}; {note}" if chosen.note else note
+    return chosen
+
+
+def repeated(repeat: int) -> str:
+    """RESULTS.md's words for ``--repeat``."""
+    if repeat <= 1:
+        return ""
+    return (
+        f" Every cell was measured {repeat} times, the servers taking turns within each"
+        " row; the table shows each cell's median round (its range is in the notes)."
+    )
 
 
 if __name__ == "__main__":

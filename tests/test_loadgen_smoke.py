@@ -560,3 +560,25 @@ def test_results_md_keeps_the_hand_written_tail(rivals: ModuleType, tmp_path: Pa
     assert rivals.kept_tail(page) == f"\n{rivals.KEEP_MARKER}\n## Soak\nRSS flat.\n"
     page.write_text("# a table without the marker\n")
     assert rivals.kept_tail(page) == ""
+
+
+def test_repeat_keeps_each_cells_median_round_whole(rivals: ModuleType) -> None:
+    """--repeat N: the median round is kept with its own latency rows; every value is kept."""
+    rounds = [
+        rivals.Measurement("wsflask", "handshakes", True, v, result={"id": v})
+        for v in (300.0, 100.0, 200.0)
+    ]
+    chosen = rivals.median_of(rounds, "handshakes_per_s")
+    assert chosen.value == 200.0 and chosen.result["id"] == 200.0  # one round, not a mix
+    assert chosen.result["rounds"] == [300.0, 100.0, 200.0]
+    assert "median of 3 rounds: 100 to 300" in chosen.note
+    # an even count keeps the lower middle round; a failed round is named, never averaged in
+    failed = rivals.Measurement("aiohttp", "echo20", False, note="server did not start")
+    four = [rivals.Measurement("aiohttp", "echo20", True, float(v)) for v in (4, 1, 3)] + [failed]
+    chosen = rivals.median_of(four, "msg_per_s")
+    assert chosen.value == 3.0 and chosen.result["rounds"] == [4.0, 1.0, 3.0, None]
+    assert "1 of 4 rounds failed" in chosen.note
+    single = rivals.Measurement("picows", "echo20", True, 7.0)
+    assert rivals.median_of([single], "msg_per_s") is single and single.note == ""
+    assert rivals.median_of([failed, failed], "msg_per_s") is failed
+    assert "measured 3 times" in rivals.repeated(3) and rivals.repeated(1) == ""
