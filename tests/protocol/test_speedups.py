@@ -9,7 +9,7 @@ fail under ``CI=true``, where a missing build is a broken build.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable
 from itertools import pairwise
 from types import ModuleType
 from typing import cast
@@ -246,7 +246,7 @@ def budget_owner(decoder: FrameDecoder, limit: int) -> Callable[[Frame], None]:
 
 def run(
     decoder: FrameDecoder,
-    feed: Callable[[bytes], Iterator[Frame]],
+    feed: Callable[[bytes], Iterable[Frame]],
     chunks: list[bytes],
     owner: bool,
     limit: int,
