@@ -73,3 +73,52 @@ def test_two_full_sockets_are_read_in_alternation(
     # (one message per read); before, one read all 24 while the other waited.
     first_done = min(i for i in range(len(log)) if log[: i + 1].count(log[i]) == MESSAGES)
     assert _longest_run(log[: first_done + 1]) <= 2, "".join(n[1] for n in log)
+
+
+class _CountingReads:
+    """The OS socket under a WebSocket, recording what each ``recv`` returned."""
+
+    def __init__(self, raw: Any) -> None:
+        self.raw = raw
+        self.reads: list[int] = []
+
+    def recv(self, size: int) -> bytes:
+        data: bytes = self.raw.recv(size)
+        self.reads.append(len(data))
+        return data
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.raw, name)
+
+
+def test_the_rest_of_a_long_frame_is_read_at_once(
+    serve: Callable[..., Server], raw_peer: Callable[..., Any]
+) -> None:
+    """After a full read inside a long frame whose header passed the limits, the next read
+    (still after every other ready connection's) asks for all the frame still needs, not
+    ``read_size``: a 64 KiB message in the kernel costs 2 reads, not 65 wake-ups."""
+    got: list[bytes] = []
+    counters: list[_CountingReads] = []
+    done = gevent.event.Event()
+
+    def handler(ws: WebSocket) -> None:
+        counters.append(_CountingReads(ws._raw))
+        ws._raw = counters[0]
+        message = ws.receive()
+        assert isinstance(message, bytes)
+        got.append(message)
+        done.set()
+
+    config = Config(port=0, read_size=READ, close_timeout=0.5, ping_interval=86400)
+    server = serve(handler, config=config)
+    peer = raw_peer(server.server_port)
+    assert peer.request("/").startswith(b"HTTP/1.1 101")
+    wait_until(lambda: bool(counters), 5)
+    payload = bytes(range(256)) * 256  # 64 KiB, masked with a zero key
+    frame = b"\x82\xff" + len(payload).to_bytes(8, "big") + b"\x00\x00\x00\x00" + payload
+    peer.sock.sendall(frame)
+    assert done.wait(10)
+    assert got == [payload]
+    reads = counters[0].reads
+    assert sum(reads) == len(frame)
+    assert reads[0] == READ and len(reads) <= 3, reads  # was len(frame) / READ = 65 reads

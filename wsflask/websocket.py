@@ -405,6 +405,9 @@ class WebSocket:
                 _wait_readable(sock)
             else:  # a full read: the other ready connections read first
                 gevent.sleep(0)
+                # the kernel holds more: take the rest of a long frame (accepted within
+                # the limits) at once, not read_size at a time
+                size = max(size, self._conn.frame_bytes_missing)
             while True:
                 try:
                     data: bytes = raw.recv(size)

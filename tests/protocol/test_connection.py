@@ -96,6 +96,26 @@ def test_unsolicited_pongs_cf03(side: Side) -> None:
     assert conn.state is State.OPEN and conn.data_to_send() == b""
 
 
+def test_frame_bytes_missing_counts_down_a_long_frame(side: Side) -> None:
+    """What a driver may read at once: the rest of a long frame whose header passed."""
+    conn, _ = open_side(side)
+    frame = peer_frame(side, 0x2, bytes(70_000))
+    assert conn.frame_bytes_missing == 0
+    conn.receive_data(frame[:1000])
+    assert conn.frame_bytes_missing == len(frame) - 1000
+    conn.receive_data(frame[1000:50_000])
+    assert conn.frame_bytes_missing == len(frame) - 50_000
+    conn.receive_data(frame[50_000:])
+    assert conn.frame_bytes_missing == 0
+    assert conn.events_received() == [BinaryMessage(bytes(70_000))]
+    short = peer_frame(side, 0x2, bytes(3000))  # a short frame is kept whole: not counted
+    conn.receive_data(short[:100])
+    assert conn.frame_bytes_missing == 0
+    too_big = peer_frame(side, 0x2, bytes(2 << 20))  # refused from its header: nothing awaited
+    conn.receive_data(short[100:] + too_big[:100])
+    assert conn.frame_bytes_missing == 0 and conn.state is not State.OPEN
+
+
 # --------------------------------------------------------------------- limits
 
 

@@ -149,6 +149,13 @@ class Connection:
         clock, bounds how long: ``Config.fragment_timeout``)."""
         return self._messages.in_progress
 
+    @property
+    def frame_bytes_missing(self) -> int:
+        """Bytes still missing from a long frame whose header was accepted (0 when none):
+        within the limits already checked, so a driver may read that many at once instead
+        of its usual chunk (fewer wake-ups for a large message)."""
+        return self._decoder.missing
+
     def set_limits(self, limits: Limits) -> None:
         """Adopt new limits while open (a live reload): the next frame and message are held
         to the new ``max_message_size`` and ``fragment_overhead`` (a frame whose header

@@ -243,6 +243,12 @@ class FrameDecoder:
         """Bytes held for the incomplete frame at the end of the stream."""
         return len(self._buf) + self._pending
 
+    @property
+    def missing(self) -> int:
+        """Bytes a long frame, whose header was accepted, still needs (0 when none is
+        awaited): a reader may take that many at once."""
+        return self._need - self._pending
+
     def _take(self, data: bytes) -> bytes | None:
         """The bytes to scan: ``data`` after the kept incomplete frame; None while short."""
         if self._need:
