@@ -9,7 +9,7 @@ import gevent.event
 import pytest
 
 from wsflask import App
-from wsflask.metrics import Histogram, Metrics
+from wsflask.metrics import PARSE_BUCKETS_MS, Histogram, Metrics
 
 LABEL = r'[a-zA-Z_]+="(?:[^"\\]|\\.)*"'
 SAMPLE = re.compile(rf"^[a-zA-Z_:][a-zA-Z0-9_:]*(\{{{LABEL}(,{LABEL})*\}})? -?[0-9.e+-]+$")
@@ -134,6 +134,19 @@ def test_frame_parse_recorded_in_milliseconds_and_rtt_in_seconds() -> None:
     assert 'websocket_frame_parsing_duration_ms_bucket{le="2.5"} 1' in text
     assert "websocket_frame_parsing_duration_ms_sum 2" in text
     assert 'websocket_rtt_seconds_bucket{le="0.005"} 1' in text
+
+
+def test_a_histogram_observed_in_seconds_and_exported_in_ms_keeps_its_bounds() -> None:
+    """Observations on a bucket's bound fall in that bucket (``le`` is inclusive), one just
+    above it in the next; the sum is exported in milliseconds."""
+    for bound in PARSE_BUCKETS_MS:
+        histogram = Histogram(PARSE_BUCKETS_MS, unit=1000.0)
+        histogram.observe(bound / 1000.0)
+        histogram.observe(bound / 1000.0 * 1.0001)
+        lines = histogram.render_lines("h")
+        at = PARSE_BUCKETS_MS.index(bound)
+        assert histogram.counts[at] == 1 and histogram.counts[at + 1] == 1, bound
+        assert abs(float(lines[-2].split()[1]) - bound * 2.0001) < 1e-9 * max(1.0, bound)
 
 
 def test_message_rate_over_sliding_window() -> None:

@@ -425,7 +425,7 @@ class WebSocket:
         """Handle events in order; ``Closed`` (always last) runs the cleanup."""
         now = 0.0
         for event in events:
-            if isinstance(event, (TextMessage, BinaryMessage)):
+            if event.__class__ is TextMessage or isinstance(event, (TextMessage, BinaryMessage)):
                 self.last_received = now = now or monotonic()
                 self._on_message(event.data)
             elif isinstance(event, Ping):
@@ -619,14 +619,12 @@ class WebSocket:
             raise self._closed_error()
         if len(data) > self._big:  # one compare for small messages
             self._check_size(data)
-        timed = self.deflate is not None and self._metrics is not None
-        started = perf_counter() if timed else 0.0
-        if isinstance(data, str):
-            conn.send_text(data, compress=compress)
+        if self.deflate is not None:
+            self._send_compressible(data, compress)
+        elif isinstance(data, str):  # the hot path: nothing to compress or time
+            conn.send_text(data)
         else:
-            conn.send_binary(data if isinstance(data, bytes) else bytes(data), compress=compress)
-        if timed and self._metrics is not None:
-            self._metrics.compress_time(perf_counter() - started)
+            conn.send_binary(data if isinstance(data, bytes) else bytes(data))
         if not transport.write(conn.data_to_send()):
             raise self._write_failed()
         self.messages_sent += 1
@@ -638,6 +636,18 @@ class WebSocket:
             )
             self.bytes_sent += nbytes
             self._metrics.message_out(nbytes)
+
+    def _send_compressible(self, data: str | bytes, compress: bool | None) -> None:
+        """``send()``'s hand-over to the core once permessage-deflate was negotiated: the
+        time the codec takes is recorded (``compress_time``)."""
+        conn, metrics = self._conn, self._metrics
+        started = perf_counter() if metrics is not None else 0.0
+        if isinstance(data, str):
+            conn.send_text(data, compress=compress)
+        else:
+            conn.send_binary(data if isinstance(data, bytes) else bytes(data), compress=compress)
+        if metrics is not None:
+            metrics.compress_time(perf_counter() - started)
 
     def _check_size(self, data: str | bytes) -> None:
         """Refuse (and count) an outbound message over ``max_message_size``: the peer would
