@@ -8,6 +8,7 @@ fail under ``CI=true``, where a missing build is a broken build.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Callable, Iterable
 from itertools import pairwise
@@ -19,13 +20,17 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from wsflask.protocol import CloseCode, Opcode, ProtocolError, TextMessage, frame_info, speedups
+from wsflask.protocol import connection as connection_module
 from wsflask.protocol.errors import FRAME_DUMP_BYTES
+from wsflask.protocol.events import BinaryMessage
 from wsflask.protocol.frames import Frame, FrameDecoder, encode_frame_python
 from wsflask.protocol.mask import (
     apply_mask_inplace_python,
     apply_mask_int,
     apply_mask_reference,
 )
+from wsflask.protocol.messages import scan_messages_python
+from wsflask.protocol.states import Limits
 
 from .conftest import bytes_kept, feed, open_pair, splits
 
@@ -425,6 +430,145 @@ def test_scan_reports_where_it_stopped(c: ModuleType) -> None:
         c.scan_frames(b"\x81\x00", 3, False, 10, 10, 0)
 
 
+# ------------------------------------------------------------------ (c) whole messages
+
+
+def messages_agree(c: ModuleType, stream: bytes, expect_mask: bool, limit: int) -> int:
+    """``scan_messages`` and its twin give the same events and stop at the same frame;
+    returns that end."""
+    python = scan_messages_python(stream, expect_mask, limit, TextMessage, BinaryMessage)
+    compiled = c.scan_messages(stream, expect_mask, limit, TextMessage, BinaryMessage)
+    assert compiled == python
+    assert [type(e) for e in compiled[0]] == [type(e) for e in python[0]]
+    return int(compiled[1])
+
+
+# Text payloads with invalid UTF-8 among them (a lone continuation byte, a surrogate, a
+# truncated sequence); frame_specs' payloads are PATTERN, which is invalid UTF-8 past 0x7F.
+TEXTS = st.sampled_from(
+    [b"", b"ok", "héllo".encode(), b"\x80", b"\xed\xa0\x80", b"\xe2\x82", b"a" * 600]
+)
+
+
+@settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    st.lists(frame_specs | st.tuples(st.just("text"), TEXTS), max_size=8),
+    st.booleans(),
+    LIMITS,
+    st.integers(0, 3),
+)
+def test_whole_messages_match_twin_on_any_stream(
+    c: ModuleType, specs: list[Spec | tuple[str, bytes]], expect_mask: bool, limit: int, trim: int
+) -> None:
+    key = b"\x37\xfa\x21\x3d" if expect_mask else None
+    stream = b"".join(
+        encode_frame_python(0x1, spec[1], mask=key)
+        if spec[0] == "text"
+        else raw_frame(spec, expect_mask)  # type: ignore[arg-type]
+        for spec in specs
+    )
+    stream = stream[: len(stream) - trim]
+    end = messages_agree(c, stream, expect_mask, limit)
+    # What they take is exactly what the frame decoder would deliver as whole messages, and
+    # the frame at ``end`` is one the decoder must judge (or is incomplete).
+    decoder = FrameDecoder(expect_mask=expect_mask, max_payload=limit)
+    try:
+        frames = list(decoder.feed_python(stream[:end]))
+    except ProtocolError as exc:  # pragma: no cover - a failure message, not a branch
+        raise AssertionError(f"took a frame the decoder refuses: {exc}") from None
+    assert decoder.buffered == 0 and all(f[0] and not f[2] and f[1] in (1, 2) for f in frames)
+
+
+@settings(max_examples=300)
+@given(st.binary(max_size=200), st.booleans(), LIMITS)
+def test_whole_messages_match_twin_on_noise(
+    c: ModuleType, stream: bytes, expect_mask: bool, limit: int
+) -> None:
+    messages_agree(c, stream, expect_mask, limit)
+
+
+@pytest.mark.parametrize("size", BOUNDARIES)
+@pytest.mark.parametrize("masked", [True, False])
+def test_whole_messages_every_length_boundary(c: ModuleType, size: int, masked: bool) -> None:
+    key = b"\x37\xfa\x21\x3d" if masked else None
+    frame = encode_frame_python(0x2, PATTERN[:size], mask=key)
+    text = encode_frame_python(0x1, b"t" * size, mask=key)
+    for limit in (size - 1, size):
+        end = messages_agree(c, frame + text, masked, limit)
+        assert end == (len(frame) + len(text) if limit >= size else 0)
+    assert messages_agree(c, frame + text[:-1], masked, size) == len(frame)
+
+
+def test_whole_messages_are_the_event_types_the_core_makes(c: ModuleType) -> None:
+    """The compiled scan makes the events without calling their __init__: that is exact
+    only while ``data`` is each type's one field and nothing runs after it is set."""
+    for kind in (TextMessage, BinaryMessage):
+        assert [f.name for f in dataclasses.fields(kind)] == ["data"]
+        assert not hasattr(kind, "__post_init__") and "__slots__" in vars(kind)
+    events, end = c.scan_messages(
+        encode_frame_python(0x1, b"hi") + encode_frame_python(0x2, b"yo"),
+        False,
+        10,
+        TextMessage,
+        BinaryMessage,
+    )
+    assert events == [TextMessage("hi"), BinaryMessage(b"yo")] and end == 8
+    with pytest.raises(TypeError):
+        c.scan_messages(b"", False, 10, "not a type", BinaryMessage)
+    with pytest.raises(TypeError):
+        c.scan_messages(b"", False, 10)
+
+
+def connection_story(
+    chunks: list[bytes], side_is_server: bool, limit: int, whole: bool
+) -> list[object]:
+    """Everything an open Connection reports for ``chunks``: events (a failure's cause by
+    type and code), bytes to send, state; with or without the whole-message scan."""
+    client, server = open_pair(Limits(max_message_size=limit))
+    conn = server if side_is_server else client
+    story: list[object] = []
+    with pytest.MonkeyPatch.context() as patch:
+        if not whole:
+            patch.setattr(connection_module, "scan_messages", None)
+        for chunk in chunks:
+            conn.receive_data(chunk)
+            for event in conn.events_received():
+                cause = getattr(event, "cause", None)
+                story.append((repr(event) if cause is None else type(event), type(cause)))
+                if cause is not None:
+                    story.append((cause.code, cause.close_code, getattr(event, "code", None)))
+            story.append((conn.data_to_send(), conn.state))
+    return story
+
+
+@settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    st.lists(frame_specs | st.tuples(st.just("text"), TEXTS), max_size=8),
+    st.lists(st.integers(0, 1 << 20), max_size=6),
+    st.booleans(),
+    st.sampled_from([1, 125, 126, 4096, 65536, 1 << 20]),
+)
+def test_connection_same_story_with_and_without_the_whole_message_scan(
+    c: ModuleType,
+    specs: list[Spec | tuple[str, bytes]],
+    points: list[int],
+    side_is_server: bool,
+    limit: int,
+) -> None:
+    """The fast path changes nothing a Connection reports, on any stream and any split:
+    messages, pongs, failures with their close codes, what it sends, its state."""
+    key = b"\x37\xfa\x21\x3d" if side_is_server else None
+    stream = b"".join(
+        encode_frame_python(0x1, spec[1], mask=key)
+        if spec[0] == "text"
+        else raw_frame(spec, side_is_server)  # type: ignore[arg-type]
+        for spec in specs
+    )
+    chunks = cut(stream, points)
+    with_scan = connection_story(chunks, side_is_server, limit, True)
+    assert with_scan == connection_story(chunks, side_is_server, limit, False)
+
+
 def test_connection_on_both_paths(c: ModuleType) -> None:
     """A server Connection gives the same events whichever scan its decoder uses."""
     client, server = open_pair()
@@ -455,6 +599,8 @@ def test_no_leak_on_any_path(c: ModuleType) -> None:
             for stream in streams:
                 c.scan_frames(stream, 0, True, 200, 264, 0x40)
             c.encode_frame(0x1, b"payload", mask=key)
+            for stream in [*streams, encode_frame_python(0x1, b"\xff" * 600, mask=key)]:
+                c.scan_messages(stream, True, 200, TextMessage, BinaryMessage)
             for args, kwargs in (
                 ((300, b"x"), {}),
                 ((1, "text"), {"mask": b"abc"}),

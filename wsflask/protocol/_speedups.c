@@ -4,9 +4,10 @@
  * apply_mask / apply_mask_inplace  XOR (un)masking, 8 bytes at a time (RFC 6455 section 5.3)
  * encode_frame                     one frame in one allocation (section 5.2)
  * scan_frames                      every complete frame of one receive buffer (section 5.2)
+ * scan_messages                    the plain whole messages at the start of a buffer, as events
  * head_fields                      the header fields of a valid handshake head (RFC 7230 3.2)
  *
- * Each function has a pure-Python twin (mask.py, frames.py, handshake.py) that defines its behaviour;
+ * Each function has a pure-Python twin (mask.py, frames.py, messages.py, handshake.py) that defines its behaviour;
  * tests/protocol/test_speedups.py feeds both the same inputs. The module is optional:
  * speedups.py falls back to the twins when it is missing or WSFLASK_NO_EXTENSIONS is set.
  * Nothing here does I/O or keeps state between calls.
@@ -133,7 +134,8 @@ apply_mask_inplace(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 
 /* ------------------------------------------------------------------ encoding */
 
-static PyObject *str_opcode, *str_payload, *str_fin, *str_rsv, *str_mask;
+static PyObject *str_opcode, *str_payload, *str_fin, *str_rsv, *str_mask, *str_data;
+static PyObject *empty_tuple;  /* new_event()'s arguments to tp_new */
 
 /* Match one keyword name; interned names compare by identity first. */
 static int
@@ -435,6 +437,122 @@ done:
     return result;
 }
 
+PyDoc_STRVAR(scan_messages_doc,
+"scan_messages(buf, expect_mask, max_payload, text_type, binary_type, /)\n"
+"    -> (events, end)\n\n"
+"The plain whole messages at the start of buf: unfragmented, uncompressed text and binary\n"
+"frames (first byte 0x81 or 0x82), masked as expect_mask says, with a minimal length of at\n"
+"most max_payload, complete, text valid UTF-8. Each becomes text_type(str) or\n"
+"binary_type(bytes) (made without calling __init__: the type's only field is data).\n"
+"end: where the first other frame starts; the frame decoder judges it and what follows.");
+
+/* ``cls(data)`` for a dataclass whose only field is ``data``, without its Python __init__. */
+static PyObject *
+new_event(PyObject *cls, PyObject *data)
+{
+    PyTypeObject *type = (PyTypeObject *)cls;
+    PyObject *event = type->tp_new(type, empty_tuple, NULL);
+    if (event == NULL) return NULL;
+    if (PyObject_SetAttr(event, str_data, data) < 0) {
+        Py_DECREF(event);
+        return NULL;
+    }
+    return event;
+}
+
+/* The payload of the frame at p (head bytes of header, the key last when masked), unmasked,
+ * as bytes, or decoded as str for text (unmasked on the stack or in a scratch buffer: one
+ * allocation, the str); NULL with no exception set when the text is not valid UTF-8 (the
+ * frame decoder reports that), NULL with one set on a real error. */
+static PyObject *
+message_data(const unsigned char *p, Py_ssize_t head, Py_ssize_t length, int masked, int text)
+{
+    const unsigned char *key = p + head - 4;
+    if (!text) {
+        PyObject *raw = PyBytes_FromStringAndSize(masked ? NULL : (const char *)p + head, length);
+        if (raw != NULL && masked)
+            xor_mask(p + head, (unsigned char *)PyBytes_AS_STRING(raw), length, key);
+        return raw;
+    }
+    unsigned char stack[512], *scratch = NULL;
+    const unsigned char *src = p + head;
+    if (masked) {
+        unsigned char *dst = stack;
+        if (length > (Py_ssize_t)sizeof stack) {
+            if ((dst = scratch = PyMem_Malloc((size_t)length)) == NULL) return PyErr_NoMemory();
+        }
+        xor_mask(p + head, dst, length, key);
+        src = dst;
+    }
+    PyObject *str = PyUnicode_DecodeUTF8((const char *)src, length, "strict");
+    PyMem_Free(scratch);
+    if (str == NULL && PyErr_ExceptionMatches(PyExc_UnicodeDecodeError)) PyErr_Clear();
+    return str;
+}
+
+static PyObject *
+scan_messages(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    Py_buffer view;
+    PyObject *events, *result = NULL;
+    long long max_payload;
+    int expect_mask;
+    Py_ssize_t pos = 0, n;
+
+    if (nargs != 5) {
+        PyErr_SetString(PyExc_TypeError, "scan_messages() takes exactly 5 arguments");
+        return NULL;
+    }
+    if ((expect_mask = PyObject_IsTrue(args[1])) < 0) return NULL;
+    if (as_limit(args[2], &max_payload) < 0) return NULL;
+    if (!PyType_Check(args[3]) || !PyType_Check(args[4])) {
+        PyErr_SetString(PyExc_TypeError, "scan_messages() needs the two event types");
+        return NULL;
+    }
+    if (PyObject_GetBuffer(args[0], &view, PyBUF_SIMPLE) < 0) return NULL;
+    n = view.len;
+    if ((events = PyList_New(0)) == NULL) goto done;
+    while (n - pos >= 2) {
+        const unsigned char *p = (const unsigned char *)view.buf + pos;
+        unsigned long long length = p[1] & 0x7F;
+        Py_ssize_t avail = n - pos, head = 2;
+        if ((p[0] != 0x81 && p[0] != 0x82) || ((p[1] & 0x80) != 0) != (expect_mask != 0)) break;
+        if (length == 126) {
+            if (avail < 4) break;
+            length = ((unsigned long long)p[2] << 8) | p[3];
+            head = 4;
+            if (length < 126) break;
+        } else if (length == 127) {
+            if (avail < 10) break;
+            length = 0;
+            for (int b = 0; b < 8; b++) length = (length << 8) | p[2 + b];
+            head = 10;
+            if ((length >> 63) || length < 65536) break;
+        }
+        if ((long long)length > max_payload) break;
+        head += expect_mask ? 4 : 0;
+        if (head > avail || length > (unsigned long long)(avail - head)) break;
+        PyObject *data = message_data(p, head, (Py_ssize_t)length, expect_mask, p[0] == 0x81);
+        if (data == NULL) {
+            if (PyErr_Occurred()) Py_CLEAR(events);
+            break;  /* invalid UTF-8: the decoder fails the connection with 1007 */
+        }
+        PyObject *event = new_event(p[0] == 0x81 ? args[3] : args[4], data);
+        Py_DECREF(data);
+        if (event == NULL || PyList_Append(events, event) < 0) {
+            Py_XDECREF(event);
+            Py_CLEAR(events);
+            break;
+        }
+        Py_DECREF(event);
+        pos += head + (Py_ssize_t)length;
+    }
+    if (events != NULL) result = Py_BuildValue("(Nn)", events, pos);
+done:
+    PyBuffer_Release(&view);
+    return result;
+}
+
 /* ------------------------------------------------------------------ handshake head */
 
 /* RFC 7230 section 3.2.6 tchar, and the bytes a field value may hold (field-vchar, SP,
@@ -612,6 +730,8 @@ static PyMethodDef methods[] = {
     {"encode_frame", (PyCFunction)(void (*)(void))encode_frame,
      METH_FASTCALL | METH_KEYWORDS, encode_frame_doc},
     {"scan_frames", (PyCFunction)(void (*)(void))scan_frames, METH_FASTCALL, scan_frames_doc},
+    {"scan_messages", (PyCFunction)(void (*)(void))scan_messages, METH_FASTCALL,
+     scan_messages_doc},
     {"head_fields", (PyCFunction)(void (*)(void))head_fields, METH_FASTCALL, head_fields_doc},
     {NULL, NULL, 0, NULL},
 };
@@ -633,6 +753,8 @@ PyInit__speedups(void)
         if ((str_fin = PyUnicode_InternFromString("fin")) == NULL) return NULL;
         if ((str_rsv = PyUnicode_InternFromString("rsv")) == NULL) return NULL;
         if ((str_mask = PyUnicode_InternFromString("mask")) == NULL) return NULL;
+        if ((str_data = PyUnicode_InternFromString("data")) == NULL) return NULL;
+        if ((empty_tuple = PyTuple_New(0)) == NULL) return NULL;
     }
     return PyModule_Create(&module);
 }

@@ -3,6 +3,8 @@
 from _typeshed import ReadableBuffer as Buffer
 from _typeshed import WriteableBuffer
 
+from .events import BinaryMessage, TextMessage
+
 def apply_mask(data: Buffer, mask: Buffer, /) -> bytes: ...
 def apply_mask_inplace(buffer: WriteableBuffer, mask: Buffer, /) -> None: ...
 def encode_frame(
@@ -22,3 +24,11 @@ def scan_frames(
     allowed_rsv: int,
     /,
 ) -> tuple[list[tuple[bool, int, int, bytes]], int, int, bool | str]: ...
+def scan_messages(
+    buf: Buffer,
+    expect_mask: bool,
+    max_payload: int,
+    text_type: type[TextMessage],
+    binary_type: type[BinaryMessage],
+    /,
+) -> tuple[list[TextMessage | BinaryMessage], int]: ...

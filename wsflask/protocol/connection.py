@@ -44,7 +44,7 @@ from .errors import (
 )
 from .events import BinaryMessage, Closed, Event, Opened, Ping, Pong, Request, TextMessage
 from .frames import CloseCode, FrameDecoder, encode_frame, frame_dump
-from .messages import MessageAssembler
+from .messages import MessageAssembler, scan_messages
 from .states import Limits as Limits
 from .states import Side as Side
 from .states import State as State
@@ -364,9 +364,23 @@ class Connection:
         if events is None:
             events = self._events = []
         is_open = self.state is State.OPEN
+        decoder = self._decoder
+        if (
+            scan_messages is not None
+            and is_open
+            and not assembler.in_progress
+            and not decoder.buffered
+        ):  # plain whole messages first, in one compiled call
+            whole, end = scan_messages(
+                data, decoder.expect_mask, decoder.max_payload, TextMessage, BinaryMessage
+            )
+            events += whole
+            if end == len(data):
+                return
+            data = data[end:]  # the first other frame on: the decoder judges it
         fin, opcode, rsv, payload = True, 0, 0, b""  # bound for the error path's dump
         try:
-            for fin, opcode, rsv, payload in self._decoder.feed(data):
+            for fin, opcode, rsv, payload in decoder.feed(data):
                 # Hot path first: a whole uncompressed message in one frame, nothing pending.
                 if fin and not rsv and is_open and 0 < opcode < 3 and not assembler.in_progress:
                     if opcode == 1:

@@ -1,23 +1,90 @@
-"""Reassembly of fragmented and compressed messages under a budget (RFC 6455 §5.4, §10.4).
+"""Messages from data frames: plain whole ones straight off the buffer, and the reassembly of
+fragmented and compressed ones under a budget (RFC 6455 §5.4, §10.4).
 
-``MessageAssembler`` takes the data frames that are not plain whole messages (``Connection``
-delivers those itself) and returns each message once its final fragment arrived; its class
-docstring lists the RFC rules it enforces. This module does no I/O.
+``scan_messages`` turns the plain whole messages at the start of a receive buffer into events
+in one call (compiled when the speedups are; ``scan_messages_python`` is its twin and
+defines it), leaving the first other frame to the ``FrameDecoder``. ``MessageAssembler``
+takes the data frames that are not plain whole messages and returns each message once its
+final fragment arrived; its class docstring lists the RFC rules it enforces. This module
+does no I/O.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import lru_cache
 
 from .compression import PerMessageDeflate
 from .errors import MessageTooBig, ProtocolError
 from .events import BinaryMessage, TextMessage
 from .frames import FrameDecoder
+from .mask import apply_mask
+from .speedups import compiled
 from .utf8 import TextAssembler, decode_text
 
-__all__ = ["MessageAssembler", "compressed_slack"]
+__all__ = ["MessageAssembler", "compressed_slack", "scan_messages", "scan_messages_python"]
 
 Message = TextMessage | BinaryMessage
+
+_WHOLE = (0x81, 0x82)  # FIN, no RSV bit, text or binary: a plain whole message
+
+
+def scan_messages_python(
+    buf: bytes,
+    expect_mask: bool,
+    max_payload: int,
+    text_type: type[TextMessage],
+    binary_type: type[BinaryMessage],
+    /,
+) -> tuple[list[Message], int]:
+    """The plain whole messages at the start of ``buf`` as events, and where they end.
+
+    A plain whole message is one frame with FIN set, no RSV bit, opcode text or binary,
+    masked exactly when ``expect_mask`` (§5.1), a minimal length (§5.2) of at most
+    ``max_payload``, complete in ``buf``, and for text valid UTF-8 (§8.1). It stops at the
+    first other frame without judging it: the caller hands the rest to the ``FrameDecoder``,
+    which decides (control frames, fragments, compression, errors and their close codes).
+    The caller must know that no fragmented message is in progress and nothing is kept.
+    """
+    events: list[Message] = []
+    pos, end = 0, len(buf)
+    while end - pos >= 2:
+        first, second = buf[pos], buf[pos + 1]
+        if first not in _WHOLE or bool(second & 0x80) != expect_mask:
+            break
+        length, head = second & 0x7F, 2
+        if length >= 126:
+            head = 4 if length == 126 else 10
+            if end - pos < head:
+                break
+            length = int.from_bytes(buf[pos + 2 : pos + head], "big")
+            if length < (126 if head == 4 else 65536) or length >> 63:
+                break
+        if length > max_payload:
+            break
+        start = pos + head + (4 if expect_mask else 0)
+        if start + length > end:
+            break
+        payload = buf[start : start + length]
+        if expect_mask:
+            payload = apply_mask(payload, buf[start - 4 : start])
+        if first == 0x81:
+            try:
+                events.append(text_type(payload.decode("utf-8")))
+            except UnicodeDecodeError:
+                break
+        else:
+            events.append(binary_type(payload))
+        pos = start + length
+    return events, pos
+
+
+#: ``scan_messages``: the compiled twin when the speedups are active, else None (the core then
+#: takes every frame through the ``FrameDecoder``, as the twin's callers would after it).
+scan_messages: (
+    Callable[[bytes, bool, int, type[TextMessage], type[BinaryMessage]], tuple[list[Message], int]]
+    | None
+) = None if compiled is None else compiled.scan_messages
 
 
 def compressed_slack(max_message_size: int) -> int:
