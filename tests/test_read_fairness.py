@@ -20,7 +20,7 @@ from helpers import wait_until
 
 from wsflask.config import Config
 from wsflask.server import Server
-from wsflask.websocket import WebSocket
+from wsflask.websocket import LONG_READ_MAX, WebSocket
 
 READ = 1024  # the smallest read_size: one read holds less than one of the frames below
 MESSAGES = 24
@@ -81,8 +81,10 @@ class _CountingReads:
     def __init__(self, raw: Any) -> None:
         self.raw = raw
         self.reads: list[int] = []
+        self.asked: list[int] = []
 
     def recv(self, size: int) -> bytes:
+        self.asked.append(size)
         data: bytes = self.raw.recv(size)
         self.reads.append(len(data))
         return data
@@ -122,3 +124,36 @@ def test_the_rest_of_a_long_frame_is_read_at_once(
     reads = counters[0].reads
     assert sum(reads) == len(frame)
     assert reads[0] == READ and len(reads) <= 3, reads  # was len(frame) / READ = 65 reads
+
+
+def test_a_long_frames_rest_is_read_a_bounded_chunk_at_a_time(
+    serve: Callable[..., Server], raw_peer: Callable[..., Any]
+) -> None:
+    """Past LONG_READ_MAX, the rest of a long frame is asked for LONG_READ_MAX at a time:
+    max_message_size (up to 2 GiB) never sizes one read's buffer."""
+    got: list[bytes] = []
+    counters: list[_CountingReads] = []
+    done = gevent.event.Event()
+
+    def handler(ws: WebSocket) -> None:
+        counters.append(_CountingReads(ws._raw))
+        ws._raw = counters[0]
+        message = ws.receive()
+        assert isinstance(message, bytes)
+        got.append(message)
+        done.set()
+
+    size = 3 * LONG_READ_MAX
+    config = Config(port=0, read_size=READ, max_message_size=size, ping_interval=86400)
+    server = serve(handler, config=config)
+    peer = raw_peer(server.server_port)
+    assert peer.request("/").startswith(b"HTTP/1.1 101")
+    wait_until(lambda: bool(counters), 5)
+    payload = bytes(range(256)) * (size // 256)
+    frame = b"\x82\xff" + len(payload).to_bytes(8, "big") + b"\x00\x00\x00\x00" + payload
+    gevent.spawn(peer.sock.sendall, frame)
+    assert done.wait(20)
+    assert got == [payload]
+    asked = counters[0].asked
+    assert asked[0] == READ and max(asked) == LONG_READ_MAX, asked[:8]
+    assert sum(counters[0].reads) == len(frame)

@@ -65,6 +65,9 @@ _DEFAULT_CONFIG = Config()
 CALL_READ_AHEAD = 128
 #: heartbeat round-trip times averaged by ``WebSocket.rtt``
 RTT_SAMPLES = 10
+#: the most one read takes for the rest of a long frame (``_recv_raw``): bounds the buffer a
+#: read allocates and how long one connection holds the hub, whatever max_message_size is
+LONG_READ_MAX = 1 << 20
 
 
 class Watcher(Protocol):
@@ -406,8 +409,8 @@ class WebSocket:
             else:  # a full read: the other ready connections read first
                 gevent.sleep(0)
                 # the kernel holds more: take the rest of a long frame (accepted within
-                # the limits) at once, not read_size at a time
-                size = max(size, self._conn.frame_bytes_missing)
+                # the limits) at once, not read_size at a time, up to LONG_READ_MAX
+                size = max(size, min(self._conn.frame_bytes_missing, LONG_READ_MAX))
             while True:
                 try:
                     data: bytes = raw.recv(size)
