@@ -93,12 +93,11 @@ class _CountingReads:
         return getattr(self.raw, name)
 
 
-def test_the_rest_of_a_long_frame_is_read_at_once(
-    serve: Callable[..., Server], raw_peer: Callable[..., Any]
-) -> None:
-    """After a full read inside a long frame whose header passed the limits, the next read
-    (still after every other ready connection's) asks for all the frame still needs, not
-    ``read_size``: a 64 KiB message in the kernel costs 2 reads, not 65 wake-ups."""
+def _read_one_long_frame(
+    serve: Callable[..., Server], raw_peer: Callable[..., Any], config: Config, size: int
+) -> _CountingReads:
+    """Serve a handler that receives one binary message of ``size`` bytes, sent in one go
+    by a raw peer, through a ``_CountingReads``; returns it once the message arrived whole."""
     got: list[bytes] = []
     counters: list[_CountingReads] = []
     done = gevent.event.Event()
@@ -111,19 +110,28 @@ def test_the_rest_of_a_long_frame_is_read_at_once(
         got.append(message)
         done.set()
 
-    config = Config(port=0, read_size=READ, close_timeout=0.5, ping_interval=86400)
     server = serve(handler, config=config)
     peer = raw_peer(server.server_port)
     assert peer.request("/").startswith(b"HTTP/1.1 101")
     wait_until(lambda: bool(counters), 5)
-    payload = bytes(range(256)) * 256  # 64 KiB, masked with a zero key
+    payload = bytes(range(256)) * (size // 256)  # masked with a zero key
     frame = b"\x82\xff" + len(payload).to_bytes(8, "big") + b"\x00\x00\x00\x00" + payload
-    peer.sock.sendall(frame)
-    assert done.wait(10)
+    gevent.spawn(peer.sock.sendall, frame)
+    assert done.wait(20)
     assert got == [payload]
-    reads = counters[0].reads
-    assert sum(reads) == len(frame)
-    assert reads[0] == READ and len(reads) <= 3, reads  # was len(frame) / READ = 65 reads
+    assert sum(counters[0].reads) == len(frame)
+    return counters[0]
+
+
+def test_the_rest_of_a_long_frame_is_read_at_once(
+    serve: Callable[..., Server], raw_peer: Callable[..., Any]
+) -> None:
+    """After a full read inside a long frame whose header passed the limits, the next read
+    (still after every other ready connection's) asks for all the frame still needs, not
+    ``read_size``: a 64 KiB message in the kernel costs 2 reads, not 65 wake-ups."""
+    config = Config(port=0, read_size=READ, close_timeout=0.5, ping_interval=86400)
+    reads = _read_one_long_frame(serve, raw_peer, config, 65536).reads
+    assert reads[0] == READ and len(reads) <= 3, reads  # was 65 reads of READ bytes
 
 
 def test_a_long_frames_rest_is_read_a_bounded_chunk_at_a_time(
@@ -131,29 +139,7 @@ def test_a_long_frames_rest_is_read_a_bounded_chunk_at_a_time(
 ) -> None:
     """Past LONG_READ_MAX, the rest of a long frame is asked for LONG_READ_MAX at a time:
     max_message_size (up to 2 GiB) never sizes one read's buffer."""
-    got: list[bytes] = []
-    counters: list[_CountingReads] = []
-    done = gevent.event.Event()
-
-    def handler(ws: WebSocket) -> None:
-        counters.append(_CountingReads(ws._raw))
-        ws._raw = counters[0]
-        message = ws.receive()
-        assert isinstance(message, bytes)
-        got.append(message)
-        done.set()
-
     size = 3 * LONG_READ_MAX
     config = Config(port=0, read_size=READ, max_message_size=size, ping_interval=86400)
-    server = serve(handler, config=config)
-    peer = raw_peer(server.server_port)
-    assert peer.request("/").startswith(b"HTTP/1.1 101")
-    wait_until(lambda: bool(counters), 5)
-    payload = bytes(range(256)) * (size // 256)
-    frame = b"\x82\xff" + len(payload).to_bytes(8, "big") + b"\x00\x00\x00\x00" + payload
-    gevent.spawn(peer.sock.sendall, frame)
-    assert done.wait(20)
-    assert got == [payload]
-    asked = counters[0].asked
+    asked = _read_one_long_frame(serve, raw_peer, config, size).asked
     assert asked[0] == READ and max(asked) == LONG_READ_MAX, asked[:8]
-    assert sum(counters[0].reads) == len(frame)

@@ -450,6 +450,17 @@ TEXTS = st.sampled_from(
 )
 
 
+def spec_stream(specs: list[Spec | tuple[str, bytes]], expect_mask: bool) -> bytes:
+    """The frames of ``specs``: ``frame_specs`` ones, and ("text", payload) text frames."""
+    key = b"\x37\xfa\x21\x3d" if expect_mask else None
+    return b"".join(
+        encode_frame_python(0x1, spec[1], mask=key)
+        if spec[0] == "text"
+        else raw_frame(spec, expect_mask)  # type: ignore[arg-type]
+        for spec in specs
+    )
+
+
 @settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
 @given(
     st.lists(frame_specs | st.tuples(st.just("text"), TEXTS), max_size=8),
@@ -460,13 +471,7 @@ TEXTS = st.sampled_from(
 def test_whole_messages_match_twin_on_any_stream(
     c: ModuleType, specs: list[Spec | tuple[str, bytes]], expect_mask: bool, limit: int, trim: int
 ) -> None:
-    key = b"\x37\xfa\x21\x3d" if expect_mask else None
-    stream = b"".join(
-        encode_frame_python(0x1, spec[1], mask=key)
-        if spec[0] == "text"
-        else raw_frame(spec, expect_mask)  # type: ignore[arg-type]
-        for spec in specs
-    )
+    stream = spec_stream(specs, expect_mask)
     stream = stream[: len(stream) - trim]
     end = messages_agree(c, stream, expect_mask, limit)
     # What they take is exactly what the frame decoder would deliver as whole messages, and
@@ -557,14 +562,7 @@ def test_connection_same_story_with_and_without_the_whole_message_scan(
 ) -> None:
     """The fast path changes nothing a Connection reports, on any stream and any split:
     messages, pongs, failures with their close codes, what it sends, its state."""
-    key = b"\x37\xfa\x21\x3d" if side_is_server else None
-    stream = b"".join(
-        encode_frame_python(0x1, spec[1], mask=key)
-        if spec[0] == "text"
-        else raw_frame(spec, side_is_server)  # type: ignore[arg-type]
-        for spec in specs
-    )
-    chunks = cut(stream, points)
+    chunks = cut(spec_stream(specs, side_is_server), points)
     with_scan = connection_story(chunks, side_is_server, limit, True)
     assert with_scan == connection_story(chunks, side_is_server, limit, False)
 
