@@ -58,7 +58,7 @@ class _Turn:
         self._scheduled = False
         pending, self._pending = self._pending, []
         for transport in pending:
-            transport._uncork_nowait()  # hand_on(), without the extra call per transport
+            transport._uncork_nowait()
 
 
 _TURNS: weakref.WeakKeyDictionary[Any, _Turn] = weakref.WeakKeyDictionary()
@@ -158,12 +158,9 @@ class Transport:
         self._corked_bytes = 0
         return self.write(data)
 
-    def hand_on(self) -> None:
+    def _uncork_nowait(self) -> None:
         """Hand what is corked to the kernel (or the outbox), never blocking: the end of the
         hub loop's turn, or another kind of write that must come after it."""
-        self._uncork_nowait()
-
-    def _uncork_nowait(self) -> None:
         corked = self.corked
         if corked is None:
             return

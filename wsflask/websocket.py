@@ -428,7 +428,7 @@ class WebSocket:
         """Handle events in order; ``Closed`` (always last) runs the cleanup."""
         now = 0.0
         for event in events:
-            if event.__class__ is TextMessage or isinstance(event, (TextMessage, BinaryMessage)):
+            if isinstance(event, (TextMessage, BinaryMessage)):
                 self.last_received = now = now or monotonic()
                 self._on_message(event.data)
             elif isinstance(event, Ping):
