@@ -188,6 +188,33 @@ def test_remove_and_closed_connections() -> None:
     assert len(hb) == 0 and hb.run_due() == 0
 
 
+def test_a_connection_gone_before_the_next_tick_never_takes_a_heap_slot() -> None:
+    clock = Clock()
+    hb = Heartbeat(10.0, 5.0, clock=clock)
+    brief, kept = StubWS(clock), StubWS(clock)
+    hb.add(brief)
+    hb.add(kept)
+    assert brief in hb and len(hb) == 2  # watched from add() on, before any tick
+    hb.remove(brief)  # a short-lived connection: closed before the heartbeat's next tick
+    assert brief not in hb and len(hb) == 1
+    hb.run_due()
+    assert len(hb._heap) == 1  # only the connection still open got an entry
+    advance(hb, clock, 10.0)
+    assert brief.pings == [] and len(kept.pings) == 1
+
+
+def test_deadlines_count_from_add_even_when_the_next_tick_is_late() -> None:
+    clock = Clock()
+    hb = Heartbeat(1.0, 1.0, idle_timeout=0.5, clock=clock)
+    ws = StubWS(clock)
+    added = clock.now
+    hb.add(ws)
+    clock.now += 0.6  # the first tick comes after the idle timeout already passed
+    hb.run_due()
+    assert ws.aborted == (1001, "idle timeout")  # not 0.5 s after the tick: from add()
+    assert clock.now - added == pytest.approx(0.6)
+
+
 def test_disabled_heartbeat_watches_nothing() -> None:
     hb = Heartbeat(0, 10.0)
     hb.add(StubWS(Clock()))

@@ -81,7 +81,11 @@ class Heartbeat:
     frame counts as liveness; a pong with the wrong payload does not) for ``timeout``
     seconds is aborted with 1011 "ping timeout"; a matched pong's ``latency`` goes to the
     ``websocket_rtt_seconds`` histogram. Deadlines live in a heap processed every tick;
-    ``remove()`` is O(1) (the heap entry is discarded when it comes up). Monotonic clock only.
+    ``remove()`` is O(1) (the heap entry is discarded when it comes up). A connection added
+    since the last tick waits in a plain dict, and gets its entry and heap slot at the next
+    tick: one that closes before then (a short-lived connection) never costs either, nor a
+    dead heap slot held for a whole interval. Every deadline still counts from ``add()``.
+    Monotonic clock only.
 
     Args:
         interval: seconds between pings of one connection (``Config.ping_interval``);
@@ -121,6 +125,8 @@ class Heartbeat:
         self.max_tick = max_tick
         self.tick = self._tick()
         self._entries: dict[Pingable, _Entry] = {}
+        #: added since the last tick, with the time of ``add()`` (``_admit_new`` moves them)
+        self._new: dict[Pingable, float] = {}
         self._heap: list[tuple[float, _Entry]] = []  # (due, entry): a pair per connection
         self._added = 0
         #: watched connections whose last ping went unanswered past ``timeout`` (not failed
@@ -155,35 +161,43 @@ class Heartbeat:
 
     def __len__(self) -> int:
         """The number of connections watched."""
-        return len(self._entries)
+        return len(self._entries) + len(self._new)
 
     def __contains__(self, ws: object) -> bool:
-        return ws in self._entries
+        return ws in self._entries or ws in self._new
 
     def add(self, ws: Pingable) -> None:
         """Watch ``ws`` (an open connection); its first ping comes within one interval.
 
         Call ``remove(ws)`` when it closes. Adding twice is a no-op.
         """
-        if not self.enabled or ws in self._entries:
-            return
-        self._added += 1
-        phase = (self._added * _PHI) % 1.0
-        now = self._clock()
-        entry = _Entry(ws, now + self.interval * max(phase, 0.05), now)
-        self._entries[ws] = entry
-        first = entry.next_ping if self.interval > 0 else now + self.idle_timeout
-        if self.idle_timeout > 0 and now + self.idle_timeout < first:
-            first = now + self.idle_timeout  # an idle timeout shorter than the first ping
-        self._push(first, entry)
+        if self.enabled and ws not in self._entries:
+            self._new.setdefault(ws, self._clock())
 
     def remove(self, ws: Pingable) -> None:
         """Stop watching ``ws`` at once; idempotent. The driver calls it on close."""
         entry = self._entries.pop(ws, None)
-        if entry is not None:
-            entry.ws = None
-            if entry.missed:
-                self._late(-1)
+        if entry is None:
+            self._new.pop(ws, None)
+            return
+        entry.ws = None
+        if entry.missed:
+            self._late(-1)
+
+    def _admit_new(self) -> None:
+        """Give each connection added since the last tick its entry, due as from its ``add()``:
+        its first ping at its own phase of the interval, or its idle timeout if sooner."""
+        new, self._new = self._new, {}
+        interval, idle = self.interval, self.idle_timeout
+        for ws, added in new.items():
+            self._added += 1
+            phase = (self._added * _PHI) % 1.0
+            entry = _Entry(ws, added + interval * max(phase, 0.05), added)
+            self._entries[ws] = entry
+            first = entry.next_ping if interval > 0 else added + idle
+            if idle > 0 and added + idle < first:
+                first = added + idle  # an idle timeout shorter than the first ping
+            self._push(first, entry)
 
     def start(self) -> None:
         """Spawn the heartbeat greenlet (idempotent). Call ``stop()`` to end it."""
@@ -223,6 +237,8 @@ class Heartbeat:
 
         The loop calls it every tick; tests may call it directly.
         """
+        if self._new:
+            self._admit_new()
         now = self._clock()
         heap = self._heap
         visited = 0
