@@ -11,6 +11,7 @@ turn.) Covers the plain-TCP read (``for message in ws``) and the deadline read
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -143,3 +144,31 @@ def test_a_long_frames_rest_is_read_a_bounded_chunk_at_a_time(
     config = Config(port=0, read_size=READ, max_message_size=size, ping_interval=86400)
     asked = _read_one_long_frame(serve, raw_peer, config, size).asked
     assert asked[0] == READ and max(asked) == LONG_READ_MAX, asked[:8]
+
+
+@pytest.mark.parametrize("last_read_was_full", [False, True])
+def test_a_timed_read_on_an_idle_socket_waits_instead_of_spinning(
+    serve: Callable[..., Server], raw_peer: Callable[..., Any], last_read_was_full: bool
+) -> None:
+    """``receive(timeout)`` on plain TCP waits on one hub timer: an idle socket costs a
+    couple of ``recv`` attempts over the whole timeout, also right after a full read (which
+    reads first, after the other ready connections), never one attempt per hub turn."""
+    config = Config(port=0, close_timeout=0.5, ping_interval=86400)
+    outcome: list[tuple[str, float, int]] = []
+
+    def handler(ws: WebSocket) -> None:
+        counting = ws._raw = _CountingReads(ws._raw)
+        ws._drained = not last_read_was_full
+        began = time.monotonic()
+        try:
+            ws.receive(timeout=0.3)
+        except TimeoutError as exc:
+            outcome.append((type(exc).__name__, time.monotonic() - began, len(counting.asked)))
+
+    server = serve(handler, config=config)
+    peer = raw_peer(server.server_port)
+    assert peer.request("/").startswith(b"HTTP/1.1 101")
+    wait_until(lambda: bool(outcome), 10)
+    ((name, waited, attempts),) = outcome
+    assert name == "TimeoutError" and 0.3 <= waited < 3.0
+    assert attempts <= 3, attempts

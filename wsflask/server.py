@@ -338,34 +338,33 @@ class Server(StreamServer):  # type: ignore[misc]
                 _keepalive(sock)
 
     def _handshake(self, sock: Any, address: Any) -> tuple[WebSocket, Upgrade] | None:
-        """TLS and the HTTP request under one deadline, then the resolver's decision."""
+        """TLS and the HTTP request under one deadline, then the resolver's decision.
+
+        Plain TCP reads the request under a hub timer (``read_request``'s timeout); only
+        TLS, whose handshake is gevent's, needs a ``Timeout`` object.
+        """
         me = gevent.getcurrent()
         self._handshaking[me] = None
         ws: WebSocket | None = None
         outcome: object = None
-        timer = Timeout(self.config.handshake_timeout)
+        timer: Timeout | None = None
         began = perf_counter()
         try:
-            with timer:
-                if self._ssl is not None:
+            if self._ssl is None:
+                ws = self._websocket(sock, address, me)
+                outcome = read_request(ws, self.config.handshake_timeout)
+            else:
+                timer = Timeout(self.config.handshake_timeout)
+                with timer:
                     sock = wrap_tls(sock, self._ssl, server_side=True)
                     sock.do_handshake()
-                limits, deflate = self._core_settings()
-                conn = Connection(Side.SERVER, limits=limits, http=True, deflate=deflate)
-                ws = WebSocket(
-                    sock,
-                    conn,
-                    config=self.config,
-                    metrics=self.metrics,
-                    heartbeat=self.heartbeat,
-                    remote_address=address,
-                    connection_id=self.new_id(),
-                )
-                self._handshaking[me] = ws
-                outcome = read_request(ws)
+                    ws = self._websocket(sock, address, me)
+                    outcome = read_request(ws)
         except Timeout as exc:
             if exc is not timer:
                 raise
+            outcome = _TIMED_OUT
+        except TimeoutError:  # read_request's deadline (before OSError: it is one)
             outcome = _TIMED_OUT
         except _Draining:
             outcome = 503
@@ -388,6 +387,22 @@ class Server(StreamServer):  # type: ignore[misc]
             return None if upgrade is None else (ws, upgrade)
         self._give_up(ws, sock, outcome, _address(address))
         return None
+
+    def _websocket(self, sock: Any, address: Any, me: gevent.Greenlet) -> WebSocket:
+        """A server-side ``WebSocket`` for an accepted socket, known to ``stop()`` at once."""
+        limits, deflate = self._core_settings()
+        conn = Connection(Side.SERVER, limits=limits, http=True, deflate=deflate)
+        ws = WebSocket(
+            sock,
+            conn,
+            config=self.config,
+            metrics=self.metrics,
+            heartbeat=self.heartbeat,
+            remote_address=address,
+            connection_id=self.new_id(),
+        )
+        self._handshaking[me] = ws
+        return ws
 
     def _core_settings(self) -> tuple[Limits, DeflateSettings | None]:
         """The core's settings for the current ``config``, made once per config (a reload

@@ -24,7 +24,7 @@ import gevent.ssl
 from gevent import Timeout, getcurrent
 from gevent.event import Event
 
-__all__ = ["Transport", "os_socket", "wrap_tls"]
+__all__ = ["Transport", "os_socket", "wait_readable_for", "wrap_tls"]
 
 #: corked bytes past which ``write()`` hands them on at once (a batch's writes, bounded)
 CORK_LIMIT = 65536
@@ -470,7 +470,7 @@ class Transport:
                 self.drop()
                 return
             if data is None:
-                _wait_readable_for(self.sock, left)
+                wait_readable_for(self.sock, left)
             try:
                 data = raw.recv(size)
             except BlockingIOError:
@@ -479,7 +479,7 @@ class Transport:
                 return  # the peer's FIN
 
 
-def _wait_readable_for(sock: Any, seconds: float) -> None:
+def wait_readable_for(sock: Any, seconds: float) -> None:
     """Block this greenlet until ``sock`` is readable or ``seconds`` passed (the caller
     tells which by reading). ``sock.close()`` elsewhere throws into us through the read
     watcher's callback, as in ``websocket._wait_readable``; kills arrive as usual."""

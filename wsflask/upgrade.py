@@ -67,17 +67,22 @@ class HandshakeCounter(Protocol):
     def handshake(self, status: int) -> None: ...
 
 
-def read_request(ws: WebSocket) -> Request | HandshakeError | None:
-    """Read until the request head is complete.
+def read_request(ws: WebSocket, timeout: float | None = None) -> Request | HandshakeError | None:
+    """Read until the request head is complete, within ``timeout`` seconds if given.
 
     Returns:
         the ``Request`` (next: ``answer()``, or ``accept``/``reject``/``respond``); the
         ``HandshakeError`` the core already answered (400/405/426/431; the connection is
         closed); or ``None`` when the peer went away.
+
+    Raises:
+        TimeoutError: ``timeout`` passed first (``ws.request_started`` tells whether any
+            byte came: a partial request is answered 408, HS-06).
     """
     if ws.config.handshake_error_header:  # the core's refusals say why too (opt-in)
         ws.connection.error_header = True
-    ws.read_handshake()
+    if not ws.read_handshake(timeout):
+        raise TimeoutError(f"no complete request within {timeout} s")
     if ws.request is not None:
         return ws.request
     return ws.close_cause if isinstance(ws.close_cause, HandshakeError) else None

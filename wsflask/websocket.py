@@ -48,7 +48,7 @@ from .protocol import (
     speedups,
 )
 from .tracing import tracer
-from .transport import Transport, os_socket
+from .transport import Transport, os_socket, wait_readable_for
 from .violations import report_violation
 
 if TYPE_CHECKING:
@@ -267,11 +267,13 @@ class WebSocket:
 
     # ------------------------------------------------------------------ driver API
 
-    def read_handshake(self) -> None:
+    def read_handshake(self, timeout: float | None = None) -> bool:
         """Read until the peer's half of the opening handshake arrived or the connection ended.
 
         Server side that is the ``Request`` (``request``); client side the 101 (``state``
         becomes OPEN) or a refusal (``close_cause``). Bytes given as ``initial`` are fed first.
+        Returns False when ``timeout`` seconds passed first (one deadline for every read;
+        on plain TCP a hub timer, no ``Timeout`` object).
         """
         conn = self._conn
         if self._initial:
@@ -279,8 +281,13 @@ class WebSocket:
             self._rx = True
             conn.receive_data(data)
             self.flush(self._config.handshake_timeout)  # a refusal of a bad head: bounded
+        deadline = None if timeout is None else monotonic() + timeout
         while self.request is None and conn.state is State.CONNECTING and not self._finished:
-            self._pump()
+            if deadline is None:
+                self._pump()
+            elif not self._pump(max(0.0, deadline - monotonic())) and monotonic() >= deadline:
+                return False
+        return True
 
     def flush(self, timeout: float | None = None) -> None:
         """Write what the core produced, then handle its events (after a command on it).
@@ -363,8 +370,8 @@ class WebSocket:
         ``wait=0`` still reads what the kernel already holds (a ``Timeout(0)`` fires only
         once this greenlet would block).
         """
-        if wait is None and self._raw is not None:
-            return self._recv_raw(self._raw)
+        if self._raw is not None:
+            return self._recv_raw(self._raw) if wait is None else self._recv_within(self._raw, wait)
         self._reading = True
         timer = Timeout(wait) if wait is not None else None
         size = self._config.read_size
@@ -381,6 +388,28 @@ class WebSocket:
                 raise
             return None
         except OSError:  # ECONNRESET, TLS errors, a socket closed under us: the transport ended
+            return b""
+        finally:
+            self._reading = False
+        self._drained = len(data) < size
+        return data
+
+    def _recv_within(self, raw: Any, wait: float) -> bytes | None:
+        """Plain TCP with a deadline: one hub timer instead of a ``Timeout`` object (these
+        reads wait for a handshake, a Close, ``receive(timeout)``). Waits first when the last
+        read drained the kernel, as ``_recv_raw`` does; ``wait=0`` only reads."""
+        size = self._config.read_size
+        self._reading = True
+        try:
+            if not self._drained:  # a full read: the other ready connections read first
+                gevent.sleep(0)
+            elif wait > 0:
+                wait_readable_for(self._sock, wait)
+            data: bytes = raw.recv(size)
+        except BlockingIOError:  # ``wait`` passed (or a stray wake-up): nothing to read
+            self._drained = True  # the next call waits
+            return None
+        except OSError:  # ECONNRESET, a socket closed under us: the transport ended
             return b""
         finally:
             self._reading = False
