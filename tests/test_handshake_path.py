@@ -1,28 +1,47 @@
-"""The server's per-handshake shortcuts keep their meaning: the peer-stamped ``Request`` is
-``dataclasses.replace`` field for field, and the core's settings follow a swapped config."""
+"""The server's per-handshake shortcuts keep their meaning: the core stamps its one
+``Request`` with the peer's address (no second copy), and the core's settings follow a
+swapped config."""
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable
 
 from wsflask import App
+from wsflask.protocol import Connection, Side
 from wsflask.protocol.events import Request
-from wsflask.websocket import _with_peer
+
+HEAD = (
+    b"GET /a?b=1 HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+    b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
+    b"Sec-WebSocket-Protocol: chat\r\n\r\n"
+)
 
 
-def test_with_peer_is_replace_for_every_field() -> None:
-    request = Request(
-        "GET", "/a?b=1", "/a", "b=1", (("host", "x"),), "k" * 24, ("chat",),
-        (("permessage-deflate", (("client_max_window_bits", None),)),),
-    )  # fmt: skip
-    stamped = _with_peer(request, ("10.0.0.1", 5))
-    assert stamped == dataclasses.replace(request, remote_addr="10.0.0.1")
-    for field in dataclasses.fields(Request):  # a new field must be carried over too
-        if field.init:
-            expected = "10.0.0.1" if field.name == "remote_addr" else getattr(request, field.name)
-            assert getattr(stamped, field.name) == expected, field.name
-    assert _with_peer(request, None) is request
+def _request(remote_addr: str | None, head: bytes = HEAD) -> Request:
+    conn = Connection(Side.SERVER, http=True)
+    conn.remote_addr = remote_addr
+    conn.receive_data(head)
+    (request,) = conn.events_received()
+    assert isinstance(request, Request) and conn.request is request  # one object, not two
+    return request
+
+
+def test_the_core_stamps_its_request_with_the_peers_address() -> None:
+    stamped, plain = _request("10.0.0.1"), _request(None)
+    assert stamped.remote_addr == "10.0.0.1" and plain.remote_addr is None
+    assert stamped.target == "/a?b=1" and stamped.subprotocols == ("chat",)
+    # every other field as without the address
+    assert stamped == Request(**{**_fields(plain), "remote_addr": "10.0.0.1"})
+    page = _request("10.0.0.2", b"GET /status HTTP/1.1\r\nHost: x\r\n\r\n")  # plain HTTP
+    assert page.key == "" and page.remote_addr == "10.0.0.2"
+
+
+def _fields(request: Request) -> dict[str, object]:
+    return {
+        name: getattr(request, name)
+        for name in Request.__dataclass_fields__
+        if Request.__dataclass_fields__[name].init
+    }
 
 
 def test_core_settings_are_made_once_per_config(app_factory: Callable[..., App]) -> None:

@@ -136,6 +136,8 @@ class WebSocket:
         self.id = connection_id or new_id()
         self.request: Request | None = connection.request
         self.remote_address = _address(remote_address)
+        if self.remote_address is not None:  # the core stamps its Request with the peer's host
+            connection.remote_addr = self.remote_address[0]
         self.subprotocol: str | None = connection.subprotocol
         self.extensions = ""
         self.deflate: PerMessageDeflate | None = None
@@ -466,8 +468,8 @@ class WebSocket:
                 self._on_pong(event.data)
             elif isinstance(event, Opened):
                 self._on_opened(event)
-            elif isinstance(event, Request):  # the core keeps this copy too, not a second one
-                self.request = self._conn.request = _with_peer(event, self.remote_address)
+            elif isinstance(event, Request):  # the core's own copy, made with remote_addr
+                self.request = event
             elif isinstance(event, Closed):
                 self._on_closed(event)
 
@@ -1223,17 +1225,6 @@ def _wait_readable(sock: Any) -> None:
         sock.hub.switch()
     finally:
         watcher.stop()
-
-
-def _with_peer(request: Request, address: tuple[str, int] | None) -> Request:
-    """``request`` with ``remote_addr``: the peer's host, which only the driver knows."""
-    if address is None:
-        return request
-    r = request  # the fields in order, without dataclasses.replace's keyword round trip
-    return Request(
-        r.method, r.target, r.path, r.query, r.headers, r.key, r.subprotocols, r.extensions,
-        address[0],
-    )  # fmt: skip
 
 
 @lru_cache(maxsize=8)

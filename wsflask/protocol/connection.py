@@ -68,7 +68,7 @@ class Connection:
         "_close_sent", "_decoder", "_deflate_offered", "_deflate_settings", "_events",
         "_extensions_offered", "_head", "_http", "_key", "_limits", "_mask_source", "_messages",
         "_offered", "_out", "_pending_input", "_send_deflating", "deflate", "error_header",
-        "request", "side", "state", "subprotocol",
+        "remote_addr", "request", "side", "state", "subprotocol",
     )  # fmt: skip
 
     def __init__(
@@ -116,6 +116,9 @@ class Connection:
         #: Server side: add ``X-WebSocket-Error: <reason token>`` to the core's own refusals
         #: (400/405/414/426/431), an opt-in debugging aid the driver sets before the head.
         self.error_header = False
+        #: Server side: the peer's IP address, which only the driver knows; set before the
+        #: head arrives, it becomes the ``Request``'s ``remote_addr`` (None: not known).
+        self.remote_addr: str | None = None
 
     # ------------------------------------------------------------------ outputs
 
@@ -205,7 +208,9 @@ class Connection:
             if rest:  # the first bytes kept: the head was still incomplete until now
                 self._pending_input = [rest]
             if self.side is Side.SERVER:
-                self.request = handshake.parse_request(head, http=self._http)
+                self.request = handshake.parse_request(
+                    head, http=self._http, remote_addr=self.remote_addr
+                )
                 self._event(self.request)
             else:
                 self._open_client(head, rest)

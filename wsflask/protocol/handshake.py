@@ -343,13 +343,13 @@ def _target(raw: bytes) -> str:
     return target
 
 
-def parse_request(head: bytes, *, http: bool = False) -> Request:
+def parse_request(head: bytes, *, http: bool = False, remote_addr: str | None = None) -> Request:
     """Parse and validate a client's opening handshake (RFC 6455 §4.2.1).
 
     ``head`` comes from ``HeadReader.feed()`` (a trailing CRLFCRLF is allowed). With
     ``http=True`` a request without any ``Upgrade`` header is returned as plain HTTP (any
-    method and version, ``key=""``, no WebSocket checks). Next: ``build_accept()`` or
-    ``build_response()``.
+    method and version, ``key=""``, no WebSocket checks). ``remote_addr`` is copied into the
+    result. Next: ``build_accept()`` or ``build_response()``.
 
     Raises:
         HandshakeError: 400, or its subclasses ``MethodNotAllowed`` (405) and
@@ -359,7 +359,7 @@ def parse_request(head: bytes, *, http: bool = False) -> Request:
     method, raw_target, version = _parse_request_line(start)
     target, path, query = _split_target(raw_target)
     if http and "upgrade" not in index:
-        return Request(method, target, path, query, fields, key="")
+        return Request(method, target, path, query, fields, key="", remote_addr=remote_addr)
     # 4.1 item 2: "The method of the request MUST be GET" (case-sensitive, RFC 7230 §3.1.1)
     if method != "GET":
         raise MethodNotAllowed(f"Method {method} not allowed for WebSocket upgrade")
@@ -372,6 +372,7 @@ def parse_request(head: bytes, *, http: bool = False) -> Request:
         key=_check_key(index),
         subprotocols=_parse_subprotocols(index.get("sec-websocket-protocol", [])),
         extensions=_parse_extensions(index.get("sec-websocket-extensions", [])),
+        remote_addr=remote_addr,
     )  # fmt: skip
 
 
