@@ -7,6 +7,7 @@ go through real sockets with the app's test client.
 from __future__ import annotations
 
 import itertools
+import os
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -348,3 +349,19 @@ def test_defect1_names_shaped_like_connection_ids_are_refused_even_untracked() -
     rooms.join(ws.id, ws)  # its own personal room: already a member, allowed
     rooms.join("0123456789abcdef-lobby", ws)  # looks close, is not an id
     assert rooms.rooms() == ["0123456789abcdef-lobby"]
+
+
+def test_connection_ids_are_distinct_across_batches_and_never_shared_with_a_forked_child() -> None:
+    made = [ids.new_id() for _ in range(3 * ids.TOKENS_PER_READ + 7)]  # several reads
+    assert len(set(made)) == len(made) and all(ids.is_connection_id(i) for i in made)
+    reader, writer = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: a worker forked while the parent holds unused tokens
+        os.write(writer, ids.new_id().encode())
+        os._exit(0)
+    os.close(writer)
+    child = os.read(reader, 64).decode()
+    os.close(reader)
+    os.waitpid(pid, 0)
+    parents_next = [ids.new_id() for _ in range(ids.TOKENS_PER_READ)]
+    assert ids.is_connection_id(child) and child not in parents_next and child not in made
