@@ -14,6 +14,7 @@ import importlib.util
 import json
 import os
 import queue
+import re
 import socket
 import struct
 import subprocess
@@ -230,6 +231,23 @@ def test_handshake_mode_completes_handshakes(wsload: Path, echo_port: int) -> No
     assert latency["count"] >= result["handshakes"]
     assert 0 < latency["mean"] <= latency["max"]
     assert latency["p50"] <= latency["p99"] <= latency["max"]
+
+
+def test_paired_cpu_measures_two_servers_side_by_side(wsload: Path) -> None:
+    """``paired_cpu.py`` runs two servers at once (here the same tree twice) and prints each
+    one's CPU per handshake and their ratio, for every round (a smoke run: no speed judged)."""
+    require_tool("taskset", "apt-get install -y util-linux")
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "loadtests" / "paired_cpu.py"), f"a={ROOT}", f"b={ROOT}",
+         "--rounds", "2", "--duration", "0.5", "--wsload", str(wsload)],
+        cwd=ROOT / "loadtests", capture_output=True, text=True, timeout=120, check=True,
+    ).stdout  # fmt: skip
+    rounds = [line for line in out.splitlines() if line.startswith("round ")]
+    assert len(rounds) == 2, out
+    for line in rounds:
+        a, b, ratio = (float(x) for x in re.findall(r"\d+\.\d+", line))  # A, B, B/A
+        assert a > 0 and b > 0 and ratio == pytest.approx(b / a, rel=0.01), line
+    assert re.search(r"median B/A \d+\.\d+ \(range", out), out
 
 
 def test_refuses_a_non_loopback_target(wsload: Path) -> None:
