@@ -84,7 +84,8 @@ class Heartbeat:
     ``remove()`` is O(1) (the heap entry is discarded when it comes up). A connection added
     since the last tick waits in a plain dict, and gets its entry and heap slot at the next
     tick: one that closes before then (a short-lived connection) never costs either, nor a
-    dead heap slot held for a whole interval. Every deadline still counts from ``add()``.
+    dead heap slot held for a whole interval. Its deadlines count from its ``last_received``
+    at that tick: its opening (when ``add()`` is called), unless a frame came since.
     Monotonic clock only.
 
     Args:
@@ -125,8 +126,8 @@ class Heartbeat:
         self.max_tick = max_tick
         self.tick = self._tick()
         self._entries: dict[Pingable, _Entry] = {}
-        #: added since the last tick, with the time of ``add()`` (``_admit_new`` moves them)
-        self._new: dict[Pingable, float] = {}
+        #: added since the last tick (``_admit_new`` moves them); a dict for O(1) ``remove()``
+        self._new: dict[Pingable, None] = {}
         self._heap: list[tuple[float, _Entry]] = []  # (due, entry): a pair per connection
         self._added = 0
         #: watched connections whose last ping went unanswered past ``timeout`` (not failed
@@ -172,7 +173,7 @@ class Heartbeat:
         Call ``remove(ws)`` when it closes. Adding twice is a no-op.
         """
         if self.enabled and ws not in self._entries:
-            self._new.setdefault(ws, self._clock())
+            self._new[ws] = None
 
     def remove(self, ws: Pingable) -> None:
         """Stop watching ``ws`` at once; idempotent. The driver calls it on close."""
@@ -185,11 +186,13 @@ class Heartbeat:
             self._late(-1)
 
     def _admit_new(self) -> None:
-        """Give each connection added since the last tick its entry, due as from its ``add()``:
-        its first ping at its own phase of the interval, or its idle timeout if sooner."""
+        """Give each connection added since the last tick its entry, due as from its last
+        frame (its opening, if none came since ``add()``): its first ping at its own phase of
+        the interval, or its idle timeout if sooner."""
         new, self._new = self._new, {}
         interval, idle = self.interval, self.idle_timeout
-        for ws, added in new.items():
+        for ws in new:
+            added = ws.last_received
             self._added += 1
             phase = (self._added * _PHI) % 1.0
             entry = _Entry(ws, added + interval * max(phase, 0.05), added)
