@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
 import statistics
 import subprocess
 import sys
@@ -34,7 +33,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from rivals import WSLOAD, cpu_ticks, free_port, wait_port  # this folder: run as a script
+from rivals import (  # this folder: run as a script
+    PROCS,
+    WSLOAD,
+    cpu_ticks,
+    free_port,
+    pinned,
+    wait_port,
+)
 
 HERE = Path(__file__).resolve().parent
 RIVALS_PYTHON = HERE / ".venv-rivals" / "bin" / "python"
@@ -67,25 +73,16 @@ def _start(server: Side, cpu: int) -> tuple[subprocess.Popen[bytes], int]:
     env = dict(os.environ)
     if server.pythonpath:
         env["PYTHONPATH"] = server.pythonpath
-    proc = subprocess.Popen(
-        ["taskset", "-c", str(cpu), *server.command, str(port)],
+    proc = PROCS.start(
+        pinned(cpu, [*server.command, str(port)]),
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
     if not wait_port(port, proc):
-        _stop(proc)
+        PROCS.stop(proc)
         raise SystemExit(f"{server.name} did not listen on {port}")
     return proc, port
-
-
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(5)
 
 
 def _load(port: int, args: argparse.Namespace) -> subprocess.Popen[str]:
@@ -94,9 +91,9 @@ def _load(port: int, args: argparse.Namespace) -> subprocess.Popen[str]:
     else:
         extra = ["--mode", "echo", "--connections", "100", "--size", str(args.size),
                  "--window", "16"]  # fmt: skip
-    return subprocess.Popen(
-        ["taskset", "-c", str(args.generator_cpu), str(args.wsload), "--port", str(port),
-         "-d", str(args.duration), "--warmup", "0", "--label", "paired", *extra],
+    return PROCS.start(
+        pinned(args.generator_cpu, [str(args.wsload), "--port", str(port), "-d",
+               str(args.duration), "--warmup", "0", "--label", "paired", *extra]),
         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
     )  # fmt: skip
 
@@ -110,6 +107,7 @@ def _work(output: str, mode: str) -> int:
 def one_round(pair: Sequence[Side], args: argparse.Namespace) -> list[float]:
     """Both servers at once; each one's CPU microseconds per unit of work, in ``pair`` order."""
     started = [_start(s, args.server_cpu) for s in pair]
+    loads: list[subprocess.Popen[str]] = []
     try:
         time.sleep(0.5)  # imports settled
         before = [cpu_ticks(proc.pid) for proc, _ in started]
@@ -117,8 +115,10 @@ def one_round(pair: Sequence[Side], args: argparse.Namespace) -> list[float]:
         outputs = [load.communicate(timeout=args.duration + 60)[0] for load in loads]
         after = [cpu_ticks(proc.pid) for proc, _ in started]
     finally:
+        for load in loads:
+            PROCS.stop(load)
         for proc, _ in started:
-            _stop(proc)
+            PROCS.stop(proc, timeout=10)
     tick_us = 1e6 / os.sysconf("SC_CLK_TCK")
     return [
         (end - begin) * tick_us / max(_work(out, args.mode), 1)
@@ -142,6 +142,15 @@ def main(argv: Sequence[str] | None = None) -> None:
     if not args.wsload.exists():
         raise SystemExit(f"build {args.wsload} first (rivals.py builds loadtests/build/wsload)")
     a, b = side(args.a), side(args.b)
+    if a.name == b.name:
+        raise SystemExit(f"both sides are named {a.name!r}: name them apart (old=... new=...)")
+    try:
+        _compare(a, b, args)
+    finally:  # an exception or Ctrl-C: no server or generator is left behind
+        PROCS.stop_all()
+
+
+def _compare(a: Side, b: Side, args: argparse.Namespace) -> None:
     unit = "handshake" if args.mode == "handshake" else "message"
     ratios = []
     for n in range(args.rounds):
