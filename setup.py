@@ -1,7 +1,8 @@
 """Build the optional C speedups; every other setting lives in pyproject.toml.
 
-``wsflask.protocol._speedups`` and ``wsflask._iterator`` are optional extensions: without a compiler (or Python's
-headers) the build prints a warning and the install carries on with the pure-Python twins.
+``wsflask.protocol._speedups``, ``wsflask._iterator`` and ``wsflask._framestacks`` are optional
+extensions: without a compiler (or Python's headers) the build prints a warning and the
+install carries on with the pure-Python twins.
 """
 
 from setuptools import Extension, setup
@@ -16,5 +17,6 @@ setup(
             optional=True,
         ),
         Extension("wsflask._iterator", sources=["wsflask/_iterator.c"], optional=True),
+        Extension("wsflask._framestacks", sources=["wsflask/_framestacks.c"], optional=True),
     ],
 )

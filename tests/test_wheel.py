@@ -1,11 +1,12 @@
 """The wheel carries the compiled speedups and serves from a clean environment.
 
 Builds a wheel from a copy of the sources (``pip wheel --no-deps``), asserts the compiled
-``wsflask/protocol/_speedups`` and ``wsflask/_iterator`` modules and their stubs are inside,
-installs it with ``--no-deps`` into a scratch venv whose only other packages are the current
-venv's (gevent, greenlet, found through a ``.pth`` line; the editable wsflask is not), and
-serves one echo over a real socket on 127.0.0.1 from that venv, with the compiled path (the
-protocol speedups and the message iterator) active.
+``wsflask/protocol/_speedups``, ``wsflask/_iterator`` and ``wsflask/_framestacks`` modules and
+their stubs are inside, installs it with ``--no-deps`` into a scratch venv whose only other
+packages are the current venv's (gevent, greenlet, found through a ``.pth`` line; the
+editable wsflask is not), and serves one echo over a real socket on 127.0.0.1 from that
+venv, with the compiled path (the protocol speedups, the message iterator and the
+frame-stack cache) active.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ import wsflask
 from wsflask import App
 from wsflask.protocol import speedups_active
 from wsflask.websocket import Messages
+from wsflask.framestacks import stats
 app = App()
 
 @app.route("/echo")
@@ -45,8 +47,8 @@ def echo(ws):
 
 server = app.make_server("127.0.0.1", 0)
 server.start()
-print("READY", server.server_port, speedups_active(), Messages.__module__, wsflask.__file__,
-      flush=True)
+print("READY", server.server_port, speedups_active(), Messages.__module__, stats().installed,
+      wsflask.__file__, flush=True)
 server.serve_forever()
 """
 
@@ -107,11 +109,14 @@ def test_wheel_contains_the_compiled_module(wheel: Path) -> None:
     suffix = sysconfig.get_config_var("EXT_SUFFIX")
     assert (f"wsflask/protocol/_speedups{suffix}" in names) is compiled(wheel)
     assert (f"wsflask/_iterator{suffix}" in names) is compiled(wheel)
+    assert (f"wsflask/_framestacks{suffix}" in names) is compiled(wheel)
     assert "wsflask/protocol/_speedups.pyi" in names
     assert "wsflask/_iterator.pyi" in names
+    assert "wsflask/_framestacks.pyi" in names
     assert "wsflask/protocol/speedups.py" in names
     assert "wsflask/protocol/_speedups.c" not in names  # the sdist's, not the wheel's
     assert "wsflask/_iterator.c" not in names
+    assert "wsflask/_framestacks.c" not in names
 
 
 @pytest.fixture
@@ -146,9 +151,9 @@ def scratch(wheel: Path, tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def server(scratch: Path, tmp_path: Path) -> Iterator[tuple[int, str, str, str]]:
-    """(port, speedups_active, the message iterator's module, wsflask.__file__) of an echo
-    server run by the scratch venv."""
+def server(scratch: Path, tmp_path: Path) -> Iterator[tuple[int, str, str, str, str]]:
+    """(port, speedups_active, the message iterator's module, whether the frame-stack cache is
+    in place, wsflask.__file__) of an echo server run by the scratch venv."""
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "WSFLASK_NO_EXTENSIONS")}
     log = tmp_path / "server.log"
     with log.open("w") as errors:  # the child keeps its own copy of the descriptor
@@ -167,8 +172,8 @@ def server(scratch: Path, tmp_path: Path) -> Iterator[tuple[int, str, str, str]]
             ready = selector.select(timeout=30)
         line = proc.stdout.readline() if ready else ""
         assert line.startswith("READY "), f"no server ({proc.poll()}): {log.read_text()}"
-        _, port, active, iterator, path = line.split(maxsplit=4)
-        yield int(port), active, iterator, path.strip()
+        _, port, active, iterator, stacks, path = line.split(maxsplit=5)
+        yield int(port), active, iterator, stacks, path.strip()
     finally:
         proc.terminate()
         try:
@@ -181,11 +186,12 @@ def server(scratch: Path, tmp_path: Path) -> Iterator[tuple[int, str, str, str]]
 
 
 def test_installed_wheel_serves_an_echo(
-    wheel: Path, server: tuple[int, str, str, str], tmp_path: Path
+    wheel: Path, server: tuple[int, str, str, str, str], tmp_path: Path
 ) -> None:
-    port, active, iterator, path = server
+    port, active, iterator, stacks, path = server
     assert active == str(compiled(wheel))  # the compiled path exactly when it was built
     assert iterator == ("wsflask._iterator" if compiled(wheel) else "wsflask.websocket")
+    assert stacks == str(compiled(wheel))  # Server.start() put the frame-stack cache in place
     assert path.startswith(str(tmp_path / "venv")), path
     with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
         sock.sendall(

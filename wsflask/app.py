@@ -15,7 +15,7 @@ from urllib.parse import urlsplit
 
 import gevent
 
-from . import ids, logs
+from . import framestacks, ids, logs
 from .backplane.bridge import Bridge
 from .config import Config
 from .dispatch import Dispatcher
@@ -474,7 +474,9 @@ class App:
     def notify_started(self, address: tuple[str, int]) -> None:
         """For servers other than wsflask's: the app is bound at ``address``. Runs the
         startup hooks; idempotent per process. ``make_server()``, the pywsgi handler and
-        ``wsflask.gunicorn`` call it."""
+        ``wsflask.gunicorn`` call it. Puts the frame-stack cache in place, as
+        ``Server.start()`` does."""
+        framestacks.keep(self.config.frame_stack_cache)
         self.handoff.bind()
         self.lifespan.notify_started(address)
 

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import ConfigError
+from .framestacks import MAX_CAPACITY as _MAX_FRAME_STACKS
 from .protocol import DeflateSettings, Limits
 
 __all__ = ["Backpressure", "Config", "load_toml"]
@@ -168,6 +169,10 @@ class Config:
             key again -> ``400``. Bounds replayed handshakes (memory: 100,000 keys at most).
         log_queue: ``10000`` log records waiting for the CLI's log writer thread; over ->
             dropped and counted (``websocket_log_records_dropped_total``). Bounds log memory.
+        frame_stack_cache: ``64`` freed 16 KiB interpreter frame stacks of ended connection
+            greenlets kept for new ones (``wsflask.framestacks``), which saves a ``mmap``, a
+            page fault and a ``munmap`` per connection; ``0`` keeps none. Bounds the memory
+            kept (1 MiB at 64). Compiled path on Python 3.11+ only; one cache per process.
     """
 
     host: str = "127.0.0.1"
@@ -227,6 +232,7 @@ class Config:
     backplane_secret: str | None = None
     ca_file: str | None = None
     require_client_cert: bool = False
+    frame_stack_cache: int = field(default=64, metadata=_rng(0, _MAX_FRAME_STACKS))
 
     def __post_init__(self) -> None:
         for spec in dataclasses.fields(self):

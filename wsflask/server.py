@@ -25,7 +25,7 @@ from gevent.event import Event
 from gevent.pool import Pool
 from gevent.server import StreamServer
 
-from . import ids
+from . import framestacks, ids
 from .admission import Admission, Refusal
 from .breaker import CircuitBreaker
 from .config import Config
@@ -186,9 +186,11 @@ class Server(StreamServer):  # type: ignore[misc]
         return False
 
     def start(self) -> None:
-        """Bind (if needed) and start accepting; start the services. Returns at once."""
+        """Bind (if needed) and start accepting; start the services. Returns at once. Puts
+        the frame-stack cache (``frame_stack_cache``, ``wsflask.framestacks``) in place."""
         super().start()
         self._tune_listener()
+        framestacks.keep(self.config.frame_stack_cache)
         self.is_ready = True
         self.deadlines.start()
         if self.degrader is not None:
@@ -519,6 +521,8 @@ class Server(StreamServer):  # type: ignore[misc]
             self._tune_listener()
         if config.key_replay_ttl != old.key_replay_ttl:
             self.replay_cache = _replay_cache(config)
+        if config.frame_stack_cache != old.frame_stack_cache:
+            framestacks.keep(config.frame_stack_cache)
         self.admission.reconfigure(config)
         self.deadlines.reconfigure(config)
         self.breaker.failures = config.circuit_breaker_failures
