@@ -227,6 +227,9 @@ def test_an_app_under_another_server_sets_the_capacity() -> None:
     app.notify_started(("127.0.0.1", 1))
     try:
         assert framestacks.stats().capacity == 7
+        framestacks.keep(3)
+        app.notify_started(("127.0.0.1", 1))  # pywsgi calls it on every upgrade: only once
+        assert framestacks.stats().capacity == 3
     finally:
         app.notify_stopped()
 

@@ -474,9 +474,10 @@ class App:
     def notify_started(self, address: tuple[str, int]) -> None:
         """For servers other than wsflask's: the app is bound at ``address``. Runs the
         startup hooks; idempotent per process. ``make_server()``, the pywsgi handler and
-        ``wsflask.gunicorn`` call it. Puts the frame-stack cache in place, as
-        ``Server.start()`` does."""
-        framestacks.keep(self.config.frame_stack_cache)
+        ``wsflask.gunicorn`` call it. The first call puts the frame-stack cache in place,
+        as ``Server.start()`` does (the pywsgi handler calls this on every upgrade)."""
+        if self.lifespan.address is None:
+            framestacks.keep(self.config.frame_stack_cache)
         self.handoff.bind()
         self.lifespan.notify_started(address)
 
