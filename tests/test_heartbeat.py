@@ -203,6 +203,62 @@ def test_a_connection_gone_before_the_next_tick_never_takes_a_heap_slot() -> Non
     assert brief.pings == [] and len(kept.pings) == 1
 
 
+def test_closed_connections_do_not_keep_heap_slots_until_a_long_interval_ends() -> None:
+    clock = Clock()
+    hb = Heartbeat(86400.0, 10.0, clock=clock)  # a ping a day: slots would wait a day
+    for _ in range(3):  # three waves: 1,000 open, all close
+        wave = [StubWS(clock) for _ in range(1000)]
+        for ws in wave:
+            hb.add(ws)
+        hb.run_due()
+        assert len(hb._heap) == 1000
+        for ws in wave:
+            hb.remove(ws)
+        assert len(hb) == 0
+        assert hb._heap == []  # the last one gone: no slot is kept for a closed connection
+    survivor = StubWS(clock)
+    wave = [StubWS(clock) for _ in range(1000)]
+    for ws in [survivor, *wave]:
+        hb.add(ws)
+    hb.run_due()
+    for ws in wave:
+        hb.remove(ws)
+    # one open: the slots removed since the last compaction stay, at most _COMPACT_MIN
+    assert 1 <= len(hb._heap) <= 65, len(hb._heap)
+
+
+def test_compaction_keeps_the_open_connections_due_in_order() -> None:
+    clock = Clock()
+    hb = Heartbeat(10.0, 5.0, clock=clock)
+    conns = [StubWS(clock) for _ in range(300)]
+    for ws in conns:
+        hb.add(ws)
+    hb.run_due()
+    kept = conns[::3]
+    for ws in conns:
+        if ws not in kept:
+            hb.remove(ws)  # 200 of 300: compacted once past half
+    assert len(hb._heap) < 200
+    advance(hb, clock, 10.0)
+    assert all(len(ws.pings) == 1 for ws in kept)
+    assert not any(ws.pings for ws in conns if ws not in kept)
+
+
+def test_a_connection_removed_during_its_own_visit_is_not_rescheduled() -> None:
+    clock = Clock()
+    hb = Heartbeat(1.0, 1.0, clock=clock)
+    ws = StubWS(clock)
+
+    def ping_and_go() -> None:  # the driver's cleanup runs inside the visit
+        StubWS.send_heartbeat_ping(ws)
+        hb.remove(ws)
+
+    ws.send_heartbeat_ping = ping_and_go  # type: ignore[method-assign]
+    hb.add(ws)
+    advance(hb, clock, 1.5)
+    assert ws.pings and ws not in hb and hb._heap == []
+
+
 def test_deadlines_count_from_the_opening_even_when_the_next_tick_is_late() -> None:
     clock = Clock()
     hb = Heartbeat(1.0, 1.0, idle_timeout=0.5, clock=clock)

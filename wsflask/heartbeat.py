@@ -29,6 +29,11 @@ logger = logging.getLogger("wsflask.heartbeat")
 #: Golden-ratio conjugate: consecutive multiples mod 1 spread evenly over [0, 1).
 _PHI = 0.6180339887498949
 
+#: Removed connections' heap slots are dropped in one pass once they are more than half of
+#: the heap and more than this many (or the last watched connection is gone): the memory
+#: held for closed connections stays bounded.
+_COMPACT_MIN = 64
+
 
 class Pingable(Protocol):
     """What the heartbeat needs of a connection (``WebSocket`` is one; tests write stand-ins).
@@ -81,12 +86,15 @@ class Heartbeat:
     frame counts as liveness; a pong with the wrong payload does not) for ``timeout``
     seconds is aborted with 1011 "ping timeout"; a matched pong's ``latency`` goes to the
     ``websocket_rtt_seconds`` histogram. Deadlines live in a heap processed every tick;
-    ``remove()`` is O(1) (the heap entry is discarded when it comes up). A connection added
-    since the last tick waits in a plain dict, and gets its entry and heap slot at the next
-    tick: one that closes before then (a short-lived connection) never costs either, nor a
-    dead heap slot held for a whole interval. Its deadlines count from its ``last_received``
-    at that tick: its opening (when ``add()`` is called), unless a frame came since.
-    Monotonic clock only.
+    ``remove()`` is O(1) amortized: the heap entry is discarded when it comes up, or in one
+    pass once removed entries are more than half of the heap (and more than
+    ``_COMPACT_MIN``, or none is left open): many connections closing under a long
+    interval do not each keep a slot until its due time (a day, at
+    ``ping_interval=86400``). A connection added since the last tick waits in a plain dict,
+    and gets its entry and heap slot at the next tick: one that closes before then (a
+    short-lived connection) never costs either. Its deadlines count from its
+    ``last_received`` at that tick: its opening (when ``add()`` is called), unless a frame
+    came since. Monotonic clock only.
 
     Args:
         interval: seconds between pings of one connection (``Config.ping_interval``);
@@ -129,6 +137,8 @@ class Heartbeat:
         #: added since the last tick (``_admit_new`` moves them); a dict for O(1) ``remove()``
         self._new: dict[Pingable, None] = {}
         self._heap: list[tuple[float, _Entry]] = []  # (due, entry): a pair per connection
+        #: heap slots whose connection was removed (an upper bound: see ``remove()``)
+        self._dead = 0
         self._added = 0
         #: watched connections whose last ping went unanswered past ``timeout`` (not failed
         #: yet: ``max_missed`` not reached); a partition shows here before the 1011
@@ -181,9 +191,24 @@ class Heartbeat:
         if entry is None:
             self._new.pop(ws, None)
             return
+        self._retire(entry)
+        # Its slot stays in the heap. (Removed during its own visit, it is out of the heap
+        # and is counted anyway: the count may exceed the dead slots, never fall short.)
+        self._dead += 1
+        if self._dead * 2 > len(self._heap) and (self._dead > _COMPACT_MIN or not self._entries):
+            self._compact()
+
+    def _retire(self, entry: _Entry) -> None:
         entry.ws = None
         if entry.missed:
             self._late(-1)
+
+    def _compact(self) -> None:
+        """Drop every removed connection's heap slot in one O(n) pass."""
+        heap = self._heap  # in place: ``run_due`` may hold it (a removal during a visit)
+        heap[:] = [item for item in heap if item[1].ws is not None]
+        heapq.heapify(heap)
+        self._dead = 0
 
     def _admit_new(self) -> None:
         """Give each connection added since the last tick its entry, due as from its last
@@ -247,17 +272,21 @@ class Heartbeat:
         visited = 0
         while heap and heap[0][0] <= now:
             _, entry = heapq.heappop(heap)
-            if entry.ws is None:
+            ws = entry.ws
+            if ws is None:
+                if self._dead:
+                    self._dead -= 1
                 continue  # removed since it was scheduled
             visited += 1
             try:
-                due = self._visit(entry, entry.ws, now)
+                due = self._visit(entry, ws, now)
             except Exception:  # the one safety net: one bad connection must not stop the rest
-                logger.exception("heartbeat failed for connection %s", entry.ws.id)
+                logger.exception("heartbeat failed for connection %s", ws.id)
                 due = None
             if due is None:
-                self.remove(entry.ws)
-            else:
+                if self._entries.pop(ws, None) is not None:
+                    self._retire(entry)
+            elif entry.ws is not None:  # not removed during its visit
                 self._push(due, entry)
         return visited
 
