@@ -838,10 +838,15 @@ PD05_SERVER = """
         for message in ws:
             ws.send(message)
 
-    @app.get("/open")
-    def still_open(request):
+    @app.get("/settled")
+    def settled(request):
+        # every connection gone and no heap trim waiting (wsflask.heap, DELAY after a drop)
         gc.collect()
-        return str(len(app.server.connections))
+        return str(int(not app.server.connections and not app.server.heap.pending))
+
+    @app.get("/trims")
+    def trims(request):
+        return str(app.server.heap.trims)
 
     server = app.make_server("127.0.0.1", 0)
     server.install_signal_handlers()
@@ -851,17 +856,18 @@ PD05_SERVER = """
 """
 
 
-def _open_count(port: int) -> int:
+def _get_int(port: int, path: str) -> int:
     import urllib.request
 
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/open", timeout=10) as answer:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=10) as answer:
         return int(answer.read())
 
 
 def _pd05_cycles(cycles: int) -> tuple[int, list[tuple[int, int]]]:
     """Run the PD-05 server; ``cycles`` times open ``scale`` deflate connections that each
     echo one message, then close them all. Returns the baseline RSS and, per cycle, the RSS
-    with every connection open and once they are all gone."""
+    with every connection open and once they are all gone (and the heap trim that their
+    closing calls for has run: each cycle must trim at least once)."""
     import subprocess
     import sys
     import textwrap
@@ -884,9 +890,9 @@ def _pd05_cycles(cycles: int) -> tuple[int, list[tuple[int, int]]]:
         warm.send(message)
         assert warm.receive(timeout=10) == message and warm.deflate is not None
         warm.close()
-        wait_until(lambda: _open_count(port) == 0, 10)
+        wait_until(lambda: _get_int(port, "/settled") == 1, 10)
         baseline, results = child_rss(child.pid), []
-        for _ in range(cycles):
+        for cycle in range(cycles):
             for _ in range(count):
                 ws = connect(f"ws://127.0.0.1:{port}/", compression=True, timeout=10)
                 ws.send(message)
@@ -896,7 +902,8 @@ def _pd05_cycles(cycles: int) -> tuple[int, list[tuple[int, int]]]:
             for ws in clients:
                 ws.close()
             clients.clear()
-            wait_until(lambda: _open_count(port) == 0, 30)
+            wait_until(lambda: _get_int(port, "/settled") == 1, 30)
+            assert _get_int(port, "/trims") > cycle, "the closes called for no heap trim"
             results.append((loaded, child_rss(child.pid)))
         return baseline, results
     finally:
@@ -912,8 +919,10 @@ def test_pd05_deflate_connections_cost_a_bounded_rss_and_do_not_leak() -> None:
     baseline, ((loaded, after), (loaded2, after2)) = _pd05_cycles(2)
     per_connection = (loaded - baseline) / count
     assert per_connection <= 80 * 1024, f"{per_connection / 1024:.1f} KiB per connection"
-    # no leak: a second full cycle ends where the first did (the allocator keeps what the
-    # first one freed and reuses it)
+    # given back: the heap trim after the closes returns at least three quarters of what the
+    # connections took (glibc kept all of it before wsflask.heap: 83 MB against 29)
+    assert after - baseline <= (loaded - baseline) / 4, (baseline, loaded, after)
+    # no leak: a second full cycle ends where the first did
     assert loaded2 <= loaded * 1.10 and after2 <= after * 1.10, (loaded, after, loaded2, after2)
 
 
@@ -921,9 +930,10 @@ def test_pd05_deflate_connections_cost_a_bounded_rss_and_do_not_leak() -> None:
 @pytest.mark.xfail(
     strict=True,
     raises=AssertionError,
-    reason="wsflask bug (PD-05): RSS is not given back after 1 000 deflate connections close: "
-    "86 MB against a 29 MB baseline; not a leak (flat over 3 cycles) but freed zlib and "
-    "connection memory kept by glibc malloc; malloc_trim(0) in the server brings it to 37 MB",
+    reason="wsflask limit (PD-05): after 1 000 deflate connections close and the heap trim "
+    "(wsflask.heap) gives 48 MB back, RSS is 35 MB against a 31 MB baseline (x1.14, not the "
+    "1.10 asked): Python's small-object allocator keeps 5-6 partly used 1 MiB arenas, about "
+    "5 MB of empty pools it cannot return, and the frame-stack cache keeps up to 1 MiB",
 )
 def test_pd05_rss_returns_within_10_percent_of_baseline_after_disconnect() -> None:
     baseline, ((_, after),) = _pd05_cycles(1)

@@ -173,6 +173,11 @@ class Config:
             greenlets kept for new ones (``wsflask.framestacks``), which saves a ``mmap``, a
             page fault and a ``munmap`` per connection; ``0`` keeps none. Bounds the memory
             kept (1 MiB at 64). Compiled path on Python 3.11+ only; one cache per process.
+        heap_trim_drop: ``100``: once the open connections fell this many (and a quarter)
+            below their peak since the last trim, the server gives the C heap's free memory
+            back to the OS a second later (glibc ``malloc_trim``, ``wsflask.heap``; counted
+            in ``websocket_heap_trims_total``); ``0`` never. Bounds what a drained server
+            keeps: 1,000 closed deflate connections leave 34 MB resident instead of 83.
     """
 
     host: str = "127.0.0.1"
@@ -233,6 +238,7 @@ class Config:
     ca_file: str | None = None
     require_client_cert: bool = False
     frame_stack_cache: int = field(default=64, metadata=_rng(0, _MAX_FRAME_STACKS))
+    heap_trim_drop: int = field(default=100, metadata=_rng(0, 10_000_000))
 
     def __post_init__(self) -> None:
         for spec in dataclasses.fields(self):

@@ -195,6 +195,9 @@ class Metrics:
         self.missed_pongs = 0
         #: connections whose last heartbeat ping is overdue right now (set by the heartbeat)
         self.late_pongs = 0
+        #: heap trims after connections closed (``wsflask.heap``) and the bytes they gave back
+        self.heap_trims = 0
+        self.heap_released_bytes = 0
         #: message counts by payload size class ``nbytes.bit_length()``, in and out
         self.sizes_in = [0] * _SIZE_SLOTS
         self.sizes_out = [0] * _SIZE_SLOTS
@@ -273,6 +276,11 @@ class Metrics:
         """A peer broke the protocol; ``kind`` is one of ``violations.VIOLATION_TYPES``."""
         self.violations[kind] = self.violations.get(kind, 0) + 1
 
+    def heap_trimmed(self, released: int) -> None:
+        """The heap was trimmed after connections closed, giving ``released`` bytes back."""
+        self.heap_trims += 1
+        self.heap_released_bytes += released
+
     def heartbeat_timeout(self) -> None:
         """A connection was failed because its heartbeat ping went unanswered."""
         self.heartbeat_timeouts += 1
@@ -329,7 +337,8 @@ class Metrics:
         ]
 
     def _operability_families(self) -> list[_Family]:
-        """Violations by type, heartbeat timeouts, message sizes, dropped log records."""
+        """Violations by type, heartbeat timeouts, message sizes, heap trims, dropped log
+        records."""
         from .logs import dropped_records  # the logging pipeline's own counter
 
         return [
@@ -371,6 +380,18 @@ class Metrics:
                 + _size_lines(
                     "websocket_message_size_bytes", "out", self.sizes_out, self.bytes_out
                 ),
+            ),
+            _single(
+                "websocket_heap_trims_total",
+                "counter",
+                "Times freed C heap memory was given back to the OS after connections closed.",
+                self.heap_trims,
+            ),
+            _single(
+                "websocket_heap_released_bytes_total",
+                "counter",
+                "Resident bytes those heap trims gave back to the OS.",
+                self.heap_released_bytes,
             ),
             _single(
                 "websocket_log_records_dropped_total",

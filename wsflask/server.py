@@ -33,6 +33,7 @@ from .deadlines import Deadlines
 from .degradation import Degrader, ResourceMonitor
 from .diagnostics import log_handshake_phases
 from .errors import ConfigError, Reject
+from .heap import HeapTrimmer
 from .protocol import (
     CloseCode,
     Connection,
@@ -162,6 +163,8 @@ class Server(StreamServer):  # type: ignore[misc]
         self.degrader = self._make_degrader(heartbeat)
         #: Sec-WebSocket-Key values seen lately (``key_replay_ttl``), or None when off.
         self.replay_cache = _replay_cache(self.config)
+        #: gives freed heap memory back once many connections closed (``heap_trim_drop``)
+        self.heap = HeapTrimmer(self.config.heap_trim_drop, metrics)
 
     def _make_degrader(self, heartbeat: Any) -> Degrader | None:
         if not self.config.pressure_threshold:
@@ -466,7 +469,9 @@ class Server(StreamServer):  # type: ignore[misc]
         _abort_socket(sock if ws is None else ws.transport)
 
     def _serve(self, ws: WebSocket, handler: Callable[[WebSocket], None]) -> None:
-        self.connections.add(ws)
+        connections = self.connections
+        connections.add(ws)
+        self.heap.opened(len(connections))
         self._drained.clear()
         # The access log: one check per connection, no logging work when it is disabled.
         opened = monotonic() if access_log.isEnabledFor(logging.INFO) else 0.0
@@ -476,8 +481,9 @@ class Server(StreamServer):  # type: ignore[misc]
             # stop() may have begun while we were accepting: then 1001 instead of the handler
             ws.run(going_away if self._stopping else handler)
         finally:
-            self.connections.discard(ws)
-            if not self.connections:
+            connections.discard(ws)
+            self.heap.closed(len(connections))
+            if not connections:
                 self._drained.set()
             if ws.close_reason == PING_TIMEOUT:  # TCP up, peer silent: a partition (ER-27)
                 self._note("partition")
@@ -523,6 +529,7 @@ class Server(StreamServer):  # type: ignore[misc]
             self.replay_cache = _replay_cache(config)
         if config.frame_stack_cache != old.frame_stack_cache:
             framestacks.keep(config.frame_stack_cache)
+        self.heap.drop = config.heap_trim_drop
         self.admission.reconfigure(config)
         self.deadlines.reconfigure(config)
         self.breaker.failures = config.circuit_breaker_failures
@@ -566,6 +573,7 @@ class Server(StreamServer):  # type: ignore[misc]
             self.pool.join(timeout=grace)
             self.pool.kill(block=True, timeout=1.0)  # killed handlers drop TCP: no waits
             self._shed_pool.kill(block=True, timeout=1.0)
+            self.heap.cancel()
             for service in reversed(self.services):
                 service.stop()
             self.deadlines.stop()

@@ -23,6 +23,7 @@ from gevent.event import Event
 
 from .config import Config
 from .errors import ConnectionClosed
+from .heap import HeapTrimmer
 from .lifespan import Lifespan, hosted
 from .protocol import CloseCode, Connection, HandshakeError, Request, Side
 from .server import Service
@@ -509,6 +510,9 @@ class WSGIServer(pywsgi.WSGIServer):  # type: ignore[misc]
         self._per_ip: dict[str, int] = {}
         self._stop_begun = False
         self._stopped = Event()
+        #: gives freed heap memory back once many WebSockets closed (``heap_trim_drop`` of
+        #: the App this server serves, from ``start()``; the default until then)
+        self.heap = HeapTrimmer(_DEFAULT_CONFIG.heap_trim_drop)
 
     def start(self) -> None:
         """Start accepting, then run the startup hooks of the App this server serves (its
@@ -518,6 +522,8 @@ class WSGIServer(pywsgi.WSGIServer):  # type: ignore[misc]
             self.application, "ws_app", None
         )
         self.lifespans = [own] if own is not None else list(hosted())
+        if own is not None:
+            self.heap.drop, self.heap.metrics = own.config.heap_trim_drop, own.metrics
         for app in self.lifespans:
             app.notify_started(_bound(self))
 
@@ -559,12 +565,16 @@ class WSGIServer(pywsgi.WSGIServer):  # type: ignore[misc]
 
     def track(self, ws: WebSocket) -> None:
         """Register an open WebSocket (the handler calls it); ``untrack()`` when it ends."""
-        self.websockets[ws] = gevent.getcurrent()
+        websockets = self.websockets
+        websockets[ws] = gevent.getcurrent()
+        self.heap.opened(len(websockets))
         if self.stopping:
             ws.close(CloseCode.GOING_AWAY, "going away")
 
     def untrack(self, ws: WebSocket) -> None:
-        self.websockets.pop(ws, None)
+        websockets = self.websockets
+        if websockets.pop(ws, None) is not None:
+            self.heap.closed(len(websockets))
 
     def close(self) -> None:
         """Stop accepting; Close 1001 "going away" to every open WebSocket. Idempotent."""
@@ -588,6 +598,7 @@ class WSGIServer(pywsgi.WSGIServer):  # type: ignore[misc]
             super().stop(timeout=grace)
             for greenlet in list(self.websockets.values()):  # killed handlers drop TCP
                 greenlet.kill(block=True, timeout=1.0)
+            self.heap.cancel()
             for service in reversed(self.services):
                 service.stop()
             lifespans, self.lifespans = self.lifespans, []
