@@ -54,6 +54,13 @@ def settle(trimmer: HeapTrimmer) -> None:
     gevent.sleep(0.03)  # longer than DELAY: a trim wrongly scheduled again would run
 
 
+def burst(trimmer: HeapTrimmer, peak: int, left: int) -> None:
+    """``peak`` connections open, then all but ``left`` close at once; let a trim run."""
+    trimmer.opened(peak)
+    trimmer.closed(left)
+    settle(trimmer)
+
+
 # -- release() -----------------------------------------------------------------------------------
 
 RELEASE_SCRIPT = """
@@ -82,7 +89,7 @@ def test_release_gives_freed_heap_pages_back_to_the_os() -> None:
 
 
 def test_release_is_none_without_malloc_trim(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(heap, "_trim", None)
+    monkeypatch.setattr(heap, "_malloc_trim", lambda: None)
     assert heap.release() is None
 
 
@@ -113,9 +120,7 @@ def test_a_burst_of_closes_costs_one_trim_after_the_delay() -> None:
 def test_the_peak_starts_again_from_the_count_at_the_trim() -> None:
     trim = FakeTrim()
     trimmer = HeapTrimmer(100, trim=trim)
-    trimmer.opened(1000)
-    trimmer.closed(600)
-    settle(trimmer)  # trimmed at 600: the new peak
+    burst(trimmer, 1000, 600)  # trimmed at 600: the new peak
     assert trim.calls == 1
     trimmer.closed(451)  # 149 below 600: over drop, under a quarter of 600
     settle(trimmer)
@@ -147,9 +152,7 @@ def test_flat_churn_and_small_servers_never_trim() -> None:
 def test_drop_zero_never_trims_and_a_reload_changes_the_drop() -> None:
     trim = FakeTrim()
     trimmer = HeapTrimmer(0, trim=trim)
-    trimmer.opened(1000)
-    trimmer.closed(0)
-    settle(trimmer)
+    burst(trimmer, 1000, 0)
     assert trim.calls == 0
     trimmer.drop = 100  # from the current peak, 1,000
     trimmer.opened(0)
@@ -163,12 +166,8 @@ def test_drop_zero_never_trims_and_a_reload_changes_the_drop() -> None:
 def test_a_c_library_that_cannot_trim_is_asked_once() -> None:
     trim = FakeTrim(released=None)
     trimmer = HeapTrimmer(100, trim=trim)
-    trimmer.opened(1000)
-    trimmer.closed(0)
-    settle(trimmer)
-    trimmer.opened(1000)
-    trimmer.closed(0)
-    settle(trimmer)
+    burst(trimmer, 1000, 0)
+    burst(trimmer, 1000, 0)
     assert trim.calls == 1 and trimmer.trims == 0 and trimmer.drop == 0
 
 
@@ -198,12 +197,9 @@ def test_the_setting_is_documented_and_bounded() -> None:
 
 @pytest.fixture
 def fake_release(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeTrim]:
-    """The servers' trimmers call this instead of glibc (their ``trim`` default is bound at
-    definition, so the class default is replaced)."""
+    """The servers' trimmers call this instead of glibc."""
     trim = FakeTrim(released=8192)
-    defaults = HeapTrimmer.__init__.__defaults__
-    assert defaults is not None
-    monkeypatch.setattr(HeapTrimmer.__init__, "__defaults__", (*defaults[:-1], trim))
+    monkeypatch.setattr(heap, "release", trim)
     yield trim
 
 

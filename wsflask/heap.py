@@ -17,10 +17,11 @@ reading ``/proc/self/statm`` around a trim, to report the bytes given back.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import gevent
 
@@ -34,24 +35,19 @@ logger = logging.getLogger("wsflask.heap")
 #: Seconds from the drop that calls for a trim to the trim: the closes of one burst share it.
 DELAY = 1.0
 
-_UNSET: Any = object()
-_trim: Any = _UNSET  # glibc's malloc_trim, None without one; looked up on first use
 
-
+@functools.cache
 def _malloc_trim() -> Callable[[int], int] | None:
-    global _trim
-    if _trim is _UNSET:
-        _trim = None
-        try:
-            import ctypes
+    """glibc's ``malloc_trim``, or None without one; looked up once."""
+    import ctypes
 
-            function = getattr(ctypes.CDLL(None), "malloc_trim", None)
-        except (OSError, TypeError):  # no C library to open by name (Windows: TypeError)
-            function = None
-        if function is not None:
-            function.argtypes, function.restype = [ctypes.c_size_t], ctypes.c_int
-            _trim = function
-    return _trim  # type: ignore[no-any-return]
+    try:
+        function = getattr(ctypes.CDLL(None), "malloc_trim", None)
+    except (OSError, TypeError):  # no C library to open by name (Windows: TypeError)
+        return None
+    if function is not None:
+        function.argtypes, function.restype = [ctypes.c_size_t], ctypes.c_int
+    return function
 
 
 def _rss() -> int:
@@ -82,10 +78,10 @@ class HeapTrimmer:
 
     Args:
         drop: the fall below the peak since the last trim, in connections, that calls for
-            a trim (``Config.heap_trim_drop``); a quarter of that peak is needed as well.
-            ``0`` never trims.
+            a trim (``Config.heap_trim_drop``; a reload may set ``drop``); a quarter of that
+            peak is needed as well. ``0`` never trims.
         metrics: counts trims and bytes given back (``websocket_heap_trims_total``).
-        trim: the trim itself (tests inject one); ``release`` by default.
+        trim: the trim itself (tests inject one); this module's ``release`` by default.
 
     The server calls ``opened(count)`` after a connection opened and ``closed(count)`` after
     one closed, with the open count then; both are O(1). ``cancel()`` drops a pending trim.
@@ -95,28 +91,17 @@ class HeapTrimmer:
         self,
         drop: int,
         metrics: Metrics | None = None,
-        trim: Callable[[], int | None] = release,
+        trim: Callable[[], int | None] | None = None,
     ) -> None:
+        self.drop = drop
         self.metrics = metrics
         self._trim = trim
         #: trims done, and the resident bytes they gave back
         self.trims = 0
         self.released = 0
-        self._peak = 0
+        self._peak = 0  # the most connections open since the last trim
         self._open = 0  # the count last reported
-        self._drop = drop
-        self._floor = -1  # closed() at or below this count calls for a trim
         self._pending: gevent.Greenlet | None = None
-
-    @property
-    def drop(self) -> int:
-        return self._drop
-
-    @drop.setter
-    def drop(self, drop: int) -> None:
-        """A new ``drop`` (a reload); it applies from the current peak."""
-        self._drop = drop
-        self._set_floor()
 
     @property
     def pending(self) -> bool:
@@ -127,11 +112,11 @@ class HeapTrimmer:
         self._open = count
         if count > self._peak:
             self._peak = count
-            self._set_floor()
 
     def closed(self, count: int) -> None:
         self._open = count
-        if count <= self._floor and self._pending is None:
+        fall, drop = self._peak - count, self.drop
+        if drop and fall >= drop and 4 * fall >= self._peak and self._pending is None:
             self._pending = gevent.spawn_later(DELAY, self._run)
 
     def cancel(self) -> None:
@@ -139,21 +124,16 @@ class HeapTrimmer:
         if pending is not None:
             pending.kill(block=False)
 
-    def _set_floor(self) -> None:
-        drop = self._drop
-        self._floor = self._peak - max(drop, (self._peak + 3) // 4) if drop > 0 else -1
-
     def _run(self) -> None:
         """The trim, after ``DELAY``: counted, logged; the peak starts again from now."""
         self._pending = None
-        released = self._trim()
+        released = (self._trim or release)()
         self._peak = self._open
         if released is None:  # this C library cannot trim: stop asking
-            self._drop = 0
-        else:
-            self.trims += 1
-            self.released += released
-            if self.metrics is not None:
-                self.metrics.heap_trimmed(released)
-            logger.debug("heap trimmed: %d KiB given back", released >> 10)
-        self._set_floor()
+            self.drop = 0
+            return
+        self.trims += 1
+        self.released += released
+        if self.metrics is not None:
+            self.metrics.heap_trimmed(released)
+        logger.debug("heap trimmed: %d KiB given back", released >> 10)
